@@ -1,0 +1,226 @@
+//! Appliance configuration: TOML files parsed into typed structs, validated, and reported with
+//! the file, line and column of the mistake. The image builder uses the same functions to
+//! refuse a bad configuration at build time, so a mistake never reaches a booted appliance.
+//!
+//! Units are written the way operators write them: durations as `"7d"`, `"250ms"`, sizes as
+//! `"1GiB"`, `"100MB"` (see [`duration`], [`size`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration that can check rules serde cannot express (ranges, relations between fields).
+pub trait Validate {
+    /// Describe the first problem found, naming the setting as written in the file.
+    fn validate(&self) -> Result<(), String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Parse and validate configuration text; `origin` names it in errors (a path, "cloud-init").
+pub fn parse_str<T: DeserializeOwned + Validate>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    let value: T = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: describe_toml_error(text, &e),
+    })?;
+    value.validate().map_err(|message| ConfigError::Invalid {
+        origin: origin.to_string(),
+        message,
+    })?;
+    Ok(value)
+}
+
+/// Read, parse and validate a configuration file.
+pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_str(&text, &path.display().to_string())
+}
+
+/// One line: "line 3, column 7: unknown field `lisen`, expected one of ...".
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Durations written as humantime strings: `"500ms"`, `"3s"`, `"7d"`, `"1h 30m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+
+    /// Optional durations, where `"forever"` (or an absent key) means none.
+    pub mod forever {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_str("forever"),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            if text == "forever" {
+                return Ok(None);
+            }
+            humantime::parse_duration(&text).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!("invalid duration {text:?} (or \"forever\"): {e}"))
+            })
+        }
+    }
+}
+
+/// Sizes written with units: `"512KiB"`, `"1GiB"`, `"100MB"`, or a plain number of bytes.
+pub mod size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn parse(text: &str) -> Result<u64, String> {
+        text.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| format!("invalid size {text:?}: {e}"))
+    }
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(b),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// Optional sizes, where `"unlimited"` means none.
+    pub mod unlimited {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::Raw;
+
+        pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(b) => s.serialize_u64(*b),
+                None => s.serialize_str("unlimited"),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            match Raw::deserialize(d)? {
+                Raw::Bytes(b) => Ok(Some(b)),
+                Raw::Text(t) if t == "unlimited" => Ok(None),
+                Raw::Text(t) => super::parse(&t).map(Some).map_err(serde::de::Error::custom),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(with = "duration")]
+        timeout: Duration,
+        #[serde(with = "duration::forever", default)]
+        retention: Option<Duration>,
+        #[serde(with = "size")]
+        segment: u64,
+        #[serde(with = "size::unlimited", default)]
+        cap: Option<u64>,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), String> {
+            if self.segment < 1024 {
+                return Err(format!(
+                    "segment = {} is below the minimum 1KiB",
+                    self.segment
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn parses_units() {
+        let s: Sample = parse_str(
+            "timeout = \"250ms\"\nretention = \"forever\"\nsegment = \"1GiB\"\ncap = \"10MB\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(s.timeout, Duration::from_millis(250));
+        assert_eq!(s.retention, None);
+        assert_eq!(s.segment, 1 << 30);
+        assert_eq!(s.cap, Some(10_000_000));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_rule() {
+        let e = parse_str::<Sample>("timeout = \"1s\"\nsegmnt = 5\n", "broker.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("config broker.toml: line 2, column 1: unknown field `segmnt`"),
+            "{text}"
+        );
+        let e = parse_str::<Sample>("timeout = \"soon\"\nsegment = 5000\n", "x").unwrap_err();
+        assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
+        let e = parse_str::<Sample>("timeout = \"1s\"\nsegment = 5\n", "x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config x: segment = 5 is below the minimum 1KiB"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! ApiVersions, DescribeCluster and InitProducerId: what the broker is and what it speaks.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{
+    ApiVersionsResponse, BrokerId, DescribeClusterRequest, DescribeClusterResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{err, versions};
+use crate::state::BrokerState;
+
+pub fn api_versions() -> ApiVersionsResponse {
+    let keys = versions::SUPPORTED
+        .iter()
+        .map(|&(key, min, max)| {
+            ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect();
+    ApiVersionsResponse::default().with_api_keys(keys)
+}
+
+/// The answer to an ApiVersions request newer than we speak, to be encoded as v0.
+pub fn api_versions_too_new() -> ApiVersionsResponse {
+    api_versions().with_error_code(err(ResponseError::UnsupportedVersion))
+}
+
+pub fn describe_cluster(
+    s: &BrokerState,
+    version: i16,
+    r: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let (host, port) = &s.advertised;
+    let broker = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(s.node_id))
+        .with_host(StrBytes::from_string(host.clone()))
+        .with_port(i32::from(*port))
+        .with_rack(s.config.rack.clone().map(StrBytes::from_string));
+    let mut resp = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(s.cluster_id.clone()))
+        .with_controller_id(BrokerId(s.node_id))
+        .with_brokers(vec![broker]);
+    if version >= 1 {
+        // Endpoint type 1 asks for brokers, 2 for controllers; this node is both.
+        if r.endpoint_type != 1 && r.endpoint_type != 2 {
+            resp = resp
+                .with_error_code(err(ResponseError::UnsupportedEndpointType))
+                .with_error_message(Some(StrBytes::from_static_str("unknown endpoint type")))
+                .with_brokers(Vec::new());
+        }
+        resp = resp.with_endpoint_type(r.endpoint_type);
+    }
+    resp
+}
+
+pub fn init_producer_id(s: &BrokerState, r: InitProducerIdRequest) -> InitProducerIdResponse {
+    let failed = |code| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+        tracing::info!(
+            "refusing InitProducerId for a transactional producer: transactions are not supported"
+        );
+        return failed(err(ResponseError::UnsupportedVersion));
+    }
+    // Idempotent producers always get a fresh id (also on an epoch bump), as in Kafka.
+    match s.producer_ids.next() {
+        Ok(id) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
+        Err(e) => {
+            tracing::error!(error = %e, "allocating producer ids failed");
+            failed(err(ResponseError::KafkaStorageError))
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Fetch: read whole batches below the high watermark (consumers) or the log end (followers),
+//! long-polling until `min_bytes` are available or `max_wait_ms` passes.
+//!
+//! Incremental fetch sessions (KIP-227) are declined by answering session id 0, which the
+//! protocol allows: clients then send full fetch requests, which this broker serves directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::select_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{check_leader_epoch, err};
+use crate::partition::{Partition, PartitionError};
+use crate::state::BrokerState;
+
+/// Upper bound on a long poll, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+struct Wanted {
+    topic: String,
+    topic_id: Uuid,
+    index: i32,
+    partition: Result<Arc<Partition>, i16>,
+    fetch_offset: i64,
+    max_bytes: usize,
+    current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+}
+
+fn count_records(bytes: &[u8]) -> u64 {
+    let (_, headers) = durable_log::batch::whole_batches_prefix(bytes);
+    headers.iter().map(|h| h.records_count.max(0) as u64).sum()
+}
+
+pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> FetchResponse {
+    if version >= 7 {
+        if r.session_id != 0 {
+            return FetchResponse::default()
+                .with_error_code(err(ResponseError::FetchSessionIdNotFound));
+        }
+        if r.session_epoch > 0 {
+            return FetchResponse::default()
+                .with_error_code(err(ResponseError::InvalidFetchSessionEpoch));
+        }
+    }
+    let follower = if version >= 15 {
+        r.replica_state.replica_id.0 >= 0
+    } else {
+        r.replica_id.0 >= 0
+    };
+    let wanted = resolve(s, version, &r);
+    let min_bytes = r.min_bytes.max(0) as usize;
+    let max_bytes = if r.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        r.max_bytes as usize
+    };
+    let deadline =
+        Instant::now() + Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    loop {
+        // Subscribe before reading, so that data arriving in between wakes the wait below.
+        let mut watchers: Vec<_> = wanted
+            .iter()
+            .filter_map(|w| w.partition.as_ref().ok().map(|p| p.watch_high_watermark()))
+            .collect();
+        let (results, bytes, any_error) = read_all(s, &wanted, max_bytes, follower).await;
+        if bytes >= min_bytes || any_error || Instant::now() >= deadline || watchers.is_empty() {
+            return build(version, &wanted, results);
+        }
+        let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let (results, _, _) = read_all(s, &wanted, max_bytes, follower).await;
+            return build(version, &wanted, results);
+        }
+    }
+}
+
+fn resolve(s: &BrokerState, version: i16, r: &FetchRequest) -> Vec<Wanted> {
+    let mut out = Vec::new();
+    for t in &r.topics {
+        let info = if version >= 13 {
+            s.topics.get_by_id(&t.topic_id)
+        } else {
+            s.topics.get(&t.topic.0)
+        };
+        let (topic, topic_id) = match &info {
+            Some(i) => (i.name.to_string(), i.id),
+            None => (t.topic.0.to_string(), t.topic_id),
+        };
+        let unknown = if version >= 13 {
+            err(ResponseError::UnknownTopicId)
+        } else {
+            err(ResponseError::UnknownTopicOrPartition)
+        };
+        for p in &t.partitions {
+            let partition = match &info {
+                Some(_) => s
+                    .topics
+                    .partition(&topic, p.partition)
+                    .ok_or(err(ResponseError::UnknownTopicOrPartition)),
+                None => Err(unknown),
+            };
+            out.push(Wanted {
+                topic: topic.clone(),
+                topic_id,
+                index: p.partition,
+                partition,
+                fetch_offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
+            });
+        }
+    }
+    out
+}
+
+async fn read_all(
+    s: &BrokerState,
+    wanted: &[Wanted],
+    max_bytes: usize,
+    follower: bool,
+) -> (Vec<PartitionData>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let remaining = max_bytes.saturating_sub(total);
+        let data = read_one(w, remaining.min(w.max_bytes), total == 0, follower).await;
+        if data.error_code != 0 {
+            any_error = true;
+            s.metrics.note_error("Fetch", data.error_code);
+        }
+        let n = data.records.as_ref().map_or(0, Bytes::len);
+        if n > 0 {
+            let label = s.metrics.topic(&w.topic);
+            s.metrics.bytes_out.get_or_create(&label).inc_by(n as u64);
+            s.metrics
+                .records_out
+                .get_or_create(&label)
+                .inc_by(count_records(data.records.as_deref().unwrap_or_default()));
+        }
+        total += n;
+        out.push(data);
+    }
+    (out, total, any_error)
+}
+
+async fn read_one(w: &Wanted, max_bytes: usize, first: bool, follower: bool) -> PartitionData {
+    let base = PartitionData::default()
+        .with_partition_index(w.index)
+        .with_high_watermark(-1);
+    let failed = |code: i16| {
+        base.clone()
+            .with_error_code(code)
+            .with_records(Some(Bytes::new()))
+    };
+    let partition = match &w.partition {
+        Ok(p) => p,
+        Err(code) => return failed(*code),
+    };
+    if let Err(code) = check_leader_epoch(w.current_leader_epoch, partition.leader_epoch()) {
+        return failed(code);
+    }
+    let offsets = partition.offsets();
+    let with_offsets = |d: PartitionData| {
+        d.with_high_watermark(offsets.high_watermark)
+            .with_last_stable_offset(offsets.high_watermark)
+            .with_log_start_offset(offsets.log_start)
+    };
+    if w.last_fetched_epoch >= 0 {
+        match partition.epoch_end_offset(w.last_fetched_epoch).await {
+            Ok((epoch, end)) if epoch < 0 || end < 0 => {
+                return with_offsets(failed(err(ResponseError::OffsetOutOfRange)));
+            }
+            Ok((epoch, end)) if epoch < w.last_fetched_epoch || end < w.fetch_offset => {
+                // The fetcher's log diverged: tell it where our history of its epoch ends.
+                let diverging = EpochEndOffset::default()
+                    .with_epoch(epoch)
+                    .with_end_offset(end);
+                return with_offsets(
+                    base.clone()
+                        .with_diverging_epoch(diverging)
+                        .with_records(Some(Bytes::new())),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return failed(partition_error(&e)),
+        }
+    }
+    match partition
+        .read(w.fetch_offset, max_bytes, first, follower)
+        .await
+    {
+        Ok(read) => base
+            .with_high_watermark(read.offsets.high_watermark)
+            .with_last_stable_offset(read.offsets.high_watermark)
+            .with_log_start_offset(read.offsets.log_start)
+            .with_records(Some(read.records)),
+        Err(e) => with_offsets(failed(partition_error(&e))),
+    }
+}
+
+fn partition_error(e: &PartitionError) -> i16 {
+    match e {
+        PartitionError::Deleted => err(ResponseError::UnknownTopicOrPartition),
+        PartitionError::Log(durable_log::LogError::OffsetOutOfRange { .. }) => {
+            err(ResponseError::OffsetOutOfRange)
+        }
+        PartitionError::Log(_) | PartitionError::Task(_) => err(ResponseError::KafkaStorageError),
+    }
+}
+
+fn build(version: i16, wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for (w, data) in wanted.iter().zip(results) {
+        let same = topics.last().is_some_and(|t| {
+            if version >= 13 {
+                t.topic_id == w.topic_id
+            } else {
+                *t.topic.0 == *w.topic
+            }
+        });
+        if !same {
+            let mut t = FetchableTopicResponse::default();
+            if version >= 13 {
+                t = t.with_topic_id(w.topic_id);
+            } else {
+                t = t.with_topic(TopicName(StrBytes::from_string(w.topic.clone())));
+            }
+            topics.push(t);
+        }
+        topics
+            .last_mut()
+            .expect("pushed above")
+            .partitions
+            .push(data);
+    }
+    FetchResponse::default().with_responses(topics)
+}

@@ -1,0 +1,250 @@
+//! Produce: validate batches, append them (ordered phase), then wait for the durability the
+//! producer asked for (completion phase).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable_log::producer::ProducerError;
+use durable_log::{AppendError, AppendResult, BatchError, RawBatch, TimestampType, split_batches};
+use futures::future::join_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Completion, Reply, err};
+use crate::partition::{Partition, now_ms};
+use crate::state::BrokerState;
+
+/// The outcome of the ordered phase for one partition.
+enum Appended {
+    Failed(i16, String),
+    Done(Arc<Partition>, AppendResult),
+}
+
+fn batch_error(e: &BatchError) -> i16 {
+    match e {
+        BatchError::UnsupportedMagic(_) => err(ResponseError::UnsupportedForMessageFormat),
+        BatchError::Invalid(_) | BatchError::UnknownCompression(_) => {
+            err(ResponseError::InvalidRecord)
+        }
+        BatchError::Truncated(_)
+        | BatchError::InvalidLength(_)
+        | BatchError::CrcMismatch { .. } => err(ResponseError::CorruptMessage),
+    }
+}
+
+fn append_error(e: &AppendError) -> i16 {
+    match e {
+        AppendError::Batch(b) => batch_error(b),
+        AppendError::RecordTooLarge { .. } => err(ResponseError::MessageTooLarge),
+        AppendError::Producer(ProducerError::FencedEpoch { .. }) => {
+            err(ResponseError::InvalidProducerEpoch)
+        }
+        AppendError::Producer(ProducerError::OutOfOrder { .. }) => {
+            err(ResponseError::OutOfOrderSequenceNumber)
+        }
+        AppendError::InvalidRecord(_) => err(ResponseError::InvalidRecord),
+        AppendError::OffsetMismatch { .. } => err(ResponseError::UnknownServerError),
+        AppendError::Storage(_) => err(ResponseError::KafkaStorageError),
+    }
+}
+
+/// CreateTime timestamps must lie within the topic's allowed window around now.
+fn check_timestamps(
+    batches: &[RawBatch],
+    before_max: i64,
+    after_max: i64,
+    now: i64,
+) -> Result<(), String> {
+    for b in batches {
+        let h = &b.header;
+        if h.timestamp_type() != TimestampType::CreateTime {
+            continue;
+        }
+        if h.max_timestamp.saturating_sub(now) > after_max {
+            return Err(format!(
+                "timestamp {} is too far in the future",
+                h.max_timestamp
+            ));
+        }
+        if now.saturating_sub(h.base_timestamp) > before_max {
+            return Err(format!(
+                "timestamp {} is too far in the past",
+                h.base_timestamp
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn append_one(
+    s: &BrokerState,
+    topic: &str,
+    data: PartitionProduceData,
+    acks: i16,
+) -> Appended {
+    let Some(partition) = s.topics.partition(topic, data.index) else {
+        return Appended::Failed(
+            err(ResponseError::UnknownTopicOrPartition),
+            format!("unknown partition {topic}-{}", data.index),
+        );
+    };
+    let Some(records) = data.records else {
+        return Appended::Failed(err(ResponseError::CorruptMessage), "no records".into());
+    };
+    let batches = match split_batches(&records) {
+        Ok(b) => b,
+        Err(e) => return Appended::Failed(batch_error(&e), e.to_string()),
+    };
+    let policy = partition.policy();
+    if acks == -1 && policy.min_insync_replicas > s.isr_size() {
+        return Appended::Failed(
+            err(ResponseError::NotEnoughReplicas),
+            format!(
+                "min.insync.replicas is {} but {} replica(s) are in sync",
+                policy.min_insync_replicas,
+                s.isr_size()
+            ),
+        );
+    }
+    if let Err(m) = check_timestamps(
+        &batches,
+        policy.timestamp_before_max_ms,
+        policy.timestamp_after_max_ms,
+        now_ms(),
+    ) {
+        return Appended::Failed(err(ResponseError::InvalidTimestamp), m);
+    }
+    match partition.append(batches).await {
+        Ok(result) => {
+            if !result.duplicate {
+                let label = s.metrics.topic(topic);
+                s.metrics
+                    .bytes_in
+                    .get_or_create(&label)
+                    .inc_by(result.bytes);
+                s.metrics
+                    .records_in
+                    .get_or_create(&label)
+                    .inc_by(result.records);
+            }
+            Appended::Done(partition, result)
+        }
+        Err(e) => {
+            if !matches!(e, AppendError::Producer(_)) {
+                tracing::debug!(topic, partition = data.index, error = %e, "produce refused");
+            }
+            Appended::Failed(append_error(&e), e.to_string())
+        }
+    }
+}
+
+pub async fn handle(s: &Arc<BrokerState>, version: i16, r: ProduceRequest) -> Completion {
+    let acks = r.acks;
+    let timeout = Duration::from_millis(r.timeout_ms.max(0) as u64);
+    // Transactional batches are refused by the log (INVALID_RECORD): no transactions here.
+    let refuse_all = (!matches!(acks, -1 | 0 | 1)).then(|| {
+        (
+            err(ResponseError::InvalidRequiredAcks),
+            format!("acks={acks} is not -1, 0 or 1"),
+        )
+    });
+    // Ordered phase: all appends of this request, partitions in parallel.
+    let mut topics = Vec::with_capacity(r.topic_data.len());
+    for t in r.topic_data {
+        let name = t.name.0.to_string();
+        let appends = t.partition_data.into_iter().map(|p| {
+            let index = p.index;
+            let refuse = refuse_all.clone();
+            let name = &name;
+            async move {
+                let outcome = match refuse {
+                    Some((code, msg)) => Appended::Failed(code, msg),
+                    None => append_one(s, name, p, acks).await,
+                };
+                (index, outcome)
+            }
+        });
+        let outcomes = join_all(appends).await;
+        topics.push((name, outcomes));
+    }
+    if acks == 0 {
+        let failed = topics
+            .iter()
+            .flat_map(|(_, ps)| ps)
+            .any(|(_, o)| matches!(o, Appended::Failed(..)));
+        return Box::pin(std::future::ready(if failed {
+            Reply::Close
+        } else {
+            Reply::Nothing
+        }));
+    }
+    let s = Arc::clone(s);
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, partitions) in topics {
+            let mut out = Vec::with_capacity(partitions.len());
+            for (index, outcome) in partitions {
+                out.push(complete(&s, version, index, outcome, acks, timeout).await);
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_partition_responses(out),
+            );
+        }
+        Reply::Send(ResponseKind::Produce(
+            ProduceResponse::default().with_responses(responses),
+        ))
+    })
+}
+
+/// Completion phase for one partition: wait for durability if acks=all, then answer.
+async fn complete(
+    s: &BrokerState,
+    version: i16,
+    index: i32,
+    outcome: Appended,
+    acks: i16,
+    timeout: Duration,
+) -> PartitionProduceResponse {
+    let resp = PartitionProduceResponse::default().with_index(index);
+    let (partition, result) = match outcome {
+        Appended::Done(p, r) => (p, r),
+        Appended::Failed(code, message) => {
+            s.metrics.note_error("Produce", code);
+            let resp = resp.with_error_code(code).with_base_offset(-1);
+            return if version >= 8 {
+                resp.with_error_message(Some(StrBytes::from_string(message)))
+            } else {
+                resp
+            };
+        }
+    };
+    if acks == -1 {
+        let waited =
+            tokio::time::timeout(timeout, partition.wait_durable(result.last_offset + 1)).await;
+        let code = match waited {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %partition.topic, partition = index, error = %e, "acks=all failed");
+                Some(err(ResponseError::KafkaStorageError))
+            }
+            Err(_) => Some(err(ResponseError::RequestTimedOut)),
+        };
+        if let Some(code) = code {
+            s.metrics.note_error("Produce", code);
+            return resp.with_error_code(code).with_base_offset(-1);
+        }
+    }
+    let resp = resp
+        .with_base_offset(result.first_offset)
+        .with_log_append_time_ms(result.log_append_time.unwrap_or(-1));
+    if version >= 5 {
+        resp.with_log_start_offset(partition.offsets().log_start)
+    } else {
+        resp
+    }
+}

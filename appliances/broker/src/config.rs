@@ -1,0 +1,425 @@
+//! The broker's configuration file (TOML). Every setting has a default except `data_dir`, so
+//! a minimal file is two lines. Topic defaults carry Kafka's names in comments so operators can
+//! map them; per-topic overrides use Kafka's own names (see [`crate::topic_config`]).
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "/var/lib/broker"
+//! rack = "site-a"
+//!
+//! [kafka]
+//! listen = "0.0.0.0:9092"
+//! advertised = "broker-a1.hub.example:9092"
+//!
+//! [durability]
+//! mode = "sync"          # acks=all answered after fdatasync (group commit)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use appconfig::{Validate, duration, size};
+use serde::{Deserialize, Serialize};
+use telemetry::LogFormat;
+
+use durable_log::TimestampType;
+
+/// Largest segment Kafka's 32-bit index positions allow.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+/// Smallest segment accepted (small values only make sense in tests).
+pub const MIN_SEGMENT_BYTES: u64 = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `node.id`: this broker's id in the cluster.
+    #[serde(default = "default_node_id")]
+    pub node_id: i32,
+    /// Where logs, group state and metadata live.
+    pub data_dir: PathBuf,
+    /// `broker.rack`: the site, for rack-aware placement.
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Fixed cluster id; generated at first start and kept in `data_dir` when absent.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub kafka: KafkaListener,
+    #[serde(default)]
+    pub admin: AdminListener,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default)]
+    pub topics: TopicDefaults,
+    #[serde(default)]
+    pub groups: GroupSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+fn default_node_id() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaListener {
+    /// Address the Kafka protocol listener binds.
+    pub listen: SocketAddr,
+    /// `host:port` given to clients in metadata; defaults to the bound address (with the
+    /// machine's host name when bound to all interfaces).
+    pub advertised: Option<String>,
+    /// `socket.request.max.bytes`: larger requests close the connection.
+    #[serde(with = "size")]
+    pub max_request_size: u64,
+    /// Bytes of requests held in memory across all connections before reading pauses.
+    #[serde(with = "size")]
+    pub max_inflight_request_bytes: u64,
+    /// Requests read ahead on one connection while earlier ones complete.
+    pub pipeline_depth: usize,
+    /// `connections.max.idle.ms`.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for KafkaListener {
+    fn default() -> Self {
+        KafkaListener {
+            listen: "0.0.0.0:9092".parse().expect("static address"),
+            advertised: None,
+            max_request_size: 100 << 20,
+            max_inflight_request_bytes: 512 << 20,
+            pipeline_depth: 16,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminListener {
+    /// Address of the metrics and health HTTP server.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminListener {
+    fn default() -> Self {
+        AdminListener {
+            listen: "0.0.0.0:9644".parse().expect("static address"),
+        }
+    }
+}
+
+/// When acknowledged data is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Durability {
+    /// acks=all is answered only after fdatasync; consumers see only flushed data.
+    Sync,
+    /// Flush every `interval`: acks=all is answered after the write to the page cache, so up
+    /// to one interval of acknowledged data can be lost with the machine (not the process).
+    Interval {
+        #[serde(with = "duration")]
+        interval: Duration,
+    },
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Sync
+    }
+}
+
+/// Defaults for new topics (Kafka broker settings `num.partitions`, `log.retention.ms`...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    /// `auto.create.topics.enable`.
+    pub auto_create: bool,
+    /// `num.partitions`.
+    pub partitions: i32,
+    /// `default.replication.factor`.
+    pub replication_factor: i16,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+    /// `log.retention.ms` ("forever" for -1).
+    #[serde(with = "duration::forever")]
+    pub retention: Option<Duration>,
+    /// `log.retention.bytes` ("unlimited" for -1).
+    #[serde(with = "size::unlimited")]
+    pub retention_bytes: Option<u64>,
+    /// `log.segment.bytes`.
+    #[serde(with = "size")]
+    pub segment_bytes: u64,
+    /// `log.roll.ms`.
+    #[serde(with = "duration")]
+    pub segment_age: Duration,
+    /// `message.max.bytes`.
+    #[serde(with = "size")]
+    pub max_message_bytes: u64,
+    /// `log.message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `log.index.interval.bytes`.
+    #[serde(with = "size")]
+    pub index_interval_bytes: u64,
+    /// `producer.id.expiration.ms`.
+    #[serde(with = "duration")]
+    pub producer_id_expiration: Duration,
+    /// `log.retention.check.interval.ms`.
+    #[serde(with = "duration")]
+    pub retention_check_interval: Duration,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+        TopicDefaults {
+            auto_create: true,
+            partitions: 1,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            retention: Some(WEEK),
+            retention_bytes: None,
+            segment_bytes: 1 << 30,
+            segment_age: WEEK,
+            max_message_bytes: 1_048_588,
+            timestamp_type: TimestampType::CreateTime,
+            index_interval_bytes: 4096,
+            producer_id_expiration: Duration::from_secs(24 * 3600),
+            retention_check_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSettings {
+    /// `group.initial.rebalance.delay.ms`: how long an empty group waits for more members.
+    #[serde(with = "duration")]
+    pub initial_rebalance_delay: Duration,
+    /// `group.min.session.timeout.ms`.
+    #[serde(with = "duration")]
+    pub min_session_timeout: Duration,
+    /// `group.max.session.timeout.ms`.
+    #[serde(with = "duration")]
+    pub max_session_timeout: Duration,
+    /// `group.max.size` (0: unlimited).
+    pub max_size: usize,
+    /// `offsets.retention.minutes`: offsets of an empty group are dropped after this.
+    #[serde(with = "duration")]
+    pub offsets_retention: Duration,
+    /// `offsets.topic.num.partitions`: partitions of the internal offsets log.
+    pub offsets_partitions: i32,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            initial_rebalance_delay: Duration::from_secs(3),
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(1800),
+            max_size: 0,
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offsets_partitions: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `broker=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A configuration with defaults, for tests and the in-process lab.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        BrokerConfig {
+            node_id: default_node_id(),
+            data_dir: data_dir.into(),
+            rack: None,
+            cluster_id: None,
+            kafka: KafkaListener::default(),
+            admin: AdminListener::default(),
+            durability: Durability::default(),
+            topics: TopicDefaults::default(),
+            groups: GroupSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+
+    /// The `(host, port)` clients are told to connect to.
+    pub fn advertised_endpoint(&self, bound: SocketAddr) -> (String, u16) {
+        if let Some(adv) = &self.kafka.advertised {
+            if let Some((host, port)) = adv.rsplit_once(':') {
+                if let Ok(port) = port.parse() {
+                    return (host.trim_matches(['[', ']']).to_string(), port);
+                }
+            }
+        }
+        let host = if bound.ip().is_unspecified() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            bound.ip().to_string()
+        };
+        (host, bound.port())
+    }
+}
+
+impl Validate for BrokerConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.node_id < 0 {
+            return Err(format!("node_id = {} must be >= 0", self.node_id));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir must not be empty".into());
+        }
+        if let Some(adv) = &self.kafka.advertised {
+            let ok = adv
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(format!("kafka.advertised = {adv:?} must be host:port"));
+            }
+        }
+        if self.kafka.max_request_size < 1024 || self.kafka.max_request_size > i32::MAX as u64 {
+            return Err("kafka.max_request_size must be between 1KiB and 2GiB".into());
+        }
+        if self.kafka.max_inflight_request_bytes < self.kafka.max_request_size {
+            return Err(
+                "kafka.max_inflight_request_bytes must be >= kafka.max_request_size".into(),
+            );
+        }
+        if !(1..=1024).contains(&self.kafka.pipeline_depth) {
+            return Err("kafka.pipeline_depth must be between 1 and 1024".into());
+        }
+        if let Durability::Interval { interval } = self.durability {
+            if interval < Duration::from_millis(1) {
+                return Err("durability.interval must be at least 1ms".into());
+            }
+        }
+        let t = &self.topics;
+        if t.partitions < 1 {
+            return Err("topics.partitions must be >= 1".into());
+        }
+        if t.replication_factor < 1 {
+            return Err("topics.replication_factor must be >= 1".into());
+        }
+        if t.min_insync_replicas < 1 {
+            return Err("topics.min_insync_replicas must be >= 1".into());
+        }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&t.segment_bytes) {
+            return Err(format!(
+                "topics.segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}"
+            ));
+        }
+        if t.max_message_bytes < 1024 || t.max_message_bytes > self.kafka.max_request_size {
+            return Err(
+                "topics.max_message_bytes must be between 1KiB and kafka.max_request_size".into(),
+            );
+        }
+        if t.index_interval_bytes == 0 {
+            return Err("topics.index_interval_bytes must be > 0".into());
+        }
+        let g = &self.groups;
+        if g.min_session_timeout > g.max_session_timeout {
+            return Err(
+                "groups.min_session_timeout must not exceed groups.max_session_timeout".into(),
+            );
+        }
+        if g.initial_rebalance_delay > Duration::from_secs(300) {
+            return Err("groups.initial_rebalance_delay must be at most 5m".into());
+        }
+        if !(1..=1024).contains(&g.offsets_partitions) {
+            return Err("groups.offsets_partitions must be between 1 and 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c: BrokerConfig = appconfig::parse_str("data_dir = \"/tmp/x\"\n", "t").unwrap();
+        assert_eq!(c.kafka.listen.port(), 9092);
+        assert_eq!(c.durability, Durability::Sync);
+        assert_eq!(c.groups.initial_rebalance_delay, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            node_id = 3
+            data_dir = "/data"
+            rack = "site-b"
+            [kafka]
+            listen = "127.0.0.1:19092"
+            advertised = "b3.hub:9093"
+            max_request_size = "50MiB"
+            [durability]
+            mode = "interval"
+            interval = "200ms"
+            [topics]
+            partitions = 6
+            retention = "forever"
+            retention_bytes = "10GiB"
+            timestamp_type = "LogAppendTime"
+            [log]
+            format = "json"
+        "#;
+        let c: BrokerConfig = appconfig::parse_str(text, "t").unwrap();
+        assert_eq!(
+            c.durability,
+            Durability::Interval {
+                interval: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(c.topics.retention, None);
+        assert_eq!(c.topics.retention_bytes, Some(10 << 30));
+        assert_eq!(c.topics.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(
+            c.advertised_endpoint(c.kafka.listen),
+            ("b3.hub".into(), 9093)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = appconfig::parse_str::<BrokerConfig>(
+            "data_dir = \"/d\"\n[topics]\npartitions = 0\n",
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "config f: topics.partitions must be >= 1");
+        let e = appconfig::parse_str::<BrokerConfig>(
+            "data_dir = \"/d\"\n[durability]\nmode = \"sometimes\"\n",
+            "f",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = appconfig::parse_str::<BrokerConfig>(
+            "data_dir = \"/d\"\n[kafka]\nadvertised = \"nohost\"\n",
+            "f",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must be host:port"), "{e}");
+    }
+}

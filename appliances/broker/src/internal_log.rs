@@ -1,0 +1,160 @@
+//! A durable store of typed records (JSON) on a broker-internal partition: the topic catalog
+//! and the consumer group state live in these, so they get the same group-committed,
+//! crash-recovered storage as user data, and will replicate the same way.
+//!
+//! State is rebuilt by replaying every record from the log start. To keep that short, a
+//! store is compacted by appending the whole current state as ONE batch (all or nothing under
+//! its CRC) and then moving the log start to it; replay after a crash between the two steps
+//! sees the old records and then the snapshot, which restates the same state.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use durable_log::{AppendError, LogConfig, TimestampType, split_batches};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::partition::{Partition, PartitionError, now_ms};
+
+/// Log settings for internal stores: never deleted by retention, large batches (snapshots).
+pub fn internal_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 20,
+        segment_ms: None,
+        index_interval_bytes: 4096,
+        retention_ms: None,
+        retention_bytes: None,
+        max_message_bytes: 256 << 20,
+        timestamp_type: TimestampType::CreateTime,
+        producer_id_expiration_ms: i64::MAX,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("corrupt internal record at offset {offset}: {message}")]
+    Corrupt { offset: i64, message: String },
+}
+
+pub struct InternalLog<T> {
+    partition: Arc<Partition>,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> InternalLog<T> {
+    pub fn new(partition: Arc<Partition>) -> Self {
+        InternalLog {
+            partition,
+            _records: PhantomData,
+        }
+    }
+
+    pub fn partition(&self) -> &Arc<Partition> {
+        &self.partition
+    }
+
+    /// Every record from the log start, in order.
+    pub async fn replay(&self) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut offset = self.partition.offsets().log_start;
+        loop {
+            let read = self.partition.read(offset, 4 << 20, true, true).await?;
+            if read.records.is_empty() {
+                return Ok(out);
+            }
+            let batches = split_batches(&read.records).map_err(|e| StoreError::Corrupt {
+                offset,
+                message: e.to_string(),
+            })?;
+            for b in batches {
+                let records = durable_log::records::decode_records(&b.bytes).map_err(|e| {
+                    StoreError::Corrupt {
+                        offset: b.header.base_offset,
+                        message: e.to_string(),
+                    }
+                })?;
+                for r in records.into_iter().filter(|r| r.offset >= offset) {
+                    let value = r.value.unwrap_or_default();
+                    let rec = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                        offset: r.offset,
+                        message: e.to_string(),
+                    })?;
+                    out.push(rec);
+                }
+                offset = b.header.next_offset();
+            }
+        }
+    }
+
+    /// Append records as one batch and wait until they are durable. Returns the offset of
+    /// the first one.
+    pub async fn append(&self, records: &[T]) -> Result<i64, StoreError> {
+        if records.is_empty() {
+            return Ok(self.partition.offsets().log_end);
+        }
+        let batch = encode(records);
+        let batches = split_batches(&batch).map_err(AppendError::from)?;
+        let result = self.partition.append(batches).await?;
+        self.partition.wait_durable(result.last_offset + 1).await?;
+        Ok(result.first_offset)
+    }
+
+    /// Replace the history with `snapshot` (the complete current state).
+    pub async fn compact(&self, snapshot: &[T]) -> Result<(), StoreError> {
+        let start = self.append(snapshot).await?;
+        self.partition.delete_records(start).await?;
+        self.partition.enforce_retention().await?;
+        Ok(())
+    }
+
+    pub async fn size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.partition.size_bytes().await?)
+    }
+}
+
+fn encode<T: Serialize>(records: &[T]) -> Bytes {
+    let now = now_ms();
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: KTs::Creation,
+            offset: i as i64,
+            // The encoder keeps records in one batch while offset - sequence is constant.
+            sequence: -1 + i as i32,
+            timestamp: now,
+            key: None,
+            value: Some(
+                serde_json::to_vec(r)
+                    .expect("internal records serialize")
+                    .into(),
+            ),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encoding uncompressed records cannot fail");
+    buf.freeze()
+}

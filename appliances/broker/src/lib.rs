@@ -1,0 +1,26 @@
+//! The broker appliance: a Kafka-wire-compatible broker.
+//!
+//! Start one in-process with [`start`] (tests, the lab) or as a process with the `broker`
+//! binary. Reading order for a newcomer: [`server`] (lifecycle), [`connection`] and [`frame`]
+//! (the wire), [`api`] (one module per Kafka API family), [`partition`] (a log with group
+//! commit and the high watermark), [`topics`] and [`catalog`] (metadata), [`groups`] (the
+//! consumer group coordinator). Storage itself is the `durable-log` crate.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+mod connection;
+pub mod data_dir;
+pub mod frame;
+pub mod groups;
+pub mod internal_log;
+pub mod metrics;
+pub mod partition;
+pub mod producer_ids;
+pub mod server;
+pub mod state;
+pub mod topic_config;
+pub mod topics;
+
+pub use config::BrokerConfig;
+pub use server::{BrokerHandle, start};

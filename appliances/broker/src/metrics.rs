@@ -1,0 +1,168 @@
+//! The broker's Prometheus metrics. Names follow the `kafka_server_*`-like conventions
+//! operators know, prefixed `broker_`, with per-topic and per-API labels.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub api: &'static str,
+    /// Kafka's error name, e.g. `OutOfOrderSequenceNumber`.
+    pub error: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50us .. ~26s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+pub struct Metrics {
+    pub bytes_in: Family<TopicLabel, Counter>,
+    pub bytes_out: Family<TopicLabel, Counter>,
+    pub records_in: Family<TopicLabel, Counter>,
+    pub records_out: Family<TopicLabel, Counter>,
+    pub requests: Family<ApiLabel, Counter>,
+    pub request_errors: Family<ErrorLabel, Counter>,
+    pub request_latency: Family<ApiLabel, Histogram, fn() -> Histogram>,
+    pub flush_latency: Histogram,
+    pub connections: Gauge,
+    pub connections_accepted: Counter,
+    pub partitions: Gauge,
+    pub offline_partitions: Gauge,
+    pub under_replicated_partitions: Gauge,
+    pub groups: Gauge,
+    pub rebalances: Counter,
+}
+
+impl Metrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            records_in: Family::default(),
+            records_out: Family::default(),
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_latency: Family::new_with_constructor(latency_histogram),
+            flush_latency: latency_histogram(),
+            connections: Gauge::default(),
+            connections_accepted: Counter::default(),
+            partitions: Gauge::default(),
+            offline_partitions: Gauge::default(),
+            under_replicated_partitions: Gauge::default(),
+            groups: Gauge::default(),
+            rebalances: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("broker");
+        r.register(
+            "bytes_in",
+            "Record bytes appended, per topic",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Record bytes sent to consumers, per topic",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "records_in",
+            "Records appended, per topic",
+            m.records_in.clone(),
+        );
+        r.register(
+            "records_out",
+            "Records sent to consumers (whole batches), per topic",
+            m.records_out.clone(),
+        );
+        r.register(
+            "requests",
+            "Kafka requests handled, per API",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Per-partition or request errors returned, per API and error",
+            m.request_errors.clone(),
+        );
+        r.register(
+            "request_latency_seconds",
+            "Time from request decoded to response ready, per API",
+            m.request_latency.clone(),
+        );
+        r.register(
+            "flush_latency_seconds",
+            "Duration of one group-commit fdatasync pass",
+            m.flush_latency.clone(),
+        );
+        r.register(
+            "connections",
+            "Open Kafka connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Kafka connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register("partitions", "Partitions hosted", m.partitions.clone());
+        r.register(
+            "offline_partitions",
+            "Partitions whose log is offline after a storage error",
+            m.offline_partitions.clone(),
+        );
+        r.register(
+            "under_replicated_partitions",
+            "Partitions with fewer in-sync replicas than replicas",
+            m.under_replicated_partitions.clone(),
+        );
+        r.register(
+            "groups",
+            "Consumer groups known to the coordinator",
+            m.groups.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Consumer group rebalances completed",
+            m.rebalances.clone(),
+        );
+        m
+    }
+
+    pub fn observe_flush(&self, d: Duration) {
+        self.flush_latency.observe(d.as_secs_f64());
+    }
+
+    /// Count an error code returned by `api`.
+    pub fn note_error(&self, api: &'static str, code: i16) {
+        let error = match kafka_protocol::error::ResponseError::try_from_code(code) {
+            Some(e) => format!("{e:?}"),
+            None => code.to_string(),
+        };
+        self.request_errors
+            .get_or_create(&ErrorLabel { api, error })
+            .inc();
+    }
+
+    pub fn topic(&self, topic: &str) -> TopicLabel {
+        TopicLabel {
+            topic: topic.to_string(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! What every appliance exposes about itself: structured logs (`tracing`), Prometheus metrics
+//! and health endpoints on a small admin HTTP server.
+
+pub mod admin;
+pub mod health;
+pub mod logging;
+pub mod process;
+
+pub use admin::{AdminServer, serve_admin};
+pub use health::Health;
+pub use logging::{LogFormat, init_logging};
+pub use process::ProcessCollector;
