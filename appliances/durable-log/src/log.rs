@@ -286,7 +286,7 @@ impl Log {
                 .ctx(|| format!("sealing segment {base}"))?;
         }
         if segments.is_empty() {
-            let seg = Segment::create(dir, checkpointed_start)
+            let seg = Segment::create(dir, checkpointed_start, now_ms)
                 .ctx(|| format!("creating the first segment in {}", dir.display()))?;
             segments.insert(checkpointed_start, seg);
         }
@@ -636,7 +636,7 @@ impl Log {
             return Ok(0);
         };
         if self.should_roll(bytes, last.parsed.last_offset(), now_ms) {
-            if let Err(e) = self.roll() {
+            if let Err(e) = self.roll(now_ms) {
                 return Err(self.fail(e));
             }
         }
@@ -653,17 +653,17 @@ impl Log {
             return false;
         }
         let too_big = active.size() + incoming > self.config.segment_bytes;
-        let too_old = match (self.config.segment_ms, active.first_timestamp()) {
-            (Some(ms), Some(first)) => now_ms.saturating_sub(first) >= ms,
-            _ => false,
-        };
+        let too_old = self
+            .config
+            .segment_ms
+            .is_some_and(|ms| now_ms.saturating_sub(active.created_ms()) >= ms);
         // Index entries hold offsets relative to the segment base in 32 bits.
         let offsets_overflow = last_offset - active.base_offset() > i64::from(i32::MAX);
         too_big || too_old || offsets_overflow
     }
 
     /// Seal the active segment and start a new one at the log end offset.
-    fn roll(&mut self) -> Result<(), LogError> {
+    fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
         let base = self.log_end_offset();
         let active = self.active_mut();
         active.seal().ctx(|| "sealing the active segment".into())?;
@@ -676,7 +676,8 @@ impl Log {
         fs::write(&tmp, snapshot)
             .and_then(|_| fs::rename(&tmp, &path))
             .ctx(|| format!("writing {}", path.display()))?;
-        let seg = Segment::create(&self.dir, base).ctx(|| format!("creating segment {base}"))?;
+        let seg =
+            Segment::create(&self.dir, base, now_ms).ctx(|| format!("creating segment {base}"))?;
         self.segments.insert(base, seg);
         self.dir_dirty = true;
         tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
@@ -844,8 +845,8 @@ impl Log {
             let seg = self.segments.remove(&base).expect("listed segment");
             seg.delete().ctx(|| format!("deleting segment {base}"))?;
         }
-        let seg =
-            Segment::create(&self.dir, offset).ctx(|| format!("creating segment {offset}"))?;
+        let seg = Segment::create(&self.dir, offset, now_ms)
+            .ctx(|| format!("creating segment {offset}"))?;
         self.segments.insert(offset, seg);
         self.log_start_offset = offset;
         checkpoint::write_atomic(
@@ -923,7 +924,7 @@ impl Log {
         };
         // When even the active segment has expired, roll so that it can go too.
         if !self.active().is_empty() && expired(self, self.active()) {
-            self.roll()?;
+            self.roll(now_ms)?;
         }
         let mut report = self.delete_segments_while(|log, seg| expired(log, seg))?;
         if let Some(limit) = self.config.retention_bytes {

@@ -46,8 +46,9 @@ pub struct Segment {
     index: OffsetIndex,
     time_index: TimeIndex,
     max_timestamp: i64,
-    /// Max timestamp of the first batch: the segment's age for `segment.ms`.
-    first_timestamp: Option<i64>,
+    /// Wall-clock creation time (ms), the segment's age for `segment.ms`. Producer timestamps
+    /// are not used: a producer's clock must not decide how storage is laid out.
+    created_ms: i64,
     bytes_since_index: u64,
     sealed: bool,
 }
@@ -61,7 +62,7 @@ pub struct RecoveryReport {
 
 impl Segment {
     /// Create an empty active segment, replacing leftovers with the same base offset.
-    pub fn create(dir: &Path, base_offset: i64) -> io::Result<Self> {
+    pub fn create(dir: &Path, base_offset: i64, now_ms: i64) -> io::Result<Self> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let log = OpenOptions::new()
             .read(true)
@@ -78,7 +79,7 @@ impl Segment {
             index: OffsetIndex::create(&dir.join(file_name(base_offset, "index")))?,
             time_index: TimeIndex::create(&dir.join(file_name(base_offset, "timeindex")))?,
             max_timestamp: NO_TIMESTAMP,
-            first_timestamp: None,
+            created_ms: now_ms,
             bytes_since_index: 0,
             sealed: false,
         })
@@ -95,7 +96,8 @@ impl Segment {
     ) -> io::Result<(Self, Option<RecoveryReport>)> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let log = OpenOptions::new().read(true).write(true).open(&log_path)?;
-        let size = log.metadata()?.len();
+        let meta = log.metadata()?;
+        let size = meta.len();
         let index = OffsetIndex::open_sealed(&dir.join(file_name(base_offset, "index")))?;
         let time_index = TimeIndex::open_sealed(&dir.join(file_name(base_offset, "timeindex")))?;
         let (Some(index), Some(time_index)) = (index, time_index) else {
@@ -112,7 +114,7 @@ impl Segment {
             index,
             time_index,
             max_timestamp: NO_TIMESTAMP,
-            first_timestamp: None,
+            created_ms: birth_ms(&meta),
             bytes_since_index: 0,
             sealed: true,
         };
@@ -139,7 +141,8 @@ impl Segment {
     ) -> io::Result<Self> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let log = OpenOptions::new().read(true).write(true).open(&log_path)?;
-        let file_len = log.metadata()?.len();
+        let meta = log.metadata()?;
+        let file_len = meta.len();
         let mut seg = Segment {
             base_offset,
             log_path,
@@ -149,7 +152,7 @@ impl Segment {
             index: OffsetIndex::create(&dir.join(file_name(base_offset, "index")))?,
             time_index: TimeIndex::create(&dir.join(file_name(base_offset, "timeindex")))?,
             max_timestamp: NO_TIMESTAMP,
-            first_timestamp: None,
+            created_ms: birth_ms(&meta),
             bytes_since_index: 0,
             sealed: false,
         };
@@ -208,8 +211,8 @@ impl Segment {
         self.max_timestamp
     }
 
-    pub fn first_timestamp(&self) -> Option<i64> {
-        self.first_timestamp
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
     }
 
     pub fn log_file(&self) -> Arc<File> {
@@ -264,7 +267,6 @@ impl Segment {
         }
         self.bytes_since_index += len;
         self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
-        self.first_timestamp.get_or_insert(h.max_timestamp);
         self.next_offset = h.next_offset();
         Ok(())
     }
@@ -372,11 +374,6 @@ impl Segment {
         };
         let start = pos;
         self.next_offset = self.base_offset;
-        self.first_timestamp = None;
-        if self.size > 0 {
-            let first = self.header_at(0)?;
-            self.first_timestamp = Some(first.max_timestamp);
-        }
         let mut last = None;
         while pos < self.size {
             let h = self.header_at(pos)?;
@@ -474,6 +471,16 @@ impl Segment {
     }
 }
 
+/// When a segment file was created (birth time where the filesystem records it, else its last
+/// modification), in ms since the Unix epoch.
+fn birth_ms(meta: &std::fs::Metadata) -> i64 {
+    meta.created()
+        .or_else(|_| meta.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Make sure `chunk` holds bytes `[pos, pos + len)` of the file, reading forward as needed.
 /// Returns `None` when the file ends first.
 fn read_in_chunk<'c>(
@@ -554,7 +561,7 @@ mod tests {
     #[test]
     fn append_find_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 100).unwrap();
+        let mut seg = Segment::create(dir.path(), 100, 0).unwrap();
         for i in 0..50 {
             write(
                 &mut seg,
@@ -581,7 +588,7 @@ mod tests {
     #[test]
     fn recovery_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 0).unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 0).unwrap();
         for _ in 0..10 {
             write(&mut seg, &[b"abc"], 5);
         }
@@ -607,7 +614,7 @@ mod tests {
     #[test]
     fn recovery_stops_at_a_bad_crc() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 0).unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 0).unwrap();
         write(&mut seg, &[b"one"], 1);
         let second = seg.size();
         write(&mut seg, &[b"two"], 2);
@@ -626,7 +633,7 @@ mod tests {
     #[test]
     fn truncate_then_append_again() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 0).unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 0).unwrap();
         for i in 0..20 {
             write(&mut seg, &[b"0123456789012345678901234567890123456789"], i);
         }
@@ -642,7 +649,7 @@ mod tests {
     #[test]
     fn time_lookup_start_never_skips_a_match() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 0).unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 0).unwrap();
         for i in 0..100 {
             write(
                 &mut seg,

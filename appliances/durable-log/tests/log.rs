@@ -438,3 +438,23 @@ fn oversized_and_control_batches_are_refused() {
     ));
     assert_eq!(log.log_end_offset(), 0);
 }
+
+#[test]
+fn segment_age_follows_the_wall_clock_not_producer_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_ms: Some(60_000),
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), config, false);
+    // Batches stamped years ago by their producer do not make every append roll.
+    for _ in 0..20 {
+        log.append_as_leader(&batch(&["old"], 1_000, None), 0, NOW)
+            .unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    // A minute of wall-clock time later, the next append starts a new segment.
+    log.append_as_leader(&batch(&["later"], 1_000, None), 0, NOW + 61_000)
+        .unwrap();
+    assert_eq!(log.segment_count(), 2);
+}

@@ -1,0 +1,36 @@
+//! `clk`: the operator CLI of the Clickceler hub appliances.
+//!
+//! - `clk bench kafka produce|consume`: load any Kafka broker and report throughput,
+//!   latency percentiles and broker memory.
+//! - `clk bench disk|loopback`: this machine's physical limits, for the ratios in
+//!   docs/benchmarks.md.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "clk", version, about = "Clickceler hub operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks (point them at any broker or endpoint to compare).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Bench { what } => runtime.block_on(bench::run(what)),
+    }
+}
