@@ -1,0 +1,51 @@
+"""confluent-kafka: produce `count` unique values and report what was acknowledged. With
+--acked-file, run until SIGTERM, appending `partition offset value` for every acknowledged
+record as soon as its acknowledgement arrives (the durability tests compare this with what
+the broker serves after a crash)."""
+import argparse, json, signal, sys, time
+from confluent_kafka import Producer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--bootstrap", required=True)
+ap.add_argument("--topic", required=True)
+ap.add_argument("--count", type=int, default=0, help="0: until SIGTERM")
+ap.add_argument("--acks", default="all")
+ap.add_argument("--idempotence", action="store_true")
+ap.add_argument("--acked-file")
+ap.add_argument("--prefix", default="v")
+a = ap.parse_args()
+
+stopping = False
+def on_term(*_):
+    global stopping
+    stopping = True
+signal.signal(signal.SIGTERM, on_term)
+
+out = open(a.acked_file, "a", buffering=1) if a.acked_file else None
+acked, errors = 0, []
+def done(err, msg):
+    global acked
+    if err:
+        errors.append(str(err))
+        return
+    acked += 1
+    if out:
+        out.write(f"{msg.partition()} {msg.offset()} {msg.value().decode()}\n")
+
+p = Producer({"bootstrap.servers": a.bootstrap, "acks": a.acks, "enable.idempotence": a.idempotence,
+              "linger.ms": 2, "message.timeout.ms": 120000})
+t0 = time.time()
+i = 0
+while not stopping and (a.count == 0 or i < a.count):
+    try:
+        p.produce(a.topic, key=str(i % 64), value=f"{a.prefix}-{i}", callback=done)
+        i += 1
+    except BufferError:
+        p.poll(0.05)
+        continue
+    p.poll(0)
+left = p.flush(5 if stopping else 120)
+if out:
+    out.close()
+print(json.dumps({"sent": i, "acked": acked, "unflushed": left, "errors": errors[:5], "error_count": len(errors),
+                  "seconds": round(time.time() - t0, 2)}))

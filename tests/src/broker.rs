@@ -1,0 +1,221 @@
+//! A broker process for a test: its own data directory and configuration, ports learned from
+//! its "broker ready" log line (so tests run in parallel without port races), and the ways a
+//! test ends a broker: SIGTERM (clean) or SIGKILL (crash), then restart on the same ports.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a start (including log recovery) may take in a debug build.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Directory of the workspace's binaries: `CLK_BIN_DIR`, else the profile directory this test
+/// binary was built into.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CLK_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps")
+                .to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+pub struct Broker {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+    extra: String,
+    starts: usize,
+}
+
+impl Broker {
+    /// Start a broker with default settings.
+    pub fn start() -> Broker {
+        Broker::start_with("")
+    }
+
+    /// Start a broker; `extra` is TOML appended to the generated configuration (sections such
+    /// as `[topics]` or keys of `[kafka]` other than `listen`).
+    pub fn start_with(extra: &str) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("broker-test")
+            .tempdir()
+            .expect("temp dir");
+        let mut b = Broker {
+            dir,
+            child: None,
+            kafka: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            extra: extra.to_string(),
+            starts: 0,
+        };
+        b.launch();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.kafka.to_string()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.admin)
+    }
+
+    /// Everything the broker logged so far (all runs).
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("broker-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let (kafka_listen, extra) = split_kafka_section(&self.extra);
+        let text = format!(
+            "node_id = 1\ndata_dir = \"{}\"\n\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
+            self.data_dir().display(),
+            self.kafka,
+            self.admin,
+        );
+        let path = self.dir.path().join("broker.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn launch(&mut self) {
+        let config = self.write_config();
+        self.starts += 1;
+        let log_path = self.dir.path().join(format!("broker-{}.log", self.starts));
+        let mut child = Command::new(bin("broker"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn broker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::create(&log_path).expect("broker log file");
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if !sent {
+                    if let Some(addrs) = ready_addresses(&line) {
+                        let _ = tx.send(addrs);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok((kafka, admin)) => {
+                self.kafka = kafka;
+                self.admin = admin;
+                self.child = Some(child);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker did not become ready; its log:\n{}", self.log());
+            }
+        }
+    }
+
+    /// Crash the broker (SIGKILL) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the broker cleanly (SIGTERM) and wait for it to exit; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("broker is running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("signal broker");
+        c.wait().expect("wait for broker")
+    }
+
+    /// Start again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop or kill the broker before restarting it"
+        );
+        self.launch();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `(kafka, admin)` addresses from the JSON "broker ready" log line.
+fn ready_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("message")?.as_str()? != "broker ready" {
+        return None;
+    }
+    let kafka = v.get("kafka_addr")?.as_str()?.parse().ok()?;
+    let admin = v.get("admin")?.as_str()?.parse().ok()?;
+    Some((kafka, admin))
+}
+
+/// Lines a test adds under `[kafka]` must go in that section; everything else stays after.
+fn split_kafka_section(extra: &str) -> (String, String) {
+    let mut kafka = String::new();
+    let mut rest = String::new();
+    let mut in_kafka = false;
+    for line in extra.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_kafka = t == "[kafka]";
+            if in_kafka {
+                continue;
+            }
+        }
+        if in_kafka {
+            kafka.push_str(line);
+            kafka.push('\n');
+        } else {
+            rest.push_str(line);
+            rest.push('\n');
+        }
+    }
+    (kafka, rest)
+}

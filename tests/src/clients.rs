@@ -1,0 +1,108 @@
+//! Running real clients: Debian's kcat and the Python client scenarios in `tests/python`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Run a command with a deadline, feeding `stdin`. If it overruns, it is killed and the test
+/// fails with what it printed.
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let pid = Pid::from_raw(child.id() as i32);
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let deadline = Instant::now() + timeout;
+    while !waiter.is_finished() {
+        if Instant::now() > deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            let out = waiter.join().expect("join").expect("wait for child");
+            panic!(
+                "{what} did not finish within {timeout:?}:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().expect("join").expect("wait for child")
+}
+
+/// `kcat` with `args`; panics unless it exits 0.
+pub fn kcat(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> String {
+    let mut cmd = Command::new("kcat");
+    cmd.args(args);
+    let out = run(cmd, stdin, timeout);
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn python_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+/// Run `tests/python/<script>` and return the JSON object it prints last; panics unless it
+/// exits 0.
+pub fn python(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_script(script)).args(args);
+    let out = run(cmd, None, timeout);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "{script} printed no JSON result:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed bad JSON ({e}): {last}"))
+}
+
+/// A metric's value from a Prometheus text endpoint (`name` with its labels, exactly).
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}

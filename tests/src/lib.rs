@@ -1,0 +1,12 @@
+//! Harness for end-to-end tests: appliances run as real processes (the binaries cargo built
+//! for this workspace) and are driven by real clients (kcat, confluent-kafka, kafka-python).
+//!
+//! Nothing here sleeps to synchronise: every wait is on a condition with a deadline.
+
+pub mod broker;
+pub mod clients;
+pub mod proxy;
+pub mod wait;
+
+pub use broker::Broker;
+pub use wait::wait_until;
