@@ -2,7 +2,7 @@
 --acked-file, run until SIGTERM, appending `partition offset value` for every acknowledged
 record as soon as its acknowledgement arrives (the durability tests compare this with what
 the broker serves after a crash)."""
-import argparse, json, signal, sys, time
+import argparse, json, os, signal, sys, time
 from confluent_kafka import Producer
 
 ap = argparse.ArgumentParser()
@@ -13,6 +13,8 @@ ap.add_argument("--acks", default="all")
 ap.add_argument("--idempotence", action="store_true")
 ap.add_argument("--acked-file")
 ap.add_argument("--prefix", default="v")
+ap.add_argument("--rate", type=float, default=0, help="records per second (0: as fast as possible)")
+ap.add_argument("--fast-reconnect", action="store_true", help="cap reconnect backoff (for flaky-link tests)")
 a = ap.parse_args()
 
 stopping = False
@@ -32,11 +34,21 @@ def done(err, msg):
     if out:
         out.write(f"{msg.partition()} {msg.offset()} {msg.value().decode()}\n")
 
-p = Producer({"bootstrap.servers": a.bootstrap, "acks": a.acks, "enable.idempotence": a.idempotence,
-              "linger.ms": 2, "message.timeout.ms": 120000})
+conf = {"bootstrap.servers": a.bootstrap, "acks": a.acks, "enable.idempotence": a.idempotence,
+        "linger.ms": 2, "message.timeout.ms": 120000}
+if os.environ.get("CK_DEBUG"):
+    conf["debug"] = os.environ["CK_DEBUG"]
+if a.fast_reconnect:
+    conf.update({"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 200})
+p = Producer(conf)
 t0 = time.time()
 i = 0
 while not stopping and (a.count == 0 or i < a.count):
+    if a.rate:
+        ahead = t0 + i / a.rate - time.time()
+        if ahead > 0:
+            p.poll(ahead)
+            continue
     try:
         p.produce(a.topic, key=str(i % 64), value=f"{a.prefix}-{i}", callback=done)
         i += 1

@@ -93,6 +93,20 @@ pub fn python(script: &str, args: &[&str], timeout: Duration) -> serde_json::Val
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed bad JSON ({e}): {last}"))
 }
 
+/// The whole text of a Prometheus endpoint.
+pub fn metrics_text(url: &str) -> String {
+    let Some((host, path)) = url.strip_prefix("http://").and_then(|r| r.split_once('/')) else {
+        return String::new();
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut body);
+    body
+}
+
 /// A metric's value from a Prometheus text endpoint (`name` with its labels, exactly).
 pub fn metric(url: &str, name: &str) -> Option<f64> {
     let rest = url.strip_prefix("http://")?;

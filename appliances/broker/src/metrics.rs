@@ -37,6 +37,7 @@ pub struct Metrics {
     pub bytes_out: Family<TopicLabel, Counter>,
     pub records_in: Family<TopicLabel, Counter>,
     pub records_out: Family<TopicLabel, Counter>,
+    pub produce_duplicates: Counter,
     pub requests: Family<ApiLabel, Counter>,
     pub request_errors: Family<ErrorLabel, Counter>,
     pub request_latency: Family<ApiLabel, Histogram, fn() -> Histogram>,
@@ -58,6 +59,7 @@ impl Metrics {
             bytes_out: Family::default(),
             records_in: Family::default(),
             records_out: Family::default(),
+            produce_duplicates: Counter::default(),
             requests: Family::default(),
             request_errors: Family::default(),
             request_latency: Family::new_with_constructor(latency_histogram),
@@ -90,6 +92,11 @@ impl Metrics {
             "records_out",
             "Records sent to consumers (whole batches), per topic",
             m.records_out.clone(),
+        );
+        r.register(
+            "produce_duplicates",
+            "Retried producer batches answered with their original offsets (idempotence)",
+            m.produce_duplicates.clone(),
         );
         r.register(
             "requests",

@@ -198,11 +198,12 @@ pub fn heartbeat(st: &BrokerState, r: HeartbeatRequest) -> HeartbeatResponse {
     HeartbeatResponse::default().with_error_code(code)
 }
 
-pub fn leave(st: &BrokerState, version: i16, r: LeaveGroupRequest) -> LeaveGroupResponse {
+pub async fn leave(st: &BrokerState, version: i16, r: LeaveGroupRequest) -> LeaveGroupResponse {
     if version < 3 {
         let codes = st
             .groups
-            .leave(&r.group_id.0, &[(r.member_id.to_string(), None)]);
+            .leave(&r.group_id.0, &[(r.member_id.to_string(), None)])
+            .await;
         return LeaveGroupResponse::default().with_error_code(codes[0]);
     }
     let identities: Vec<(String, Option<String>)> = r
@@ -215,7 +216,7 @@ pub fn leave(st: &BrokerState, version: i16, r: LeaveGroupRequest) -> LeaveGroup
             )
         })
         .collect();
-    let codes = st.groups.leave(&r.group_id.0, &identities);
+    let codes = st.groups.leave(&r.group_id.0, &identities).await;
     let members = r
         .members
         .into_iter()

@@ -96,7 +96,7 @@ pub async fn handle(state: &Arc<BrokerState>, client: &Client, req: Request) -> 
         }
         RequestKind::SyncGroup(r) => ready(ResponseKind::SyncGroup(groups::sync(s, r).await)),
         RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(groups::heartbeat(s, r))),
-        RequestKind::LeaveGroup(r) => ready(ResponseKind::LeaveGroup(groups::leave(s, v, r))),
+        RequestKind::LeaveGroup(r) => ready(ResponseKind::LeaveGroup(groups::leave(s, v, r).await)),
         RequestKind::OffsetCommit(r) => ready(ResponseKind::OffsetCommit(
             groups::offset_commit(s, r).await,
         )),

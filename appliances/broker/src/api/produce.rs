@@ -119,7 +119,9 @@ async fn append_one(
     }
     match partition.append(batches).await {
         Ok(result) => {
-            if !result.duplicate {
+            if result.duplicate {
+                s.metrics.produce_duplicates.inc();
+            } else {
                 let label = s.metrics.topic(topic);
                 s.metrics
                     .bytes_in

@@ -276,7 +276,7 @@ impl GroupCoordinator {
             let now = Instant::now();
             let groups: Vec<SharedGroup> = self.inner.groups.lock().values().cloned().collect();
             for g in groups {
-                let to_persist = {
+                let due = {
                     let mut g = g.lock();
                     let before = g.generation();
                     let expired = g.tick(now, &self.settings().group);
@@ -286,16 +286,11 @@ impl GroupCoordinator {
                     if g.generation() != before {
                         self.inner.metrics.rebalances.inc();
                     }
-                    std::mem::take(&mut g.needs_persist)
-                        .then(|| (g.id.clone(), g.record_with(None)))
+                    g.needs_persist
                 };
-                if let Some((id, record)) = to_persist {
+                if due {
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.persist(&id, vec![record]).await {
-                            tracing::warn!(group = %id, error = %e, "persisting an empty group failed");
-                        }
-                    });
+                    tokio::spawn(async move { me.persist_if_needed(&g).await });
                 }
             }
             if now.duration_since(last_expiry) > Duration::from_secs(60) {
@@ -407,16 +402,35 @@ impl GroupCoordinator {
         }
     }
 
-    /// LeaveGroup for each `(member_id, instance_id)`; per-member error codes.
-    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+    /// LeaveGroup for each `(member_id, instance_id)`; per-member error codes. If the group
+    /// became empty, that is durable before the answer (a restart must not resurrect members).
+    pub async fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
         let Some(g) = self.group(group_id) else {
             return vec![ResponseError::UnknownMemberId.code(); members.len()];
         };
-        let mut g = g.lock();
-        members
-            .iter()
-            .map(|(m, i)| g.leave(m, i.as_deref(), Instant::now(), &self.settings().group))
-            .collect()
+        let codes = {
+            let mut g = g.lock();
+            members
+                .iter()
+                .map(|(m, i)| g.leave(m, i.as_deref(), Instant::now(), &self.settings().group))
+                .collect()
+        };
+        self.persist_if_needed(&g).await;
+        codes
+    }
+
+    /// Persist a group whose membership record is due (it became empty).
+    async fn persist_if_needed(&self, g: &SharedGroup) {
+        let due = {
+            let mut g = g.lock();
+            std::mem::take(&mut g.needs_persist).then(|| (g.id.clone(), g.record_with(None)))
+        };
+        if let Some((id, record)) = due {
+            if let Err(e) = self.persist(&id, vec![record]).await {
+                tracing::warn!(group = %id, error = %e, "persisting the group failed");
+                g.lock().needs_persist = true;
+            }
+        }
     }
 
     /// OffsetCommit: check membership, then store every offset durably. A request-level
@@ -590,9 +604,14 @@ impl GroupCoordinator {
         }
     }
 
-    /// Flush and close the offsets partitions. Returns false if one failed.
+    /// Persist pending group records, then flush and close the offsets partitions. Returns
+    /// false if something failed.
     pub async fn close(&self) -> bool {
-        let mut ok = true;
+        let groups: Vec<SharedGroup> = self.inner.groups.lock().values().cloned().collect();
+        for g in &groups {
+            self.persist_if_needed(g).await;
+        }
+        let mut ok = groups.iter().all(|g| !g.lock().needs_persist);
         for p in &self.inner.partitions {
             if let Err(e) = p.close().await {
                 tracing::error!(partition = p.index, error = %e, "closing an offsets partition failed");

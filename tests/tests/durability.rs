@@ -1,0 +1,281 @@
+//! Nothing acknowledged is lost: crashes (SIGKILL) under acks=all load, torn writes, clean
+//! restarts, and producer retries through dropped connections.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::clients::{kcat, metric, python, python_script};
+use e2e::proxy::ChaosProxy;
+use e2e::{Broker, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const T: Duration = Duration::from_secs(120);
+
+fn spawn_producer(args: &[&str]) -> Child {
+    Command::new("python3")
+        .arg(python_script("ck_produce.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn producer")
+}
+
+/// Stop a producer started with `spawn_producer` and return its JSON report.
+fn stop_producer(child: Child) -> serde_json::Value {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let pid = child.id();
+    let out = std::thread::spawn(move || child.wait_with_output());
+    wait_until("the producer to exit", T, || {
+        out.is_finished().then_some(())
+    });
+    let out = out
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("producer {pid}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).expect("producer report")
+}
+
+fn count_lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Every record of `topic` as `(partition, offset) -> value`.
+fn everything(b: &Broker, topic: &str) -> BTreeMap<(i32, i64), String> {
+    let bootstrap = b.bootstrap();
+    kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %s\n",
+        ],
+        None,
+        T,
+    )
+    .lines()
+    .map(|l| {
+        let mut it = l.splitn(3, ' ');
+        let p = it.next().unwrap().parse().unwrap();
+        let o = it.next().unwrap().parse().unwrap();
+        ((p, o), it.next().unwrap_or_default().to_string())
+    })
+    .collect()
+}
+
+#[test]
+fn kill_9_under_acks_all_load_loses_nothing_acknowledged() {
+    let mut b = Broker::start_with("[topics]\npartitions = 4\n");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let acked_path = acked_file.to_str().unwrap().to_string();
+    for round in 0..3 {
+        let before = count_lines(&acked_file);
+        let prefix = format!("r{round}");
+        let producer = spawn_producer(&[
+            "--bootstrap",
+            &b.bootstrap(),
+            "--topic",
+            "crash",
+            "--acked-file",
+            &acked_path,
+            "--prefix",
+            &prefix,
+        ]);
+        wait_until("acknowledgements to accumulate", T, || {
+            (count_lines(&acked_file) >= before + 3000).then_some(())
+        });
+        b.kill9();
+        stop_producer(producer);
+        b.restart();
+    }
+    let acked: Vec<(i32, i64, String)> = std::fs::read_to_string(&acked_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(3, ' ');
+            (
+                it.next().unwrap().parse().unwrap(),
+                it.next().unwrap().parse().unwrap(),
+                it.next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(acked.len() >= 9000);
+    let stored = everything(&b, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "acknowledged record {p}/{o} {v} was lost or changed"
+        );
+    }
+    // Offsets stay dense: recovery never leaves a hole.
+    for p in 0..4 {
+        let offsets: Vec<i64> = stored
+            .keys()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as i64).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+    }
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_log_continues() {
+    let mut b = Broker::start();
+    let input: String = (0..1000).map(|i| format!("v-{i}\n")).collect();
+    let bootstrap = b.bootstrap();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "torn", "-X", "acks=all"],
+        Some(input.as_bytes()),
+        T,
+    );
+    b.kill9();
+    // What a crash in the middle of a write leaves: half a batch header and garbage.
+    let dir = b.data_dir().join("topics").join("torn-0");
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    f.write_all(&[
+        0, 0, 0, 0, 0, 0, 3, 232, 0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 2, 7, 7, 7,
+    ])
+    .unwrap();
+    drop(f);
+    b.restart();
+    assert!(
+        b.log().contains("cut unacknowledged data torn by a crash"),
+        "{}",
+        b.log()
+    );
+    kcat(&["-b", &bootstrap, "-P", "-t", "torn"], Some(b"after\n"), T);
+    let stored = everything(&b, "torn");
+    assert_eq!(stored.len(), 1001);
+    assert_eq!(stored[&(0, 999)], "v-999");
+    assert_eq!(stored[&(0, 1000)], "after");
+}
+
+#[test]
+fn clean_restart_keeps_data_and_committed_offsets() {
+    let mut b = Broker::start();
+    let input: String = (0..100).map(|i| format!("m-{i}\n")).collect();
+    let bootstrap = b.bootstrap();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "restart", "-X", "acks=all"],
+        Some(input.as_bytes()),
+        T,
+    );
+    let first = python(
+        "ck_commit.py",
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "restart",
+            "--group",
+            "g1",
+            "--count",
+            "40",
+        ],
+        T,
+    );
+    assert_eq!(first["committed"], serde_json::json!([40]));
+    assert!(b.stop().success());
+    assert!(b.data_dir().join(".clean_shutdown").exists());
+    b.restart();
+    assert!(b.log().contains("\"clean_shutdown\":true"), "{}", b.log());
+    let second = python(
+        "ck_commit.py",
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "restart",
+            "--group",
+            "g1",
+            "--count",
+            "60",
+        ],
+        T,
+    );
+    let values = second["values"].as_array().unwrap();
+    assert_eq!(
+        values.first().unwrap(),
+        "m-40",
+        "the group resumes at its committed offset"
+    );
+    assert_eq!(values.len(), 60);
+    assert_eq!(second["committed"], serde_json::json!([100]));
+}
+
+#[test]
+fn idempotent_retries_of_lost_responses_create_no_duplicates() {
+    let proxy = ChaosProxy::start();
+    let b = Broker::start_with(&format!(
+        "[kafka]\nadvertised = \"{}\"\n[topics]\npartitions = 3\n",
+        proxy.addr
+    ));
+    proxy.set_target(b.kafka);
+    // The broker appends every 5th Produce request but its response never arrives.
+    proxy.lose_produce_responses(5);
+    let report = python(
+        "ck_produce.py",
+        &[
+            "--bootstrap",
+            &proxy.addr.to_string(),
+            "--topic",
+            "idem",
+            "--count",
+            "20000",
+            "--rate",
+            "5000",
+            "--idempotence",
+            "--fast-reconnect",
+        ],
+        T,
+    );
+    assert_eq!(report["acked"], 20000, "{report}");
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert!(
+        proxy.lost_responses() >= 5,
+        "responses were lost ({})",
+        proxy.lost_responses()
+    );
+    let retried = metric(&b.metrics_url(), "broker_produce_duplicates_total").unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "retried batches reached the broker and were recognised as duplicates"
+    );
+    let stored = everything(&b, "idem");
+    let unique: HashSet<&String> = stored.values().collect();
+    assert_eq!(stored.len(), 20000, "every record exactly once");
+    assert_eq!(unique.len(), 20000);
+}
