@@ -131,6 +131,38 @@ mod tests {
         }
     }
 
+    /// A header (v1: key, version, correlation, client id "t") followed by `body`.
+    fn raw_frame(key: i16, version: i16, body: &[u8]) -> Bytes {
+        let mut f = Vec::new();
+        f.extend_from_slice(&key.to_be_bytes());
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(&1i32.to_be_bytes());
+        f.extend_from_slice(&1i16.to_be_bytes());
+        f.push(b't');
+        f.extend_from_slice(body);
+        f.into()
+    }
+
+    #[test]
+    fn huge_array_counts_are_refused_without_allocating() {
+        // Fetch v4: replica id, max wait, min bytes, max bytes, isolation, then a topic array
+        // announcing i32::MAX entries. Before the vendored decoder patch this aborted the
+        // process trying to allocate tens of gigabytes.
+        let mut body = Vec::new();
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&500i32.to_be_bytes());
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&1024i32.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(matches!(decode(raw_frame(1, 4, &body)), Decoded::Close(_)));
+        // Metadata v9 is flexible: compact array count as an unsigned varint near u32::MAX.
+        let mut f = raw_frame(3, 9, &[]).to_vec();
+        f.push(0); // header tagged fields
+        f.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(decode(f.into()), Decoded::Close(_)));
+    }
+
     #[test]
     fn refuses_what_it_cannot_answer() {
         assert!(matches!(

@@ -1,0 +1,271 @@
+//! Malformed, hostile and slow clients: each gets a Kafka error code or a closed connection,
+//! never a panic, a hang or a damaged log, and the broker keeps serving everyone else.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e::clients::{kcat, metric};
+use e2e::{Broker, wait_until};
+use kafka_client::{Connection, encode_batch};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+const LIMITS: &str = "[kafka]\nmax_request_size = \"2MiB\"\nidle_timeout = \"1s\"\n";
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Closed,
+    Response(Vec<u8>),
+}
+
+/// Send raw bytes on a new connection; report the response frame or the connection closing.
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> Outcome {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The broker may close before reading everything: a failed write is a close too.
+    if s.write_all(bytes).is_err() {
+        return Outcome::Closed;
+    }
+    let mut size = [0u8; 4];
+    match s.read_exact(&mut size) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            panic!(
+                "no response and no close within 10s for {:?}",
+                &bytes[..bytes.len().min(32)]
+            )
+        }
+        Err(_) => Outcome::Closed,
+        Ok(()) => {
+            let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+            s.read_exact(&mut frame).unwrap();
+            Outcome::Response(frame)
+        }
+    }
+}
+
+/// A request frame with a v1 header (`client_id` "t") and `body`.
+fn frame(api_key: i16, version: i16, correlation: i32, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&api_key.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&correlation.to_be_bytes());
+    f.extend_from_slice(&1i16.to_be_bytes());
+    f.push(b't');
+    f.extend_from_slice(body);
+    let mut out = (f.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&f);
+    out
+}
+
+fn still_serves(b: &Broker) {
+    let bootstrap = b.bootstrap();
+    let out = kcat(&["-b", &bootstrap, "-L"], None, Duration::from_secs(30));
+    assert!(out.contains("1 brokers"), "{out}");
+    assert!(!b.log().contains("panicked"), "{}", b.log());
+}
+
+#[test]
+fn malformed_frames_close_the_connection() {
+    let b = Broker::start_with(LIMITS);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "larger than max_request_size",
+            (3i32 << 20).to_be_bytes().to_vec(),
+        ),
+        ("negative size", (-7i32).to_be_bytes().to_vec()),
+        ("too short for a header", vec![0, 0, 0, 3, 0, 3, 0]),
+        ("unknown API key", frame(999, 0, 1, &[])),
+        ("unsupported Metadata version", frame(3, 99, 1, &[])),
+        // Metadata v1: a topic array of 5 entries with no entries.
+        ("truncated body", frame(3, 1, 1, &5i32.to_be_bytes())),
+        // Produce v3 with a transactional id length pointing far past the end.
+        ("lengths past the end", frame(0, 3, 1, &[0x7f, 0x00, 0, 1])),
+    ];
+    for (what, bytes) in cases {
+        assert_eq!(exchange(b.kafka, &bytes), Outcome::Closed, "{what}");
+    }
+    still_serves(&b);
+}
+
+#[test]
+fn api_versions_from_the_future_get_unsupported_version_in_v0() {
+    let b = Broker::start();
+    let Outcome::Response(resp) = exchange(b.kafka, &frame(18, 42, 77, &[])) else {
+        panic!("ApiVersions must be answered");
+    };
+    assert_eq!(
+        i32::from_be_bytes(resp[0..4].try_into().unwrap()),
+        77,
+        "correlation id"
+    );
+    assert_eq!(
+        i16::from_be_bytes(resp[4..6].try_into().unwrap()),
+        35,
+        "UNSUPPORTED_VERSION"
+    );
+    let keys = i32::from_be_bytes(resp[6..10].try_into().unwrap());
+    assert!(
+        keys > 20,
+        "the v0 answer still lists the supported APIs ({keys})"
+    );
+}
+
+#[test]
+fn random_frames_never_crash_or_hang_the_broker() {
+    let b = Broker::start_with(LIMITS);
+    // A fixed-seed generator: a failure is reproducible.
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..300 {
+        let api = (next() % 70) as i16;
+        let version = (next() % 14) as i16;
+        let len = (next() % 300) as usize;
+        let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Both outcomes are legitimate for random input; what matters is getting one.
+        let _ = exchange(b.kafka, &frame(api, version, i, &body));
+    }
+    still_serves(&b);
+}
+
+fn produce(b: &Broker, records: Bytes, acks: i16) -> i16 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Connection::connect(&b.bootstrap(), "bad-input")
+            .await
+            .unwrap();
+        let req = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("bad")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ]);
+        let resp = c.request(req, 9).await.unwrap();
+        resp.responses[0].partition_responses[0].error_code
+    })
+}
+
+#[test]
+fn bad_batches_get_kafka_error_codes_and_leave_the_log_intact() {
+    let b = Broker::start_with("[topics]\nmax_message_bytes = \"64KiB\"\n");
+    let bootstrap = b.bootstrap();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "bad"],
+        Some(b"good\n"),
+        Duration::from_secs(30),
+    );
+    let batch = |n: usize| {
+        encode_batch(
+            &[(None, Some(Bytes::from(vec![b'x'; n])))],
+            1_800_000_000_000,
+            None,
+        )
+    };
+    let mut corrupt = batch(100).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(produce(&b, Bytes::from(corrupt), -1), 2, "CORRUPT_MESSAGE");
+    let mut truncated = batch(100).to_vec();
+    truncated.truncate(truncated.len() - 10);
+    assert_eq!(
+        produce(&b, Bytes::from(truncated), -1),
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    let mut old_magic = batch(100).to_vec();
+    old_magic[16] = 1;
+    assert_eq!(
+        produce(&b, Bytes::from(old_magic), -1),
+        43,
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT"
+    );
+    assert_eq!(produce(&b, batch(100_000), -1), 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(produce(&b, batch(100), 5), 21, "INVALID_REQUIRED_ACKS");
+    assert_eq!(
+        produce(&b, batch(100), -1),
+        0,
+        "a good batch after all that"
+    );
+    let out = kcat(
+        &[
+            "-b", &bootstrap, "-C", "-t", "bad", "-e", "-q", "-f", "%o %S\n",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out, "0 4\n1 100\n");
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed() {
+    let b = Broker::start_with(LIMITS);
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(b.kafka).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        idle.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "an idle connection is closed"
+    );
+    // A frame that never finishes arriving (slowloris) is closed the same way.
+    let mut slow = TcpStream::connect(b.kafka).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(&frame(3, 1, 1, &[])[..6]).unwrap();
+    assert_eq!(
+        slow.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "a stalled frame is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    still_serves(&b);
+}
+
+#[test]
+fn a_claimed_huge_frame_does_not_allocate_it() {
+    let b = Broker::start_with("[kafka]\nmax_request_size = \"100MiB\"\nidle_timeout = \"2s\"\n");
+    let rss = || metric(&b.metrics_url(), "process_resident_memory_bytes").unwrap();
+    let before = rss();
+    // Twenty connections each announce a 90 MiB request and send ten bytes of it.
+    let streams: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(b.kafka).unwrap();
+            s.write_all(&(90i32 << 20).to_be_bytes()).unwrap();
+            s.write_all(&[0u8; 10]).unwrap();
+            s
+        })
+        .collect();
+    wait_until(
+        "the broker to read the announced sizes",
+        Duration::from_secs(10),
+        || (metric(&b.metrics_url(), "broker_connections").unwrap_or(0.0) >= 20.0).then_some(()),
+    );
+    let during = rss();
+    assert!(
+        during - before < 64.0 * 1024.0 * 1024.0,
+        "RSS grew by {} bytes",
+        during - before
+    );
+    for mut s in streams {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0);
+    }
+    still_serves(&b);
+}
