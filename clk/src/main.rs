@@ -4,8 +4,10 @@
 //!   latency percentiles and broker memory.
 //! - `clk bench disk|loopback`: this machine's physical limits, for the ratios in
 //!   docs/benchmarks.md.
+//! - `clk image build|proxmox`: appliance disk images and Proxmox VE templates.
 
 mod bench;
+mod image;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Appliance disk images and Proxmox templates.
+    Image {
+        #[command(subcommand)]
+        what: image::ImageCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Bench { what } => runtime.block_on(bench::run(what)),
+        Command::Image { what } => image::run(what),
     }
 }

@@ -62,7 +62,22 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
+            // Quote the offending line and its table: merged or generated text (a cloud-init
+            // overlay over the baked file) has line numbers the operator never saw.
+            let lines: Vec<&str> = text.lines().collect();
+            let quoted = lines.get(line - 1).map_or("", |l| l.trim());
+            let table = lines[..(line - 1).min(lines.len())]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .find(|l| l.starts_with('['));
+            match (quoted.is_empty(), table) {
+                (true, _) => format!("line {line}, column {column}: {message}"),
+                (false, Some(t)) => {
+                    format!("line {line}, column {column} ({t} {quoted}): {message}")
+                }
+                (false, None) => format!("line {line}, column {column} ({quoted}): {message}"),
+            }
         }
         None => message,
     }
@@ -212,8 +227,16 @@ mod tests {
         let e = parse_str::<Sample>("timeout = \"1s\"\nsegmnt = 5\n", "broker.toml").unwrap_err();
         let text = e.to_string();
         assert!(
-            text.starts_with("config broker.toml: line 2, column 1: unknown field `segmnt`"),
+            text.starts_with(
+                "config broker.toml: line 2, column 1 (segmnt = 5): unknown field `segmnt`"
+            ),
             "{text}"
+        );
+        let e = parse_str::<Sample>("[t]\nx = 1\n", "x").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 1, column 2 ([t]): unknown field `t`"),
+            "{e}"
         );
         let e = parse_str::<Sample>("timeout = \"soon\"\nsegment = 5000\n", "x").unwrap_err();
         assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");

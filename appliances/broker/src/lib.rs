@@ -7,6 +7,7 @@
 //! consumer group coordinator). Storage itself is the `durable-log` crate.
 
 pub mod api;
+pub mod appliance;
 pub mod catalog;
 pub mod config;
 mod connection;

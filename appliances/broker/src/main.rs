@@ -1,5 +1,6 @@
 //! `broker --config broker.toml`: run the broker until SIGTERM or SIGINT.
 //! `broker --config broker.toml --check`: validate the configuration and exit.
+//! As PID 1 (the appliance image's /init): boot the machine, see the `pid1` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // As /init of the appliance image, the PID-1 runtime takes over the machine.
+    if std::process::id() == 1 {
+        pid1::boot(broker::appliance::BrokerAppliance::default());
+    }
     let args = Args::parse();
     let config: broker::BrokerConfig = match appconfig::load_file(&args.config) {
         Ok(c) => c,

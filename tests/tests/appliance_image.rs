@@ -1,0 +1,239 @@
+//! The broker appliance image end to end: `clk image build` makes it (twice, byte-identical),
+//! `clk image proxmox` makes a valid template kit, and QEMU (OVMF, TCG here) boots it:
+//! cloud-init sets the address and host name, kcat produces and consumes through a forwarded
+//! port, the ACPI power button shuts it down cleanly, and the data is there after the next
+//! boot. A bad per-VM configuration gives one clear console line and a power-off.
+//!
+//! These tests share the package cache and are heavy under TCG: nextest runs them one at a
+//! time (test group `vm` in .config/nextest.toml).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clk_qemu::{Vm, VmOptions, cloud_init_iso, free_port};
+use e2e::broker::bin;
+use e2e::clients::{kcat, run};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+/// Boot to ready under TCG is ~15-30 s here; leave room for a loaded CI machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn build_image(out: &Path) -> serde_json::Value {
+    let mut cmd = Command::new(bin("clk"));
+    cmd.current_dir(repo())
+        .args(["image", "build", "broker", "--profile", "qemu", "--json"])
+        .args(["--config", "image/configs/broker.toml"])
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(repo().join("target/clk-cache"));
+    let o = run(cmd, None, BUILD_TIMEOUT);
+    assert!(
+        o.status.success(),
+        "clk image build failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a JSON report")).expect("JSON report")
+}
+
+#[test]
+fn image_builds_are_reproducible_and_the_proxmox_kit_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = build_image(&dir.path().join("a"));
+    let b = build_image(&dir.path().join("b"));
+    assert_eq!(
+        a["raw_sha256"], b["raw_sha256"],
+        "two builds of the same inputs differ"
+    );
+    assert_eq!(a["qcow2_sha256"], b["qcow2_sha256"]);
+    eprintln!(
+        "image sizes: uki {} bytes, initramfs {} bytes, qcow2 {} bytes",
+        a["uki_bytes"], a["initramfs_bytes"], a["qcow2_bytes"]
+    );
+
+    let kit = dir.path().join("proxmox");
+    let mut cmd = Command::new(bin("clk"));
+    cmd.args(["image", "proxmox", "--vmid", "9100", "--image"])
+        .arg(a["qcow2"].as_str().unwrap())
+        .arg("--out")
+        .arg(&kit);
+    let o = run(cmd, None, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script_path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    let syntax = run(
+        {
+            let mut c = Command::new("bash");
+            c.arg("-n").arg(&script_path);
+            c
+        },
+        None,
+        Duration::from_secs(10),
+    );
+    assert!(syntax.status.success(), "qm script is not valid bash");
+    for required in [
+        "--machine q35",
+        "--bios ovmf",
+        "efitype=4m,pre-enrolled-keys=0",
+        "--scsihw virtio-scsi-single",
+        "import-from=$IMAGE",
+        "--scsi1 \"$STORAGE:cloudinit\"",
+        "--serial0 socket",
+        "--vga serial0",
+        "--watchdog model=i6300esb",
+        "--boot order=scsi0",
+        "qm template \"$VMID\"",
+    ] {
+        assert!(
+            script.contains(required),
+            "qm script lacks {required}:\n{script}"
+        );
+    }
+    assert!(kit.join("broker-qemu.qcow2").exists());
+}
+
+/// Build one image for the boot tests.
+fn boot_image(dir: &Path) -> PathBuf {
+    let report = build_image(&dir.join("images"));
+    let disk = dir.join("vm.qcow2");
+    std::fs::copy(report["qcow2"].as_str().unwrap(), &disk).unwrap();
+    disk
+}
+
+#[test]
+fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_image(dir.path());
+    let kafka = free_port().unwrap();
+    let admin = free_port().unwrap();
+    let mac = "52:54:00:c1:0c:01";
+    let iso = dir.path().join("cidata.iso");
+    cloud_init_iso(
+        &iso,
+        "instance-id: e2e-1\n",
+        &format!(
+            "#cloud-config\nhostname: broker-a1\nfqdn: broker-a1.hub.example\nclk_config: |\n  [kafka]\n  advertised = \"127.0.0.1:{kafka}\"\n"
+        ),
+        Some(&format!(
+            "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    mac_address: '{mac}'\n    subnets:\n      - type: static\n        address: '10.0.2.15'\n        netmask: '255.255.255.0'\n        gateway: '10.0.2.2'\n  - type: nameserver\n    address: ['10.0.2.3']\n"
+        )),
+    )
+    .unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.forwards = vec![(kafka, 9092), (admin, 9644)];
+    opts.cidata = Some(iso);
+    opts.mac = mac.into();
+
+    // First boot: blank data area formatted, cloud-init applied.
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
+    eprintln!("first boot (formats the data area) to ready: {ready:?} under TCG");
+    let console = vm.console();
+    assert!(
+        console.contains(r#""hostname":"broker-a1""#),
+        "host name not from cloud-init:\n{console}"
+    );
+    assert!(
+        console.contains(r#""source":"cloud-init""#) && console.contains("10.0.2.15/24"),
+        "address not from cloud-init:\n{console}"
+    );
+    assert!(
+        console.contains(r#""formatted":true"#),
+        "data area not formatted on first boot"
+    );
+
+    let bootstrap = format!("127.0.0.1:{kafka}");
+    let records: String = (0..200).map(|i| format!("scada-event-{i}\n")).collect();
+    kcat(
+        &["-b", &bootstrap, "-t", "events", "-P", "-X", "acks=all"],
+        Some(records.as_bytes()),
+        Duration::from_secs(60),
+    );
+    let consumed = kcat(
+        &["-b", &bootstrap, "-t", "events", "-C", "-e", "-q"],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(consumed.lines().count(), 200);
+
+    // Proxmox "Shutdown": ACPI power button -> clean stop -> power off.
+    vm.press_power_button().unwrap();
+    vm.wait_for_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    assert!(
+        console.contains("stop requested"),
+        "power button not seen:\n{console}"
+    );
+    assert!(console.contains("system going down"));
+    drop(vm);
+
+    // Second boot from the same disk: the data area is kept, the records are there.
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
+    eprintln!("second boot to ready: {ready:?} under TCG");
+    let console = vm.console();
+    assert!(
+        console.contains(r#""formatted":false"#),
+        "data area re-formatted:\n{console}"
+    );
+    assert!(
+        console.contains(r#""clean_shutdown":true"#),
+        "previous stop was not clean:\n{console}"
+    );
+    let consumed = kcat(
+        &["-b", &bootstrap, "-t", "events", "-C", "-e", "-q"],
+        None,
+        Duration::from_secs(60),
+    );
+    // Three partitions: order holds within each, so compare the sets.
+    let mut got: Vec<String> = consumed.lines().map(String::from).collect();
+    let mut expected: Vec<String> = (0..200).map(|i| format!("scada-event-{i}")).collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn bad_cloud_init_config_gives_one_clear_line_and_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_image(dir.path());
+    let iso = dir.path().join("cidata.iso");
+    // No network-config: the address comes from DHCP (QEMU's user network serves it).
+    cloud_init_iso(
+        &iso,
+        "instance-id: e2e-2\nlocal-hostname: broker-b1\n",
+        "#cloud-config\nclk_config: |\n  [kafka]\n  listen = \"not-an-address\"\n",
+        None,
+    )
+    .unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.cidata = Some(iso);
+    let mut vm = Vm::boot(&opts).unwrap();
+    vm.wait_for_exit(BOOT_TIMEOUT).unwrap();
+    let console = vm.console();
+    assert!(
+        console.contains("DHCP lease applied"),
+        "no DHCP lease:\n{console}"
+    );
+    let fatal: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("clk-init: FATAL:"))
+        .collect();
+    assert_eq!(fatal.len(), 1, "expected one FATAL line:\n{console}");
+    assert!(
+        fatal[0].contains("[kafka] listen = \"not-an-address\"") && fatal[0].contains("cloud-init"),
+        "the line does not say what is wrong: {}",
+        fatal[0]
+    );
+    assert!(
+        !console.contains("Kernel panic"),
+        "PID 1 exited:\n{console}"
+    );
+}
