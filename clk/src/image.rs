@@ -34,6 +34,10 @@ pub enum ImageCommand {
         /// Downloaded Debian packages are cached here.
         #[arg(long, default_value = "build/cache")]
         cache: PathBuf,
+        /// Install the kernel image with a boot counter of N tries (blessed by the appliance
+        /// once healthy; rolled back by systemd-boot after N failed boots).
+        #[arg(long)]
+        boot_tries: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +73,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             disk_size,
             binary,
             cache,
+            boot_tries,
             json,
         } => {
             let disk_bytes = appconfig::size::parse(&disk_size).map_err(anyhow::Error::msg)?;
@@ -94,6 +99,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 out_dir: out,
                 disk_bytes,
                 epoch,
+                boot_tries,
             })?;
             if json {
                 println!(

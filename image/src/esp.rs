@@ -5,7 +5,7 @@
 use std::io::{Cursor, Write};
 
 use anyhow::Context;
-use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+use fatfs::{Date, DateTime, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
 
 pub struct EspContents<'a> {
     pub systemd_boot: &'a [u8],
@@ -14,7 +14,7 @@ pub struct EspContents<'a> {
     pub uki: &'a [u8],
 }
 
-/// A FAT image of `size` bytes. Timestamps are FAT's epoch (1980-01-01, fatfs without chrono) and the volume id is
+/// A FAT image of `size` bytes. Timestamps are FAT's epoch (see [`BuildTime`]) and the volume id is
 /// fixed, so the same contents give the same bytes.
 pub fn build(size: u64, volume_id: u32, c: &EspContents) -> anyhow::Result<Vec<u8>> {
     let mut img = Cursor::new(vec![0u8; size as usize]);
@@ -26,7 +26,8 @@ pub fn build(size: u64, volume_id: u32, c: &EspContents) -> anyhow::Result<Vec<u
     )
     .context("format the ESP")?;
     {
-        let fs = FileSystem::new(&mut img, FsOptions::new()).context("open the new ESP")?;
+        let fs = FileSystem::new(&mut img, FsOptions::new().time_provider(&BuildTime))
+            .context("open the new ESP")?;
         let root = fs.root_dir();
         let write = |path: &str, data: &[u8]| -> anyhow::Result<()> {
             let mut f = root
@@ -61,4 +62,31 @@ pub fn build(size: u64, volume_id: u32, c: &EspContents) -> anyhow::Result<Vec<u
         fs.unmount().context("finish the ESP")?;
     }
     Ok(img.into_inner())
+}
+
+/// Every timestamp on the ESP is 1980-01-01 00:00, FAT's first valid date. Not the zero
+/// encoding: that decodes as month 0, day 0, and firmware FAT drivers (OVMF's) then refuse to
+/// rename the file with EFI_INVALID_PARAMETER, which breaks systemd-boot's boot counting.
+#[derive(Debug)]
+struct BuildTime;
+
+impl TimeProvider for BuildTime {
+    fn get_current_date(&self) -> Date {
+        Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> DateTime {
+        DateTime {
+            date: self.get_current_date(),
+            time: Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
 }

@@ -50,6 +50,9 @@ pub struct BuildRequest {
     pub out_dir: PathBuf,
     pub disk_bytes: u64,
     pub epoch: u64,
+    /// Install the kernel image with a boot counter (`+N`): systemd-boot tries it N times and
+    /// PID 1 blesses it once healthy. Upgrades always use this; a fresh image normally not.
+    pub boot_tries: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -247,7 +250,12 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
         volume_id,
         &esp::EspContents {
             systemd_boot: &systemd_boot,
-            uki_name: &format!("{}-{}.efi", req.appliance, req.version),
+            uki_name: &format!(
+                "{}-{}{}.efi",
+                req.appliance,
+                req.version,
+                req.boot_tries.map(|n| format!("+{n}")).unwrap_or_default()
+            ),
             uki: &uki,
         },
     )?;

@@ -23,10 +23,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn build_image(out: &Path) -> serde_json::Value {
+fn build_image(out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(bin("clk"));
     cmd.current_dir(repo())
         .args(["image", "build", "broker", "--profile", "qemu", "--json"])
+        .args(extra)
         .args(["--config", "image/configs/broker.toml"])
         .arg("--out")
         .arg(out)
@@ -46,8 +47,8 @@ fn build_image(out: &Path) -> serde_json::Value {
 #[test]
 fn image_builds_are_reproducible_and_the_proxmox_kit_is_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let a = build_image(&dir.path().join("a"));
-    let b = build_image(&dir.path().join("b"));
+    let a = build_image(&dir.path().join("a"), &[]);
+    let b = build_image(&dir.path().join("b"), &[]);
     assert_eq!(
         a["raw_sha256"], b["raw_sha256"],
         "two builds of the same inputs differ"
@@ -100,8 +101,8 @@ fn image_builds_are_reproducible_and_the_proxmox_kit_is_valid() {
 }
 
 /// Build one image for the boot tests.
-fn boot_image(dir: &Path) -> PathBuf {
-    let report = build_image(&dir.join("images"));
+fn boot_image(dir: &Path, extra: &[&str]) -> PathBuf {
+    let report = build_image(&dir.join("images"), extra);
     let disk = dir.join("vm.qcow2");
     std::fs::copy(report["qcow2"].as_str().unwrap(), &disk).unwrap();
     disk
@@ -110,7 +111,8 @@ fn boot_image(dir: &Path) -> PathBuf {
 #[test]
 fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_image(dir.path());
+    // Installed with a boot counter, as an upgrade would be: the first healthy boot blesses it.
+    let disk = boot_image(dir.path(), &["--boot-tries", "3"]);
     let kafka = free_port().unwrap();
     let admin = free_port().unwrap();
     let mac = "52:54:00:c1:0c:01";
@@ -148,6 +150,10 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
         console.contains(r#""formatted":true"#),
         "data area not formatted on first boot"
     );
+    assert!(
+        console.contains(r#"Blessed { from: \"broker-0.1.0+2-1.efi\", to: \"broker-0.1.0.efi\" }"#),
+        "the counted boot was not blessed:\n{console}"
+    );
 
     let bootstrap = format!("127.0.0.1:{kafka}");
     let records: String = (0..200).map(|i| format!("scada-event-{i}\n")).collect();
@@ -173,6 +179,21 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
     );
     assert!(console.contains("system going down"));
     drop(vm);
+    // The operator grows the disk (`qm resize ... +1G`); the next boot grows the data area.
+    let resize = run(
+        {
+            let mut c = Command::new("qemu-img");
+            c.args(["resize", "-q"]).arg(&disk).arg("+1G");
+            c
+        },
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        resize.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resize.stderr)
+    );
 
     // Second boot from the same disk: the data area is kept, the records are there.
     let mut vm = Vm::boot(&opts).unwrap();
@@ -182,6 +203,15 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
     assert!(
         console.contains(r#""formatted":false"#),
         "data area re-formatted:\n{console}"
+    );
+    assert!(
+        console.contains(r#""partition_grown_to":"Some("#)
+            && console.contains(r#""fs_grown_to_blocks":"Some("#),
+        "the data area did not grow with the disk:\n{console}"
+    );
+    assert!(
+        console.contains(r#""blessing":"NotCounted""#),
+        "the blessed image was counted again:\n{console}"
     );
     assert!(
         console.contains(r#""clean_shutdown":true"#),
@@ -203,7 +233,7 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
 #[test]
 fn bad_cloud_init_config_gives_one_clear_line_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_image(dir.path());
+    let disk = boot_image(dir.path(), &[]);
     let iso = dir.path().join("cidata.iso");
     // No network-config: the address comes from DHCP (QEMU's user network serves it).
     cloud_init_iso(
