@@ -34,12 +34,30 @@ pub enum ImageCommand {
         /// Downloaded Debian packages are cached here.
         #[arg(long, default_value = "build/cache")]
         cache: PathBuf,
+        /// Image version (default: this CLI's version).
+        #[arg(long)]
+        version: Option<String>,
         /// Install the kernel image with a boot counter of N tries (blessed by the appliance
         /// once healthy; rolled back by systemd-boot after N failed boots).
         #[arg(long)]
         boot_tries: Option<u32>,
         #[arg(long)]
         json: bool,
+    },
+    /// Install a new kernel image (from `clk image build`) on a raw disk image or USB stick
+    /// with a boot counter: it is tried TRIES times and rolled back if it never gets healthy.
+    Install {
+        /// Raw disk image or block device.
+        #[arg(long)]
+        disk: PathBuf,
+        /// The new UKI (`build/images/<appliance>-<profile>-<version>.efi`).
+        #[arg(long)]
+        uki: PathBuf,
+        /// Entry name on the ESP, `<appliance>-<version>` (sorted by version: newest boots).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
     },
     /// Write a Proxmox VE 8 template kit: the qcow2 and a ready `qm` script.
     Proxmox {
@@ -74,6 +92,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             binary,
             cache,
             boot_tries,
+            version,
             json,
         } => {
             let disk_bytes = appconfig::size::parse(&disk_size).map_err(anyhow::Error::msg)?;
@@ -90,7 +109,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             };
             let report = clk_image::build(&clk_image::BuildRequest {
                 appliance,
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
                 profile,
                 config,
                 binary,
@@ -139,6 +158,16 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                     println!("MISSING FIRMWARE: {m}");
                 }
             }
+            Ok(())
+        }
+        ImageCommand::Install {
+            disk,
+            uki,
+            name,
+            tries,
+        } => {
+            let file = clk_image::upgrade::install(&disk, &uki, &name, tries)?;
+            println!("installed EFI/Linux/{file} on {}", disk.display());
             Ok(())
         }
         ImageCommand::Proxmox {

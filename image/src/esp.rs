@@ -68,7 +68,7 @@ pub fn build(size: u64, volume_id: u32, c: &EspContents) -> anyhow::Result<Vec<u
 /// encoding: that decodes as month 0, day 0, and firmware FAT drivers (OVMF's) then refuse to
 /// rename the file with EFI_INVALID_PARAMETER, which breaks systemd-boot's boot counting.
 #[derive(Debug)]
-struct BuildTime;
+pub struct BuildTime;
 
 impl TimeProvider for BuildTime {
     fn get_current_date(&self) -> Date {

@@ -16,6 +16,7 @@ pub mod profile;
 pub mod proxmox;
 pub mod seed;
 pub mod uki;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -96,9 +97,7 @@ pub fn validate_config(appliance: &str, path: &Path) -> anyhow::Result<String> {
 pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     let config_text = validate_config(&req.appliance, &req.config)?;
     let profile = profile::load(&req.firmware_dir, &req.profile)?;
-    let work = req
-        .out_dir
-        .join(format!(".work-{}-{}", req.appliance, req.profile));
+    let work = req.out_dir.join(format!(".work-{}", req.appliance));
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 
     let kernel_pkg = apt::fetch(&apt::resolve(&profile.kernel_package)?, &req.cache_dir)?;
@@ -147,7 +146,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
 
     let fs_uuid = uuid_text(&derive(&format!(
         "{}/{}/data-fs",
-        req.appliance, req.profile
+        req.appliance, profile.name
     )));
     let seed = seed::build(&work, &req.firmware_dir, &fs_uuid, req.epoch)?;
     let system = SystemConfig {
@@ -219,7 +218,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
 
     let os_release = format!(
         "ID=clickceler\nNAME=\"Clickceler {0}\"\nPRETTY_NAME=\"Clickceler {0} {1} ({2})\"\nVERSION_ID={1}\nIMAGE_ID={0}\nIMAGE_VERSION={1}\n",
-        req.appliance, req.version, req.profile
+        req.appliance, req.version, profile.name
     );
     let osrel_path = work.join("os-release");
     std::fs::write(&osrel_path, os_release)?;
@@ -229,7 +228,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     let efi_dir = boot_pkg.root.join("usr/lib/systemd/boot/efi");
     let uki_path = req.out_dir.join(format!(
         "{}-{}-{}.efi",
-        req.appliance, req.profile, req.version
+        req.appliance, profile.name, req.version
     ));
     uki::build(
         &uki::UkiParts {
@@ -243,7 +242,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     )?;
     let uki = std::fs::read(&uki_path)?;
     let systemd_boot = std::fs::read(efi_dir.join("systemd-bootx64.efi"))?;
-    let identity = format!("{}/{}", req.appliance, req.profile);
+    let identity = format!("{}/{}", req.appliance, profile.name);
     let volume_id = u32::from_le_bytes(derive(&format!("{identity}/esp-volume"))[..4].try_into()?);
     let esp = esp::build(
         ESP_BYTES,
@@ -260,7 +259,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
         },
     )?;
 
-    let stem = format!("{}-{}", req.appliance, req.profile);
+    let stem = format!("{}-{}", req.appliance, profile.name);
     let raw = req.out_dir.join(format!("{stem}.raw"));
     disk::write(
         &raw,

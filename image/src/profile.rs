@@ -56,8 +56,11 @@ impl appconfig::Validate for Profile {
     }
 }
 
-/// Load `firmware/profiles/<name>.toml` from the repository.
+/// Load `firmware/profiles/<name>.toml` from the repository, or a profile file given by path.
 pub fn load(firmware_dir: &Path, name: &str) -> anyhow::Result<Profile> {
+    if name.ends_with(".toml") {
+        return Ok(appconfig::load_file(Path::new(name))?);
+    }
     let path = firmware_dir.join("profiles").join(format!("{name}.toml"));
     if !path.exists() {
         let known: Vec<String> = std::fs::read_dir(firmware_dir.join("profiles"))

@@ -27,6 +27,8 @@ pub struct VmOptions {
     pub mac: String,
     /// SMBIOS system serial (`qm set --smbios1 serial=...`).
     pub serial_number: Option<String>,
+    /// Let guest reboots happen (otherwise a reboot ends QEMU, which tests use to see it).
+    pub allow_reboot: bool,
 }
 
 impl VmOptions {
@@ -40,6 +42,7 @@ impl VmOptions {
             cidata: None,
             mac: "52:54:00:12:34:56".into(),
             serial_number: None,
+            allow_reboot: false,
         }
     }
 }
@@ -86,7 +89,7 @@ impl Vm {
             "-smp",
             &opts.cpus.to_string(),
         ])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none"])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
         .arg("-drive")
@@ -112,6 +115,9 @@ impl Vm {
                     iso.display()
                 ))
                 .args(["-device", "scsi-cd,drive=ci,bus=scsi0.0"]);
+        }
+        if !opts.allow_reboot {
+            cmd.arg("-no-reboot");
         }
         if let Some(serial) = &opts.serial_number {
             cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));

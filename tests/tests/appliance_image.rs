@@ -26,7 +26,7 @@ fn repo() -> PathBuf {
 fn build_image(out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(bin("clk"));
     cmd.current_dir(repo())
-        .args(["image", "build", "broker", "--profile", "qemu", "--json"])
+        .args(["image", "build", "broker", "--json"])
         .args(extra)
         .args(["--config", "image/configs/broker.toml"])
         .arg("--out")
@@ -100,7 +100,7 @@ fn image_builds_are_reproducible_and_the_proxmox_kit_is_valid() {
     assert!(kit.join("broker-qemu.qcow2").exists());
 }
 
-/// Build one image for the boot tests.
+/// Build one image for the boot tests (profile qemu unless `extra` names another).
 fn boot_image(dir: &Path, extra: &[&str]) -> PathBuf {
     let report = build_image(&dir.join("images"), extra);
     let disk = dir.join("vm.qcow2");
@@ -265,5 +265,63 @@ fn bad_cloud_init_config_gives_one_clear_line_and_powers_off() {
     assert!(
         !console.contains("Kernel panic"),
         "PID 1 exited:\n{console}"
+    );
+}
+
+#[test]
+fn a_failing_upgrade_is_tried_then_rolled_back_to_the_previous_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = build_image(&dir.path().join("good"), &[]);
+    let disk = dir.path().join("vm.raw");
+    std::fs::copy(good["raw"].as_str().unwrap(), &disk).unwrap();
+    // Version 0.2.0 whose kernel module parameters the kernel refuses: PID 1 cannot start it.
+    let bad = build_image(
+        &dir.path().join("bad"),
+        &[
+            "--version",
+            "0.2.0",
+            "--profile",
+            "tests/fixtures/profiles/qemu-bad-module.toml",
+        ],
+    );
+    let mut cmd = Command::new(bin("clk"));
+    cmd.args([
+        "image",
+        "install",
+        "--name",
+        "broker-0.2.0",
+        "--tries",
+        "2",
+        "--disk",
+    ])
+    .arg(&disk)
+    .arg("--uki")
+    .arg(bad["uki"].as_str().unwrap());
+    let o = run(cmd, None, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let admin = free_port().unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.forwards = vec![(admin, 9644)];
+    opts.allow_reboot = true;
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT * 2).unwrap();
+    eprintln!("two failed tries and the rollback boot took {ready:?} under TCG");
+    let console = vm.console();
+    let fatal: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("clk-init: FATAL:"))
+        .collect();
+    assert_eq!(fatal.len(), 2, "expected one failure per try:\n{console}");
+    assert!(
+        fatal.iter().all(|l| l.contains("kernel module scsi_debug")),
+        "the line does not name the module: {fatal:?}"
+    );
+    assert!(console.contains("rebooting: this image is on trial"));
+    let last_start = console.rfind("clk-init starting").unwrap();
+    assert!(
+        console[last_start..].contains(r#""version":"0.1.0""#),
+        "did not fall back to 0.1.0:\n{}",
+        &console[last_start..]
     );
 }

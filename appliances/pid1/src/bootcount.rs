@@ -35,6 +35,17 @@ pub fn blessed_name(file_name: &str) -> Option<String> {
     (numeric(left) && numeric(done)).then(|| format!("{base}.efi"))
 }
 
+/// Whether this boot is one of a counted image's tries (an upgrade not yet blessed). A
+/// failure then reboots, so systemd-boot counts it and eventually falls back to the previous
+/// image; a failure of a blessed image powers off instead of rebooting into it forever.
+pub fn booted_with_counter() -> bool {
+    std::fs::read(VAR)
+        .ok()
+        .and_then(|raw| decode_efi_string(&raw))
+        .and_then(|p| p.rsplit('\\').next().and_then(blessed_name))
+        .is_some()
+}
+
 /// What blessing did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Blessing {

@@ -78,8 +78,21 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
     tracing::info!(appliance = %system.appliance, version = %system.version, "clk-init starting");
     power::route_ctrl_alt_del();
 
-    match modules::load_all(&system.modules) {
-        Ok(n) => tracing::info!(loaded = n, "kernel modules loaded"),
+    // EFI variables first: whether this boot is on trial decides what a failure does (see
+    // `fatal`), and any later step, module loading included, can fail.
+    let (efi, rest): (Vec<_>, Vec<_>) = system
+        .modules
+        .iter()
+        .cloned()
+        .partition(|m| m.name == "efivarfs");
+    if let Err(e) = modules::load_all(&efi)
+        .map_err(anyhow::Error::new)
+        .and_then(|_| mounts::mount_efivarfs())
+    {
+        tracing::info!(reason = %e, "EFI variables unavailable; boot assessment off");
+    }
+    match modules::load_all(&rest) {
+        Ok(n) => tracing::info!(loaded = n + efi.len(), "kernel modules loaded"),
         Err(e) => fatal(&anyhow::Error::new(e)),
     }
     let failed = sysctl::apply(&system.sysctls);
@@ -88,9 +101,6 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
         failed,
         "sysctls applied"
     );
-    if let Err(e) = mounts::mount_efivarfs() {
-        tracing::info!(reason = %e, "EFI variables unavailable; boot assessment off");
-    }
 
     let ci = match read_cloud_init() {
         Ok(ci) => ci,
@@ -150,13 +160,24 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
     power::finish(stop, &[&data]);
 }
 
-/// One line on the console naming what failed, then power off.
+/// One line on the console naming what failed, then the defined outcome: a counted boot (an
+/// upgrade on trial) reboots, so the boot manager counts the failure and rolls back once the
+/// tries are spent; any other boot powers off rather than fail again in a loop.
 fn fatal(e: &anyhow::Error) -> ! {
+    let stop = if bootcount::booted_with_counter() {
+        Stop::Reboot
+    } else {
+        Stop::PowerOff
+    };
+    let outcome = match stop {
+        Stop::Reboot => "rebooting: this image is on trial and the boot manager will fall back",
+        Stop::PowerOff => "powering off",
+    };
     // Plain stderr as well as tracing: logging may not be set up yet.
     eprintln!("clk-init: FATAL: {e:#}");
-    tracing::error!(error = format!("{e:#}"), "cannot continue; powering off");
+    tracing::error!(error = format!("{e:#}"), "cannot continue; {outcome}");
     std::thread::sleep(Duration::from_millis(200));
-    power::finish(Stop::PowerOff, &[]);
+    power::finish(stop, &[]);
 }
 
 /// Find and read the cloud-init drive. No drive is normal (not every VM has one); a drive
