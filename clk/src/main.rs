@@ -4,10 +4,12 @@
 //!   latency percentiles and broker memory.
 //! - `clk bench disk|loopback`: this machine's physical limits, for the ratios in
 //!   docs/benchmarks.md.
-//! - `clk image build|proxmox`: appliance disk images and Proxmox VE templates.
+//! - `clk image build|install|proxmox`: appliance disk images, upgrades, Proxmox templates.
+//! - `clk vm boot`: an image under QEMU with its console on stdout.
 
 mod bench;
 mod image;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,16 @@ enum Command {
         #[command(subcommand)]
         what: image::ImageCommand,
     },
+    /// Boot an appliance image under QEMU (OVMF) with its serial console on stdout.
+    Vm {
+        #[command(subcommand)]
+        what: VmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    Boot(vm::BootArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +52,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench { what } => runtime.block_on(bench::run(what)),
         Command::Image { what } => image::run(what),
+        Command::Vm {
+            what: VmCommand::Boot(args),
+        } => vm::boot(args),
     }
 }
