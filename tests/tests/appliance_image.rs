@@ -2,7 +2,8 @@
 //! `clk image proxmox` makes a valid template kit, and QEMU (OVMF, TCG here) boots it:
 //! cloud-init sets the address and host name, kcat produces and consumes through a forwarded
 //! port, the ACPI power button shuts it down cleanly, and the data is there after the next
-//! boot. A bad per-VM configuration gives one clear console line and a power-off.
+//! boot. A bad per-VM configuration gives one clear console line and a power-off; a failing
+//! upgrade is tried, then rolled back.
 //!
 //! These tests share the package cache and are heavy under TCG: nextest runs them one at a
 //! time (test group `vm` in .config/nextest.toml).
@@ -137,6 +138,9 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
     let mut vm = Vm::boot(&opts).unwrap();
     let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
     eprintln!("first boot (formats the data area) to ready: {ready:?} under TCG");
+    // Blessing follows readiness.
+    vm.wait_for_console("boot assessed good", Duration::from_secs(60))
+        .unwrap();
     let console = vm.console();
     assert!(
         console.contains(r#""hostname":"broker-a1""#),
@@ -199,6 +203,8 @@ fn broker_image_boots_with_cloud_init_serves_kcat_and_keeps_data_across_reboot()
     let mut vm = Vm::boot(&opts).unwrap();
     let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
     eprintln!("second boot to ready: {ready:?} under TCG");
+    vm.wait_for_console("boot assessed good", Duration::from_secs(60))
+        .unwrap();
     let console = vm.console();
     assert!(
         console.contains(r#""formatted":false"#),
@@ -238,16 +244,22 @@ fn bad_cloud_init_config_gives_one_clear_line_and_powers_off() {
     // No network-config: the address comes from DHCP (QEMU's user network serves it).
     cloud_init_iso(
         &iso,
-        "instance-id: e2e-2\nlocal-hostname: broker-b1\n",
+        "instance-id: e2e-2\n",
         "#cloud-config\nclk_config: |\n  [kafka]\n  listen = \"not-an-address\"\n",
         None,
     )
     .unwrap();
     let mut opts = VmOptions::new(&disk);
     opts.cidata = Some(iso);
+    // No host name from cloud-init: the SMBIOS serial names the node (`qm set --smbios1`).
+    opts.serial_number = Some("broker-b7".into());
     let mut vm = Vm::boot(&opts).unwrap();
     vm.wait_for_exit(BOOT_TIMEOUT).unwrap();
     let console = vm.console();
+    assert!(
+        console.contains(r#""hostname":"broker-b7""#),
+        "SMBIOS serial not used:\n{console}"
+    );
     assert!(
         console.contains("DHCP lease applied"),
         "no DHCP lease:\n{console}"

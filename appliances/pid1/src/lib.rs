@@ -3,7 +3,8 @@
 //!
 //! Boot, in order: mount devtmpfs/proc/sys/tmpfs; read `/etc/clk/system.toml`; load kernel
 //! modules with their parameters; apply sysctls; read the cloud-init drive; set the host name;
-//! configure the network; prepare and mount the data area; merge the per-VM configuration over
+//! arm the hardware watchdog; configure the network and pin NIC interrupts to their NUMA node;
+//! prepare and mount the data area; merge the per-VM configuration over
 //! the baked one; start the appliance; once it is ready, mark the boot good; then wait for a
 //! stop request and shut down in reverse. Every failure before the appliance runs prints ONE
 //! line naming what failed and powers off: PID 1 never exits (that is a kernel panic).
@@ -14,6 +15,7 @@ pub mod datadisk;
 pub mod devices;
 pub mod dhcp;
 pub mod identity;
+pub mod irq;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -21,6 +23,7 @@ pub mod overlay;
 pub mod power;
 pub mod sysctl;
 pub mod system;
+pub mod watchdog;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -123,8 +126,17 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
         Err(e) => fatal(&anyhow::Error::new(e).context("start the async runtime")),
     };
     let stop = runtime.block_on(async {
-        if let Err(e) = net::configure(&ci, &system.network).await {
-            fatal(&e.context("network"));
+        let watchdog = watchdog::Watchdog::arm().map(|w| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (tx, tokio::spawn(w.feed_until(rx)))
+        });
+        match net::configure(&ci, &system.network).await {
+            Ok(links) => {
+                for (link, _) in &links {
+                    irq::pin_nic_irqs(&link.name);
+                }
+            }
+            Err(e) => fatal(&e.context("network")),
         }
         match datadisk::prepare(&system.data) {
             Ok(r) => tracing::info!(device = %r.device, partition_grown_to = ?r.partition_grown_to,
@@ -152,6 +164,10 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
         tracing::info!(?stop, "stop requested");
         if let Err(e) = appliance.stop().await {
             tracing::error!(error = format!("{e:#}"), "appliance did not stop cleanly");
+        }
+        if let Some((tx, feeder)) = watchdog {
+            let _ = tx.send(());
+            let _ = feeder.await;
         }
         stop
     });
