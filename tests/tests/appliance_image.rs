@@ -337,3 +337,36 @@ fn a_failing_upgrade_is_tried_then_rolled_back_to_the_previous_image() {
         &console[last_start..]
     );
 }
+
+#[test]
+fn xeon_profile_builds_with_its_drivers_and_names_missing_firmware() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = build_image(dir.path(), &["--profile", "xeon-nvme-25g"]);
+    let modules: Vec<&str> = report["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for driver in ["nvme", "ice", "usb_storage", "iTCO_wdt"] {
+        assert!(
+            modules.contains(&driver),
+            "{driver} missing from {modules:?}"
+        );
+    }
+    // nvme_core (a dependency) loads before nvme.
+    let pos = |m: &str| modules.iter().position(|x| *x == m).unwrap();
+    assert!(pos("nvme_core") < pos("nvme"));
+    // The E810 DDP package lives in Debian's non-free-firmware component: either this
+    // machine's apt sources carry it, or the report says clearly that the image lacks it.
+    let missing = report["missing_firmware"].as_array().unwrap();
+    if let Some(m) = missing
+        .iter()
+        .find(|m| m.as_str().unwrap().contains("ice.pkg"))
+    {
+        assert!(
+            m.as_str().unwrap().contains("non-free-firmware"),
+            "unclear: {m}"
+        );
+    }
+}
