@@ -2,15 +2,15 @@
 //! its "broker ready" log line (so tests run in parallel without port races), and the ways a
 //! test ends a broker: SIGTERM (clean) or SIGKILL (crash), then restart on the same ports.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::process::spawn_until_ready;
 
 /// How long a start (including log recovery) may take in a debug build.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,40 +117,19 @@ impl Broker {
         let config = self.write_config();
         self.starts += 1;
         let log_path = self.dir.path().join(format!("broker-{}.log", self.starts));
-        let mut child = Command::new(bin("broker"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn broker");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut log = std::fs::File::create(&log_path).expect("broker log file");
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-                if !sent {
-                    if let Some(addrs) = ready_addresses(&line) {
-                        let _ = tx.send(addrs);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok((kafka, admin)) => {
+        match spawn_until_ready(
+            &bin("broker"),
+            &config,
+            &log_path,
+            START_TIMEOUT,
+            ready_addresses,
+        ) {
+            Ok((child, (kafka, admin))) => {
                 self.kafka = kafka;
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("broker did not become ready; its log:\n{}", self.log());
-            }
+            Err(()) => panic!("broker did not become ready; its log:\n{}", self.log()),
         }
     }
 
@@ -186,8 +165,7 @@ impl Drop for Broker {
 }
 
 /// `(kafka, admin)` addresses from the JSON "broker ready" log line.
-fn ready_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+fn ready_addresses(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
     if v.get("message")?.as_str()? != "broker ready" {
         return None;
     }

@@ -1,12 +1,16 @@
 //! Harness for end-to-end tests: appliances run as real processes (the binaries cargo built
-//! for this workspace) and are driven by real clients (kcat, confluent-kafka, kafka-python).
+//! for this workspace) and are driven by real clients (kcat, confluent-kafka, kafka-python,
+//! boto3).
 //!
 //! Nothing here sleeps to synchronise: every wait is on a condition with a deadline.
 
 pub mod broker;
 pub mod clients;
+pub mod process;
 pub mod proxy;
+pub mod s3gw;
 pub mod wait;
 
 pub use broker::Broker;
+pub use s3gw::S3gw;
 pub use wait::wait_until;

@@ -54,6 +54,26 @@ pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, Confi
     parse_str(&text, &path.display().to_string())
 }
 
+/// What an appliance's `main` does with `--config FILE [--check]`: the configuration to run
+/// with, or the exit code to leave with (2 and the error on stderr for a bad file; success
+/// after printing "FILE: ok" when only checking).
+pub fn load_for_main<T: DeserializeOwned + Validate>(
+    path: &Path,
+    check_only: bool,
+) -> Result<T, std::process::ExitCode> {
+    match load_file(path) {
+        Err(e) => {
+            eprintln!("{e}");
+            Err(std::process::ExitCode::from(2))
+        }
+        Ok(_) if check_only => {
+            println!("{}: ok", path.display());
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Ok(config) => Ok(config),
+    }
+}
+
 /// One line: "line 3, column 7: unknown field `lisen`, expected one of ...".
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");

@@ -24,36 +24,17 @@ fn main() -> ExitCode {
         pid1::boot(broker::appliance::BrokerAppliance::default());
     }
     let args = Args::parse();
-    let config: broker::BrokerConfig = match appconfig::load_file(&args.config) {
+    let config: broker::BrokerConfig = match appconfig::load_for_main(&args.config, args.check) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
-    if args.check {
-        println!("{}: ok", args.config.display());
-        return ExitCode::SUCCESS;
-    }
     telemetry::init_logging(config.log.format, &config.log.level);
     raise_open_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "broker failed");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::run_process("broker", async move {
+        let handle = broker::start(config).await?;
+        telemetry::stop_requested().await?;
+        handle.shutdown().await
+    })
 }
 
 /// Every segment keeps three files open: use the whole hard limit on open files.
@@ -66,16 +47,4 @@ fn raise_open_file_limit() {
             }
         }
     }
-}
-
-async fn run(config: broker::BrokerConfig) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handle = broker::start(config).await?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    handle.shutdown().await
 }

@@ -5,8 +5,10 @@ pub mod admin;
 pub mod health;
 pub mod logging;
 pub mod process;
+pub mod service;
 
 pub use admin::{AdminServer, serve_admin};
 pub use health::Health;
 pub use logging::{LogFormat, init_logging};
 pub use process::ProcessCollector;
+pub use service::{run_process, stop_requested};

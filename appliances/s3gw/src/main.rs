@@ -1,0 +1,30 @@
+//! `s3gw --config s3gw.toml`: run the S3 gateway until SIGTERM or SIGINT.
+//! `s3gw --config s3gw.toml --check`: validate the configuration and exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "S3-compatible object store appliance")]
+struct Args {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config: s3gw::S3gwConfig = match appconfig::load_for_main(&args.config, args.check) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    telemetry::init_logging(config.log.format, &config.log.level);
+    telemetry::run_process("s3gw", async move {
+        let handle = s3gw::start(config).await?;
+        telemetry::stop_requested().await?;
+        handle.shutdown().await
+    })
+}

@@ -1,0 +1,178 @@
+//! Lifecycle: open the store, serve S3 over HTTP (`s3s` on hyper) and the admin endpoints,
+//! stop gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use s3s::auth::SimpleAuth;
+use s3s::host::MultiDomain;
+use s3s::service::S3ServiceBuilder;
+use telemetry::{Health, ProcessCollector};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::S3gwConfig;
+use crate::gateway::Gateway;
+use crate::store::Store;
+
+type Labels = Vec<(String, String)>;
+
+/// A running gateway.
+pub struct S3gwHandle {
+    pub s3_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3gwHandle {
+    /// Stop accepting, let requests in flight finish (up to 30 s).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("S3 server task")?;
+        Ok(())
+    }
+}
+
+pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
+    let shutdown = CancellationToken::new();
+    let mut registry = Registry::default();
+    let requests = Family::<Labels, Counter>::default();
+    let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    });
+    registry.register(
+        "s3gw_requests",
+        "HTTP requests by method and status",
+        requests.clone(),
+    );
+    registry.register(
+        "s3gw_request_latency_seconds",
+        "Request latency by method",
+        latency.clone(),
+    );
+    registry.register_collector(Box::new(ProcessCollector));
+    let health = Arc::new(Health::new());
+    health.require("store", "opening the object store");
+    let admin = telemetry::serve_admin(
+        config.admin.listen,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
+
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await?
+        .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
+    let service = {
+        let mut b = S3ServiceBuilder::new(Gateway::new(Arc::new(store)));
+        let mut auth = SimpleAuth::new();
+        for c in &config.credentials {
+            auth.register(c.access_key.clone(), c.secret_key.clone().into());
+        }
+        b.set_auth(auth);
+        if !config.s3.domains.is_empty() {
+            b.set_host(MultiDomain::new(&config.s3.domains).context("s3.domains")?);
+        }
+        b.build()
+    };
+    let listener = TcpListener::bind(config.s3.listen)
+        .await
+        .with_context(|| format!("binding the S3 listener {}", config.s3.listen))?;
+    let s3_addr = listener.local_addr()?;
+    health.set_ok("store");
+    tracing::info!(s3 = %s3_addr, admin = %admin.local_addr, "s3gw ready");
+
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (socket, _) = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let (svc, requests, latency) = (service.clone(), requests.clone(), latency.clone());
+            let counted =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (svc, requests, latency) = (svc.clone(), requests.clone(), latency.clone());
+                    async move {
+                        let method = req.method().to_string();
+                        let started = Instant::now();
+                        let empty_expecting_continue = expects_continue_without_body(&req);
+                        let mut resp = hyper::service::Service::call(&svc, req).await;
+                        if empty_expecting_continue && let Ok(r) = resp.as_mut() {
+                            r.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("close"),
+                            );
+                        }
+                        let status = resp
+                            .as_ref()
+                            .map_or("error".to_string(), |r| r.status().as_u16().to_string());
+                        requests
+                            .get_or_create(&vec![
+                                ("method".into(), method.clone()),
+                                ("status".into(), status),
+                            ])
+                            .inc();
+                        latency
+                            .get_or_create(&vec![("method".into(), method)])
+                            .observe(started.elapsed().as_secs_f64());
+                        resp
+                    }
+                });
+            let conn = http
+                .serve_connection(TokioIo::new(socket), counted)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("requests still running after 30 s; stopping anyway"),
+        }
+    });
+    Ok(S3gwHandle {
+        s3_addr,
+        admin_addr: admin.local_addr,
+        shutdown,
+        task,
+    })
+}
+
+/// boto3 sends `Expect: 100-continue` even with an empty body. hyper then answers at once
+/// without an interim 100 (there is no body to ask for), which is valid HTTP, but botocore's
+/// connection is left in a state where the NEXT request on it stalls until its read timeout
+/// (60 s). Closing the connection after such a response avoids that at the cost of one
+/// reconnect per empty upload.
+fn expects_continue_without_body<B>(req: &hyper::Request<B>) -> bool {
+    let expect = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let empty = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    expect && empty
+}

@@ -1,0 +1,51 @@
+//! Starting an appliance binary for a test and waiting for its JSON "ready" log line, which
+//! carries the addresses it bound (port 0 in the config: no port races between parallel tests).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Start `binary --config <config>`, copy its stderr to `log_path`, and wait until `ready`
+/// recognises a log line (returning what it extracted). On timeout the child is killed and
+/// `Err` carries nothing: the caller reports the log.
+pub fn spawn_until_ready<T: Send + 'static>(
+    binary: &Path,
+    config: &Path,
+    log_path: &Path,
+    timeout: Duration,
+    ready: fn(&serde_json::Value) -> Option<T>,
+) -> Result<(Child, T), ()> {
+    let mut child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let log_path = log_path.to_owned();
+    std::thread::spawn(move || {
+        let mut log = std::fs::File::create(&log_path).expect("log file");
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+            if !sent && let Some(found) = serde_json::from_str(&line).ok().as_ref().and_then(ready)
+            {
+                let _ = tx.send(found);
+                sent = true;
+            }
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(found) => Ok((child, found)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(())
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! An S3 gateway process for a test: its own data directory, one access key, ports learned
+//! from its "s3gw ready" log line; stopped by SIGKILL (crash) and restarted on the same ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use crate::broker::bin;
+use crate::process::spawn_until_ready;
+
+pub const ACCESS_KEY: &str = "branch-017";
+pub const SECRET_KEY: &str = "secret-for-branch-017";
+
+pub struct S3gw {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub s3: SocketAddr,
+    pub admin: SocketAddr,
+    starts: usize,
+}
+
+impl S3gw {
+    pub fn start() -> S3gw {
+        let dir = tempfile::Builder::new()
+            .prefix("s3gw-test")
+            .tempdir()
+            .expect("temp dir");
+        let mut g = S3gw {
+            dir,
+            child: None,
+            s3: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            starts: 0,
+        };
+        g.launch();
+        g
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.s3)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("s3gw-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn launch(&mut self) {
+        let config = self.dir.path().join("s3gw.toml");
+        let text = format!(
+            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n[[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n",
+            self.data_dir().display(),
+            self.s3,
+            self.admin
+        );
+        std::fs::write(&config, text).expect("write config");
+        self.starts += 1;
+        let log = self.dir.path().join(format!("s3gw-{}.log", self.starts));
+        match spawn_until_ready(
+            &bin("s3gw"),
+            &config,
+            &log,
+            Duration::from_secs(60),
+            ready_addresses,
+        ) {
+            Ok((child, (s3, admin))) => {
+                self.s3 = s3;
+                self.admin = admin;
+                self.child = Some(child);
+            }
+            Err(()) => panic!("s3gw did not become ready; its log:\n{}", self.log()),
+        }
+    }
+
+    /// Crash it (SIGKILL) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "kill the gateway before restarting it"
+        );
+        self.launch();
+    }
+}
+
+impl Drop for S3gw {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn ready_addresses(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
+    if v.get("message")?.as_str()? != "s3gw ready" {
+        return None;
+    }
+    Some((
+        v.get("s3")?.as_str()?.parse().ok()?,
+        v.get("admin")?.as_str()?.parse().ok()?,
+    ))
+}
