@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use s3s::auth::SimpleAuth;
 use s3s::host::MultiDomain;
-use s3s::service::S3ServiceBuilder;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use telemetry::{Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,21 @@ impl S3gwHandle {
         self.task.await.context("S3 server task")?;
         Ok(())
     }
+}
+
+/// The S3 HTTP service over `store`: routing, authentication with the configured keys,
+/// virtual-host style for the configured domains. (The fuzz target drives this too.)
+pub fn build_service(store: Arc<Store>, config: &S3gwConfig) -> anyhow::Result<S3Service> {
+    let mut b = S3ServiceBuilder::new(Gateway::new(store));
+    let mut auth = SimpleAuth::new();
+    for c in &config.credentials {
+        auth.register(c.access_key.clone(), c.secret_key.clone().into());
+    }
+    b.set_auth(auth);
+    if !config.s3.domains.is_empty() {
+        b.set_host(MultiDomain::new(&config.s3.domains).context("s3.domains")?);
+    }
+    Ok(b.build())
 }
 
 pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
@@ -75,18 +90,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await?
         .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
-    let service = {
-        let mut b = S3ServiceBuilder::new(Gateway::new(Arc::new(store)));
-        let mut auth = SimpleAuth::new();
-        for c in &config.credentials {
-            auth.register(c.access_key.clone(), c.secret_key.clone().into());
-        }
-        b.set_auth(auth);
-        if !config.s3.domains.is_empty() {
-            b.set_host(MultiDomain::new(&config.s3.domains).context("s3.domains")?);
-        }
-        b.build()
-    };
+    let service = build_service(Arc::new(store), &config)?;
     let listener = TcpListener::bind(config.s3.listen)
         .await
         .with_context(|| format!("binding the S3 listener {}", config.s3.listen))?;
