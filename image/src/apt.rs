@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::tool::run;
 
 /// A package's files, extracted.
 pub struct Extracted {
@@ -79,19 +81,4 @@ fn find_deb(dir: &Path, package: &str) -> anyhow::Result<Option<PathBuf>> {
         .collect();
     found.sort();
     Ok(found.pop())
-}
-
-pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("run {:?} (is it installed?)", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

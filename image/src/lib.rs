@@ -15,6 +15,7 @@ pub mod kmod;
 pub mod profile;
 pub mod proxmox;
 pub mod seed;
+pub mod tool;
 pub mod uki;
 pub mod upgrade;
 
@@ -272,7 +273,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     )?;
     let qcow2 = req.out_dir.join(format!("{stem}.qcow2"));
     let _ = std::fs::remove_file(&qcow2);
-    apt::run(
+    tool::run(
         std::process::Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
             .arg(&raw)

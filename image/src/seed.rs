@@ -25,7 +25,7 @@ pub fn build(work: &Path, firmware_dir: &Path, uuid: &str, epoch: u64) -> anyhow
             "hash_seed={uuid},root_owner=0:0,lazy_itable_init=1,nodiscard"
         ))
         .arg(&img);
-    crate::apt::run(&mut cmd).context("mke2fs (from e2fsprogs) making the data area seed")?;
+    crate::tool::run(&mut cmd).context("mke2fs (from e2fsprogs) making the data area seed")?;
     let raw = std::fs::read(&img)?;
     // mtime 0 and no file name in the gzip header: same input, same bytes.
     let mut gz = flate2::GzBuilder::new()

@@ -53,7 +53,7 @@ pub fn build(parts: &UkiParts, out: &Path) -> anyhow::Result<()> {
         vma = align_up(vma + size);
     }
     cmd.arg(parts.stub).arg(out);
-    crate::apt::run(&mut cmd).context("objcopy (from binutils) assembling the UKI")?;
+    crate::tool::run(&mut cmd).context("objcopy (from binutils) assembling the UKI")?;
     normalize_pe_header(out)
 }
 

@@ -61,6 +61,32 @@ pub fn kcat(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// Every record of `topic` from the beginning, one line per record formatted by kcat's `-f`.
+pub fn kcat_consume_all(
+    bootstrap: &str,
+    topic: &str,
+    format: &str,
+    timeout: Duration,
+) -> Vec<String> {
+    let args = [
+        "-b",
+        bootstrap,
+        "-C",
+        "-t",
+        topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        format,
+    ];
+    kcat(&args, None, timeout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn python_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("python")

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::clients::{kcat, metric, python, python_script};
+use e2e::clients::{kcat, kcat_consume_all, metric, python, python_script};
 use e2e::proxy::ChaosProxy;
 use e2e::{Broker, wait_until};
 use nix::sys::signal::{Signal, kill};
@@ -52,32 +52,15 @@ fn count_lines(path: &std::path::Path) -> usize {
 
 /// Every record of `topic` as `(partition, offset) -> value`.
 fn everything(b: &Broker, topic: &str) -> BTreeMap<(i32, i64), String> {
-    let bootstrap = b.bootstrap();
-    kcat(
-        &[
-            "-b",
-            &bootstrap,
-            "-C",
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%p %o %s\n",
-        ],
-        None,
-        T,
-    )
-    .lines()
-    .map(|l| {
-        let mut it = l.splitn(3, ' ');
-        let p = it.next().unwrap().parse().unwrap();
-        let o = it.next().unwrap().parse().unwrap();
-        ((p, o), it.next().unwrap_or_default().to_string())
-    })
-    .collect()
+    kcat_consume_all(&b.bootstrap(), topic, "%p %o %s\n", T)
+        .iter()
+        .map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let p = it.next().unwrap().parse().unwrap();
+            let o = it.next().unwrap().parse().unwrap();
+            ((p, o), it.next().unwrap_or_default().to_string())
+        })
+        .collect()
 }
 
 #[test]
@@ -193,39 +176,30 @@ fn clean_restart_keeps_data_and_committed_offsets() {
         Some(input.as_bytes()),
         T,
     );
-    let first = python(
-        "ck_commit.py",
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "restart",
-            "--group",
-            "g1",
-            "--count",
-            "40",
-        ],
-        T,
-    );
+    // Consume `count` records in group g1, committing; returns what the script saw.
+    let commit = |count: &str| {
+        python(
+            "ck_commit.py",
+            &[
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                "restart",
+                "--group",
+                "g1",
+                "--count",
+                count,
+            ],
+            T,
+        )
+    };
+    let first = commit("40");
     assert_eq!(first["committed"], serde_json::json!([40]));
     assert!(b.stop().success());
     assert!(b.data_dir().join(".clean_shutdown").exists());
     b.restart();
     assert!(b.log().contains("\"clean_shutdown\":true"), "{}", b.log());
-    let second = python(
-        "ck_commit.py",
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "restart",
-            "--group",
-            "g1",
-            "--count",
-            "60",
-        ],
-        T,
-    );
+    let second = commit("60");
     let values = second["values"].as_array().unwrap();
     assert_eq!(
         values.first().unwrap(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use e2e::Broker;
-use e2e::clients::kcat;
+use e2e::clients::{kcat, kcat_consume_all};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -15,27 +15,7 @@ fn produce(b: &Broker, topic: &str, extra: &[&str], input: &str) {
 }
 
 fn consume(b: &Broker, topic: &str, format: &str) -> Vec<String> {
-    let bootstrap = b.bootstrap();
-    kcat(
-        &[
-            "-b",
-            &bootstrap,
-            "-C",
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            format,
-        ],
-        None,
-        T,
-    )
-    .lines()
-    .map(str::to_string)
-    .collect()
+    kcat_consume_all(&b.bootstrap(), topic, format, T)
 }
 
 #[test]

@@ -82,8 +82,8 @@ impl Writer {
     }
 
     /// Append the footer and make the file durable. `meta.size` and `meta.block_crcs` are
-    /// filled in here.
-    pub fn finish(mut self, mut meta: Meta) -> io::Result<File> {
+    /// filled in here; the completed metadata is returned.
+    pub fn finish(mut self, mut meta: Meta) -> io::Result<Meta> {
         if self.written % BLOCK != 0 {
             self.crcs.push(self.current);
         }
@@ -94,7 +94,7 @@ impl Writer {
         self.file.write_all(&(footer.len() as u64).to_le_bytes())?;
         self.file.write_all(MAGIC)?;
         self.file.sync_data()?;
-        Ok(self.file)
+        Ok(meta)
     }
 }
 

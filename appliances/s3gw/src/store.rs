@@ -18,6 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use durable_log::checkpoint;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -177,7 +178,6 @@ impl Store {
             .join("tmp")
             .join(format!("{}-{n}", std::process::id()));
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp)
@@ -192,9 +192,7 @@ impl Store {
     /// and block CRCs, which the writer fills in.
     pub fn publish(&self, bucket: &str, upload: Upload, meta: Meta) -> Result<Meta, StoreError> {
         let Upload { tmp, writer } = upload;
-        let file = writer.finish(meta).map_err(io("write the object"))?;
-        let meta = object_file::read_meta(&file)?;
-        drop(file);
+        let meta = writer.finish(meta).map_err(io("write the object"))?;
         let path = self.object_path(bucket, &meta.key);
         let dir = path
             .parent()
@@ -368,21 +366,13 @@ fn load_objects(dir: &Path, out: &mut BTreeMap<String, Entry>) -> Result<(), Sto
     Ok(())
 }
 
+/// Atomic, durable small-file replacement: the durable log's checkpoint writer.
 fn write_durably(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(io(format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io(format!("rename to {}", path.display())))?;
-    sync_dir(path.parent().expect("has a directory"))
+    checkpoint::write_atomic(path, data).map_err(io(format!("write {}", path.display())))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("fsync {}", dir.display())))
+    checkpoint::sync_dir(dir).map_err(io(format!("fsync {}", dir.display())))
 }
 
 #[cfg(test)]
