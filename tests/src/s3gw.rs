@@ -1,4 +1,5 @@
-//! An S3 gateway process for a test: its own data directory, one access key, ports learned
+//! An S3 gateway process for a test: its own data directory, an administrator key, a branch
+//! key that may only write into `biometrics`, anonymous reads of `firmware`; ports learned
 //! from its "s3gw ready" log line; stopped by SIGKILL (crash) and restarted on the same ports.
 
 use std::net::SocketAddr;
@@ -11,6 +12,9 @@ use crate::process::spawn_until_ready;
 
 pub const ACCESS_KEY: &str = "branch-017";
 pub const SECRET_KEY: &str = "secret-for-branch-017";
+/// May only write into `biometrics`.
+pub const WRITER_KEY: &str = "branch-018";
+pub const WRITER_SECRET: &str = "secret-for-branch-018";
 
 pub struct S3gw {
     dir: tempfile::TempDir,
@@ -57,7 +61,11 @@ impl S3gw {
     fn launch(&mut self) {
         let config = self.dir.path().join("s3gw.toml");
         let text = format!(
-            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n[[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n",
+            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
+             [[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n\
+             [[credentials]]\naccess_key = \"{WRITER_KEY}\"\nsecret_key = \"{WRITER_SECRET}\"\n\
+             buckets = {{ \"biometrics\" = \"write\" }}\n\
+             [anonymous]\nbuckets = {{ \"firmware\" = \"read\" }}\n",
             self.data_dir().display(),
             self.s3,
             self.admin
@@ -79,6 +87,11 @@ impl S3gw {
             }
             Err(()) => panic!("s3gw did not become ready; its log:\n{}", self.log()),
         }
+    }
+
+    /// The gateway's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Crash it (SIGKILL) and reap it.

@@ -1,11 +1,14 @@
 //! The S3 gateway as a process, driven by boto3 with its default configuration, and crashed
 //! with kill -9 in the middle of uploads.
 
+// The expected-answers table of the boto3 API test is one large `json!`.
+#![recursion_limit = "256"]
+
 use std::time::Duration;
 
 use e2e::S3gw;
 use e2e::clients::python;
-use e2e::s3gw::{ACCESS_KEY, SECRET_KEY};
+use e2e::s3gw::{ACCESS_KEY, SECRET_KEY, WRITER_KEY, WRITER_SECRET};
 
 #[test]
 fn boto3_defaults_work_end_to_end() {
@@ -105,4 +108,107 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
         listed.len(),
         acked.len()
     );
+}
+
+#[test]
+fn boto3_multipart_copy_conditions_checksums_presigning_and_grants() {
+    let g = S3gw::start();
+    let out = python(
+        "s3_boto3_api.py",
+        &[
+            &g.endpoint(),
+            ACCESS_KEY,
+            SECRET_KEY,
+            WRITER_KEY,
+            WRITER_SECRET,
+        ],
+        Duration::from_secs(300),
+    );
+    let expect = serde_json::json!({
+        "transfer_roundtrip": true,
+        "transfer_etag_parts": "3",
+        "transfer_parts_count": 3,
+        "transfer_checksum_type": "COMPOSITE",
+        "transfer_has_crc32": true,
+        "part_etag_is_md5": true,
+        "listed_parts": [[1, 5242880], [2, 5242880], [3, 1024]],
+        "parts_page": [2, true, 2],
+        "listed_uploads": ["manual"],
+        "complete_wrong_order": "InvalidPartOrder",
+        "complete_wrong_etag": "InvalidPart",
+        "complete_missing_part": "InvalidPart",
+        "retried_complete_same_etag": true,
+        "multipart_etag": true,
+        "manual_roundtrip": true,
+        "manual_metadata": [{"site": "17"}, "application/x-scan"],
+        "get_part_2": true,
+        "list_parts_after_complete": "NoSuchUpload",
+        "entity_too_small": "EntityTooSmall",
+        "bad_part_number": "InvalidArgument",
+        "after_abort": "NoSuchUpload",
+        "bogus_upload_id": "NoSuchUpload",
+        "copy_keeps_metadata": ["original", {"a": "1"}, "text/plain"],
+        "copy_replaces_metadata": {"b": "2"},
+        "copy_to_itself": "InvalidRequest",
+        "copy_missing": "NoSuchKey",
+        "batch_deleted": ["copied", "copy-source", "never-existed"],
+        "batch_errors": [],
+        "if_none_match_current": "304",
+        "if_match_other": "PreconditionFailed",
+        "if_match_current": "ok",
+        "if_modified_since_future": "304",
+        "if_unmodified_since_past": "412",
+        "put_if_none_match_existing": "PreconditionFailed",
+        "put_if_none_match_new": "ok",
+        "copy_if_match_other": "PreconditionFailed",
+        "invalid_range": "InvalidRange",
+        "sha256_stored": true,
+        "default_crc32_stored": true,
+        "wrong_crc32": "BadDigest",
+        "wrong_md5": "BadDigest",
+        "bad_key_absent": "404",
+        "chunked_trailer_crc32": true,
+        "chunked_roundtrip": true,
+        "chunked_encoding_dropped": true,
+        "presigned_put_v2": [200, true],
+        "presigned_put_v4": [200, true],
+        "expired_v2": 403,
+        "expired_v4": [403, true],
+        "acl": ["FULL_CONTROL"],
+        "versions": [["orig", "null", true]],
+        "location": null,
+        "odd_keys_listed": true,
+        "odd_keys_read": true,
+        "writer_put": "ok",
+        "writer_get": "AccessDenied",
+        "writer_list": "AccessDenied",
+        "writer_other_bucket": "AccessDenied",
+        "writer_create_bucket": "AccessDenied",
+        "writer_copy_from_unreadable": "AccessDenied",
+        "anonymous_read_firmware": [200, true],
+        "anonymous_read_biometrics": [403, true],
+        "anonymous_write_firmware": 403,
+    });
+    for (k, v) in expect.as_object().unwrap() {
+        assert_eq!(&out[k], v, "{k}: {out}");
+    }
+    // Completed and aborted uploads leave nothing behind.
+    let left = std::fs::read_dir(g.data_dir().join("multipart"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "multipart directories left after complete/abort");
+    let metrics = e2e::clients::metrics_text(&format!("http://{}/metrics", g.admin));
+    for op in [
+        "CompleteMultipartUpload",
+        "UploadPartCopy",
+        "CopyObject",
+        "DeleteObjects",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "s3gw_requests_total{{operation=\"{op}\",status=\"200\"}}"
+            )),
+            "{op} not counted:\n{metrics}"
+        );
+    }
 }

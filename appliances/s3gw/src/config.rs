@@ -5,11 +5,21 @@
 //! [s3]
 //! listen = "0.0.0.0:9000"
 //! domains = ["s3.hub.example"]      # virtual-host style: <bucket>.s3.hub.example
-//! [[credentials]]
+//! incomplete_upload_expiry_hours = 168   # multipart uploads never completed are removed
+//! [[credentials]]                    # an administrator: every bucket, create/delete buckets
+//! access_key = "hub-admin"
+//! secret_key = "..."
+//! [[credentials]]                    # a branch: may only write into one bucket
 //! access_key = "branch-017"
 //! secret_key = "..."
+//! buckets = { "biometrics" = "write" }
+//! [anonymous]                        # unsigned requests: refused unless a bucket allows it
+//! buckets = { "firmware" = "read" }
 //! ```
+//!
+//! Bucket names in grants are exact, or a prefix followed by `*` (`"branch-*"`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -23,8 +33,10 @@ pub struct S3gwConfig {
     pub s3: S3Listener,
     #[serde(default)]
     pub admin: AdminListener,
-    /// Access keys. Requests must be signed with one of them (no anonymous access).
+    /// Access keys. Requests must be signed with one of them unless `anonymous` allows.
     pub credentials: Vec<Credential>,
+    #[serde(default)]
+    pub anonymous: Anonymous,
     #[serde(default)]
     pub log: LogSettings,
 }
@@ -35,6 +47,8 @@ pub struct S3Listener {
     pub listen: SocketAddr,
     /// Base domains for virtual-host style requests; path style always works.
     pub domains: Vec<String>,
+    /// Multipart uploads neither completed nor aborted after this long are removed.
+    pub incomplete_upload_expiry_hours: u32,
 }
 
 impl Default for S3Listener {
@@ -42,6 +56,7 @@ impl Default for S3Listener {
         S3Listener {
             listen: "0.0.0.0:9000".parse().expect("static"),
             domains: vec![],
+            incomplete_upload_expiry_hours: 7 * 24,
         }
     }
 }
@@ -65,6 +80,37 @@ impl Default for AdminListener {
 pub struct Credential {
     pub access_key: String,
     pub secret_key: String,
+    /// Buckets this key may use and how. Absent: an administrator (all buckets, and
+    /// creating and deleting buckets).
+    pub buckets: Option<BTreeMap<String, Access>>,
+}
+
+/// What unsigned requests may do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anonymous {
+    pub buckets: BTreeMap<String, Access>,
+}
+
+/// Access to a bucket's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// GET, HEAD, listings.
+    Read,
+    /// PUT, DELETE, copies into the bucket, multipart uploads; no reads.
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn reads(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,7 +124,9 @@ impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             format: telemetry::LogFormat::Text,
-            level: "info".into(),
+            // s3s logs every client error (a 404, a refused signature) at ERROR; the gateway
+            // counts those by status in its metrics and logs its own failures itself.
+            level: "info,s3s::ops=off".into(),
         }
     }
 }
@@ -98,6 +146,24 @@ impl appconfig::Validate for S3gwConfig {
                     c.access_key
                 ));
             }
+        }
+        let patterns = self
+            .credentials
+            .iter()
+            .filter_map(|c| c.buckets.as_ref())
+            .chain([&self.anonymous.buckets]);
+        for p in patterns.flat_map(|b| b.keys()) {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            if name.contains('*') || (name.is_empty() && p != "*") {
+                return Err(format!(
+                    "bucket grant {p:?}: a bucket name, or a prefix followed by one *"
+                ));
+            }
+        }
+        if let Some((b, _)) = self.anonymous.buckets.iter().find(|(_, a)| a.writes()) {
+            return Err(format!(
+                "anonymous.buckets: {b:?} may only be \"read\" (unsigned writes are never allowed)"
+            ));
         }
         // Port 0 (pick a free port, for tests) never conflicts.
         if self.s3.listen.port() != 0 && self.s3.listen.port() == self.admin.listen.port() {

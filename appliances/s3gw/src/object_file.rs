@@ -28,11 +28,20 @@ pub struct Meta {
     pub etag: String,
     pub last_modified_ms: i64,
     pub content_type: Option<String>,
+    /// Content-Encoding, Content-Disposition, Content-Language, Cache-Control, Expires as
+    /// given at upload (header name in lower case -> value), returned on GET and HEAD.
+    #[serde(default)]
+    pub http_headers: BTreeMap<String, String>,
     #[serde(default)]
     pub user_metadata: BTreeMap<String, String>,
-    /// Checksums the client sent and we verified (algorithm -> base64 value).
+    /// Checksums of the content (algorithm name as S3 spells it -> base64 value; a composite
+    /// multipart checksum ends in `-<parts>`).
     #[serde(default)]
     pub checksums: BTreeMap<String, String>,
+    /// Sizes of the parts of a multipart upload, in order (empty for a single PUT): what
+    /// GET/HEAD `?partNumber=` address.
+    #[serde(default)]
+    pub part_sizes: Vec<u64>,
     pub block_crcs: Vec<u32>,
 }
 
@@ -69,7 +78,7 @@ impl Writer {
             let (now, rest) = data.split_at(room.min(data.len()));
             self.current = crc32c::crc32c_append(self.current, now);
             self.written += now.len() as u64;
-            if self.written % BLOCK == 0 {
+            if self.written.is_multiple_of(BLOCK) {
                 self.crcs.push(std::mem::take(&mut self.current));
             }
             data = rest;
@@ -84,7 +93,7 @@ impl Writer {
     /// Append the footer and make the file durable. `meta.size` and `meta.block_crcs` are
     /// filled in here; the completed metadata is returned.
     pub fn finish(mut self, mut meta: Meta) -> io::Result<Meta> {
-        if self.written % BLOCK != 0 {
+        if !self.written.is_multiple_of(BLOCK) {
             self.crcs.push(self.current);
         }
         meta.size = self.written;
@@ -160,6 +169,24 @@ pub fn read_range(
     Ok(out)
 }
 
+/// Hand `[start, end)` of the content to `f` block by block, each block verified first: the
+/// way data leaves an object file for copies and multipart assembly without holding it all.
+pub fn for_each_verified_chunk(
+    file: &File,
+    meta: &Meta,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), ObjectFileError> {
+    let mut pos = start;
+    while pos < end {
+        let to = ((pos / BLOCK + 1) * BLOCK).min(end);
+        f(&read_range(file, meta, pos, to)?)?;
+        pos = to;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,8 +198,10 @@ mod tests {
             etag: String::new(),
             last_modified_ms: 0,
             content_type: None,
+            http_headers: BTreeMap::new(),
             user_metadata: BTreeMap::new(),
             checksums: BTreeMap::new(),
+            part_sizes: vec![],
             block_crcs: vec![],
         }
     }

@@ -19,6 +19,7 @@ use telemetry::{Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{AccessPolicy, OperationSlot};
 use crate::config::S3gwConfig;
 use crate::gateway::Gateway;
 use crate::store::Store;
@@ -42,8 +43,9 @@ impl S3gwHandle {
     }
 }
 
-/// The S3 HTTP service over `store`: routing, authentication with the configured keys,
-/// virtual-host style for the configured domains. (The fuzz target drives this too.)
+/// The S3 HTTP service over `store`: routing, authentication with the configured keys and
+/// their bucket grants, virtual-host style for the configured domains. (The fuzz target
+/// drives this too.)
 pub fn build_service(store: Arc<Store>, config: &S3gwConfig) -> anyhow::Result<S3Service> {
     let mut b = S3ServiceBuilder::new(Gateway::new(store));
     let mut auth = SimpleAuth::new();
@@ -51,6 +53,7 @@ pub fn build_service(store: Arc<Store>, config: &S3gwConfig) -> anyhow::Result<S
         auth.register(c.access_key.clone(), c.secret_key.clone().into());
     }
     b.set_auth(auth);
+    b.set_access(AccessPolicy::new(config));
     if !config.s3.domains.is_empty() {
         b.set_host(MultiDomain::new(&config.s3.domains).context("s3.domains")?);
     }
@@ -60,20 +63,8 @@ pub fn build_service(store: Arc<Store>, config: &S3gwConfig) -> anyhow::Result<S
 pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
-    let requests = Family::<Labels, Counter>::default();
-    let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
-        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-    });
-    registry.register(
-        "s3gw_requests",
-        "HTTP requests by method and status",
-        requests.clone(),
-    );
-    registry.register(
-        "s3gw_request_latency_seconds",
-        "Request latency by method",
-        latency.clone(),
-    );
+    let metrics = RequestMetrics::default();
+    metrics.register(&mut registry);
     registry.register_collector(Box::new(ProcessCollector));
     let health = Arc::new(Health::new());
     health.require("store", "opening the object store");
@@ -90,7 +81,13 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await?
         .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
-    let service = build_service(Arc::new(store), &config)?;
+    let store = Arc::new(store);
+    let service = build_service(store.clone(), &config)?;
+    spawn_multipart_sweeper(
+        store,
+        config.s3.incomplete_upload_expiry_hours,
+        shutdown.clone(),
+    );
     let listener = TcpListener::bind(config.s3.listen)
         .await
         .with_context(|| format!("binding the S3 listener {}", config.s3.listen))?;
@@ -113,13 +110,15 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                     }
                 },
             };
-            let (svc, requests, latency) = (service.clone(), requests.clone(), latency.clone());
-            let counted =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (svc, requests, latency) = (svc.clone(), requests.clone(), latency.clone());
+            let (svc, metrics) = (service.clone(), metrics.clone());
+            let counted = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let (svc, metrics) = (svc.clone(), metrics.clone());
                     async move {
-                        let method = req.method().to_string();
                         let started = Instant::now();
+                        let operation = OperationSlot::default();
+                        req.extensions_mut().insert(operation.clone());
+                        let received = content_length(req.headers());
                         let empty_expecting_continue = expects_continue_without_body(&req);
                         let mut resp = hyper::service::Service::call(&svc, req).await;
                         if empty_expecting_continue && let Ok(r) = resp.as_mut() {
@@ -128,21 +127,22 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                                 hyper::header::HeaderValue::from_static("close"),
                             );
                         }
-                        let status = resp
-                            .as_ref()
-                            .map_or("error".to_string(), |r| r.status().as_u16().to_string());
-                        requests
-                            .get_or_create(&vec![
-                                ("method".into(), method.clone()),
-                                ("status".into(), status),
-                            ])
-                            .inc();
-                        latency
-                            .get_or_create(&vec![("method".into(), method)])
-                            .observe(started.elapsed().as_secs_f64());
+                        let (status, sent) = match &resp {
+                            Ok(r) => (r.status().as_u16().to_string(), content_length(r.headers())),
+                            Err(_) => ("error".to_string(), 0),
+                        };
+                        if status.starts_with('5') || status == "error" {
+                            tracing::warn!(
+                                operation = operation.name(),
+                                status,
+                                "request failed on the server side"
+                            );
+                        }
+                        metrics.observe(operation.name(), status, received, sent, started);
                         resp
                     }
-                });
+                },
+            );
             let conn = http
                 .serve_connection(TokioIo::new(socket), counted)
                 .into_owned();
@@ -162,6 +162,92 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
         shutdown,
         task,
     })
+}
+
+/// Requests by S3 operation and status, latency and bytes by operation.
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    received: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            received: Family::default(),
+            sent: Family::default(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "s3gw_requests",
+            "S3 requests by operation and HTTP status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "s3gw_request_latency_seconds",
+            "S3 request latency (to the response head) by operation",
+            self.latency.clone(),
+        );
+        registry.register(
+            "s3gw_received_bytes",
+            "Request body bytes by operation (from Content-Length)",
+            self.received.clone(),
+        );
+        registry.register(
+            "s3gw_sent_bytes",
+            "Response body bytes by operation (from Content-Length)",
+            self.sent.clone(),
+        );
+    }
+
+    fn observe(&self, operation: &str, status: String, received: u64, sent: u64, started: Instant) {
+        let op = vec![("operation".to_string(), operation.to_string())];
+        let mut with_status = op.clone();
+        with_status.push(("status".into(), status));
+        self.requests.get_or_create(&with_status).inc();
+        self.latency
+            .get_or_create(&op)
+            .observe(started.elapsed().as_secs_f64());
+        self.received.get_or_create(&op).inc_by(received);
+        self.sent.get_or_create(&op).inc_by(sent);
+    }
+}
+
+fn content_length(h: &hyper::HeaderMap) -> u64 {
+    h.get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Remove abandoned multipart uploads now and every hour.
+fn spawn_multipart_sweeper(store: Arc<Store>, expiry_hours: u32, stop: CancellationToken) {
+    let expire_after_ms = i64::from(expiry_hours) * 3600 * 1000;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let store = store.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let _ =
+                tokio::task::spawn_blocking(move || store.sweep_multipart(now, expire_after_ms))
+                    .await;
+        }
+    });
 }
 
 /// boto3 sends `Expect: 100-continue` even with an empty body. hyper then answers at once

@@ -4,13 +4,17 @@
 //! <data_dir>/tmp/<n>                         uploads in progress (deleted at start)
 //! <data_dir>/buckets/<bucket>/bucket.json    creation time
 //! <data_dir>/buckets/<bucket>/objects/<h[..2]>/<h>   one object file, h = sha256(key)
+//! <data_dir>/multipart/<upload id>/upload.json      a multipart upload in progress ...
+//! <data_dir>/multipart/<upload id>/part-<n>         ... and its parts (object files)
+//! <data_dir>/multipart-done/<upload id>.json        a completed upload, kept for retries
 //! ```
 //!
 //! Keys are hashed into file names (S3 keys may be 1024 bytes, contain `/` and `..`); the key
 //! itself is in the object's footer. The listing index is in memory and rebuilt from the
 //! footers at start, so it can never disagree with what is durable. A write is published by
-//! `rename` under the bucket's lock, then the directory is fsynced: only then is it
-//! acknowledged. Replication (a later issue) will acknowledge once the other site also holds
+//! `rename` under the index lock (so the index and the files agree on which of two
+//! concurrent writers won), then the directory is fsynced outside the lock (so concurrent
+//! writers share journal commits): only then is it acknowledged. Replication (a later issue) will acknowledge once the other site also holds
 //! the renamed file; nothing here assumes a single copy.
 
 use std::collections::BTreeMap;
@@ -25,6 +29,11 @@ use sha2::{Digest, Sha256};
 
 use crate::object_file::{self, Meta, ObjectFileError};
 
+mod multipart;
+pub use multipart::{
+    CompletedUpload, Completion, MAX_PART_NUMBER, MIN_PART_SIZE, MultipartInfo, PartRef,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no such bucket")]
@@ -35,6 +44,18 @@ pub enum StoreError {
     BucketNotEmpty,
     #[error("no such key")]
     NoSuchKey,
+    #[error("the condition of a conditional write does not hold")]
+    PreconditionFailed,
+    #[error("{0}")]
+    BadDigest(String),
+    #[error("no such upload")]
+    NoSuchUpload,
+    #[error("{0}")]
+    InvalidPart(String),
+    #[error("the list of parts was not in ascending order")]
+    InvalidPartOrder,
+    #[error("part {part} is {size} bytes; all parts but the last must be at least 5 MiB")]
+    EntityTooSmall { part: i32, size: u64 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -62,6 +83,16 @@ pub struct Entry {
     pub last_modified_ms: i64,
 }
 
+impl Entry {
+    fn of(meta: &Meta) -> Entry {
+        Entry {
+            size: meta.size,
+            etag: meta.etag.clone(),
+            last_modified_ms: meta.last_modified_ms,
+        }
+    }
+}
+
 struct Bucket {
     created_ms: i64,
     objects: BTreeMap<String, Entry>,
@@ -71,12 +102,68 @@ pub struct Store {
     root: PathBuf,
     buckets: RwLock<BTreeMap<String, Bucket>>,
     next_tmp: AtomicU64,
+    completing: multipart::CompletionLocks,
 }
 
-/// An upload in progress: content goes to a temporary file until [`Store::publish`].
+/// An upload in progress: content goes to a temporary file until [`Store::publish`]. Dropped
+/// unpublished (client gone, bad digest), its temporary file goes with it.
 pub struct Upload {
-    pub tmp: PathBuf,
-    pub writer: object_file::Writer,
+    tmp: PathBuf,
+    /// Always `Some` until [`Upload::finish`].
+    writer: Option<object_file::Writer>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Upload {
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.writer.as_mut().expect("unfinished").write(data)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.writer.as_ref().expect("unfinished").written()
+    }
+
+    /// Finish the file and hand over its temporary path (now owned by the caller).
+    fn finish(mut self, meta: Meta) -> Result<(PathBuf, Meta), StoreError> {
+        let tmp = std::mem::take(&mut self.tmp);
+        let writer = self.writer.take().expect("unfinished");
+        match writer.finish(meta) {
+            Ok(meta) => Ok((tmp, meta)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io("write the object")(e))
+            }
+        }
+    }
+}
+
+/// A conditional write: `If-None-Match: *` or `If-Match: <etag>` on PUT and Complete.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum WriteCondition {
+    #[default]
+    Always,
+    IfAbsent,
+    IfEtag(String),
+}
+
+impl WriteCondition {
+    fn check(&self, current: Option<&Entry>) -> Result<(), StoreError> {
+        match (self, current) {
+            (WriteCondition::Always, _) => Ok(()),
+            (WriteCondition::IfAbsent, None) => Ok(()),
+            (WriteCondition::IfAbsent, Some(_)) => Err(StoreError::PreconditionFailed),
+            (WriteCondition::IfEtag(_), None) => Err(StoreError::NoSuchKey),
+            (WriteCondition::IfEtag(want), Some(e)) if *want == e.etag => Ok(()),
+            (WriteCondition::IfEtag(_), Some(_)) => Err(StoreError::PreconditionFailed),
+        }
+    }
 }
 
 impl Store {
@@ -87,6 +174,7 @@ impl Store {
         fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
         let buckets_dir = root.join("buckets");
         fs::create_dir_all(&buckets_dir).map_err(io("create buckets/"))?;
+        fs::create_dir_all(root.join("multipart")).map_err(io("create multipart/"))?;
         let mut buckets = BTreeMap::new();
         for e in fs::read_dir(&buckets_dir).map_err(io("read buckets/"))? {
             let e = e.map_err(io("read buckets/"))?;
@@ -119,6 +207,7 @@ impl Store {
             root: root.to_owned(),
             buckets: RwLock::new(buckets),
             next_tmp: AtomicU64::new(0),
+            completing: Default::default(),
         })
     }
 
@@ -164,6 +253,15 @@ impl Store {
         fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
         sync_dir(&self.root.join("buckets"))?;
         buckets.remove(bucket);
+        drop(buckets);
+        // Uploads in progress go with their bucket.
+        for u in self
+            .all_uploads()
+            .into_iter()
+            .filter(|u| u.bucket == bucket)
+        {
+            self.remove_upload(&u.upload_id)?;
+        }
         Ok(())
     }
 
@@ -184,41 +282,46 @@ impl Store {
             .map_err(io(format!("create {}", tmp.display())))?;
         Ok(Upload {
             tmp,
-            writer: object_file::Writer::new(file),
+            writer: Some(object_file::Writer::new(file)),
         })
     }
 
-    /// Make an upload durable and visible under its key. `meta` has everything but the size
-    /// and block CRCs, which the writer fills in.
-    pub fn publish(&self, bucket: &str, upload: Upload, meta: Meta) -> Result<Meta, StoreError> {
-        let Upload { tmp, writer } = upload;
-        let meta = writer.finish(meta).map_err(io("write the object"))?;
+    /// Make an upload durable and visible under its key, if `condition` holds at that
+    /// moment. `meta` has everything but the size and block CRCs, which the writer fills in.
+    pub fn publish(
+        &self,
+        bucket: &str,
+        upload: Upload,
+        meta: Meta,
+        condition: &WriteCondition,
+    ) -> Result<Meta, StoreError> {
+        let (tmp, meta) = upload.finish(meta)?;
         let path = self.object_path(bucket, &meta.key);
         let dir = path
             .parent()
             .expect("object path has a directory")
             .to_owned();
-        // The rename and the index update happen together under the lock, so concurrent
-        // writers of one key leave the index describing the file that won.
-        let mut buckets = self.buckets.write();
-        let b = buckets.get_mut(bucket).ok_or(StoreError::NoSuchBucket)?;
-        fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        fs::rename(&tmp, &path).map_err(io(format!("publish {}", path.display())))?;
+        {
+            // The check, the rename and the index update happen together under the lock, so
+            // concurrent writers of one key leave the index describing the file that won.
+            let mut buckets = self.buckets.write();
+            let published = buckets
+                .get_mut(bucket)
+                .ok_or(StoreError::NoSuchBucket)
+                .and_then(|b| {
+                    condition.check(b.objects.get(&meta.key))?;
+                    fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+                    fs::rename(&tmp, &path).map_err(io(format!("publish {}", path.display())))?;
+                    b.objects.insert(meta.key.clone(), Entry::of(&meta));
+                    Ok(())
+                });
+            if let Err(e) = published {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         sync_dir(&dir)?;
-        b.objects.insert(
-            meta.key.clone(),
-            Entry {
-                size: meta.size,
-                etag: meta.etag.clone(),
-                last_modified_ms: meta.last_modified_ms,
-            },
-        );
         Ok(meta)
-    }
-
-    /// Give up an upload (bad digest, client gone): its temporary file goes.
-    pub fn abandon(&self, upload: Upload) {
-        let _ = fs::remove_file(&upload.tmp);
     }
 
     /// Open an object for reading: the file stays readable even if it is replaced meanwhile.
@@ -244,16 +347,25 @@ impl Store {
 
     /// Delete an object; deleting a missing key succeeds, as in S3.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        let mut buckets = self.buckets.write();
-        let b = buckets.get_mut(bucket).ok_or(StoreError::NoSuchBucket)?;
         let path = self.object_path(bucket, key);
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(path.parent().expect("has a directory"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(format!("delete {}", path.display()))(e)),
+        {
+            let mut buckets = self.buckets.write();
+            let b = buckets.get_mut(bucket).ok_or(StoreError::NoSuchBucket)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io(format!("delete {}", path.display()))(e)),
+            }
+            b.objects.remove(key);
         }
-        b.objects.remove(key);
-        Ok(())
+        sync_dir(path.parent().expect("has a directory"))
+    }
+
+    /// The index entry of an object, if it exists.
+    pub fn entry(&self, bucket: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let buckets = self.buckets.read();
+        let b = buckets.get(bucket).ok_or(StoreError::NoSuchBucket)?;
+        Ok(b.objects.get(key).cloned())
     }
 
     /// Keys after `after`, starting with `prefix`, rolled up at `delimiter`, at most `max`
@@ -284,12 +396,11 @@ impl Store {
                     .find(d)
                     .map(|i| key[..prefix.len() + i + d.len()].to_string())
             });
-            if let Some(cp) = &rolled {
-                if out.common_prefixes.last() == Some(cp)
-                    || after.is_some_and(|a| a.starts_with(cp.as_str()))
-                {
-                    continue;
-                }
+            if let Some(cp) = &rolled
+                && (out.common_prefixes.last() == Some(cp)
+                    || after.is_some_and(|a| a.starts_with(cp.as_str())))
+            {
+                continue;
             }
             if out.objects.len() + out.common_prefixes.len() == max {
                 out.truncated = true;
@@ -346,14 +457,7 @@ fn load_objects(dir: &Path, out: &mut BTreeMap<String, Entry>) -> Result<(), Sto
             let f = File::open(e.path()).map_err(io(format!("open {}", e.path().display())))?;
             match object_file::read_meta(&f) {
                 Ok(m) => {
-                    out.insert(
-                        m.key,
-                        Entry {
-                            size: m.size,
-                            etag: m.etag,
-                            last_modified_ms: m.last_modified_ms,
-                        },
-                    );
+                    out.insert(m.key.clone(), Entry::of(&m));
                 }
                 // Only published (renamed, fsynced) files live here, so this is damage, not a
                 // torn write: keep the file for inspection, leave the key out, say so.
@@ -381,18 +485,22 @@ mod tests {
 
     fn put(store: &Store, key: &str, data: &[u8]) {
         let mut up = store.begin_upload("b").unwrap();
-        up.writer.write(data).unwrap();
+        up.write(data).unwrap();
         let meta = Meta {
             key: key.into(),
             size: 0,
             etag: "e".into(),
             last_modified_ms: 1,
             content_type: None,
+            http_headers: Default::default(),
             user_metadata: Default::default(),
             checksums: Default::default(),
+            part_sizes: vec![],
             block_crcs: vec![],
         };
-        store.publish("b", up, meta).unwrap();
+        store
+            .publish("b", up, meta, &WriteCondition::Always)
+            .unwrap();
     }
 
     #[test]
