@@ -43,12 +43,15 @@ impl S3Client {
         let bucket = Bucket::new(url, UrlStyle::Path, bucket.to_string(), region.to_string())
             .with_context(|| format!("bucket {bucket:?} at {endpoint}"))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .context("loading the system's TLS roots")?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         Ok(S3Client {
             bucket,
             credentials: Credentials::new(access_key, secret_key),

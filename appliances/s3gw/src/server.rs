@@ -110,6 +110,9 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                     }
                 },
             };
+            // hyper writes a response head and a small body separately: with Nagle on, the
+            // body waits for the client's delayed ACK (40 ms per small GET).
+            let _ = socket.set_nodelay(true);
             let (svc, metrics) = (service.clone(), metrics.clone());
             let counted = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {

@@ -4,6 +4,7 @@
 mod kafka;
 mod machine;
 mod report;
+mod s3;
 
 use clap::Subcommand;
 
@@ -14,6 +15,8 @@ pub enum BenchCommand {
         #[command(subcommand)]
         what: kafka::KafkaBench,
     },
+    /// S3 load against any S3 endpoint: PUT and GET MB/s for large objects, ops/s for small.
+    S3(s3::S3Args),
     /// Sequential write throughput of a directory's disk: buffered + fdatasync, O_DIRECT,
     /// and the latency of a small write + fdatasync.
     Disk(machine::DiskArgs),
@@ -24,6 +27,7 @@ pub enum BenchCommand {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kafka { what } => kafka::run(what).await,
+        BenchCommand::S3(a) => s3::run(a).await,
         BenchCommand::Disk(a) => machine::disk(a).await,
         BenchCommand::Loopback(a) => machine::loopback(a).await,
     }
