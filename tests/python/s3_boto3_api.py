@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import sys
 import tempfile
 import urllib.parse
@@ -264,5 +265,19 @@ out["anonymous_read_firmware"][1] = out["anonymous_read_firmware"][1] == b"firmw
 status, body = http_status(f"{endpoint}/biometrics/orig")
 out["anonymous_read_biometrics"] = [status, b"AccessDenied" in body]
 out["anonymous_write_firmware"] = http_status(f"{endpoint}/firmware/evil", "PUT", b"x")[0]
+# --- Virtual-host style: <bucket>.s3.test, resolved here to the gateway -------------------
+real_getaddrinfo = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: real_getaddrinfo(
+    "127.0.0.1" if host.endswith("s3.test") else host, *a, **k)
+port = urllib.parse.urlsplit(endpoint).port
+vh = boto3.client("s3", endpoint_url=f"http://s3.test:{port}", aws_access_key_id=access,
+                  aws_secret_access_key=secret, region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "virtual"}))
+vh.put_object(Bucket="biometrics", Key="vhost/key", Body=b"virtual host")
+out["virtual_host_get"] = vh.get_object(Bucket="biometrics", Key="vhost/key")["Body"].read() == b"virtual host"
+out["virtual_host_list"] = [o["Key"] for o in vh.list_objects_v2(Bucket="biometrics", Prefix="vhost/")["Contents"]]
+out["virtual_host_anonymous"] = http_status(f"http://firmware.s3.test:{port}/fw.bin")
+out["virtual_host_anonymous"] = [out["virtual_host_anonymous"][0], out["virtual_host_anonymous"][1] == b"firmware image"]
+socket.getaddrinfo = real_getaddrinfo
 section("end")
 print(json.dumps(out))

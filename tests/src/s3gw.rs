@@ -1,5 +1,6 @@
 //! An S3 gateway process for a test: its own data directory, an administrator key, a branch
-//! key that may only write into `biometrics`, anonymous reads of `firmware`; ports learned
+//! key that may only write into `biometrics`, anonymous reads of `firmware`, virtual-host
+//! style under `s3.test` (tests resolve it to 127.0.0.1 themselves); ports learned
 //! from its "s3gw ready" log line; stopped by SIGKILL (crash) and restarted on the same ports.
 
 use std::net::SocketAddr;
@@ -61,7 +62,7 @@ impl S3gw {
     fn launch(&mut self) {
         let config = self.dir.path().join("s3gw.toml");
         let text = format!(
-            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
+            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
              [[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n\
              [[credentials]]\naccess_key = \"{WRITER_KEY}\"\nsecret_key = \"{WRITER_SECRET}\"\n\
              buckets = {{ \"biometrics\" = \"write\" }}\n\

@@ -188,6 +188,9 @@ fn boto3_multipart_copy_conditions_checksums_presigning_and_grants() {
         "anonymous_read_firmware": [200, true],
         "anonymous_read_biometrics": [403, true],
         "anonymous_write_firmware": 403,
+        "virtual_host_get": true,
+        "virtual_host_list": ["vhost/key"],
+        "virtual_host_anonymous": [200, true],
     });
     for (k, v) in expect.as_object().unwrap() {
         assert_eq!(&out[k], v, "{k}: {out}");
@@ -268,4 +271,22 @@ fn a_1_gib_object_streams_in_and_out_with_flat_memory() {
         after >> 20,
         before >> 20
     );
+}
+
+#[test]
+fn streaming_signed_chunks_are_verified_and_a_skewed_clock_is_refused() {
+    let g = S3gw::start();
+    let out = python(
+        "s3_streaming_sigv4.py",
+        &[&g.endpoint(), ACCESS_KEY, SECRET_KEY],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out["streaming_put"], 200, "{out}");
+    assert_eq!(out["streaming_roundtrip"], true);
+    assert_eq!(out["tampered_chunk"], serde_json::json!([403, true]));
+    assert_eq!(
+        out["tampered_absent"], 404,
+        "a refused upload leaves no object"
+    );
+    assert_eq!(out["skewed_clock"], serde_json::json!([403, true]));
 }

@@ -10,6 +10,7 @@ pub mod access;
 pub mod checksums;
 pub mod config;
 pub mod gateway;
+pub mod host;
 pub mod object_file;
 pub mod server;
 pub mod store;

@@ -13,7 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use s3s::auth::SimpleAuth;
-use s3s::host::MultiDomain;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use telemetry::{Health, ProcessCollector};
 use tokio::net::TcpListener;
@@ -55,7 +54,7 @@ pub fn build_service(store: Arc<Store>, config: &S3gwConfig) -> anyhow::Result<S
     b.set_auth(auth);
     b.set_access(AccessPolicy::new(config));
     if !config.s3.domains.is_empty() {
-        b.set_host(MultiDomain::new(&config.s3.domains).context("s3.domains")?);
+        b.set_host(crate::host::Domains::new(&config.s3.domains));
     }
     Ok(b.build())
 }

@@ -150,11 +150,17 @@ pub(super) async fn receive(
     })
 }
 
-/// s3s reports bad chunk signatures and framing of streamed bodies as stream errors, carrying
-/// the S3 error to return; anything else is a body that ended early.
+/// s3s reports bad chunk signatures and framing of streamed bodies as stream errors. Its
+/// aws-chunked error type is private (s3s 0.14), so a bad chunk signature is recognised by its
+/// message; it is answered as AWS does (403 SignatureDoesNotMatch). Anything else is a body
+/// that ended early or was malformed.
 fn stream_error(e: s3s::StdError) -> S3Error {
     match e.downcast::<S3Error>() {
         Ok(e) => *e,
+        Err(e) if e.to_string().contains("SignatureMismatch") => s3_error!(
+            SignatureDoesNotMatch,
+            "The request signature we calculated does not match the signature you provided."
+        ),
         Err(e) => S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string()),
     }
 }
