@@ -69,7 +69,8 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
             let _ = tx.send(line);
         }
     });
-    // Crash once 40 uploads are acknowledged: more are in flight, some half written.
+    // Crash once 40 uploads (ten of them multipart) are acknowledged: another is in flight,
+    // maybe half written, maybe between its parts or inside its Complete.
     let mut acked: Vec<String> = (0..40)
         .map(|_| {
             rx.recv_timeout(Duration::from_secs(60))
@@ -99,6 +100,17 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
         out["bad"],
         serde_json::json!([]),
         "objects with wrong content are visible"
+    );
+    assert!(
+        out["interrupted_uploads"].as_u64().unwrap() <= 1,
+        "one upload at most was in flight: {out}"
+    );
+    let multipart_left = std::fs::read_dir(g.data_dir().join("multipart"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        multipart_left, 0,
+        "aborting the interrupted upload reclaims it"
     );
     // At most the uploads in flight at the crash (one, the loop is sequential) may exist
     // without having been acknowledged.

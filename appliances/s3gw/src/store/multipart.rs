@@ -385,3 +385,103 @@ fn choose_parts(
     }
     Ok(chosen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(bucket: &str, key: &str) -> MultipartInfo {
+        MultipartInfo {
+            bucket: bucket.into(),
+            key: key.into(),
+            upload_id: String::new(),
+            initiated_ms: 1_000,
+            content_type: None,
+            http_headers: BTreeMap::new(),
+            user_metadata: BTreeMap::new(),
+            checksum_algorithm: None,
+            checksum_type: None,
+        }
+    }
+
+    fn part(store: &Store, info: &MultipartInfo, n: i32, data: &[u8]) -> PartRef {
+        let mut up = store.begin_upload(&info.bucket).unwrap();
+        up.write(data).unwrap();
+        let etag = hex::encode(Md5::digest(data));
+        let meta = Meta {
+            key: info.key.clone(),
+            size: 0,
+            etag: etag.clone(),
+            last_modified_ms: 1,
+            content_type: None,
+            http_headers: BTreeMap::new(),
+            user_metadata: BTreeMap::new(),
+            checksums: BTreeMap::new(),
+            part_sizes: vec![],
+            block_crcs: vec![],
+        };
+        store.publish_part(info, n, up, meta).unwrap();
+        PartRef {
+            number: n,
+            etag,
+            checksums: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn complete_twice_then_records_and_abandoned_uploads_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_bucket("b", 1).unwrap();
+        let up = store.create_multipart(info("b", "k")).unwrap();
+        let (a, b) = (vec![1u8; MIN_PART_SIZE as usize], vec![2u8; 10]);
+        let parts = vec![part(&store, &up, 1, &a), part(&store, &up, 2, &b)];
+        let completion = Completion {
+            parts,
+            claimed: BTreeMap::new(),
+            condition: WriteCondition::Always,
+        };
+        let first = store
+            .complete_multipart("b", "k", &up.upload_id, &completion, 5_000)
+            .unwrap();
+        assert!(first.etag.ends_with("-2"));
+        // Reopened, as after a restart: the retry still gets the first answer.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let again = store
+            .complete_multipart("b", "k", &up.upload_id, &completion, 6_000)
+            .unwrap();
+        assert_eq!(again.etag, first.etag);
+        assert!(matches!(
+            store.complete_multipart("b", "other", &up.upload_id, &completion, 6_000),
+            Err(StoreError::NoSuchUpload)
+        ));
+        let (file, meta) = store.open_object("b", "k").unwrap();
+        assert_eq!(meta.part_sizes, [MIN_PART_SIZE, 10]);
+        let content = object_file::read_range(&file, &meta, 0, meta.size).unwrap();
+        assert_eq!(content, [a, b].concat());
+
+        let abandoned = store.create_multipart(info("b", "gone")).unwrap();
+        part(&store, &abandoned, 1, b"x");
+        let day = DONE_RECORD_LIFETIME_MS;
+        store.sweep_multipart(2 * day, 7 * day);
+        assert_eq!(
+            store.list_multipart("b").unwrap().len(),
+            1,
+            "not expired yet"
+        );
+        assert!(
+            fs::read_dir(dir.path().join("multipart-done"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "a day-old completion record is dropped"
+        );
+        store.sweep_multipart(8 * day, 7 * day);
+        assert!(store.list_multipart("b").unwrap().is_empty());
+        assert!(matches!(
+            store.multipart("b", "gone", &abandoned.upload_id),
+            Err(StoreError::NoSuchUpload)
+        ));
+    }
+}
