@@ -28,7 +28,7 @@ use cpio::{Archive, Entry};
 use pid1::system::{DataArea, Module, SystemConfig};
 
 /// The appliances an image can be built for.
-pub const APPLIANCES: &[&str] = &["broker"];
+pub const APPLIANCES: &[&str] = &["broker", "s3gw"];
 
 /// Default timestamp when `SOURCE_DATE_EPOCH` is not set (2025-01-01): FAT cannot store
 /// earlier than 1980, and a fixed default keeps builds reproducible.
@@ -79,13 +79,15 @@ pub fn validate_config(appliance: &str, path: &Path) -> anyhow::Result<String> {
     match appliance {
         "broker" => {
             let c: broker::BrokerConfig = appconfig::load_file(path)?;
-            if !c.data_dir.starts_with(DATA_MOUNT) {
-                bail!(
-                    "config {}: data_dir {} is not under {DATA_MOUNT}, the appliance's persistent data area",
-                    path.display(),
-                    c.data_dir.display()
-                );
-            }
+            require_data_area(path, &c.data_dir)?;
+        }
+        "s3gw" => {
+            // Access keys are per VM (cloud-init), so the baked file may have none.
+            let c: s3gw::S3gwConfig =
+                toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+            c.validate_baked()
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+            require_data_area(path, &c.data_dir)?;
         }
         other => bail!(
             "unknown appliance `{other}` (known: {})",
@@ -93,6 +95,17 @@ pub fn validate_config(appliance: &str, path: &Path) -> anyhow::Result<String> {
         ),
     }
     Ok(text)
+}
+
+fn require_data_area(config: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    if !data_dir.starts_with(DATA_MOUNT) {
+        bail!(
+            "config {}: data_dir {} is not under {DATA_MOUNT}, the appliance's persistent data area",
+            config.display(),
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {

@@ -3,7 +3,8 @@
 //! cloud-init sets the address and host name, kcat produces and consumes through a forwarded
 //! port, the ACPI power button shuts it down cleanly, and the data is there after the next
 //! boot. A bad per-VM configuration gives one clear console line and a power-off; a failing
-//! upgrade is tried, then rolled back.
+//! upgrade is tried, then rolled back. The S3 gateway's image boots with its access keys
+//! from cloud-init and serves boto3.
 //!
 //! These tests share the package cache and are heavy under TCG: nextest runs them one at a
 //! time (test group `vm` in .config/nextest.toml).
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use clk_qemu::{Vm, VmOptions, cloud_init_iso, free_port};
 use e2e::broker::bin;
-use e2e::clients::{kcat, run};
+use e2e::clients::{kcat, python, run};
+use e2e::s3gw::{ACCESS_KEY, SECRET_KEY};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 /// Boot to ready under TCG is ~15-30 s here; leave room for a loaded CI machine.
@@ -25,11 +27,16 @@ fn repo() -> PathBuf {
 }
 
 fn build_image(out: &Path, extra: &[&str]) -> serde_json::Value {
+    build_appliance_image("broker", out, extra)
+}
+
+fn build_appliance_image(appliance: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(bin("clk"));
     cmd.current_dir(repo())
-        .args(["image", "build", "broker", "--json"])
+        .args(["image", "build", appliance, "--json"])
         .args(extra)
-        .args(["--config", "image/configs/broker.toml"])
+        .arg("--config")
+        .arg(format!("image/configs/{appliance}.toml"))
         .arg("--out")
         .arg(out)
         .arg("--cache")
@@ -369,4 +376,43 @@ fn xeon_profile_builds_with_its_drivers_and_names_missing_firmware() {
             "unclear: {m}"
         );
     }
+}
+
+#[test]
+fn s3gw_image_boots_with_keys_from_cloud_init_and_serves_boto3() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = build_appliance_image("s3gw", &dir.path().join("images"), &[]);
+    let disk = dir.path().join("vm.qcow2");
+    std::fs::copy(report["qcow2"].as_str().unwrap(), &disk).unwrap();
+    let s3 = free_port().unwrap();
+    let admin = free_port().unwrap();
+    let iso = dir.path().join("cidata.iso");
+    cloud_init_iso(
+        &iso,
+        "instance-id: e2e-s3\n",
+        &format!(
+            "#cloud-config\nhostname: s3gw-a1\nclk_config: |\n  [[credentials]]\n  access_key = \"{ACCESS_KEY}\"\n  secret_key = \"{SECRET_KEY}\"\n"
+        ),
+        None,
+    )
+    .unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.forwards = vec![(s3, 9000), (admin, 9645)];
+    opts.cidata = Some(iso);
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
+    eprintln!("s3gw image first boot to ready: {ready:?} under TCG");
+    let out = python(
+        "s3_boto3.py",
+        &[&format!("http://127.0.0.1:{s3}"), ACCESS_KEY, SECRET_KEY],
+        Duration::from_secs(300),
+    );
+    assert_eq!(out["roundtrip"], true, "{out}");
+    assert_eq!(out["range"], true);
+    assert_eq!(out["wrong_secret"], "SignatureDoesNotMatch");
+    vm.press_power_button().unwrap();
+    vm.wait_for_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    assert!(console.contains(r#""hostname":"s3gw-a1""#), "{console}");
+    assert!(console.contains("system going down"), "{console}");
 }

@@ -34,6 +34,8 @@ pub struct S3gwConfig {
     #[serde(default)]
     pub admin: AdminListener,
     /// Access keys. Requests must be signed with one of them unless `anonymous` allows.
+    /// Appliance images carry none: each VM gets its keys from cloud-init (`clk_config`).
+    #[serde(default)]
     pub credentials: Vec<Credential>,
     #[serde(default)]
     pub anonymous: Anonymous,
@@ -131,14 +133,10 @@ impl Default for LogSettings {
     }
 }
 
-impl appconfig::Validate for S3gwConfig {
-    fn validate(&self) -> Result<(), String> {
-        if self.credentials.is_empty() {
-            return Err(
-                "credentials: at least one access key is needed (anonymous access is refused)"
-                    .into(),
-            );
-        }
+impl S3gwConfig {
+    /// Everything but the presence of access keys: what an image's baked configuration must
+    /// satisfy (its keys come per VM).
+    pub fn validate_baked(&self) -> Result<(), String> {
         for c in &self.credentials {
             if c.access_key.is_empty() || c.secret_key.len() < 8 {
                 return Err(format!(
@@ -170,5 +168,18 @@ impl appconfig::Validate for S3gwConfig {
             return Err("s3.listen and admin.listen use the same port".into());
         }
         Ok(())
+    }
+}
+
+impl appconfig::Validate for S3gwConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.credentials.is_empty() {
+            return Err(
+                "credentials: at least one access key is needed (on an appliance, give \
+                 [[credentials]] in cloud-init's clk_config)"
+                    .into(),
+            );
+        }
+        self.validate_baked()
     }
 }

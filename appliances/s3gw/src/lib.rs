@@ -7,6 +7,7 @@
 //! metadata; atomic publish).
 
 pub mod access;
+pub mod appliance;
 pub mod checksums;
 pub mod config;
 pub mod gateway;

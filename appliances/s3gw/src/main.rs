@@ -1,5 +1,6 @@
 //! `s3gw --config s3gw.toml`: run the S3 gateway until SIGTERM or SIGINT.
 //! `s3gw --config s3gw.toml --check`: validate the configuration and exit.
+//! As PID 1 (the appliance image's /init): boot the machine, see the `pid1` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // As /init of the appliance image, the PID-1 runtime takes over the machine.
+    if std::process::id() == 1 {
+        pid1::boot(s3gw::appliance::S3gwAppliance::default());
+    }
     let args = Args::parse();
     let config: s3gw::S3gwConfig = match appconfig::load_for_main(&args.config, args.check) {
         Ok(c) => c,
