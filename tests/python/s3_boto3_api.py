@@ -55,6 +55,31 @@ def b64(digest):
     return base64.b64encode(digest).decode()
 
 
+def reflected_crc(poly, width):
+    """A table-driven reflected CRC (init and final XOR all ones): CRC32C and CRC64NVME,
+    which botocore computes only with awscrt, checked against an independent implementation."""
+    mask = (1 << width) - 1
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+
+    def crc(data):
+        c = mask
+        for b in data:
+            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        return (c ^ mask).to_bytes(width // 8, "big")
+    return crc
+
+
+crc32c = reflected_crc(0x82F63B78, 32)
+crc64nvme = reflected_crc(0x9A6C9329AC4BC9B5, 64)
+assert crc32c(b"123456789").hex() == "e3069283"
+assert crc64nvme(b"123456789").hex() == "ae8b14860a799888"
+
+
 s3 = client()
 out = {}
 _t = [__import__("time").monotonic()]
@@ -198,6 +223,16 @@ out["wrong_crc32"] = code(once.put_object, Bucket="biometrics", Key="bad", Body=
 out["wrong_md5"] = code(once.put_object, Bucket="biometrics", Key="bad", Body=data,
                         ContentMD5=b64(hashlib.md5(b"other").digest()))
 out["bad_key_absent"] = code(s3.head_object, Bucket="biometrics", Key="bad")
+
+for alg, value in (("CRC32C", b64(crc32c(data))), ("CRC64NVME", b64(crc64nvme(data))),
+                   ("SHA1", b64(hashlib.sha1(data).digest()))):
+    s3.put_object(Bucket="biometrics", Key=f"sum-{alg}", Body=data, **{f"Checksum{alg}": value})
+    h = s3.head_object(Bucket="biometrics", Key=f"sum-{alg}", ChecksumMode="ENABLED")
+    out[f"checksum_{alg.lower()}"] = [h.get(f"Checksum{alg}") == value, h.get("ChecksumType")]
+    out[f"wrong_{alg.lower()}"] = code(once.put_object, Bucket="biometrics", Key="bad", Body=data,
+                                        **{f"Checksum{alg}": b64(bytes(len(base64.b64decode(value))))})
+out["invalid_md5"] = code(once.put_object, Bucket="biometrics", Key="bad", Body=data,
+                          ContentMD5="not-an-md5")
 
 # aws-chunked with a trailing checksum: botocore only does this over https, so make its
 # decision see https while the request still goes to our plain-http endpoint.

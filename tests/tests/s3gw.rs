@@ -178,6 +178,13 @@ fn boto3_multipart_copy_conditions_checksums_presigning_and_grants() {
         "default_crc32_stored": true,
         "wrong_crc32": "BadDigest",
         "wrong_md5": "BadDigest",
+        "checksum_crc32c": [true, "FULL_OBJECT"],
+        "checksum_crc64nvme": [true, "FULL_OBJECT"],
+        "checksum_sha1": [true, "FULL_OBJECT"],
+        "wrong_crc32c": "BadDigest",
+        "wrong_crc64nvme": "BadDigest",
+        "wrong_sha1": "BadDigest",
+        "invalid_md5": "InvalidDigest",
         "bad_key_absent": "404",
         "chunked_trailer_crc32": true,
         "chunked_roundtrip": true,
@@ -286,10 +293,10 @@ fn a_1_gib_object_streams_in_and_out_with_flat_memory() {
 }
 
 #[test]
-fn streaming_signed_chunks_are_verified_and_a_skewed_clock_is_refused() {
+fn signed_chunks_are_verified_skewed_clocks_refused_and_malformed_requests_answered() {
     let g = S3gw::start();
     let out = python(
-        "s3_streaming_sigv4.py",
+        "s3_signed_by_hand.py",
         &[&g.endpoint(), ACCESS_KEY, SECRET_KEY],
         Duration::from_secs(60),
     );
@@ -301,4 +308,17 @@ fn streaming_signed_chunks_are_verified_and_a_skewed_clock_is_refused() {
         "a refused upload leaves no object"
     );
     assert_eq!(out["skewed_clock"], serde_json::json!([403, true]));
+    let malformed = |k: &str, status: u16, code: &str| {
+        assert_eq!(out[k], serde_json::json!([status, code]), "{k}: {out}");
+    };
+    malformed("delete_objects_bad_xml", 400, "MalformedXML");
+    malformed("complete_bad_xml", 400, "MalformedXML");
+    malformed("complete_unknown_upload", 404, "NoSuchUpload");
+    malformed("bad_bucket_name", 400, "InvalidBucketName");
+    assert_eq!(out["not_http_answer"], "HTTP/1.1 400");
+    assert_eq!(
+        out["short_body_absent"], 404,
+        "a cut-short body is not an object"
+    );
+    assert_eq!(out["still_serving"], 200);
 }

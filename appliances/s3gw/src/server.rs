@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +24,8 @@ use crate::gateway::Gateway;
 use crate::store::Store;
 
 type Labels = Vec<(String, String)>;
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running gateway.
 pub struct S3gwHandle {
@@ -96,7 +98,13 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
 
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
+        let mut http = ConnBuilder::new(TokioExecutor::new());
+        // A client that connects and never finishes its request head (or goes silent between
+        // requests on a kept-alive connection) is dropped instead of holding a connection
+        // for ever.
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (socket, _) = tokio::select! {

@@ -174,7 +174,10 @@ impl Store {
         fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
         let buckets_dir = root.join("buckets");
         fs::create_dir_all(&buckets_dir).map_err(io("create buckets/"))?;
-        fs::create_dir_all(root.join("multipart")).map_err(io("create multipart/"))?;
+        for d in ["multipart", "multipart-done"] {
+            fs::create_dir_all(root.join(d)).map_err(io(format!("create {d}/")))?;
+        }
+        sync_dir(root)?;
         let mut buckets = BTreeMap::new();
         for e in fs::read_dir(&buckets_dir).map_err(io("read buckets/"))? {
             let e = e.map_err(io("read buckets/"))?;
@@ -301,7 +304,7 @@ impl Store {
             .parent()
             .expect("object path has a directory")
             .to_owned();
-        {
+        let new_shard = {
             // The check, the rename and the index update happen together under the lock, so
             // concurrent writers of one key leave the index describing the file that won.
             let mut buckets = self.buckets.write();
@@ -310,17 +313,29 @@ impl Store {
                 .ok_or(StoreError::NoSuchBucket)
                 .and_then(|b| {
                     condition.check(b.objects.get(&meta.key))?;
-                    fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+                    let new_shard = match fs::create_dir(&dir) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                        Err(e) => return Err(io(format!("create {}", dir.display()))(e)),
+                    };
                     fs::rename(&tmp, &path).map_err(io(format!("publish {}", path.display())))?;
                     b.objects.insert(meta.key.clone(), Entry::of(&meta));
-                    Ok(())
+                    Ok(new_shard)
                 });
-            if let Err(e) = published {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
+            match published {
+                Ok(new_shard) => new_shard,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
             }
-        }
+        };
+        // Durable before acknowledged: the file's entry in its shard directory, and the
+        // shard's own entry when this write created it.
         sync_dir(&dir)?;
+        if new_shard {
+            sync_dir(dir.parent().expect("shards live in objects/"))?;
+        }
         Ok(meta)
     }
 

@@ -272,8 +272,6 @@ impl Store {
             }),
             completed_ms: now_ms,
         };
-        fs::create_dir_all(record.parent().expect("has a directory"))
-            .map_err(io("create multipart-done/"))?;
         write_durably(&record, &serde_json::to_vec(&done).expect("serializable"))?;
         self.remove_upload(id)?;
         Ok(done)

@@ -1,9 +1,11 @@
-"""SigV4 streaming payload signing (x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD,
+"""Requests signed by hand (with botocore's signer) for what S3 clients do not send on their
+own. SigV4 streaming payload signing (x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD,
 each aws-chunked chunk signed with the previous signature), which the AWS Java SDK and others
 send and botocore does not: the seed signature comes from botocore's own SigV4 signer, the
 chunk signatures follow the AWS documentation ("Signature Calculations for the Authorization
 Header: Transferring Payload in Multiple Chunks"). Also a header-signed request from a clock
-an hour off. Prints a JSON summary."""
+an hour off, and malformed requests (bad XML, a body cut short, bytes that are not HTTP) after
+which the server must still serve. Prints a JSON summary."""
 import datetime
 import hashlib
 import hmac
@@ -92,4 +94,46 @@ out["tampered_absent"] = get("tampered")[0]
 skewed = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
 status, body = send("GET", "/", signed("GET", "/", {"x-amz-content-sha256": EMPTY_SHA256}, now=skewed))
 out["skewed_clock"] = [status, b"RequestTimeTooSkewed" in body]
+
+# Malformed requests, correctly signed: clear S3 errors, and the server carries on.
+def signed_send(method, path, body):
+    headers = signed(method, path, {"x-amz-content-sha256": hashlib.sha256(body).hexdigest()}, body)
+    return send(method, path, headers, body)
+
+
+def error_code(resp):
+    status, body = resp
+    code = body.split(b"<Code>")[1].split(b"</Code>")[0].decode() if b"<Code>" in body else ""
+    return [status, code]
+
+
+out["delete_objects_bad_xml"] = error_code(signed_send("POST", "/biometrics?delete", b"<Delete><Object>"))
+out["complete_bad_xml"] = error_code(signed_send(
+    "POST", "/biometrics/k?uploadId=0123456789abcdef0123456789abcdef", b"garbage"))
+out["complete_unknown_upload"] = error_code(signed_send(
+    "POST", "/biometrics/k?uploadId=0123456789abcdef0123456789abcdef",
+    b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>"))
+out["bad_bucket_name"] = error_code(signed_send("PUT", "/No_Such..Bucket", b""))
+# A body shorter than its Content-Length, then the connection closes.
+u = urllib.parse.urlsplit(endpoint)
+headers = signed("PUT", "/biometrics/short", {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+headers["Content-Length"] = "1000"
+conn = http.client.HTTPConnection(u.netloc, timeout=60)
+conn.putrequest("PUT", "/biometrics/short", skip_accept_encoding=True)
+for k, v in headers.items():
+    conn.putheader(k, v)
+conn.endheaders()
+conn.send(b"only ten b")
+conn.close()
+# Not HTTP at all.
+import socket
+with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+    sock.sendall(b"\x00\x01\x02 this is not HTTP\r\n\r\n")
+    try:
+        reply = sock.recv(100)
+    except OSError:
+        reply = b""
+out["not_http_answer"] = reply[:12].decode(errors="replace")
+out["short_body_absent"] = get("short")[0]
+out["still_serving"] = get("streamed")[0]
 print(json.dumps(out))
