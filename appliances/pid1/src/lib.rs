@@ -59,6 +59,46 @@ pub trait Appliance {
     async fn stop(&mut self) -> anyhow::Result<()>;
 }
 
+/// An appliance that is one long-running service (every appliance so far): started from its
+/// configuration, stopped through the handle the start returned.
+#[allow(async_fn_in_trait)]
+pub trait Service: Sized {
+    type Config: serde::de::DeserializeOwned + appconfig::Validate;
+    /// Created before the start (it lives in the data area, which may be blank).
+    fn data_dir(config: &Self::Config) -> &std::path::Path;
+    /// Start serving; return once ready.
+    async fn start(config: Self::Config) -> anyhow::Result<Self>;
+    /// Stop cleanly: flush and persist everything.
+    async fn stop(self) -> anyhow::Result<()>;
+}
+
+/// The [`Appliance`] of a [`Service`]: parses and validates the boot configuration (a
+/// mistake stops the boot with the file and line), creates the data directory, runs it.
+pub struct ServiceAppliance<S>(Option<S>);
+
+impl<S> Default for ServiceAppliance<S> {
+    fn default() -> Self {
+        ServiceAppliance(None)
+    }
+}
+
+impl<S: Service> Appliance for ServiceAppliance<S> {
+    async fn start(&mut self, ctx: &BootContext) -> anyhow::Result<()> {
+        let config: S::Config = appconfig::parse_str(&ctx.config_text, &ctx.config_origin)?;
+        let dir = S::data_dir(&config);
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        self.0 = Some(S::start(config).await?);
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(service) => service.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// The ESP's GPT partition name (the builder's and the blessing code's agreement).
 pub const ESP_PARTITION_NAME: &str = "ESP";
 const CIDATA_MOUNT: &str = "/run/cidata";

@@ -2,25 +2,25 @@
 //! machine and hands over the configuration (baked TOML plus the cloud-init overlay, which
 //! is where each VM's access keys come from).
 
+use std::path::Path;
+
 use crate::{S3gwConfig, S3gwHandle};
 
-#[derive(Default)]
-pub struct S3gwAppliance {
-    running: Option<S3gwHandle>,
-}
+/// The S3 gateway's image appliance.
+pub type S3gwAppliance = pid1::ServiceAppliance<S3gwHandle>;
 
-impl pid1::Appliance for S3gwAppliance {
-    async fn start(&mut self, ctx: &pid1::BootContext) -> anyhow::Result<()> {
-        let config: S3gwConfig = appconfig::parse_str(&ctx.config_text, &ctx.config_origin)?;
-        std::fs::create_dir_all(&config.data_dir)?;
-        self.running = Some(crate::start(config).await?);
-        Ok(())
+impl pid1::Service for S3gwHandle {
+    type Config = S3gwConfig;
+
+    fn data_dir(config: &S3gwConfig) -> &Path {
+        &config.data_dir
     }
 
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        match self.running.take() {
-            Some(handle) => handle.shutdown().await,
-            None => Ok(()),
-        }
+    async fn start(config: S3gwConfig) -> anyhow::Result<Self> {
+        crate::start(config).await
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown().await
     }
 }

@@ -64,6 +64,46 @@ pub fn to_dto(c: &Checksums) -> Checksum {
     }
 }
 
+/// The checksums claimed by any s3s input (or completed part) with the five
+/// `checksum_<alg>` fields, moved out of it.
+macro_rules! claimed {
+    ($x:expr) => {
+        $crate::checksums::from_dto(s3s::dto::Checksum {
+            checksum_crc32: $x.checksum_crc32,
+            checksum_crc32c: $x.checksum_crc32c,
+            checksum_crc64nvme: $x.checksum_crc64nvme,
+            checksum_sha1: $x.checksum_sha1,
+            checksum_sha256: $x.checksum_sha256,
+            checksum_type: None,
+        })
+    };
+}
+
+/// Set the five `checksum_<alg>` fields of any s3s output from stored checksums.
+macro_rules! fill {
+    ($out:expr, $sums:expr) => {{
+        let c = $crate::checksums::to_dto($sums);
+        $out.checksum_crc32 = c.checksum_crc32;
+        $out.checksum_crc32c = c.checksum_crc32c;
+        $out.checksum_crc64nvme = c.checksum_crc64nvme;
+        $out.checksum_sha1 = c.checksum_sha1;
+        $out.checksum_sha256 = c.checksum_sha256;
+    }};
+}
+
+pub(crate) use {claimed, fill};
+
+/// `COMPOSITE` for a multipart composite checksum (its value ends in `-<parts>`; base64 has
+/// no `-`), else `FULL_OBJECT`; `None` without checksums.
+pub fn checksum_type(sums: &Checksums) -> Option<s3s::dto::ChecksumType> {
+    let composite = sums.values().next()?.contains('-');
+    Some(s3s::dto::ChecksumType::from_static(if composite {
+        s3s::dto::ChecksumType::COMPOSITE
+    } else {
+        s3s::dto::ChecksumType::FULL_OBJECT
+    }))
+}
+
 /// The checksums named in a header map (`x-amz-checksum-<alg>`), e.g. aws-chunked trailers.
 pub fn from_headers(headers: &hyper::HeaderMap) -> Checksums {
     ALGORITHMS

@@ -7,7 +7,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
-use s3s::dto::{Checksum, ChecksumAlgorithm, StreamingBlob};
+use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
 
 use super::s3;
@@ -32,11 +32,10 @@ impl Claims {
     pub fn new(
         headers: &hyper::HeaderMap,
         algorithm: Option<&ChecksumAlgorithm>,
-        claimed: Checksum,
+        claimed: Checksums,
         content_md5: Option<String>,
         trailers: Option<TrailingHeaders>,
     ) -> S3Result<Claims> {
-        let claimed = checksums::from_dto(claimed);
         let mut algorithms: Vec<&'static str> = claimed
             .keys()
             .filter_map(|a| checksums::canonical(a))

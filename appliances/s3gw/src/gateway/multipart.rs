@@ -110,14 +110,7 @@ pub(super) async fn upload_part(
     let mut claims = Claims::new(
         &req.headers,
         i.checksum_algorithm.as_ref(),
-        Checksum {
-            checksum_crc32: i.checksum_crc32,
-            checksum_crc32c: i.checksum_crc32c,
-            checksum_crc64nvme: i.checksum_crc64nvme,
-            checksum_sha1: i.checksum_sha1,
-            checksum_sha256: i.checksum_sha256,
-            ..Default::default()
-        },
+        checksums::claimed!(i),
         i.content_md5,
         req.trailing_headers,
     )?;
@@ -128,16 +121,12 @@ pub(super) async fn upload_part(
     let store = g.store.clone();
     let upload = received.upload;
     let meta = blocking(move || store.publish_part(&info, i.part_number, upload, meta)).await?;
-    let c = checksums::to_dto(&meta.checksums);
-    Ok(S3Response::new(UploadPartOutput {
+    let mut out = UploadPartOutput {
         e_tag: Some(ETag::Strong(meta.etag)),
-        checksum_crc32: c.checksum_crc32,
-        checksum_crc32c: c.checksum_crc32c,
-        checksum_crc64nvme: c.checksum_crc64nvme,
-        checksum_sha1: c.checksum_sha1,
-        checksum_sha256: c.checksum_sha256,
         ..Default::default()
-    }))
+    };
+    checksums::fill!(out, &meta.checksums);
+    Ok(S3Response::new(out))
 }
 
 /// `bytes=first-last` of x-amz-copy-source-range, checked against the source's size.
@@ -208,17 +197,14 @@ pub(super) async fn upload_part_copy(
         store.publish_part(&info, i.part_number, upload, meta)
     })
     .await?;
-    let c = checksums::to_dto(&meta.checksums);
+    let mut result = CopyPartResult {
+        e_tag: Some(ETag::Strong(meta.etag)),
+        last_modified: Some(timestamp(meta.last_modified_ms)),
+        ..Default::default()
+    };
+    checksums::fill!(result, &meta.checksums);
     Ok(S3Response::new(UploadPartCopyOutput {
-        copy_part_result: Some(CopyPartResult {
-            e_tag: Some(ETag::Strong(meta.etag)),
-            last_modified: Some(timestamp(meta.last_modified_ms)),
-            checksum_crc32: c.checksum_crc32,
-            checksum_crc32c: c.checksum_crc32c,
-            checksum_crc64nvme: c.checksum_crc64nvme,
-            checksum_sha1: c.checksum_sha1,
-            checksum_sha256: c.checksum_sha256,
-        }),
+        copy_part_result: Some(result),
         ..Default::default()
     }))
 }
@@ -244,18 +230,15 @@ pub(super) async fn list_parts(
     let parts = page
         .iter()
         .map(|(n, m)| {
-            let c = checksums::to_dto(&m.checksums);
-            Part {
+            let mut part = Part {
                 part_number: Some(*n),
                 e_tag: Some(ETag::Strong(m.etag.clone())),
                 size: Some(m.size as i64),
                 last_modified: Some(timestamp(m.last_modified_ms)),
-                checksum_crc32: c.checksum_crc32,
-                checksum_crc32c: c.checksum_crc32c,
-                checksum_crc64nvme: c.checksum_crc64nvme,
-                checksum_sha1: c.checksum_sha1,
-                checksum_sha256: c.checksum_sha256,
-            }
+                ..Default::default()
+            };
+            checksums::fill!(part, &m.checksums);
+            part
         })
         .collect();
     Ok(S3Response::new(ListPartsOutput {
@@ -372,14 +355,7 @@ pub(super) async fn complete(
             PartRef {
                 number,
                 etag: p.e_tag.map(ETag::into_value).unwrap_or_default(),
-                checksums: checksums::from_dto(Checksum {
-                    checksum_crc32: p.checksum_crc32,
-                    checksum_crc32c: p.checksum_crc32c,
-                    checksum_crc64nvme: p.checksum_crc64nvme,
-                    checksum_sha1: p.checksum_sha1,
-                    checksum_sha256: p.checksum_sha256,
-                    ..Default::default()
-                }),
+                checksums: checksums::claimed!(p),
             }
         })
         .collect();
@@ -389,14 +365,7 @@ pub(super) async fn complete(
             "The XML you provided was not well-formed or did not validate against our published schema"
         ));
     }
-    let claimed = checksums::from_dto(Checksum {
-        checksum_crc32: i.checksum_crc32,
-        checksum_crc32c: i.checksum_crc32c,
-        checksum_crc64nvme: i.checksum_crc64nvme,
-        checksum_sha1: i.checksum_sha1,
-        checksum_sha256: i.checksum_sha256,
-        ..Default::default()
-    });
+    let claimed = checksums::claimed!(i);
     let completion = Completion {
         parts,
         claimed,
@@ -407,20 +376,16 @@ pub(super) async fn complete(
     let done =
         blocking(move || store.complete_multipart(&bucket, &key, &id, &completion, now_ms()))
             .await?;
-    let c = checksums::to_dto(&done.checksums);
-    Ok(S3Response::new(CompleteMultipartUploadOutput {
+    let mut out = CompleteMultipartUploadOutput {
         bucket: Some(i.bucket.clone()),
         key: Some(i.key.clone()),
         location: Some(format!("/{}/{}", i.bucket, i.key)),
         e_tag: Some(ETag::Strong(done.etag)),
-        checksum_crc32: c.checksum_crc32,
-        checksum_crc32c: c.checksum_crc32c,
-        checksum_crc64nvme: c.checksum_crc64nvme,
-        checksum_sha1: c.checksum_sha1,
-        checksum_sha256: c.checksum_sha256,
         checksum_type: done.checksum_type.map(ChecksumType::from),
         ..Default::default()
-    }))
+    };
+    checksums::fill!(out, &done.checksums);
+    Ok(S3Response::new(out))
 }
 
 pub(super) async fn abort(

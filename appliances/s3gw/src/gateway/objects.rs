@@ -41,15 +41,6 @@ pub(super) fn http_headers(
     .collect()
 }
 
-fn checksum_type(value: &str) -> ChecksumType {
-    // A composite multipart checksum ends in "-<parts>"; base64 never contains '-'.
-    ChecksumType::from_static(if value.contains('-') {
-        ChecksumType::COMPOSITE
-    } else {
-        ChecksumType::FULL_OBJECT
-    })
-}
-
 /// Fill the fields GET and HEAD answers share from the object's metadata.
 macro_rules! describe {
     ($out:expr, $meta:expr, $with_checksums:expr) => {{
@@ -68,13 +59,8 @@ macro_rules! describe {
             $out.parts_count = Some(m.part_sizes.len() as i32);
         }
         if $with_checksums {
-            let c = checksums::to_dto(&m.checksums);
-            $out.checksum_type = m.checksums.values().next().map(|v| checksum_type(v));
-            $out.checksum_crc32 = c.checksum_crc32;
-            $out.checksum_crc32c = c.checksum_crc32c;
-            $out.checksum_crc64nvme = c.checksum_crc64nvme;
-            $out.checksum_sha1 = c.checksum_sha1;
-            $out.checksum_sha256 = c.checksum_sha256;
+            $out.checksum_type = checksums::checksum_type(&m.checksums);
+            checksums::fill!($out, &m.checksums);
         }
     }};
 }
@@ -98,14 +84,7 @@ pub(super) async fn put_object(
     let claims = Claims::new(
         &req.headers,
         input.checksum_algorithm.as_ref(),
-        Checksum {
-            checksum_crc32: input.checksum_crc32,
-            checksum_crc32c: input.checksum_crc32c,
-            checksum_crc64nvme: input.checksum_crc64nvme,
-            checksum_sha1: input.checksum_sha1,
-            checksum_sha256: input.checksum_sha256,
-            ..Default::default()
-        },
+        checksums::claimed!(input),
         input.content_md5,
         req.trailing_headers,
     )?;
@@ -133,18 +112,14 @@ pub(super) async fn put_object(
     let store = g.store.clone();
     let upload = received.upload;
     let meta = blocking(move || store.publish(&input.bucket, upload, meta, &condition)).await?;
-    let c = checksums::to_dto(&meta.checksums);
-    Ok(S3Response::new(PutObjectOutput {
+    let mut out = PutObjectOutput {
         e_tag: Some(ETag::Strong(meta.etag)),
-        checksum_crc32: c.checksum_crc32,
-        checksum_crc32c: c.checksum_crc32c,
-        checksum_crc64nvme: c.checksum_crc64nvme,
-        checksum_sha1: c.checksum_sha1,
-        checksum_sha256: c.checksum_sha256,
-        checksum_type: meta.checksums.values().next().map(|v| checksum_type(v)),
+        checksum_type: checksums::checksum_type(&meta.checksums),
         size: Some(meta.size as i64),
         ..Default::default()
-    }))
+    };
+    checksums::fill!(out, &meta.checksums);
+    Ok(S3Response::new(out))
 }
 
 /// The byte range a GET or HEAD asks for (Range header or part number), with its
@@ -193,22 +168,32 @@ fn requested_range(
     Ok((r, Some(cr)))
 }
 
+/// What GET and HEAD share (their inputs have the same fields but different types): open the
+/// object, check the request's conditions, resolve the range it asks for.
+macro_rules! open_for_read {
+    ($g:expr, $input:expr) => {{
+        let store = $g.store.clone();
+        let (bucket, key) = ($input.bucket.clone(), $input.key.clone());
+        let (file, meta) = blocking(move || store.open_object(&bucket, &key)).await?;
+        Conditions {
+            if_match: $input.if_match.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+        }
+        .check_read(&meta.etag, meta.last_modified_ms)?;
+        let (range, content_range) =
+            requested_range(&meta, $input.range.as_ref(), $input.part_number)?;
+        (file, meta, range, content_range)
+    }};
+}
+
 pub(super) async fn get_object(
     g: &Gateway,
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
-    let store = g.store.clone();
-    let (bucket, key) = (input.bucket.clone(), input.key.clone());
-    let (file, meta) = blocking(move || store.open_object(&bucket, &key)).await?;
-    Conditions {
-        if_match: input.if_match.as_ref(),
-        if_none_match: input.if_none_match.as_ref(),
-        if_modified_since: input.if_modified_since.as_ref(),
-        if_unmodified_since: input.if_unmodified_since.as_ref(),
-    }
-    .check_read(&meta.etag, meta.last_modified_ms)?;
-    let (range, content_range) = requested_range(&meta, input.range.as_ref(), input.part_number)?;
+    let (file, meta, range, content_range) = open_for_read!(g, input);
     let length = range.end - range.start;
     let whole = length == meta.size;
     let mut out = GetObjectOutput {
@@ -253,17 +238,7 @@ pub(super) async fn head_object(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
-    let store = g.store.clone();
-    let (bucket, key) = (input.bucket.clone(), input.key.clone());
-    let (_, meta) = blocking(move || store.open_object(&bucket, &key)).await?;
-    Conditions {
-        if_match: input.if_match.as_ref(),
-        if_none_match: input.if_none_match.as_ref(),
-        if_modified_since: input.if_modified_since.as_ref(),
-        if_unmodified_since: input.if_unmodified_since.as_ref(),
-    }
-    .check_read(&meta.etag, meta.last_modified_ms)?;
-    let (range, content_range) = requested_range(&meta, input.range.as_ref(), input.part_number)?;
+    let (_, meta, range, content_range) = open_for_read!(g, input);
     let mut out = HeadObjectOutput {
         content_length: Some((range.end - range.start) as i64),
         content_range,
@@ -452,18 +427,15 @@ pub(super) async fn copy_object(
         store.publish(&bucket, upload, meta, &WriteCondition::Always)
     })
     .await?;
-    let c = checksums::to_dto(&meta.checksums);
+    let mut result = CopyObjectResult {
+        e_tag: Some(ETag::Strong(meta.etag.clone())),
+        last_modified: Some(timestamp(meta.last_modified_ms)),
+        checksum_type: checksums::checksum_type(&meta.checksums),
+        ..Default::default()
+    };
+    checksums::fill!(result, &meta.checksums);
     Ok(S3Response::new(CopyObjectOutput {
-        copy_object_result: Some(CopyObjectResult {
-            e_tag: Some(ETag::Strong(meta.etag.clone())),
-            last_modified: Some(timestamp(meta.last_modified_ms)),
-            checksum_crc32: c.checksum_crc32,
-            checksum_crc32c: c.checksum_crc32c,
-            checksum_crc64nvme: c.checksum_crc64nvme,
-            checksum_sha1: c.checksum_sha1,
-            checksum_sha256: c.checksum_sha256,
-            checksum_type: meta.checksums.values().next().map(|v| checksum_type(v)),
-        }),
+        copy_object_result: Some(result),
         ..Default::default()
     }))
 }
