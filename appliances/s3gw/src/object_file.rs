@@ -45,6 +45,24 @@ pub struct Meta {
     pub block_crcs: Vec<u32>,
 }
 
+impl Meta {
+    /// Metadata with nothing but the key, ETag and time; the writer fills in size and CRCs.
+    pub fn new(key: impl Into<String>, etag: impl Into<String>, last_modified_ms: i64) -> Meta {
+        Meta {
+            key: key.into(),
+            size: 0,
+            etag: etag.into(),
+            last_modified_ms,
+            content_type: None,
+            http_headers: BTreeMap::new(),
+            user_metadata: BTreeMap::new(),
+            checksums: BTreeMap::new(),
+            part_sizes: vec![],
+            block_crcs: vec![],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectFileError {
     #[error(transparent)]
@@ -192,18 +210,7 @@ mod tests {
     use super::*;
 
     fn meta(key: &str) -> Meta {
-        Meta {
-            key: key.into(),
-            size: 0,
-            etag: String::new(),
-            last_modified_ms: 0,
-            content_type: None,
-            http_headers: BTreeMap::new(),
-            user_metadata: BTreeMap::new(),
-            checksums: BTreeMap::new(),
-            part_sizes: vec![],
-            block_crcs: vec![],
-        }
+        Meta::new(key, "", 0)
     }
 
     #[test]

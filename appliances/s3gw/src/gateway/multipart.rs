@@ -25,16 +25,8 @@ fn check_part_number(n: i32) -> S3Result<()> {
 
 fn part_meta(key: &str, etag: String, checksums: Checksums) -> Meta {
     Meta {
-        key: key.to_string(),
-        size: 0,
-        etag,
-        last_modified_ms: now_ms(),
-        content_type: None,
-        http_headers: Default::default(),
-        user_metadata: Default::default(),
         checksums,
-        part_sizes: vec![],
-        block_crcs: vec![],
+        ..Meta::new(key, etag, now_ms())
     }
 }
 

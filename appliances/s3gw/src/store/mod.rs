@@ -501,18 +501,7 @@ mod tests {
     fn put(store: &Store, key: &str, data: &[u8]) {
         let mut up = store.begin_upload("b").unwrap();
         up.write(data).unwrap();
-        let meta = Meta {
-            key: key.into(),
-            size: 0,
-            etag: "e".into(),
-            last_modified_ms: 1,
-            content_type: None,
-            http_headers: Default::default(),
-            user_metadata: Default::default(),
-            checksums: Default::default(),
-            part_sizes: vec![],
-            block_crcs: vec![],
-        };
+        let meta = Meta::new(key, "e", 1);
         store
             .publish("b", up, meta, &WriteCondition::Always)
             .unwrap();

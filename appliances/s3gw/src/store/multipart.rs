@@ -406,18 +406,7 @@ mod tests {
         let mut up = store.begin_upload(&info.bucket).unwrap();
         up.write(data).unwrap();
         let etag = hex::encode(Md5::digest(data));
-        let meta = Meta {
-            key: info.key.clone(),
-            size: 0,
-            etag: etag.clone(),
-            last_modified_ms: 1,
-            content_type: None,
-            http_headers: BTreeMap::new(),
-            user_metadata: BTreeMap::new(),
-            checksums: BTreeMap::new(),
-            part_sizes: vec![],
-            block_crcs: vec![],
-        };
+        let meta = Meta::new(&info.key, &etag, 1);
         store.publish_part(info, n, up, meta).unwrap();
         PartRef {
             number: n,
