@@ -2,10 +2,11 @@
 //! key that may only write into `biometrics`, anonymous reads of `firmware`, virtual-host
 //! style under `s3.test` (tests resolve it to 127.0.0.1 themselves); ports learned
 //! from its "s3gw ready" log line; stopped by SIGKILL (crash) and restarted on the same ports.
+//! A gateway can also run on a small disk of its own (a tmpfs), for tests that fill it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::broker::bin;
@@ -23,23 +24,59 @@ pub struct S3gw {
     pub s3: SocketAddr,
     pub admin: SocketAddr,
     starts: usize,
+    /// `[s3] keep_free_mib`, when the test sets it.
+    keep_free_mib: Option<u64>,
+    /// The data directory is a tmpfs mounted by the test.
+    small_disk: bool,
 }
 
 impl S3gw {
     pub fn start() -> S3gw {
+        let mut g = S3gw::unstarted();
+        g.launch();
+        g
+    }
+
+    /// A gateway whose data directory is a tmpfs of `mib` MiB, keeping `keep_free_mib` free.
+    /// Mounting needs root: without it, `None` and a note on stderr.
+    pub fn start_on_small_disk(mib: u64, keep_free_mib: u64) -> Option<S3gw> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a small disk for the gateway needs root");
+            return None;
+        }
+        let mut g = S3gw::unstarted();
+        std::fs::create_dir_all(g.data_dir()).expect("data dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(g.data_dir())
+            .status()
+            .expect("run mount");
+        assert!(mounted.success(), "mount a tmpfs on {:?}", g.data_dir());
+        g.small_disk = true;
+        g.keep_free_mib = Some(keep_free_mib);
+        g.launch();
+        Some(g)
+    }
+
+    fn unstarted() -> S3gw {
         let dir = tempfile::Builder::new()
             .prefix("s3gw-test")
             .tempdir()
             .expect("temp dir");
-        let mut g = S3gw {
+        S3gw {
             dir,
             child: None,
             s3: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),
             starts: 0,
-        };
-        g.launch();
-        g
+            keep_free_mib: None,
+            small_disk: false,
+        }
+    }
+
+    /// `[s3] keep_free_mib` from the next (re)start on.
+    pub fn set_keep_free_mib(&mut self, mib: u64) {
+        self.keep_free_mib = Some(mib);
     }
 
     pub fn endpoint(&self) -> String {
@@ -71,6 +108,10 @@ impl S3gw {
             self.s3,
             self.admin
         );
+        let text = match self.keep_free_mib {
+            Some(mib) => text.replacen("[s3]\n", &format!("[s3]\nkeep_free_mib = {mib}\n"), 1),
+            None => text,
+        };
         std::fs::write(&config, text).expect("write config");
         self.starts += 1;
         let log = self.dir.path().join(format!("s3gw-{}.log", self.starts));
@@ -116,6 +157,9 @@ impl S3gw {
 impl Drop for S3gw {
     fn drop(&mut self) {
         self.kill9();
+        if self.small_disk {
+            let _ = Command::new("umount").arg(self.data_dir()).status();
+        }
     }
 }
 

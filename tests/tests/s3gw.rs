@@ -322,3 +322,112 @@ fn signed_chunks_are_verified_skewed_clocks_refused_and_malformed_requests_answe
     );
     assert_eq!(out["still_serving"], 200);
 }
+
+/// Bytes free on the gateway's data disk, as its metrics report them.
+fn disk_available(g: &S3gw) -> u64 {
+    let text = e2e::clients::metrics_text(&format!("http://{}/metrics", g.admin));
+    text.lines()
+        .find_map(|l| l.strip_prefix("data_disk_available_bytes "))
+        .expect("data_disk_available_bytes in the metrics")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Grow or shrink a file beside the store until `target` bytes are left free on its disk.
+fn leave_free(g: &S3gw, target: u64) {
+    use std::io::Write;
+    let path = g.data_dir().join("filler");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let available = disk_available(g);
+    if available > target {
+        // Written, not set_len: a sparse file would take no space.
+        let zeros = vec![0u8; (available - target) as usize];
+        (&file).write_all(&zeros).unwrap();
+    } else {
+        file.set_len(len.saturating_sub(target - available))
+            .unwrap();
+    }
+    let left = disk_available(g);
+    assert!(
+        left.abs_diff(target) <= 64 << 10,
+        "{left} bytes free, wanted {target}"
+    );
+}
+
+#[test]
+fn a_full_disk_refuses_uploads_with_507_and_loses_nothing() {
+    const MIB: usize = 1 << 20;
+    let Some(mut g) = S3gw::start_on_small_disk(64, 8) else {
+        return;
+    };
+    let content = |len: usize, seed: u8| -> bytes::Bytes {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    };
+    let client =
+        s3_client::S3Client::new(&g.endpoint(), "full", ACCESS_KEY, SECRET_KEY, "us-east-1")
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |key: &str| {
+        let mut body = vec![];
+        rt.block_on(client.get_with(key, |c| body.extend_from_slice(c)))
+            .map(|_| body)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let insufficient = |e: String| {
+        assert!(
+            e.contains("507") && e.contains("<Code>InsufficientStorage</Code>"),
+            "{e}"
+        );
+    };
+    rt.block_on(client.create_bucket()).unwrap();
+    let kept = content(MIB + 3, 1);
+    rt.block_on(client.put("kept", kept.clone())).unwrap();
+
+    // The reserve (8 MiB): an upload that would eat into it is refused before it is written.
+    leave_free(&g, 10 * MIB as u64);
+    insufficient(
+        rt.block_on(client.put("too-big", content(4 * MIB, 2)))
+            .unwrap_err()
+            .to_string(),
+    );
+    rt.block_on(client.put("fits", content(MIB, 3))).unwrap();
+
+    // Without a reserve, the disk itself runs out in the middle of an upload.
+    g.kill9();
+    g.set_keep_free_mib(0);
+    g.restart();
+    leave_free(&g, MIB as u64);
+    let before = disk_available(&g);
+    insufficient(
+        rt.block_on(client.put("overflows", content(2 * MIB, 4)))
+            .unwrap_err()
+            .to_string(),
+    );
+    // Nothing of it stays: no object, no temporary file, its space given back.
+    let gone = get("overflows").unwrap_err();
+    assert!(gone.contains("NoSuchKey"), "{gone}");
+    let tmp = std::fs::read_dir(g.data_dir().join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "temporary files left behind");
+    assert!(
+        disk_available(&g) >= before,
+        "space of the failed upload not freed"
+    );
+
+    // What was acknowledged is intact, and uploads work again once there is room.
+    assert_eq!(get("kept").unwrap(), kept);
+    std::fs::remove_file(g.data_dir().join("filler")).unwrap();
+    let overflows = content(2 * MIB, 4);
+    rt.block_on(client.put("overflows", overflows.clone()))
+        .unwrap();
+    assert_eq!(get("overflows").unwrap(), overflows);
+    // Both refusals are logged: by the reserve, then by the file system.
+    let log = g.log();
+    assert!(log.contains("kept in reserve"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use telemetry::{Health, ProcessCollector};
+use telemetry::{DiskCollector, Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +81,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     registry.register_collector(Box::new(ProcessCollector));
+    registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
     let health = Arc::new(Health::new());
     health.require("storage", "recovering logs");
     health.require("kafka_listener", "not listening yet");

@@ -6,6 +6,7 @@
 //! listen = "0.0.0.0:9000"
 //! domains = ["s3.hub.example"]      # virtual-host style: <bucket>.s3.hub.example
 //! incomplete_upload_expiry_hours = 168   # multipart uploads never completed are removed
+//! keep_free_mib = 256                # uploads that would leave less free space get 507
 //! [[credentials]]                    # an administrator: every bucket, create/delete buckets
 //! access_key = "hub-admin"
 //! secret_key = "..."
@@ -51,6 +52,9 @@ pub struct S3Listener {
     pub domains: Vec<String>,
     /// Multipart uploads neither completed nor aborted after this long are removed.
     pub incomplete_upload_expiry_hours: u32,
+    /// Uploads that would leave less than this much free space on the data disk are refused
+    /// (507 InsufficientStorage), so that deletes and completions still find room.
+    pub keep_free_mib: u64,
 }
 
 impl Default for S3Listener {
@@ -59,6 +63,7 @@ impl Default for S3Listener {
             listen: "0.0.0.0:9000".parse().expect("static"),
             domains: vec![],
             incomplete_upload_expiry_hours: 7 * 24,
+            keep_free_mib: 256,
         }
     }
 }

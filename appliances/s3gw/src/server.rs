@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
-use telemetry::{Health, ProcessCollector};
+use telemetry::{DiskCollector, Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     let metrics = RequestMetrics::default();
     metrics.register(&mut registry);
     registry.register_collector(Box::new(ProcessCollector));
+    registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
     let health = Arc::new(Health::new());
     health.require("store", "opening the object store");
     let admin = telemetry::serve_admin(
@@ -82,7 +83,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await?
         .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
-    let store = Arc::new(store);
+    let store = Arc::new(store.reserving(config.s3.keep_free_mib << 20));
     let service = build_service(store.clone(), &config)?;
     spawn_multipart_sweeper(
         store,
@@ -130,8 +131,11 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                         req.extensions_mut().insert(operation.clone());
                         let received = content_length(req.headers());
                         let empty_expecting_continue = expects_continue_without_body(&req);
+                        let with_body = has_body(&req);
                         let mut resp = hyper::service::Service::call(&svc, req).await;
-                        if empty_expecting_continue && let Ok(r) = resp.as_mut() {
+                        if let Ok(r) = resp.as_mut()
+                            && (empty_expecting_continue || with_body && !r.status().is_success())
+                        {
                             r.headers_mut().insert(
                                 hyper::header::CONNECTION,
                                 hyper::header::HeaderValue::from_static("close"),
@@ -258,6 +262,14 @@ fn spawn_multipart_sweeper(store: Arc<Store>, expiry_hours: u32, stop: Cancellat
                     .await;
         }
     });
+}
+
+/// An error can be answered before the request's body is read (a full disk, a bad
+/// signature): the connection is then closed after the answer, so that the client does not
+/// send its next request into the rest of this body, or into a connection hyper is closing.
+fn has_body<B>(req: &hyper::Request<B>) -> bool {
+    req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+        || content_length(req.headers()) > 0
 }
 
 /// boto3 sends `Expect: 100-continue` even with an empty body. hyper then answers at once

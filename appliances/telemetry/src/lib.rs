@@ -2,12 +2,14 @@
 //! and health endpoints on a small admin HTTP server.
 
 pub mod admin;
+pub mod disk;
 pub mod health;
 pub mod logging;
 pub mod process;
 pub mod service;
 
 pub use admin::{AdminServer, serve_admin};
+pub use disk::DiskCollector;
 pub use health::Health;
 pub use logging::{LogFormat, init_logging};
 pub use process::ProcessCollector;

@@ -17,6 +17,19 @@ use crate::store::{StoreError, Upload};
 /// S3's limit for one PUT or one part.
 pub(super) const MAX_UPLOAD: u64 = 5 << 30;
 
+/// The body size a PUT or part upload declares (0 when it does not), refused up front when
+/// over S3's limit.
+pub(super) fn declared_size(content_length: Option<i64>) -> S3Result<u64> {
+    let size = content_length.map_or(0, |l| l.max(0) as u64);
+    if size > MAX_UPLOAD {
+        return Err(s3_error!(
+            EntityTooLarge,
+            "Your proposed upload exceeds the maximum allowed size"
+        ));
+    }
+    Ok(size)
+}
+
 /// What a request says about its body's integrity, before the body is read.
 pub(super) struct Claims {
     /// Checksums given in headers (trailers are added once the body is read).

@@ -41,6 +41,9 @@ fn timestamp(ms: i64) -> Timestamp {
 
 /// Store errors as the S3 errors AWS returns for them.
 fn s3(e: StoreError) -> S3Error {
+    if e.is_disk_full() {
+        return disk_full(&e);
+    }
     match e {
         StoreError::NoSuchBucket => s3_error!(NoSuchBucket),
         StoreError::BucketExists => s3_error!(BucketAlreadyOwnedByYou),
@@ -66,6 +69,18 @@ fn s3(e: StoreError) -> S3Error {
             S3Error::with_message(S3ErrorCode::InternalError, other.to_string())
         }
     }
+}
+
+/// AWS never runs out of space, so S3 has no code for it: like MinIO, answer 507 Insufficient
+/// Storage, which SDKs do not retry at once (a 503 would have them hammer a full disk).
+fn disk_full(e: &StoreError) -> S3Error {
+    tracing::warn!(error = %e, "upload refused: data disk full");
+    let mut err = S3Error::with_message(
+        S3ErrorCode::Custom("InsufficientStorage".into()),
+        "The object store's data disk is full: delete objects or grow the disk, then retry.",
+    );
+    err.set_status_code(hyper::StatusCode::INSUFFICIENT_STORAGE);
+    err
 }
 
 /// Run blocking store work off the async threads.

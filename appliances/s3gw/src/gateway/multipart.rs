@@ -84,19 +84,12 @@ pub(super) async fn upload_part(
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let i = req.input;
     check_part_number(i.part_number)?;
-    if i.content_length
-        .is_some_and(|l| l as u64 > body::MAX_UPLOAD)
-    {
-        return Err(s3_error!(
-            EntityTooLarge,
-            "Your proposed upload exceeds the maximum allowed size"
-        ));
-    }
+    let size = body::declared_size(i.content_length)?;
     let store = g.store.clone();
     let (bucket, key, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
     let (info, upload) = blocking(move || {
         let info = store.multipart(&bucket, &key, &id)?;
-        Ok((info, store.begin_upload(&bucket)?))
+        Ok((info, store.begin_upload(&bucket, size)?))
     })
     .await?;
     let mut claims = Claims::new(
@@ -173,7 +166,7 @@ pub(super) async fn upload_part_copy(
     }
     let store = g.store.clone();
     let meta = blocking(move || {
-        let mut upload = store.begin_upload(&info.bucket)?;
+        let mut upload = store.begin_upload(&info.bucket, range.end - range.start)?;
         let mut md5 = <md5::Md5 as md5::Digest>::new();
         let mut hasher = checksums::hasher(info.checksum_algorithm.as_deref());
         object_file::for_each_verified_chunk(&file, &src, range.start, range.end, |chunk| {

@@ -70,15 +70,7 @@ pub(super) async fn put_object(
     req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let input = req.input;
-    if input
-        .content_length
-        .is_some_and(|l| l as u64 > body::MAX_UPLOAD)
-    {
-        return Err(s3_error!(
-            EntityTooLarge,
-            "Your proposed upload exceeds the maximum allowed size"
-        ));
-    }
+    let size = body::declared_size(input.content_length)?;
     let condition =
         conditions::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
     let claims = Claims::new(
@@ -90,7 +82,7 @@ pub(super) async fn put_object(
     )?;
     let store = g.store.clone();
     let bucket = input.bucket.clone();
-    let upload = blocking(move || store.begin_upload(&bucket)).await?;
+    let upload = blocking(move || store.begin_upload(&bucket, size)).await?;
     let received = body::receive(input.body, upload, claims).await?;
     let meta = Meta {
         key: input.key.clone(),
@@ -404,7 +396,7 @@ pub(super) async fn copy_object(
     let store = g.store.clone();
     let (bucket, key) = (input.bucket.clone(), input.key.clone());
     let meta = blocking(move || {
-        let mut upload = store.begin_upload(&bucket)?;
+        let mut upload = store.begin_upload(&bucket, src.size)?;
         let mut md5 = <md5::Md5 as md5::Digest>::new();
         let mut hasher = checksums::hasher(algorithms.iter().map(String::as_str));
         object_file::for_each_verified_chunk(&file, &src, 0, src.size, |chunk| {

@@ -14,8 +14,9 @@
 //! footers at start, so it can never disagree with what is durable. A write is published by
 //! `rename` under the index lock (so the index and the files agree on which of two
 //! concurrent writers won), then the directory is fsynced outside the lock (so concurrent
-//! writers share journal commits): only then is it acknowledged. Replication (a later issue) will acknowledge once the other site also holds
-//! the renamed file; nothing here assumes a single copy.
+//! writers share journal commits): only then is it acknowledged. Replication (a later issue)
+//! will acknowledge once the other site also holds the renamed file; nothing here assumes a
+//! single copy.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::object_file::{self, Meta, ObjectFileError};
 
 mod multipart;
+mod space;
 pub use multipart::{
     CompletedUpload, Completion, MAX_PART_NUMBER, MIN_PART_SIZE, MultipartInfo, PartRef,
 };
@@ -63,6 +65,22 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Damaged(#[from] ObjectFileError),
+    #[error("the data disk is full: {0}")]
+    DiskFull(String),
+}
+
+impl StoreError {
+    /// Whether the request failed for want of disk space: refused up front, or a write that
+    /// met a full disk. Clients are told so (and may retry once space is freed).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Io { source, .. } | StoreError::Damaged(ObjectFileError::Io(source)) => {
+                space::is_full(source)
+            }
+            _ => false,
+        }
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -103,6 +121,8 @@ pub struct Store {
     buckets: RwLock<BTreeMap<String, Bucket>>,
     next_tmp: AtomicU64,
     completing: multipart::CompletionLocks,
+    /// Free space uploads must leave on the data disk (see `space`).
+    reserve_bytes: u64,
 }
 
 /// An upload in progress: content goes to a temporary file until [`Store::publish`]. Dropped
@@ -211,7 +231,21 @@ impl Store {
             buckets: RwLock::new(buckets),
             next_tmp: AtomicU64::new(0),
             completing: Default::default(),
+            reserve_bytes: 0,
         })
+    }
+
+    /// Refuse uploads that would leave less than `bytes` free on the data disk.
+    pub fn reserving(self, bytes: u64) -> Store {
+        Store {
+            reserve_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// Bytes still free for uploads on the data disk, reserve included.
+    pub fn available_bytes(&self) -> std::io::Result<u64> {
+        space::available_bytes(&self.root)
     }
 
     pub fn list_buckets(&self) -> Vec<(String, i64)> {
@@ -268,11 +302,12 @@ impl Store {
         Ok(())
     }
 
-    /// Start an upload into `bucket`.
-    pub fn begin_upload(&self, bucket: &str) -> Result<Upload, StoreError> {
+    /// Start an upload of about `size` bytes (0 when unknown) into `bucket`.
+    pub fn begin_upload(&self, bucket: &str, size: u64) -> Result<Upload, StoreError> {
         if !self.bucket_exists(bucket) {
             return Err(StoreError::NoSuchBucket);
         }
+        space::check(&self.root, self.reserve_bytes, size)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
@@ -499,7 +534,7 @@ mod tests {
     use super::*;
 
     fn put(store: &Store, key: &str, data: &[u8]) {
-        let mut up = store.begin_upload("b").unwrap();
+        let mut up = store.begin_upload("b", 0).unwrap();
         up.write(data).unwrap();
         let meta = Meta::new(key, "e", 1);
         store

@@ -222,7 +222,8 @@ impl Store {
         let algorithm = info.checksum_algorithm.as_deref();
         let mut full = checksums::hasher(algorithm.filter(|_| !composite));
         let mut etags = Md5::new();
-        let mut upload = self.begin_upload(bucket)?;
+        let size = chosen.iter().map(|(_, meta)| meta.size).sum();
+        let mut upload = self.begin_upload(bucket, size)?;
         for (number, meta) in &chosen {
             let path = self.upload_dir(id)?.join(format!("part-{number:05}"));
             let file = File::open(&path).map_err(io(format!("open {}", path.display())))?;
@@ -403,7 +404,7 @@ mod tests {
     }
 
     fn part(store: &Store, info: &MultipartInfo, n: i32, data: &[u8]) -> PartRef {
-        let mut up = store.begin_upload(&info.bucket).unwrap();
+        let mut up = store.begin_upload(&info.bucket, 0).unwrap();
         up.write(data).unwrap();
         let etag = hex::encode(Md5::digest(data));
         let meta = Meta::new(&info.key, &etag, 1);
