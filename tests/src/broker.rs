@@ -11,6 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::process::spawn_until_ready;
+use crate::small_disk::SmallDisk;
 
 /// How long a start (including log recovery) may take in a debug build.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +39,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub struct Broker {
+    /// Declared first: unmounted before `dir` is removed.
+    pub small_disk: Option<SmallDisk>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub kafka: SocketAddr,
@@ -55,20 +58,34 @@ impl Broker {
     /// Start a broker; `extra` is TOML appended to the generated configuration (sections such
     /// as `[topics]` or keys of `[kafka]` other than `listen`).
     pub fn start_with(extra: &str) -> Broker {
+        let mut b = Broker::unstarted(extra);
+        b.launch();
+        b
+    }
+
+    /// A broker whose data directory is a disk of `mib` MiB; `None` where a disk cannot be
+    /// mounted (see [`SmallDisk`]).
+    pub fn start_on_small_disk(mib: u64, extra: &str) -> Option<Broker> {
+        let mut b = Broker::unstarted(extra);
+        b.small_disk = Some(SmallDisk::mount(&b.data_dir(), mib)?);
+        b.launch();
+        Some(b)
+    }
+
+    fn unstarted(extra: &str) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("broker-test")
             .tempdir()
             .expect("temp dir");
-        let mut b = Broker {
+        Broker {
+            small_disk: None,
             dir,
             child: None,
             kafka: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),
             extra: extra.to_string(),
             starts: 0,
-        };
-        b.launch();
-        b
+        }
     }
 
     pub fn bootstrap(&self) -> String {

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod process;
 pub mod proxy;
 pub mod s3gw;
+pub mod small_disk;
 pub mod wait;
 
 pub use broker::Broker;

@@ -6,11 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::broker::bin;
 use crate::process::spawn_until_ready;
+use crate::small_disk::SmallDisk;
 
 pub const ACCESS_KEY: &str = "branch-017";
 pub const SECRET_KEY: &str = "secret-for-branch-017";
@@ -19,6 +20,8 @@ pub const WRITER_KEY: &str = "branch-018";
 pub const WRITER_SECRET: &str = "secret-for-branch-018";
 
 pub struct S3gw {
+    /// Declared first: unmounted before `dir` is removed.
+    small_disk: Option<SmallDisk>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub s3: SocketAddr,
@@ -26,8 +29,6 @@ pub struct S3gw {
     starts: usize,
     /// `[s3] keep_free_mib`, when the test sets it.
     keep_free_mib: Option<u64>,
-    /// The data directory is a tmpfs mounted by the test.
-    small_disk: bool,
 }
 
 impl S3gw {
@@ -37,22 +38,11 @@ impl S3gw {
         g
     }
 
-    /// A gateway whose data directory is a tmpfs of `mib` MiB, keeping `keep_free_mib` free.
-    /// Mounting needs root: without it, `None` and a note on stderr.
+    /// A gateway whose data directory is a disk of `mib` MiB, keeping `keep_free_mib` free;
+    /// `None` where a disk cannot be mounted (see [`SmallDisk`]).
     pub fn start_on_small_disk(mib: u64, keep_free_mib: u64) -> Option<S3gw> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting a small disk for the gateway needs root");
-            return None;
-        }
         let mut g = S3gw::unstarted();
-        std::fs::create_dir_all(g.data_dir()).expect("data dir");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(g.data_dir())
-            .status()
-            .expect("run mount");
-        assert!(mounted.success(), "mount a tmpfs on {:?}", g.data_dir());
-        g.small_disk = true;
+        g.small_disk = Some(SmallDisk::mount(&g.data_dir(), mib)?);
         g.keep_free_mib = Some(keep_free_mib);
         g.launch();
         Some(g)
@@ -64,13 +54,13 @@ impl S3gw {
             .tempdir()
             .expect("temp dir");
         S3gw {
+            small_disk: None,
             dir,
             child: None,
             s3: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),
             starts: 0,
             keep_free_mib: None,
-            small_disk: false,
         }
     }
 
@@ -157,9 +147,6 @@ impl S3gw {
 impl Drop for S3gw {
     fn drop(&mut self) {
         self.kill9();
-        if self.small_disk {
-            let _ = Command::new("umount").arg(self.data_dir()).status();
-        }
     }
 }
 

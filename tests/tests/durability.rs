@@ -253,3 +253,84 @@ fn idempotent_retries_of_lost_responses_create_no_duplicates() {
     assert_eq!(stored.len(), 20000, "every record exactly once");
     assert_eq!(unique.len(), 20000);
 }
+
+/// One acks=all Produce of `value` to partition 0 of `topic` on its own connection; the
+/// partition's error code.
+fn produce_one(b: &Broker, topic: &'static str, value: bytes::Bytes) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let batch = kafka_client::encode_batch(&[(None, Some(value))], 1_800_000_000_000, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = kafka_client::Connection::connect(&b.bootstrap(), "full-disk")
+            .await
+            .unwrap();
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch)),
+                    ]),
+            ]);
+        let resp = c.request(req, 9).await.unwrap();
+        resp.responses[0].partition_responses[0].error_code
+    })
+}
+
+#[test]
+fn a_full_disk_takes_the_partition_offline_and_loses_nothing_acknowledged() {
+    const KAFKA_STORAGE_ERROR: i16 = 56;
+    let Some(mut b) = Broker::start_on_small_disk(16, "") else {
+        return;
+    };
+    kcat(
+        &["-b", &b.bootstrap(), "-P", "-t", "full", "-p", "0"],
+        Some(b"first\n"),
+        T,
+    );
+    let value = |i: usize| -> bytes::Bytes {
+        let mut v = format!("{i:06} ").into_bytes();
+        v.resize(256 << 10, b'a' + (i % 26) as u8);
+        v.into()
+    };
+    // 16 MiB cannot hold 100 records of 256 KiB: the disk fills on the way.
+    let mut acknowledged = 0;
+    let code = loop {
+        assert!(acknowledged < 100, "the disk never filled");
+        match produce_one(&b, "full", value(acknowledged)) {
+            0 => acknowledged += 1,
+            code => break code,
+        }
+    };
+    assert_eq!(code, KAFKA_STORAGE_ERROR, "after {acknowledged} records");
+    assert!(acknowledged > 10, "only {acknowledged} records fitted");
+    assert_eq!(
+        metric(&b.metrics_url(), "broker_offline_partitions"),
+        Some(1.0),
+        "the partition is reported offline as soon as a write fails"
+    );
+    assert_eq!(produce_one(&b, "full", value(0)), KAFKA_STORAGE_ERROR);
+
+    // The operator grows the disk and restarts: every acknowledged record is there, whole,
+    // and the partition takes writes again.
+    b.kill9();
+    b.small_disk.as_ref().unwrap().resize(64);
+    b.restart();
+    let records = kcat_consume_all(&b.bootstrap(), "full", "%s\n", T);
+    assert_eq!(records.len(), 1 + acknowledged, "records after the restart");
+    assert_eq!(records[0], "first");
+    for (i, r) in records[1..].iter().enumerate() {
+        assert!(r.as_bytes() == &value(i)[..], "record {i} damaged");
+    }
+    assert_eq!(produce_one(&b, "full", value(acknowledged)), 0);
+    assert_eq!(
+        metric(&b.metrics_url(), "broker_offline_partitions"),
+        Some(0.0)
+    );
+}

@@ -174,6 +174,11 @@ impl Partition {
             me.log_start
                 .store(log.log_start_offset(), Ordering::Release);
             me.log_end.store(log.log_end_offset(), Ordering::Release);
+            // The log takes itself offline on a storage error (a full disk, say): waiters
+            // and the metrics learn it now, not at the next flush.
+            if log.is_offline() {
+                me.publish_offline();
+            }
             Ok(out)
         })
         .await
@@ -347,7 +352,10 @@ impl Partition {
                 .await
                 .map_err(|e| PartitionError::Task(e.to_string()))??;
         }
-        self.durable.send_modify(|d| d.offline = true);
+        if !self.set_offline() {
+            // Offline after a storage error until now: a deleted log no longer counts.
+            self.metrics.offline_partitions.dec();
+        }
         Ok(())
     }
 
@@ -403,7 +411,20 @@ impl Partition {
         if let Some(log) = self.log.lock().as_mut() {
             log.mark_offline(e);
         }
-        self.durable.send_modify(|d| d.offline = true);
+        self.publish_offline();
+    }
+
+    /// Wake waiters with the news that the log is offline, and count it, once.
+    fn publish_offline(&self) {
+        if self.set_offline() {
+            self.metrics.offline_partitions.inc();
+        }
+    }
+
+    /// Tell waiters the log is gone or offline; true if it was online until now.
+    fn set_offline(&self) -> bool {
+        self.durable
+            .send_if_modified(|d| !std::mem::replace(&mut d.offline, true))
     }
 
     /// Wait for the high watermark to move past `seen`, at most `timeout`.
