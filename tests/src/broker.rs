@@ -96,6 +96,34 @@ impl Broker {
         self.dir.path().join("data")
     }
 
+    /// One Produce request of `records` (an encoded batch) to partition 0 of `topic`, on a
+    /// connection of its own; the partition's error code (0 when written).
+    pub fn produce_raw(&self, topic: &'static str, records: bytes::Bytes, acks: i16) -> i16 {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ProduceRequest, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let c = kafka_client::Connection::connect(&self.bootstrap(), "e2e-raw")
+                .await
+                .expect("connect");
+            let req = ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_static_str(topic)))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(records)),
+                        ]),
+                ]);
+            let resp = c.request(req, 9).await.expect("produce");
+            resp.responses[0].partition_responses[0].error_code
+        })
+    }
+
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.admin)
     }

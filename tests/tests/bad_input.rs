@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use e2e::clients::{kcat, metric};
 use e2e::{Broker, wait_until};
-use kafka_client::{Connection, encode_batch};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_client::encode_batch;
 
 const LIMITS: &str = "[kafka]\nmax_request_size = \"2MiB\"\nidle_timeout = \"1s\"\n";
 
@@ -139,26 +136,7 @@ fn random_frames_never_crash_or_hang_the_broker() {
 }
 
 fn produce(b: &Broker, records: Bytes, acks: i16) -> i16 {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let c = Connection::connect(&b.bootstrap(), "bad-input")
-            .await
-            .unwrap();
-        let req = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("bad")))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(records)),
-                    ]),
-            ]);
-        let resp = c.request(req, 9).await.unwrap();
-        resp.responses[0].partition_responses[0].error_code
-    })
+    b.produce_raw("bad", records, acks)
 }
 
 #[test]

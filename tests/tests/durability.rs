@@ -254,33 +254,10 @@ fn idempotent_retries_of_lost_responses_create_no_duplicates() {
     assert_eq!(unique.len(), 20000);
 }
 
-/// One acks=all Produce of `value` to partition 0 of `topic` on its own connection; the
-/// partition's error code.
+/// One acks=all Produce of a record holding `value`; the partition's error code.
 fn produce_one(b: &Broker, topic: &'static str, value: bytes::Bytes) -> i16 {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ProduceRequest, TopicName};
-    use kafka_protocol::protocol::StrBytes;
     let batch = kafka_client::encode_batch(&[(None, Some(value))], 1_800_000_000_000, None);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let c = kafka_client::Connection::connect(&b.bootstrap(), "full-disk")
-            .await
-            .unwrap();
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str(topic)))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(batch)),
-                    ]),
-            ]);
-        let resp = c.request(req, 9).await.unwrap();
-        resp.responses[0].partition_responses[0].error_code
-    })
+    b.produce_raw(topic, batch, -1)
 }
 
 #[test]

@@ -243,11 +243,6 @@ impl Store {
         }
     }
 
-    /// Bytes still free for uploads on the data disk, reserve included.
-    pub fn available_bytes(&self) -> std::io::Result<u64> {
-        space::available_bytes(&self.root)
-    }
-
     pub fn list_buckets(&self) -> Vec<(String, i64)> {
         self.buckets
             .read()

@@ -14,7 +14,7 @@ use super::StoreError;
 /// Bytes an unprivileged writer could still allocate on the file system holding `path`.
 /// (The gateway runs as root, which could also use ext4's root reserve: leaving that alone
 /// keeps it for the rest of the appliance.)
-pub fn available_bytes(path: &Path) -> io::Result<u64> {
+fn available_bytes(path: &Path) -> io::Result<u64> {
     let s = nix::sys::statvfs::statvfs(path)?;
     Ok(s.blocks_available() * s.fragment_size())
 }
