@@ -23,6 +23,20 @@ fn seconds(t: &Timestamp) -> i64 {
     time::OffsetDateTime::from(t.clone()).unix_timestamp()
 }
 
+/// The `x-amz-copy-source-if-*` conditions of a CopyObject or UploadPartCopy input (the
+/// fields are named alike in both; s3s gives them no common type).
+macro_rules! copy_source {
+    ($input:expr) => {
+        $crate::gateway::conditions::Conditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+        }
+    };
+}
+pub(super) use copy_source;
+
 impl Conditions<'_> {
     /// For GET and HEAD: 412 when If-Match or If-Unmodified-Since fails, 304 when
     /// If-None-Match or If-Modified-Since says the client's copy is current. If-Match

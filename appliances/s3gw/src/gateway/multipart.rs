@@ -6,10 +6,10 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::body::{self, Claims};
 use super::conditions;
-use super::objects::{copy_source, http_headers};
+use super::objects::{copy_into_upload, copy_source, http_headers};
 use super::{Gateway, blocking, buckets::owner, now_ms, timestamp};
 use crate::checksums::{self, Checksums};
-use crate::object_file::{self, Meta};
+use crate::object_file::Meta;
 use crate::store::{Completion, MAX_PART_NUMBER, MultipartInfo, PartRef};
 
 fn check_part_number(n: i32) -> S3Result<()> {
@@ -153,33 +153,17 @@ pub(super) async fn upload_part_copy(
         ))
     })
     .await?;
-    conditions::Conditions {
-        if_match: i.copy_source_if_match.as_ref(),
-        if_none_match: i.copy_source_if_none_match.as_ref(),
-        if_modified_since: i.copy_source_if_modified_since.as_ref(),
-        if_unmodified_since: i.copy_source_if_unmodified_since.as_ref(),
-    }
-    .check_copy_source(&src.etag, src.last_modified_ms)?;
+    conditions::copy_source!(i).check_copy_source(&src.etag, src.last_modified_ms)?;
     let range = copy_range(i.copy_source_range.as_deref(), src.size)?;
     if range.end - range.start > body::MAX_UPLOAD {
         return Err(s3_error!(EntityTooLarge));
     }
     let store = g.store.clone();
     let meta = blocking(move || {
-        let mut upload = store.begin_upload(&info.bucket, range.end - range.start)?;
-        let mut md5 = <md5::Md5 as md5::Digest>::new();
-        let mut hasher = checksums::hasher(info.checksum_algorithm.as_deref());
-        object_file::for_each_verified_chunk(&file, &src, range.start, range.end, |chunk| {
-            md5::Digest::update(&mut md5, chunk);
-            hasher.update(chunk);
-            upload.write(chunk)
-        })?;
-        let meta = part_meta(
-            &info.key,
-            hex::encode(md5::Digest::finalize(md5)),
-            checksums::from_dto(hasher.finalize()),
-        );
-        store.publish_part(&info, i.part_number, upload, meta)
+        let algorithm = info.checksum_algorithm.as_deref();
+        let copy = copy_into_upload(&store, &info.bucket, &file, &src, range, algorithm)?;
+        let meta = part_meta(&info.key, copy.md5_hex, copy.checksums);
+        store.publish_part(&info, i.part_number, copy.upload, meta)
     })
     .await?;
     let mut result = CopyPartResult {

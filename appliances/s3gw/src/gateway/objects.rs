@@ -2,6 +2,7 @@
 //! HEAD, DELETE, DeleteObjects and CopyObject.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,9 +12,9 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use super::body::{self, Claims};
 use super::conditions::{self, Conditions};
 use super::{Gateway, blocking, now_ms, s3, timestamp};
-use crate::checksums;
+use crate::checksums::{self, Checksums};
 use crate::object_file::{self, Meta};
-use crate::store::WriteCondition;
+use crate::store::{Store, StoreError, Upload, WriteCondition};
 
 /// The standard HTTP headers an object keeps (lower-case name -> value). `aws-chunked` is a
 /// transfer detail of the upload, not the object's encoding: AWS drops it and so do we.
@@ -85,10 +86,6 @@ pub(super) async fn put_object(
     let upload = blocking(move || store.begin_upload(&bucket, size)).await?;
     let received = body::receive(input.body, upload, claims).await?;
     let meta = Meta {
-        key: input.key.clone(),
-        size: 0,
-        etag: received.md5_hex,
-        last_modified_ms: now_ms(),
         content_type: input.content_type.clone(),
         http_headers: http_headers(
             input.content_encoding.as_deref(),
@@ -98,8 +95,7 @@ pub(super) async fn put_object(
         ),
         user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
         checksums: received.checksums,
-        part_sizes: vec![],
-        block_crcs: vec![],
+        ..Meta::new(input.key.clone(), received.md5_hex, now_ms())
     };
     let store = g.store.clone();
     let upload = received.upload;
@@ -327,6 +323,38 @@ pub(crate) fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
     }
 }
 
+/// A server-side copy's data, not yet published.
+pub(super) struct Copied {
+    pub upload: Upload,
+    pub md5_hex: String,
+    pub checksums: Checksums,
+}
+
+/// Copy `range` of the object `src` (open as `file`), each block verified, into a new upload
+/// in `bucket`, computing its MD5 (the ETag) and the `algorithms`' checksums on the way.
+pub(super) fn copy_into_upload<'a>(
+    store: &Store,
+    bucket: &str,
+    file: &File,
+    src: &Meta,
+    range: std::ops::Range<u64>,
+    algorithms: impl IntoIterator<Item = &'a str>,
+) -> Result<Copied, StoreError> {
+    let mut upload = store.begin_upload(bucket, range.end - range.start)?;
+    let mut md5 = <md5::Md5 as md5::Digest>::new();
+    let mut hasher = checksums::hasher(algorithms);
+    object_file::for_each_verified_chunk(file, src, range.start, range.end, |chunk| {
+        md5::Digest::update(&mut md5, chunk);
+        hasher.update(chunk);
+        upload.write(chunk)
+    })?;
+    Ok(Copied {
+        upload,
+        md5_hex: hex::encode(md5::Digest::finalize(md5)),
+        checksums: checksums::from_dto(hasher.finalize()),
+    })
+}
+
 pub(super) async fn copy_object(
     g: &Gateway,
     req: S3Request<CopyObjectInput>,
@@ -336,13 +364,7 @@ pub(super) async fn copy_object(
     let store = g.store.clone();
     let (b, k) = (src_bucket.clone(), src_key.clone());
     let (file, src) = blocking(move || store.open_object(&b, &k)).await?;
-    Conditions {
-        if_match: input.copy_source_if_match.as_ref(),
-        if_none_match: input.copy_source_if_none_match.as_ref(),
-        if_modified_since: input.copy_source_if_modified_since.as_ref(),
-        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-    }
-    .check_copy_source(&src.etag, src.last_modified_ms)?;
+    conditions::copy_source!(input).check_copy_source(&src.etag, src.last_modified_ms)?;
     let replace = input
         .metadata_directive
         .as_ref()
@@ -396,27 +418,16 @@ pub(super) async fn copy_object(
     let store = g.store.clone();
     let (bucket, key) = (input.bucket.clone(), input.key.clone());
     let meta = blocking(move || {
-        let mut upload = store.begin_upload(&bucket, src.size)?;
-        let mut md5 = <md5::Md5 as md5::Digest>::new();
-        let mut hasher = checksums::hasher(algorithms.iter().map(String::as_str));
-        object_file::for_each_verified_chunk(&file, &src, 0, src.size, |chunk| {
-            md5::Digest::update(&mut md5, chunk);
-            hasher.update(chunk);
-            upload.write(chunk)
-        })?;
+        let algorithms = algorithms.iter().map(String::as_str);
+        let copy = copy_into_upload(&store, &bucket, &file, &src, 0..src.size, algorithms)?;
         let meta = Meta {
-            key,
-            size: 0,
-            etag: hex::encode(md5::Digest::finalize(md5)),
-            last_modified_ms: now_ms(),
             content_type,
             http_headers: http,
             user_metadata: user,
-            checksums: checksums::from_dto(hasher.finalize()),
-            part_sizes: vec![],
-            block_crcs: vec![],
+            checksums: copy.checksums,
+            ..Meta::new(key, copy.md5_hex, now_ms())
         };
-        store.publish(&bucket, upload, meta, &WriteCondition::Always)
+        store.publish(&bucket, copy.upload, meta, &WriteCondition::Always)
     })
     .await?;
     let mut result = CopyObjectResult {

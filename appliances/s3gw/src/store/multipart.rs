@@ -245,17 +245,14 @@ impl Store {
                 "The {alg} you specified did not match the calculated checksum."
             )));
         }
+        let etag = format!("{}-{}", hex::encode(etags.finalize()), chosen.len());
         let meta = Meta {
-            key: key.to_string(),
-            size: 0,
-            etag: format!("{}-{}", hex::encode(etags.finalize()), chosen.len()),
-            last_modified_ms: now_ms,
             content_type: info.content_type.clone(),
             http_headers: info.http_headers.clone(),
             user_metadata: info.user_metadata.clone(),
             checksums: sums,
             part_sizes: chosen.iter().map(|(_, m)| m.size).collect(),
-            block_crcs: vec![],
+            ..Meta::new(key, etag, now_ms)
         };
         let meta = self.publish(bucket, upload, meta, &completion.condition)?;
         let done = CompletedUpload {
