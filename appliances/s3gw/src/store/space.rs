@@ -11,20 +11,14 @@ use nix::errno::Errno;
 
 use super::StoreError;
 
-/// Bytes an unprivileged writer could still allocate on the file system holding `path`.
-/// (The gateway runs as root, which could also use ext4's root reserve: leaving that alone
-/// keeps it for the rest of the appliance.)
-fn available_bytes(path: &Path) -> io::Result<u64> {
-    let s = nix::sys::statvfs::statvfs(path)?;
-    Ok(s.blocks_available() * s.fragment_size())
-}
-
 /// Refuse an upload of `size` bytes that would take the free space under `reserve`.
 pub(super) fn check(root: &Path, reserve: u64, size: u64) -> Result<(), StoreError> {
     if reserve == 0 {
         return Ok(());
     }
-    let available = available_bytes(root).map_err(super::io("measure free space"))?;
+    let available = telemetry::disk::disk_space(root)
+        .map_err(super::io("measure free space"))?
+        .available;
     if available < reserve.saturating_add(size) {
         return Err(StoreError::DiskFull(format!(
             "{available} bytes free, {size} asked, {reserve} kept in reserve"
