@@ -2,7 +2,7 @@
 over every partition and resumes from committed offsets; a later member of the group reads
 only what is new. Prints one JSON object."""
 import argparse, json, threading, time
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ap = argparse.ArgumentParser()
@@ -27,18 +27,56 @@ lock = threading.Lock()
 consumed = []              # (member, value)
 assignment = {}            # member -> set of partitions
 stop = {}
+failed = []                # why a member thread died
+refused = []               # commits refused during a rebalance, retried later
 
 def member(name):
+    try:
+        consume(name)
+    except BaseException as e:
+        with lock:
+            failed.append(f"member {name}: {e!r}")
+        raise
+
+def consume(name):
+    # A synchronous commit may be refused with REBALANCE_IN_PROGRESS while the group completes a
+    # rebalance (Kafka does the same); the cooperative assignor keeps consuming meanwhile. As a
+    # careful application does, keep such offsets pending: commit them after the next poll and,
+    # at the latest, when their partitions are revoked, before another member can fetch them.
+    pending = {}           # partition -> next offset to commit
+
+    def commit_pending(c, partitions=None):
+        todo = [TopicPartition(a.topic, p, o) for p, o in pending.items()
+                if partitions is None or p in partitions]
+        if not todo:
+            return
+        try:
+            c.commit(offsets=todo, asynchronous=False)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.REBALANCE_IN_PROGRESS:
+                raise
+            with lock:
+                refused.append(name)
+            return
+        for tp in todo:
+            if pending.get(tp.partition) == tp.offset:
+                del pending[tp.partition]
+
+    def on_revoke(c, partitions):
+        commit_pending(c, {tp.partition for tp in partitions})
+
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                   "enable.auto.commit": False, "partition.assignment.strategy": a.assignor})
-    c.subscribe([a.topic])
+    c.subscribe([a.topic], on_revoke=on_revoke)
     while not stop.get(name):
         m = c.poll(0.2)
         with lock:
             assignment[name] = {tp.partition for tp in c.assignment()}
+        commit_pending(c)
         if m is None or m.error():
             continue
-        c.commit(message=m, asynchronous=False)
+        pending[m.partition()] = m.offset() + 1
+        commit_pending(c)
         with lock:
             consumed.append((name, m.value().decode()))
     c.close()
@@ -49,6 +87,8 @@ def wait(what, cond, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         with lock:
+            if failed:
+                raise SystemExit(f"while waiting for {what}: {failed}")
             if cond():
                 return
         time.sleep(0.05)
@@ -75,6 +115,8 @@ rebalance_s = time.time() - t1
 wait("phase two consumed", lambda: len(unique()) >= 2 * a.per_phase)
 stop["a"] = True
 threads["a"].join(); threads["b"].join()
+if failed:
+    raise SystemExit(f"a member failed: {failed}")
 
 # A new member of the group starts from the committed offsets: only new records.
 late = Consumer({"bootstrap.servers": a.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
@@ -92,5 +134,6 @@ late.close()
 print(json.dumps({
     "first_assignment_s": round(first_assignment_s, 2), "split": split, "rebalance_s": round(rebalance_s, 2),
     "consumed_unique": len(unique()), "duplicates": len(consumed) - len(unique()),
+    "commits_refused": len(refused),
     "late_new": sum(v.startswith("three-") for v in late_values), "late_old": sum(not v.startswith("three-") for v in late_values),
 }))

@@ -26,8 +26,17 @@ def produce(phase, n):
 
 lock = threading.Lock()
 consumed, assignment, stop = [], {}, {}
+failed = []                # why a member thread died
 
 def member(name):
+    try:
+        consume(name)
+    except BaseException as e:
+        with lock:
+            failed.append(f"member {name}: {e!r}")
+        raise
+
+def consume(name):
     c = kafka.KafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=group, auto_offset_reset="earliest",
                             enable_auto_commit=False, partition_assignment_strategy=[ASSIGNORS[a.assignor]])
     while not stop.get(name):
@@ -46,6 +55,8 @@ def wait(what, cond, timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
         with lock:
+            if failed:
+                raise SystemExit(f"while waiting for {what}: {failed}")
             if cond():
                 return
         time.sleep(0.05)
@@ -71,5 +82,7 @@ wait("phase two consumed", lambda: len(unique()) >= 2 * a.per_phase)
 stop["a"] = True
 for t in threads.values():
     t.join()
+if failed:
+    raise SystemExit(f"a member failed: {failed}")
 print(json.dumps({"first_assignment_s": round(first_assignment_s, 2), "rebalance_s": round(rebalance_s, 2),
                   "consumed_unique": len(unique()), "duplicates": len(consumed) - len(unique())}))
