@@ -131,7 +131,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                         req.extensions_mut().insert(operation.clone());
                         let received = content_length(req.headers());
                         let empty_expecting_continue = expects_continue_without_body(&req);
-                        let with_body = has_body(&req);
+                        let with_body = has_body(&req, received);
                         let mut resp = hyper::service::Service::call(&svc, req).await;
                         if let Ok(r) = resp.as_mut()
                             && (empty_expecting_continue || with_body && !r.status().is_success())
@@ -267,9 +267,8 @@ fn spawn_multipart_sweeper(store: Arc<Store>, expiry_hours: u32, stop: Cancellat
 /// An error can be answered before the request's body is read (a full disk, a bad
 /// signature): the connection is then closed after the answer, so that the client does not
 /// send its next request into the rest of this body, or into a connection hyper is closing.
-fn has_body<B>(req: &hyper::Request<B>) -> bool {
-    req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
-        || content_length(req.headers()) > 0
+fn has_body<B>(req: &hyper::Request<B>, content_length: u64) -> bool {
+    content_length > 0 || req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
 }
 
 /// boto3 sends `Expect: 100-continue` even with an empty body. hyper then answers at once
