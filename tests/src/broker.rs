@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::process::spawn_until_ready;
+use crate::process::{NotReady, spawn_until_ready};
 use crate::small_disk::SmallDisk;
 
 /// How long a start (including log recovery) may take in a debug build.
@@ -174,7 +174,7 @@ impl Broker {
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(()) => panic!("broker did not become ready; its log:\n{}", self.log()),
+            Err(NotReady) => panic!("broker did not become ready; its log:\n{}", self.log()),
         }
     }
 

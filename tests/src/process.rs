@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The binary did not log its ready line in time (it was killed; its log says why).
+#[derive(Debug)]
+pub struct NotReady;
+
 /// Start `binary --config <config>`, copy its stderr to `log_path`, and wait until `ready`
 /// recognises a log line (returning what it extracted). On timeout the child is killed and
 /// `Err` carries nothing: the caller reports the log.
@@ -16,7 +20,7 @@ pub fn spawn_until_ready<T: Send + 'static>(
     log_path: &Path,
     timeout: Duration,
     ready: fn(&serde_json::Value) -> Option<T>,
-) -> Result<(Child, T), ()> {
+) -> Result<(Child, T), NotReady> {
     let mut child = Command::new(binary)
         .arg("--config")
         .arg(config)
@@ -45,7 +49,7 @@ pub fn spawn_until_ready<T: Send + 'static>(
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(())
+            Err(NotReady)
         }
     }
 }

@@ -146,7 +146,7 @@ async fn responses(
             let every = faults.lose_every.load(Ordering::Relaxed);
             if api == Some(PRODUCE) && every > 0 {
                 let n = faults.produce_responses.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % every == 0 {
+                if n.is_multiple_of(every) {
                     faults.lost.fetch_add(1, Ordering::Relaxed);
                     return;
                 }

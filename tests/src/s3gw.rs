@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use crate::broker::bin;
-use crate::process::spawn_until_ready;
+use crate::process::{NotReady, spawn_until_ready};
 use crate::small_disk::SmallDisk;
 
 pub const ACCESS_KEY: &str = "branch-017";
@@ -117,7 +117,7 @@ impl S3gw {
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(()) => panic!("s3gw did not become ready; its log:\n{}", self.log()),
+            Err(NotReady) => panic!("s3gw did not become ready; its log:\n{}", self.log()),
         }
     }
 

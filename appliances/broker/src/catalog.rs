@@ -94,10 +94,9 @@ impl State {
         if let Some(old) = self
             .by_name
             .insert(Arc::clone(&info.name), Arc::clone(&info))
+            && old.id != info.id
         {
-            if old.id != info.id {
-                self.by_id.remove(&old.id);
-            }
+            self.by_id.remove(&old.id);
         }
         self.by_id.insert(info.id, info);
     }

@@ -112,10 +112,11 @@ impl Default for AdminListener {
 }
 
 /// When acknowledged data is on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Durability {
     /// acks=all is answered only after fdatasync; consumers see only flushed data.
+    #[default]
     Sync,
     /// Flush every `interval`: acks=all is answered after the write to the page cache, so up
     /// to one interval of acknowledged data can be lost with the machine (not the process).
@@ -123,12 +124,6 @@ pub enum Durability {
         #[serde(with = "duration")]
         interval: Duration,
     },
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Sync
-    }
 }
 
 /// Defaults for new topics (Kafka broker settings `num.partitions`, `log.retention.ms`...).
@@ -262,12 +257,11 @@ impl BrokerConfig {
 
     /// The `(host, port)` clients are told to connect to.
     pub fn advertised_endpoint(&self, bound: SocketAddr) -> (String, u16) {
-        if let Some(adv) = &self.kafka.advertised {
-            if let Some((host, port)) = adv.rsplit_once(':') {
-                if let Ok(port) = port.parse() {
-                    return (host.trim_matches(['[', ']']).to_string(), port);
-                }
-            }
+        if let Some(adv) = &self.kafka.advertised
+            && let Some((host, port)) = adv.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            return (host.trim_matches(['[', ']']).to_string(), port);
         }
         let host = if bound.ip().is_unspecified() {
             nix::unistd::gethostname()
@@ -308,10 +302,10 @@ impl Validate for BrokerConfig {
         if !(1..=1024).contains(&self.kafka.pipeline_depth) {
             return Err("kafka.pipeline_depth must be between 1 and 1024".into());
         }
-        if let Durability::Interval { interval } = self.durability {
-            if interval < Duration::from_millis(1) {
-                return Err("durability.interval must be at least 1ms".into());
-            }
+        if let Durability::Interval { interval } = self.durability
+            && interval < Duration::from_millis(1)
+        {
+            return Err("durability.interval must be at least 1ms".into());
         }
         let t = &self.topics;
         if t.partitions < 1 {

@@ -263,11 +263,7 @@ pub fn describe(overrides: &BTreeMap<String, String>, defaults: &TopicDefaults) 
         .collect()
 }
 
-fn effective<'a>(
-    overrides: &'a BTreeMap<String, String>,
-    defaults: &TopicDefaults,
-    name: &str,
-) -> String {
+fn effective(overrides: &BTreeMap<String, String>, defaults: &TopicDefaults, name: &str) -> String {
     overrides
         .get(name)
         .cloned()

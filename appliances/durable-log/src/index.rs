@@ -111,7 +111,7 @@ impl<E: Entry> Index<E> {
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len() as usize;
-        if size % E::SIZE != 0 {
+        if !size.is_multiple_of(E::SIZE) {
             return Ok(None);
         }
         Ok(Some(Index {

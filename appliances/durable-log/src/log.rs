@@ -525,10 +525,10 @@ impl Log {
         let log_append = self.config.timestamp_type == TimestampType::LogAppendTime;
         let mut pending = Vec::with_capacity(batches.len());
         for b in batches {
-            if b.header.has_producer_id() {
-                if let SequenceCheck::Duplicate(dup) = scratch.check(&b.header)? {
-                    return Ok(self.duplicate_result(dup, log_append));
-                }
+            if b.header.has_producer_id()
+                && let SequenceCheck::Duplicate(dup) = scratch.check(&b.header)?
+            {
+                return Ok(self.duplicate_result(dup, log_append));
             }
             let mut header = PatchedHeader::new(&b.bytes, next, leader_epoch);
             if log_append {
@@ -543,12 +543,12 @@ impl Log {
                 parsed,
             });
         }
-        if self.epochs.latest().is_none_or(|l| l.epoch != leader_epoch) {
-            if let Err(e) = self.epochs.assign(leader_epoch, first_offset) {
-                return Err(self
-                    .fail(LogError::io("recording the leader epoch", e))
-                    .into());
-            }
+        if self.epochs.latest().is_none_or(|l| l.epoch != leader_epoch)
+            && let Err(e) = self.epochs.assign(leader_epoch, first_offset)
+        {
+            return Err(self
+                .fail(LogError::io("recording the leader epoch", e))
+                .into());
         }
         let bytes = self.write(&pending, now_ms)?;
         self.producers.merge(scratch);
@@ -603,12 +603,13 @@ impl Log {
         }
         for p in &pending {
             let epoch = p.parsed.partition_leader_epoch;
-            if epoch >= 0 && self.epochs.latest().is_none_or(|l| epoch > l.epoch) {
-                if let Err(e) = self.epochs.assign(epoch, p.parsed.base_offset) {
-                    return Err(self
-                        .fail(LogError::io("recording the leader epoch", e))
-                        .into());
-                }
+            if epoch >= 0
+                && self.epochs.latest().is_none_or(|l| epoch > l.epoch)
+                && let Err(e) = self.epochs.assign(epoch, p.parsed.base_offset)
+            {
+                return Err(self
+                    .fail(LogError::io("recording the leader epoch", e))
+                    .into());
             }
         }
         let now = pending.last().map_or(0, |p| p.parsed.max_timestamp);
@@ -635,10 +636,10 @@ impl Log {
         let Some(last) = pending.last() else {
             return Ok(0);
         };
-        if self.should_roll(bytes, last.parsed.last_offset(), now_ms) {
-            if let Err(e) = self.roll(now_ms) {
-                return Err(self.fail(e));
-            }
+        if self.should_roll(bytes, last.parsed.last_offset(), now_ms)
+            && let Err(e) = self.roll(now_ms)
+        {
+            return Err(self.fail(e));
         }
         let interval = self.config.index_interval_bytes;
         if let Err(e) = self.active_mut().append(pending, interval) {

@@ -159,14 +159,11 @@ impl Segment {
         let mut chunk = Vec::new();
         let mut chunk_start = 0u64;
         let mut pos = 0u64;
-        loop {
-            // Keep at least one header (then one whole batch) in the chunk.
-            let Some(header) =
-                read_in_chunk(&seg.log, &mut chunk, &mut chunk_start, pos, HEADER_LEN)?
-                    .and_then(|b| BatchHeader::parse(b).ok())
-            else {
-                break;
-            };
+        // Keep at least one header (then one whole batch) in the chunk.
+        while let Some(header) =
+            read_in_chunk(&seg.log, &mut chunk, &mut chunk_start, pos, HEADER_LEN)?
+                .and_then(|b| BatchHeader::parse(b).ok())
+        {
             if header.base_offset != seg.next_offset {
                 break;
             }

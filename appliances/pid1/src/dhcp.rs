@@ -17,6 +17,10 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress};
 
 use crate::system::Cidr;
 
+/// No change to the lease within the time asked for.
+#[derive(Debug)]
+pub struct TimedOut;
+
 /// What a server offered and we accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -50,8 +54,8 @@ impl DhcpClient {
     }
 
     /// Run the state machine until the lease changes (acquired, renewed with new values, or
-    /// lost: `None`), or until `timeout` passes with no change (`Err`).
-    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Lease>, ()> {
+    /// lost: `None`), or until `timeout` passes with no change.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Lease>, TimedOut> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let now = Instant::now();
@@ -73,7 +77,7 @@ impl DhcpClient {
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err(());
+                return Err(TimedOut);
             }
             let wait = self
                 .iface

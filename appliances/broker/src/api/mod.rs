@@ -29,6 +29,9 @@ use crate::state::{BrokerState, Client};
 pub use cluster::api_versions_too_new;
 
 /// What to send back for a request.
+// Nearly every reply is `Send`: boxing it would add an allocation per response to save
+// stack space only in the rare empty ones.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Send(ResponseKind),
     /// acks=0 produce: no response.

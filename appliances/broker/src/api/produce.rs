@@ -147,7 +147,7 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: ProduceRequest) -> Co
     let acks = r.acks;
     let timeout = Duration::from_millis(r.timeout_ms.max(0) as u64);
     // Transactional batches are refused by the log (INVALID_RECORD): no transactions here.
-    let refuse_all = (!matches!(acks, -1 | 0 | 1)).then(|| {
+    let refuse_all = (!matches!(acks, -1..=1)).then(|| {
         (
             err(ResponseError::InvalidRequiredAcks),
             format!("acks={acks} is not -1, 0 or 1"),

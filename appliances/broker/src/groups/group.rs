@@ -307,10 +307,10 @@ impl Group {
         let candidates = self.candidate_protocols();
         let mut votes: Vec<(String, usize)> = candidates.iter().map(|c| (c.clone(), 0)).collect();
         for m in self.members.values() {
-            if let Some((name, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(n)) {
-                if let Some(v) = votes.iter_mut().find(|(c, _)| c == name) {
-                    v.1 += 1;
-                }
+            if let Some((name, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(n))
+                && let Some(v) = votes.iter_mut().find(|(c, _)| c == name)
+            {
+                v.1 += 1;
             }
         }
         // max_by_key keeps the last maximum; scan in reverse to keep the first (preference).
@@ -871,10 +871,10 @@ impl Group {
         let Some(mut m) = self.members.shift_remove(id) else {
             return;
         };
-        if let Some(inst) = &m.instance_id {
-            if self.static_members.get(inst).is_some_and(|x| x == id) {
-                self.static_members.remove(inst);
-            }
+        if let Some(inst) = &m.instance_id
+            && self.static_members.get(inst).is_some_and(|x| x == id)
+        {
+            self.static_members.remove(inst);
         }
         if let Some(tx) = m.join_waiter.take() {
             let _ = tx.send(JoinResponse::error(

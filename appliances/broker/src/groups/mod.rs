@@ -29,6 +29,9 @@ use group::{
 };
 use store::{GroupRecord, StoredOffset, partition_for};
 
+/// A group's committed offsets by topic and partition (`None`: nothing committed).
+pub type CommittedOffsets = Vec<(String, Vec<(i32, Option<StoredOffset>)>)>;
+
 /// Kafka's `offset.metadata.max.bytes`.
 pub const MAX_OFFSET_METADATA: usize = 4096;
 /// Compact an offsets partition when it grows past this.
@@ -425,11 +428,11 @@ impl GroupCoordinator {
             let mut g = g.lock();
             std::mem::take(&mut g.needs_persist).then(|| (g.id.clone(), g.record_with(None)))
         };
-        if let Some((id, record)) = due {
-            if let Err(e) = self.persist(&id, vec![record]).await {
-                tracing::warn!(group = %id, error = %e, "persisting the group failed");
-                g.lock().needs_persist = true;
-            }
+        if let Some((id, record)) = due
+            && let Err(e) = self.persist(&id, vec![record]).await
+        {
+            tracing::warn!(group = %id, error = %e, "persisting the group failed");
+            g.lock().needs_persist = true;
         }
     }
 
@@ -474,7 +477,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Vec<(String, Vec<(i32, Option<StoredOffset>)>)> {
+    ) -> CommittedOffsets {
         let offsets = self
             .group(group_id)
             .map(|g| g.lock().offsets.clone())
@@ -596,10 +599,10 @@ impl GroupCoordinator {
                     .collect();
                 (g.id.clone(), records)
             };
-            if !records.is_empty() {
-                if let Err(e) = self.persist(&id, records).await {
-                    tracing::warn!(group = %id, topic, error = %e, "removing offsets of a deleted topic failed");
-                }
+            if !records.is_empty()
+                && let Err(e) = self.persist(&id, records).await
+            {
+                tracing::warn!(group = %id, topic, error = %e, "removing offsets of a deleted topic failed");
             }
         }
     }
