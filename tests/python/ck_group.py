@@ -1,9 +1,10 @@
 """confluent-kafka consumer group: two members share a topic; when one leaves, the other takes
 over every partition and resumes from committed offsets; a later member of the group reads
 only what is new. Prints one JSON object."""
-import argparse, json, threading, time
+import argparse, json, time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from group_members import Members
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bootstrap", required=True)
@@ -23,20 +24,7 @@ def produce(phase, n):
         producer.produce(a.topic, key=str(i), value=f"{phase}-{i}")
     assert producer.flush(30) == 0
 
-lock = threading.Lock()
-consumed = []              # (member, value)
-assignment = {}            # member -> set of partitions
-stop = {}
-failed = []                # why a member thread died
 refused = []               # commits refused during a rebalance, retried later
-
-def member(name):
-    try:
-        consume(name)
-    except BaseException as e:
-        with lock:
-            failed.append(f"member {name}: {e!r}")
-        raise
 
 def consume(name):
     # A synchronous commit may be refused with REBALANCE_IN_PROGRESS while the group completes a
@@ -83,25 +71,13 @@ def consume(name):
     with lock:
         assignment[name] = set()
 
-def wait(what, cond, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with lock:
-            if failed:
-                raise SystemExit(f"while waiting for {what}: {failed}")
-            if cond():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}: assignment={assignment} consumed={len(consumed)}")
-
-def unique():
-    return {v for _, v in consumed}
+members = Members(consume, timeout=60)
+lock, consumed, assignment, stop = members.lock, members.consumed, members.assignment, members.stop
+wait, unique = members.wait, members.unique
 
 produce("one", a.per_phase)
 t0 = time.time()
-threads = {n: threading.Thread(target=member, args=(n,)) for n in ("a", "b")}
-for t in threads.values():
-    t.start()
+members.start("a", "b")
 wait("both members assigned", lambda: all(assignment.get(n) for n in ("a", "b")))
 first_assignment_s = time.time() - t0
 split = {n: sorted(assignment[n]) for n in ("a", "b")}
@@ -114,9 +90,7 @@ wait("a owns every partition", lambda: assignment.get("a") == set(range(a.partit
 rebalance_s = time.time() - t1
 wait("phase two consumed", lambda: len(unique()) >= 2 * a.per_phase)
 stop["a"] = True
-threads["a"].join(); threads["b"].join()
-if failed:
-    raise SystemExit(f"a member failed: {failed}")
+members.join()
 
 # A new member of the group starts from the committed offsets: only new records.
 late = Consumer({"bootstrap.servers": a.bootstrap, "group.id": group, "auto.offset.reset": "earliest",

@@ -1,8 +1,9 @@
 """kafka-python consumer group: two members share a topic; when one leaves, the other takes
 over every partition and resumes from committed offsets. Prints one JSON object."""
-import argparse, json, threading, time
+import argparse, json, time
 import kafka
 from kafka.admin import KafkaAdminClient, NewTopic
+from group_members import Members
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
@@ -24,18 +25,6 @@ def produce(phase, n):
         producer.send(a.topic, key=str(i).encode(), value=f"{phase}-{i}".encode())
     producer.flush(30)
 
-lock = threading.Lock()
-consumed, assignment, stop = [], {}, {}
-failed = []                # why a member thread died
-
-def member(name):
-    try:
-        consume(name)
-    except BaseException as e:
-        with lock:
-            failed.append(f"member {name}: {e!r}")
-        raise
-
 def consume(name):
     c = kafka.KafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=group, auto_offset_reset="earliest",
                             enable_auto_commit=False, partition_assignment_strategy=[ASSIGNORS[a.assignor]])
@@ -51,25 +40,13 @@ def consume(name):
     with lock:
         assignment[name] = set()
 
-def wait(what, cond, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with lock:
-            if failed:
-                raise SystemExit(f"while waiting for {what}: {failed}")
-            if cond():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}: assignment={assignment} consumed={len(consumed)}")
-
-def unique():
-    return {v for _, v in consumed}
+members = Members(consume, timeout=90)
+lock, consumed, assignment, stop = members.lock, members.consumed, members.assignment, members.stop
+wait, unique = members.wait, members.unique
 
 produce("one", a.per_phase)
 t0 = time.time()
-threads = {n: threading.Thread(target=member, args=(n,)) for n in ("a", "b")}
-for t in threads.values():
-    t.start()
+members.start("a", "b")
 wait("both members assigned", lambda: all(assignment.get(n) for n in ("a", "b")))
 first_assignment_s = time.time() - t0
 wait("phase one consumed", lambda: len(unique()) >= a.per_phase)
@@ -80,9 +57,6 @@ wait("a owns every partition", lambda: assignment.get("a") == set(range(a.partit
 rebalance_s = time.time() - t1
 wait("phase two consumed", lambda: len(unique()) >= 2 * a.per_phase)
 stop["a"] = True
-for t in threads.values():
-    t.join()
-if failed:
-    raise SystemExit(f"a member failed: {failed}")
+members.join()
 print(json.dumps({"first_assignment_s": round(first_assignment_s, 2), "rebalance_s": round(rebalance_s, 2),
                   "consumed_unique": len(unique()), "duplicates": len(consumed) - len(unique())}))
