@@ -3,10 +3,10 @@ over every partition and resumes from committed offsets. Prints one JSON object.
 import argparse, json, time
 import kafka
 from kafka.admin import KafkaAdminClient, NewTopic
-from group_members import Members
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from group_members import Members
 
 ASSIGNORS = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor, "sticky": StickyPartitionAssignor}
 ap = argparse.ArgumentParser()
