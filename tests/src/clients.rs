@@ -135,13 +135,8 @@ pub fn metrics_text(url: &str) -> String {
 
 /// A metric's value from a Prometheus text endpoint (`name` with its labels, exactly).
 pub fn metric(url: &str, name: &str) -> Option<f64> {
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/')?;
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    std::io::Read::read_to_string(&mut s, &mut body).ok()?;
-    body.lines()
+    metrics_text(url)
+        .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())

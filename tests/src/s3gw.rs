@@ -69,6 +69,10 @@ impl S3gw {
         self.keep_free_mib = Some(mib);
     }
 
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.admin)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.s3)
     }
@@ -88,8 +92,12 @@ impl S3gw {
 
     fn launch(&mut self) {
         let config = self.dir.path().join("s3gw.toml");
+        let keep_free = match self.keep_free_mib {
+            Some(mib) => format!("keep_free_mib = {mib}\n"),
+            None => String::new(),
+        };
         let text = format!(
-            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
+            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n{keep_free}[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
              [[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n\
              [[credentials]]\naccess_key = \"{WRITER_KEY}\"\nsecret_key = \"{WRITER_SECRET}\"\n\
              buckets = {{ \"biometrics\" = \"write\" }}\n\
@@ -98,10 +106,6 @@ impl S3gw {
             self.s3,
             self.admin
         );
-        let text = match self.keep_free_mib {
-            Some(mib) => text.replacen("[s3]\n", &format!("[s3]\nkeep_free_mib = {mib}\n"), 1),
-            None => text,
-        };
         std::fs::write(&config, text).expect("write config");
         self.starts += 1;
         let log = self.dir.path().join(format!("s3gw-{}.log", self.starts));

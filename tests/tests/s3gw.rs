@@ -219,7 +219,7 @@ fn boto3_multipart_copy_conditions_checksums_presigning_and_grants() {
         .unwrap()
         .count();
     assert_eq!(left, 0, "multipart directories left after complete/abort");
-    let metrics = e2e::clients::metrics_text(&format!("http://{}/metrics", g.admin));
+    let metrics = e2e::clients::metrics_text(&g.metrics_url());
     for op in [
         "CompleteMultipartUpload",
         "UploadPartCopy",
@@ -325,13 +325,8 @@ fn signed_chunks_are_verified_skewed_clocks_refused_and_malformed_requests_answe
 
 /// Bytes free on the gateway's data disk, as its metrics report them.
 fn disk_available(g: &S3gw) -> u64 {
-    let text = e2e::clients::metrics_text(&format!("http://{}/metrics", g.admin));
-    text.lines()
-        .find_map(|l| l.strip_prefix("data_disk_available_bytes "))
-        .expect("data_disk_available_bytes in the metrics")
-        .trim()
-        .parse()
-        .unwrap()
+    e2e::clients::metric(&g.metrics_url(), "data_disk_available_bytes")
+        .expect("data_disk_available_bytes in the metrics") as u64
 }
 
 /// Grow or shrink a file beside the store until `target` bytes are left free on its disk.

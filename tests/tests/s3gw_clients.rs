@@ -193,7 +193,7 @@ fn awscli() {
 
 /// Successful requests of one S3 operation so far, from the gateway's metrics.
 fn count(g: &S3gw, operation: &str) -> u64 {
-    let text = e2e::clients::metrics_text(&format!("http://{}/metrics", g.admin));
+    let text = e2e::clients::metrics_text(&g.metrics_url());
     let series = format!("s3gw_requests_total{{operation=\"{operation}\",status=\"200\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

@@ -25,7 +25,7 @@ fn seconds(t: &Timestamp) -> i64 {
 
 /// The `x-amz-copy-source-if-*` conditions of a CopyObject or UploadPartCopy input (the
 /// fields are named alike in both; s3s gives them no common type).
-macro_rules! copy_source {
+macro_rules! copy_source_conditions {
     ($input:expr) => {
         $crate::gateway::conditions::Conditions {
             if_match: $input.copy_source_if_match.as_ref(),
@@ -35,7 +35,7 @@ macro_rules! copy_source {
         }
     };
 }
-pub(super) use copy_source;
+pub(super) use copy_source_conditions;
 
 impl Conditions<'_> {
     /// For GET and HEAD: 412 when If-Match or If-Unmodified-Since fails, 304 when

@@ -153,7 +153,7 @@ pub(super) async fn upload_part_copy(
         ))
     })
     .await?;
-    conditions::copy_source!(i).check_copy_source(&src.etag, src.last_modified_ms)?;
+    conditions::copy_source_conditions!(i).check_copy_source(&src.etag, src.last_modified_ms)?;
     let range = copy_range(i.copy_source_range.as_deref(), src.size)?;
     if range.end - range.start > body::MAX_UPLOAD {
         return Err(s3_error!(EntityTooLarge));

@@ -364,7 +364,8 @@ pub(super) async fn copy_object(
     let store = g.store.clone();
     let (b, k) = (src_bucket.clone(), src_key.clone());
     let (file, src) = blocking(move || store.open_object(&b, &k)).await?;
-    conditions::copy_source!(input).check_copy_source(&src.etag, src.last_modified_ms)?;
+    conditions::copy_source_conditions!(input)
+        .check_copy_source(&src.etag, src.last_modified_ms)?;
     let replace = input
         .metadata_directive
         .as_ref()
