@@ -6,6 +6,8 @@ use std::process::Command;
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::progress::Stages;
+
 /// The repository this CLI was built from (for `firmware/` and building appliance binaries).
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -15,7 +17,8 @@ fn repo_root() -> PathBuf {
 pub enum ImageCommand {
     /// Build a GPT disk image (raw + qcow2) and the UKI for an appliance.
     Build {
-        /// Appliance: broker.
+        /// The appliance to build.
+        #[arg(value_parser = appliance_names())]
         appliance: String,
         /// Hardware profile in firmware/profiles/: qemu, xeon-nvme-25g.
         #[arg(long, default_value = "qemu")]
@@ -32,7 +35,7 @@ pub enum ImageCommand {
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Downloaded Debian packages are cached here.
-        #[arg(long, default_value = "build/cache")]
+        #[arg(long, env = "CLK_CACHE", default_value = "build/cache")]
         cache: PathBuf,
         /// Image version (default: this CLI's version).
         #[arg(long)]
@@ -64,7 +67,7 @@ pub enum ImageCommand {
         /// The qcow2 built by `clk image build`.
         #[arg(long)]
         image: PathBuf,
-        #[arg(long, default_value = "broker")]
+        #[arg(long, default_value = "broker", value_parser = appliance_names())]
         appliance: String,
         #[arg(long, default_value = "build/proxmox")]
         out: PathBuf,
@@ -74,11 +77,23 @@ pub enum ImageCommand {
         storage: String,
         #[arg(long, default_value = "vmbr0")]
         bridge: String,
-        #[arg(long, default_value_t = 8192)]
-        memory_mib: u32,
+        /// VM memory (default: what the appliance declares).
+        #[arg(long)]
+        memory_mib: Option<u32>,
         #[arg(long, default_value_t = 4)]
         cores: u32,
     },
+}
+
+/// The appliances the registry declares, each with its one-line summary, for `--help`.
+fn appliance_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(registry::APPLIANCES.iter().map(|m| {
+        clap::builder::PossibleValue::new(m.name).help(format!(
+            "{} (ports: {})",
+            m.summary,
+            m.ports_text()
+        ))
+    }))
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
@@ -96,30 +111,38 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             json,
         } => {
             let disk_bytes = appconfig::size::parse(&disk_size).map_err(anyhow::Error::msg)?;
+            let progress = Stages::new(json);
             // Fail on a bad configuration before spending minutes on a build.
             clk_image::validate_config(&appliance, &config)?;
             let binary = match binary {
                 Some(b) => b,
-                None => build_static_binary(&appliance)?,
+                None => {
+                    progress.stage(&format!("building the static {appliance} binary (cargo)"));
+                    build_static_binary(&appliance, json)?
+                }
             };
             std::fs::create_dir_all(&out)?;
             let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
                 Ok(v) => v.parse().context("SOURCE_DATE_EPOCH is not a number")?,
                 Err(_) => clk_image::DEFAULT_EPOCH,
             };
-            let report = clk_image::build(&clk_image::BuildRequest {
-                appliance,
-                version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
-                profile,
-                config,
-                binary,
-                firmware_dir: repo_root().join("firmware"),
-                cache_dir: cache,
-                out_dir: out,
-                disk_bytes,
-                epoch,
-                boot_tries,
-            })?;
+            let report = clk_image::build(
+                &clk_image::BuildRequest {
+                    appliance,
+                    version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+                    profile,
+                    config,
+                    binary,
+                    firmware_dir: repo_root().join("firmware"),
+                    cache_dir: cache,
+                    out_dir: out,
+                    disk_bytes,
+                    epoch,
+                    boot_tries,
+                },
+                &progress,
+            )?;
+            progress.finish("image built");
             if json {
                 println!(
                     "{}",
@@ -188,7 +211,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                     vmid,
                     storage: &storage,
                     bridge: &bridge,
-                    memory_mib,
+                    memory_mib: memory_mib.unwrap_or_else(|| {
+                        registry::find(&appliance).map_or(8192, |m| m.memory_mib)
+                    }),
                     cores,
                 })?;
             println!("{}", script.display());
@@ -198,7 +223,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
 }
 
 /// `cargo build` the appliance as a static musl binary with the image profile.
-fn build_static_binary(appliance: &str) -> anyhow::Result<PathBuf> {
+fn build_static_binary(appliance: &str, quiet: bool) -> anyhow::Result<PathBuf> {
     const TARGET: &str = "x86_64-unknown-linux-musl";
     let root = repo_root();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -214,6 +239,7 @@ fn build_static_binary(appliance: &str) -> anyhow::Result<PathBuf> {
             "--bin",
             appliance,
         ])
+        .args(quiet.then_some("--quiet"))
         .status()
         .context("run cargo to build the appliance binary")?;
     anyhow::ensure!(

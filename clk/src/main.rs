@@ -5,10 +5,11 @@
 //! - `clk bench disk|loopback`: this machine's physical limits, for the ratios in
 //!   docs/benchmarks.md.
 //! - `clk image build|install|proxmox`: appliance disk images, upgrades, Proxmox templates.
-//! - `clk vm boot`: an image under QEMU with its console on stdout.
+//! - `clk vm boot`: an image under QEMU, with progress until its appliance is ready.
 
 mod bench;
 mod image;
+mod progress;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VmCommand {
+    /// Boot an image, show progress until its appliance is ready, run until it powers off
+    /// (Ctrl-C presses the ACPI power button).
     Boot(vm::BootArgs),
 }
 
@@ -54,6 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Image { what } => image::run(what),
         Command::Vm {
             what: VmCommand::Boot(args),
-        } => vm::boot(args),
+        } => runtime.block_on(vm::boot(args)),
     }
 }

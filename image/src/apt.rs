@@ -28,6 +28,11 @@ pub fn resolve(package: &str) -> anyhow::Result<String> {
     Ok(versioned.unwrap_or(package).to_string())
 }
 
+/// Whether [`fetch`] would find `package` in the cache (no download).
+pub fn is_cached(package: &str, cache: &Path) -> bool {
+    find_deb(&cache.join("debs"), package).is_ok_and(|d| d.is_some())
+}
+
 /// Download (once, cached) and extract a package. Returns its version too.
 pub fn fetch(package: &str, cache: &Path) -> anyhow::Result<Extracted> {
     let debs = cache.join("debs");

@@ -27,9 +27,6 @@ use sha2::{Digest, Sha256};
 use cpio::{Archive, Entry};
 use pid1::system::{DataArea, Module, SystemConfig};
 
-/// The appliances an image can be built for.
-pub const APPLIANCES: &[&str] = &["broker", "s3gw"];
-
 /// Default timestamp when `SOURCE_DATE_EPOCH` is not set (2025-01-01): FAT cannot store
 /// earlier than 1980, and a fixed default keeps builds reproducible.
 pub const DEFAULT_EPOCH: u64 = 1_735_689_600;
@@ -73,27 +70,18 @@ pub struct BuildReport {
     pub missing_firmware: Vec<String>,
 }
 
-/// Refuse a configuration the appliance would refuse at boot, with the appliance's own message.
+/// Refuse a configuration the appliance would refuse at boot, with the appliance's own message
+/// (each appliance declares its check in its [`pid1::Manifest`]; see the `registry` crate).
 pub fn validate_config(appliance: &str, path: &Path) -> anyhow::Result<String> {
+    let manifest = registry::find(appliance).with_context(|| {
+        format!(
+            "unknown appliance `{appliance}` (known: {})",
+            registry::names()
+        )
+    })?;
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    match appliance {
-        "broker" => {
-            let c: broker::BrokerConfig = appconfig::load_file(path)?;
-            require_data_area(path, &c.data_dir)?;
-        }
-        "s3gw" => {
-            // Access keys are per VM (cloud-init), so the baked file may have none.
-            let c: s3gw::S3gwConfig =
-                toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-            c.validate_baked()
-                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-            require_data_area(path, &c.data_dir)?;
-        }
-        other => bail!(
-            "unknown appliance `{other}` (known: {})",
-            APPLIANCES.join(", ")
-        ),
-    }
+    let baked = (manifest.check_baked_config)(&text, &path.display().to_string())?;
+    require_data_area(path, &baked.data_dir)?;
     Ok(text)
 }
 
@@ -108,13 +96,43 @@ fn require_data_area(config: &Path, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
+/// Where a long build is: `stage` starts a step, `note` says something within it. The CLI
+/// draws these as stage lines or a spinner; tests pass [`NoProgress`].
+pub trait Progress {
+    fn stage(&self, name: &str);
+    fn note(&self, message: &str);
+}
+
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _: &str) {}
+    fn note(&self, _: &str) {}
+}
+
+/// [`apt::fetch`] telling the progress whether the package comes from the cache.
+fn fetch(progress: &dyn Progress, package: &str, cache: &Path) -> anyhow::Result<apt::Extracted> {
+    if !apt::is_cached(package, cache) {
+        progress.note(&format!("downloading {package}"));
+    }
+    let pkg = apt::fetch(package, cache)?;
+    progress.note(&format!("{} {}", pkg.package, pkg.version));
+    Ok(pkg)
+}
+
+pub fn build(req: &BuildRequest, progress: &dyn Progress) -> anyhow::Result<BuildReport> {
+    progress.stage("checking the configuration");
     let config_text = validate_config(&req.appliance, &req.config)?;
     let profile = profile::load(&req.firmware_dir, &req.profile)?;
     let work = req.out_dir.join(format!(".work-{}", req.appliance));
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 
-    let kernel_pkg = apt::fetch(&apt::resolve(&profile.kernel_package)?, &req.cache_dir)?;
+    progress.stage("fetching Debian packages (kernel, firmware, systemd-boot)");
+    let kernel_pkg = fetch(
+        progress,
+        &apt::resolve(&profile.kernel_package)?,
+        &req.cache_dir,
+    )?;
     let (vmlinuz, kernel_version) = find_kernel(&kernel_pkg.root)?;
     let modules_dir = kernel_pkg.root.join("lib/modules").join(&kernel_version);
     let modules = kmod::resolve(&modules_dir, &profile.modules)?;
@@ -122,7 +140,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     let mut missing_firmware = vec![];
     let mut initramfs = Archive::default();
     for fw in &profile.firmware {
-        match apt::fetch(&fw.package, &req.cache_dir) {
+        match fetch(progress, &fw.package, &req.cache_dir) {
             Ok(pkg) => {
                 let file = pkg.root.join("lib/firmware").join(&fw.path);
                 match std::fs::read(&file) {
@@ -143,7 +161,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
         }
     }
     let microcode = match &profile.microcode_package {
-        Some(pkg) => match apt::fetch(pkg, &req.cache_dir) {
+        Some(pkg) => match fetch(progress, pkg, &req.cache_dir) {
             Ok(p) => Some(early_microcode(&p.root)?),
             Err(e) => {
                 missing_firmware.push(format!(
@@ -157,6 +175,9 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     for m in &missing_firmware {
         tracing::warn!(firmware = %m, "firmware not included in the image");
     }
+    let boot_pkg = fetch(progress, "systemd-boot-efi", &req.cache_dir)?;
+
+    progress.stage("writing the initramfs (data area seed, modules, configuration)");
 
     let fs_uuid = uuid_text(&derive(&format!(
         "{}/{}/data-fs",
@@ -238,7 +259,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     std::fs::write(&osrel_path, os_release)?;
     let cmdline_path = work.join("cmdline");
     std::fs::write(&cmdline_path, format!("{}\0", profile.cmdline))?;
-    let boot_pkg = apt::fetch("systemd-boot-efi", &req.cache_dir)?;
+    progress.stage("making the unified kernel image");
     let efi_dir = boot_pkg.root.join("usr/lib/systemd/boot/efi");
     let uki_path = req.out_dir.join(format!(
         "{}-{}-{}.efi",
@@ -254,6 +275,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
         },
         &uki_path,
     )?;
+    progress.stage("writing the ESP and the GPT disk");
     let uki = std::fs::read(&uki_path)?;
     let systemd_boot = std::fs::read(efi_dir.join("systemd-bootx64.efi"))?;
     let identity = format!("{}/{}", req.appliance, profile.name);
@@ -284,6 +306,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
             identity: &identity,
         },
     )?;
+    progress.stage("converting to qcow2");
     let qcow2 = req.out_dir.join(format!("{stem}.qcow2"));
     let _ = std::fs::remove_file(&qcow2);
     tool::run(
@@ -294,6 +317,7 @@ pub fn build(req: &BuildRequest) -> anyhow::Result<BuildReport> {
     )
     .context("qemu-img (from qemu-utils) converting to qcow2")?;
     std::fs::remove_dir_all(&work).ok();
+    progress.stage("checksums");
     Ok(BuildReport {
         raw_sha256: sha256_file(&raw)?,
         qcow2_sha256: sha256_file(&qcow2)?,

@@ -29,6 +29,12 @@ pub struct VmOptions {
     pub serial_number: Option<String>,
     /// Let guest reboots happen (otherwise a reboot ends QEMU, which tests use to see it).
     pub allow_reboot: bool,
+    /// Keep the serial console here (default: in the VM's temporary state directory).
+    pub console_log: Option<PathBuf>,
+    /// Run QEMU in its own process group, so that Ctrl-C reaches only the caller (which can
+    /// then press the power button); QEMU is killed if the calling thread dies. Set only when
+    /// the thread that boots the VM outlives it (a CLI's main thread).
+    pub own_process_group: bool,
 }
 
 impl VmOptions {
@@ -43,6 +49,8 @@ impl VmOptions {
             mac: "52:54:00:12:34:56".into(),
             serial_number: None,
             allow_reboot: false,
+            console_log: None,
+            own_process_group: false,
         }
     }
 }
@@ -63,7 +71,14 @@ impl Vm {
         let vars = state.path().join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars)
             .with_context(|| format!("copy {OVMF_VARS} (install ovmf)"))?;
-        let console = state.path().join("console.log");
+        let console = match &opts.console_log {
+            Some(path) => {
+                // QEMU appends to an existing file: start each boot's log afresh.
+                let _ = std::fs::remove_file(path);
+                path.clone()
+            }
+            None => state.path().join("console.log"),
+        };
         let qmp = state.path().join("qmp.sock");
         let format = if opts.disk.extension().is_some_and(|e| e == "qcow2") {
             "qcow2"
@@ -121,6 +136,17 @@ impl Vm {
         }
         if let Some(serial) = &opts.serial_number {
             cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));
+        }
+        if opts.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -195,6 +221,26 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Whether QEMU has exited (the guest powered off, or QEMU failed).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Where the serial console is being written.
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// What QEMU printed on its stderr (after it exited).
+    pub fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut out);
+        }
+        out
     }
 
     /// Wait for QEMU to exit by itself (the guest powered off).

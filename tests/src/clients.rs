@@ -87,6 +87,19 @@ pub fn kcat_consume_all(
         .collect()
 }
 
+/// A command the tests drive from PyPI (`python3`, `aws`): the project's venv (`build/venv`,
+/// made by scripts/test) when it exists, else whatever is on PATH.
+pub fn pypi_tool(name: &str) -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../build/venv/bin")
+        .join(name);
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 pub fn python_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("python")
@@ -96,7 +109,7 @@ pub fn python_script(name: &str) -> PathBuf {
 /// Run `tests/python/<script>` and return the JSON object it prints last; panics unless it
 /// exits 0.
 pub fn python(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(pypi_tool("python3"));
     cmd.arg(python_script(script)).args(args);
     let out = run(cmd, None, timeout);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -416,3 +416,130 @@ fn s3gw_image_boots_with_keys_from_cloud_init_and_serves_boto3() {
     assert!(console.contains(r#""hostname":"s3gw-a1""#), "{console}");
     assert!(console.contains("system going down"), "{console}");
 }
+
+/// The README's VM example, run as written: its commands are read from README.md, only the
+/// path of `clk` is adapted to the build under test (and the package cache shared with the
+/// other image tests through `CLK_CACHE`). A client on the host produces and consumes through
+/// the forwarded port; Ctrl-C then stops the VM cleanly.
+#[test]
+fn readme_vm_example_works_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let commands = readme_commands(&readme, "./target/release/clk image build broker");
+    assert_eq!(
+        commands.len(),
+        4,
+        "expected build, boot and two kcat commands in the README's VM example: {commands:#?}"
+    );
+    let clk = bin("clk");
+    let adapt = |c: &str| c.replace("./target/release/clk", &clk.display().to_string());
+    // The example's relative paths (image/configs, build/images) resolve in a scratch
+    // directory that shows the repository's image/ folder.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("image"), dir.path().join("image")).unwrap();
+    let shell = |command: &str| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(command)
+            .current_dir(dir.path())
+            .env("CLK_CACHE", repo().join("target/clk-cache"));
+        c
+    };
+
+    let built = run(shell(&adapt(&commands[0])), None, BUILD_TIMEOUT);
+    assert!(
+        built.status.success(),
+        "{}: {}",
+        commands[0],
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut boot = shell(&format!("exec {}", adapt(&commands[1])));
+    let mut vm = boot
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let progress = std::sync::Arc::clone(&progress);
+        let stderr = vm.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("clk vm boot: {line}");
+                progress.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    e2e::wait_until("the README's VM to be ready", BOOT_TIMEOUT, || {
+        assert!(
+            vm.try_wait().unwrap().is_none(),
+            "clk vm boot exited:\n{}",
+            progress.lock().unwrap()
+        );
+        progress
+            .lock()
+            .unwrap()
+            .contains("appliance ready")
+            .then_some(())
+    });
+    let produced = run(shell(&commands[2]), None, Duration::from_secs(60));
+    assert!(produced.status.success(), "{}", commands[2]);
+    let consumed = run(shell(&commands[3]), None, Duration::from_secs(60));
+    let out = String::from_utf8_lossy(&consumed.stdout);
+    assert!(
+        consumed.status.success() && out.contains("hello from the host"),
+        "{} printed {out:?}: {}",
+        commands[3],
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+
+    // Ctrl-C: the power button, a clean stop, the VM powers off and clk exits 0.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = e2e::wait_until(
+        "clk vm boot to exit after Ctrl-C",
+        Duration::from_secs(180),
+        || vm.try_wait().unwrap(),
+    );
+    reader.join().unwrap();
+    let progress = progress.lock().unwrap().clone();
+    assert!(status.success(), "clk vm boot: {status}\n{progress}");
+    assert!(progress.contains("power button pressed"), "{progress}");
+    let console = std::fs::read_to_string(
+        dir.path()
+            .join("build/images/broker-qemu.qcow2.console.log"),
+    )
+    .unwrap();
+    assert!(console.contains("clean shutdown"), "{console}");
+}
+
+/// The shell commands of the README code block that holds `first`: from that line to the end
+/// of the block, comments dropped, `\` continuations joined.
+fn readme_commands(readme: &str, first: &str) -> Vec<String> {
+    let start = readme.find(first).expect("the README's VM example");
+    let block = &readme[start
+        ..readme[start..]
+            .find("```")
+            .map_or(readme.len(), |e| start + e)];
+    let mut commands = vec![];
+    let mut pending = String::new();
+    for line in block.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => pending.push_str(part),
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 const T: Duration = Duration::from_secs(120);
 
 fn spawn_producer(args: &[&str]) -> Child {
-    Command::new("python3")
+    Command::new(e2e::clients::pypi_tool("python3"))
         .arg(python_script("ck_produce.py"))
         .args(args)
         .stdout(Stdio::piped())

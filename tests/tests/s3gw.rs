@@ -55,7 +55,7 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
     use std::process::{Command, Stdio};
 
     let mut g = S3gw::start();
-    let mut loader = Command::new("python3")
+    let mut loader = Command::new(e2e::clients::pypi_tool("python3"))
         .arg(e2e::clients::python_script("s3_upload_loop.py"))
         .args([&g.endpoint(), ACCESS_KEY, SECRET_KEY])
         .stdout(Stdio::piped())

@@ -69,7 +69,7 @@ struct Aws {
 
 impl Aws {
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("aws");
+        let mut c = Command::new(e2e::clients::pypi_tool("aws"));
         c.arg("--endpoint-url")
             .arg(&self.endpoint)
             .args(args)

@@ -5,6 +5,26 @@ use std::path::Path;
 
 use crate::{BrokerConfig, BrokerHandle};
 
+/// The broker as the image builder and `clk` know it.
+pub const MANIFEST: pid1::Manifest = pid1::Manifest {
+    name: "broker",
+    summary: "Kafka-compatible broker (a data site's node)",
+    check_baked_config: pid1::manifest::check_service_config::<BrokerHandle>,
+    default_config: "image/configs/broker.toml",
+    ports: &[
+        pid1::Port {
+            number: 9092,
+            name: "kafka",
+        },
+        pid1::Port {
+            number: 9644,
+            name: "admin",
+        },
+    ],
+    admin_port: 9644,
+    memory_mib: 8192,
+};
+
 /// The broker's image appliance.
 pub type BrokerAppliance = pid1::ServiceAppliance<BrokerHandle>;
 

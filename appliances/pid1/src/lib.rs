@@ -16,6 +16,7 @@ pub mod devices;
 pub mod dhcp;
 pub mod identity;
 pub mod irq;
+pub mod manifest;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -32,6 +33,7 @@ use anyhow::Context;
 use nix::mount::MsFlags;
 use tokio::signal::unix::{SignalKind, signal};
 
+pub use manifest::{BakedConfig, Manifest, Port};
 use power::Stop;
 use system::SystemConfig;
 
