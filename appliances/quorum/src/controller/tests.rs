@@ -1,0 +1,375 @@
+use super::*;
+
+const SESSION: u64 = 6000;
+
+fn site(s: &str) -> SiteId {
+    SiteId::new(s)
+}
+
+fn endpoints(n: u32) -> Endpoints {
+    Endpoints {
+        kafka: format!("b{n}:9092"),
+        replication: format!("b{n}:9092"),
+        quorum: format!("b{n}:9190"),
+    }
+}
+
+/// A cluster being driven: the applied state and a controller, with records applied as they
+/// would be after commit.
+struct Harness {
+    state: ClusterState,
+    ctl: Controller,
+    now: u64,
+}
+
+impl Harness {
+    /// Brokers 1, 2 in site a and 5, 6 in site b; controller on the witness (site c).
+    fn new() -> Harness {
+        let mut state = ClusterState::default();
+        let policy = SitePolicy {
+            data_sites: vec![site("a"), site("b")],
+            preferred_site: site("a"),
+        };
+        let mut h = Harness {
+            ctl: Controller::new(Timing::default(), site("c"), &state, 0),
+            state: ClusterState::default(),
+            now: 0,
+        };
+        state.apply(1, &Controller::formation(Uuid::nil(), policy));
+        h.state = state;
+        for (n, s) in [(1, "a"), (2, "a"), (5, "b"), (6, "b")] {
+            let records = h
+                .ctl
+                .register(
+                    &h.state,
+                    0,
+                    NodeId(n),
+                    &site(s),
+                    &endpoints(n),
+                    Uuid::from_u128(n as u128),
+                )
+                .unwrap();
+            h.apply(&records);
+        }
+        h
+    }
+
+    fn apply(&mut self, records: &[MetadataRecord]) {
+        let index = self.state.applied_index + 1;
+        for r in self.state.apply(index, records) {
+            r.unwrap();
+        }
+    }
+
+    /// Heartbeats from `nodes` (each reporting `unreachable`), then a tick; applies what the
+    /// tick proposes and returns it.
+    fn step(&mut self, dt: u64, nodes: &[u32], unreachable: &[u32]) -> Vec<MetadataRecord> {
+        self.now += dt;
+        for n in nodes {
+            let epoch = self.state.brokers[&NodeId(*n)].epoch;
+            let unreach: Vec<NodeId> = unreachable.iter().map(|u| NodeId(*u)).collect();
+            self.ctl
+                .heartbeat(&self.state, self.now, NodeId(*n), epoch, &unreach);
+        }
+        let records = self.ctl.tick(&self.state, self.now);
+        self.apply(&records);
+        records
+    }
+
+    fn topic(&mut self, partitions: u32, rf: u16) -> Uuid {
+        let id = Uuid::from_u128(0x70 + self.state.topics.len() as u128);
+        let records = self
+            .ctl
+            .create_topic(
+                &self.state,
+                id,
+                &format!("t{id}"),
+                partitions,
+                rf,
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        self.apply(&records);
+        id
+    }
+
+    fn partition(&self, topic: Uuid, index: i32) -> &PartitionState {
+        self.state.partition(PartitionKey { topic, index }).unwrap()
+    }
+}
+
+#[test]
+fn a_silent_broker_is_fenced_and_its_partitions_move_to_in_sync_replicas() {
+    let mut h = Harness::new();
+    let t = h.topic(4, 3);
+    let led_by_1: Vec<i32> = (0..4)
+        .filter(|i| h.partition(t, *i).leader == Some(NodeId(1)))
+        .collect();
+    assert!(!led_by_1.is_empty());
+    // Everyone but broker 1 keeps heartbeating.
+    let mut fenced_at = None;
+    for _ in 0..20 {
+        let r = h.step(500, &[2, 5, 6], &[]);
+        if r.iter().any(|r| {
+            matches!(
+                r,
+                MetadataRecord::BrokerFenced {
+                    node: NodeId(1),
+                    ..
+                }
+            )
+        }) {
+            fenced_at = Some(h.now);
+        }
+    }
+    assert!(fenced_at.is_some_and(|t| t >= SESSION), "{fenced_at:?}");
+    for i in led_by_1 {
+        let p = h.partition(t, i);
+        assert_ne!(p.leader, Some(NodeId(1)));
+        assert!(p.leader.is_some() && p.leader_epoch >= LeaderEpoch(1));
+        assert!(!p.isr.contains(&NodeId(1)));
+    }
+    assert!(h.state.fenced_sites.is_empty(), "one broker is not a site");
+}
+
+#[test]
+fn a_lost_site_is_fenced_and_the_survivor_leads_every_partition() {
+    let mut h = Harness::new();
+    let t = h.topic(6, 3);
+    for _ in 0..20 {
+        h.step(500, &[5, 6], &[]);
+    }
+    assert!(h.state.fenced_sites.contains(&site("a")));
+    for i in 0..6 {
+        let p = h.partition(t, i);
+        let leader = p.leader.expect("a leader in the survivor");
+        assert!(leader == NodeId(5) || leader == NodeId(6), "{p:?}");
+        assert!(p.isr.iter().all(|n| n.0 >= 5), "{p:?}");
+    }
+    // Site a returns: its brokers register again, the site is restored, and once their
+    // replicas are back in sync the preferred leaders lead again.
+    for n in [1, 2] {
+        let r = h
+            .ctl
+            .register(
+                &h.state,
+                h.now,
+                NodeId(n),
+                &site("a"),
+                &endpoints(n),
+                Uuid::from_u128(n as u128),
+            )
+            .unwrap();
+        h.apply(&r);
+        assert!(
+            h.state.brokers[&NodeId(n)].fenced,
+            "fenced while its site is"
+        );
+    }
+    let r = h.step(500, &[1, 2, 5, 6], &[]);
+    assert!(
+        matches!(r.as_slice(), [MetadataRecord::SiteRestored { .. }]),
+        "{r:?}"
+    );
+    assert!(h.state.fenced_sites.is_empty());
+    assert!(!h.state.brokers[&NodeId(1)].fenced);
+}
+
+#[test]
+fn a_cut_between_sites_fences_the_site_that_does_not_go_on() {
+    let mut h = Harness::new();
+    h.topic(2, 3);
+    // Both sites reach the controller (on the witness), not each other.
+    let mut fenced = vec![];
+    for _ in 0..40 {
+        h.now += 250;
+        for (n, unreach) in [(1, [5, 6]), (2, [5, 6]), (5, [1, 2]), (6, [1, 2])] {
+            let epoch = h.state.brokers[&NodeId(n)].epoch;
+            let u: Vec<NodeId> = unreach.iter().map(|u| NodeId(*u)).collect();
+            h.ctl.heartbeat(&h.state, h.now, NodeId(n), epoch, &u);
+        }
+        let r = h.ctl.tick(&h.state, h.now);
+        h.apply(&r);
+        fenced.extend(r.into_iter().filter_map(|r| match r {
+            MetadataRecord::SiteFenced { site, .. } => Some((h.now, site)),
+            _ => None,
+        }));
+    }
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    let (at, loser) = &fenced[0];
+    assert_eq!(loser, &site("b"), "the preferred site goes on");
+    assert!(*at >= Timing::default().site_cut_timeout_ms);
+}
+
+#[test]
+fn the_controllers_own_data_site_goes_on_after_a_cut() {
+    let mut h = Harness::new();
+    h.ctl.own_site = site("b");
+    for _ in 0..20 {
+        h.now += 500;
+        for (n, unreach) in [(1, [5, 6]), (2, [5, 6]), (5, [1, 2]), (6, [1, 2])] {
+            let epoch = h.state.brokers[&NodeId(n)].epoch;
+            let u: Vec<NodeId> = unreach.iter().map(|u| NodeId(*u)).collect();
+            h.ctl.heartbeat(&h.state, h.now, NodeId(n), epoch, &u);
+        }
+        let r = h.ctl.tick(&h.state, h.now);
+        h.apply(&r);
+    }
+    assert!(h.state.fenced_sites.contains(&site("a")));
+}
+
+#[test]
+fn a_lagging_follower_in_the_other_site_cannot_be_dropped() {
+    let mut h = Harness::new();
+    let t = h.topic(1, 3);
+    let p = h.partition(t, 0).clone();
+    let leader = p.leader.unwrap();
+    let lone = *p
+        .replicas
+        .iter()
+        .find(|n| {
+            let s = &h.state.brokers[n].site;
+            p.replicas
+                .iter()
+                .filter(|m| &h.state.brokers[m].site == s)
+                .count()
+                == 1
+        })
+        .unwrap();
+    let epoch = h.state.brokers[&leader].epoch;
+    let key = PartitionKey { topic: t, index: 0 };
+    let without: Vec<NodeId> = p.isr.iter().copied().filter(|n| *n != lone).collect();
+    let err = h
+        .ctl
+        .alter_isr(
+            &h.state,
+            leader,
+            epoch,
+            key,
+            p.leader_epoch,
+            p.partition_epoch,
+            &without,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ControllerError::Policy(_)), "{err}");
+    // A stale partition epoch is refused too.
+    let err = h
+        .ctl
+        .alter_isr(
+            &h.state,
+            leader,
+            epoch,
+            key,
+            p.leader_epoch,
+            PartitionEpoch(9),
+            &p.isr,
+        )
+        .unwrap_err();
+    assert_eq!(err, ControllerError::StaleChange(key));
+}
+
+#[test]
+fn a_restarted_leader_gets_a_new_epoch_and_a_new_disk_leaves_the_in_sync_sets() {
+    let mut h = Harness::new();
+    let t = h.topic(4, 3);
+    let (i, p) = (0..4)
+        .map(|i| (i, h.partition(t, i).clone()))
+        .find(|(_, p)| p.leader == Some(NodeId(1)))
+        .unwrap();
+    // Same disk: it may lead again, but with a new epoch.
+    let r = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            NodeId(1),
+            &site("a"),
+            &endpoints(1),
+            Uuid::from_u128(1),
+        )
+        .unwrap();
+    h.apply(&r);
+    let q = h.partition(t, i);
+    assert!(q.leader_epoch > p.leader_epoch);
+    assert!(q.isr.contains(&NodeId(1)));
+    // A new disk: out of every in-sync set.
+    h.now += SESSION * 2; // its previous life is long silent
+    let r = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            NodeId(1),
+            &site("a"),
+            &endpoints(1),
+            Uuid::from_u128(99),
+        )
+        .unwrap();
+    h.apply(&r);
+    for j in 0..4 {
+        assert!(!h.partition(t, j).isr.contains(&NodeId(1)), "{j}");
+    }
+}
+
+#[test]
+fn a_second_live_process_with_the_same_id_is_refused() {
+    let mut h = Harness::new();
+    h.step(500, &[1, 2, 5, 6], &[]);
+    let err = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            NodeId(2),
+            &site("a"),
+            &endpoints(2),
+            Uuid::from_u128(42),
+        )
+        .unwrap_err();
+    assert_eq!(err, ControllerError::DuplicateNode(NodeId(2)));
+    let err = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            NodeId(9),
+            &site("z"),
+            &endpoints(9),
+            Uuid::nil(),
+        )
+        .unwrap_err();
+    assert_eq!(err, ControllerError::UnknownSite(site("z")));
+}
+
+#[test]
+fn a_partition_whose_in_sync_replicas_are_all_gone_stays_offline_until_one_returns() {
+    let mut h = Harness::new();
+    let t = h.topic(1, 3);
+    // Every replica's broker goes silent: no leader, the last in-sync set is kept.
+    for _ in 0..20 {
+        h.step(500, &[], &[]);
+    }
+    let p = h.partition(t, 0).clone();
+    assert_eq!(p.leader, None);
+    assert!(!p.isr.is_empty());
+    // One in-sync replica returns: it leads.
+    let back = p.isr[0];
+    let s = h.state.brokers[&back].site.clone();
+    let r = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            back,
+            &s,
+            &endpoints(back.0),
+            Uuid::from_u128(back.0 as u128),
+        )
+        .unwrap();
+    h.apply(&r);
+    for _ in 0..4 {
+        h.step(500, &[back.0], &[]);
+    }
+    let q = h.partition(t, 0);
+    assert_eq!(q.leader, Some(back), "{q:?}");
+}

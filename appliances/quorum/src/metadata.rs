@@ -1,0 +1,648 @@
+//! Cluster metadata: the records the controller quorum orders, and [`ClusterState`], the
+//! state machine every node applies them to (the KRaft model: the log is the truth).
+//!
+//! Applying is deterministic and never fails: the controller validates a change before it
+//! proposes it, and a record that no longer fits (it raced with another) is skipped and
+//! logged, identically on every node. Invariants are asserted: leader epochs and partition
+//! epochs only grow, the leader is an in-sync replica, the in-sync set is within the replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionKey, SiteId};
+use crate::policy::{BrokerView, SitePolicy};
+
+/// At most this many brokers: every map keyed by node stays small.
+pub const MAX_BROKERS: usize = 256;
+/// At most this many topics (including internal ones).
+pub const MAX_TOPICS: usize = 10_000;
+/// Producer ids are handed to brokers in blocks of this many.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Where a node serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// Kafka clients (advertised `host:port`).
+    pub kafka: String,
+    /// Followers fetch here (Kafka's inter-broker listener).
+    pub replication: String,
+    /// Quorum and controller RPCs.
+    pub quorum: String,
+}
+
+// Externally tagged (serde's default): the quorum messages use postcard, which cannot decode
+// internally tagged enums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetadataRecord {
+    /// The first record of a cluster.
+    ClusterFormed {
+        cluster_id: Uuid,
+        policy: SitePolicy,
+    },
+    /// A broker (re)starts: a new incarnation, whose epoch is this record's log index.
+    BrokerRegistered {
+        node: NodeId,
+        site: SiteId,
+        endpoints: Endpoints,
+        /// Identifies the data directory: a different disk under the same id is refused.
+        storage_id: Uuid,
+    },
+    /// The controller stopped hearing from this incarnation (or it cannot reach the other
+    /// site): it leads nothing until it registers again.
+    BrokerFenced {
+        node: NodeId,
+        epoch: BrokerEpoch,
+    },
+    /// Degraded mode begins: every broker of the site is fenced, partitions go on with what
+    /// the other site holds.
+    SiteFenced {
+        site: SiteId,
+        reason: String,
+    },
+    /// The site's brokers are back: `live` (incarnations the controller hears from) are
+    /// unfenced, partitions take their replicas into the in-sync set again as they catch up,
+    /// and degraded mode ends when every in-sync set spans both sites.
+    SiteRestored {
+        site: SiteId,
+        live: Vec<(NodeId, BrokerEpoch)>,
+    },
+    TopicCreated {
+        name: String,
+        id: Uuid,
+        /// Overrides of the broker defaults, under Kafka's names.
+        configs: BTreeMap<String, String>,
+        /// Replicas per partition; each partition starts led by its first replica.
+        assignment: Vec<Vec<NodeId>>,
+    },
+    PartitionsCreated {
+        topic: Uuid,
+        assignment: Vec<Vec<NodeId>>,
+    },
+    TopicConfigsReplaced {
+        topic: Uuid,
+        configs: BTreeMap<String, String>,
+    },
+    TopicDeleted {
+        topic: Uuid,
+    },
+    /// A new leader or in-sync set. Applied only against `expected` (the version it was
+    /// computed from), so a change that raced with another is skipped.
+    PartitionChanged {
+        partition: PartitionKey,
+        expected: PartitionEpoch,
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+        isr: Vec<NodeId>,
+    },
+    ProducerIdsAllocated {
+        node: NodeId,
+        first: i64,
+        count: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub node: NodeId,
+    pub site: SiteId,
+    pub endpoints: Endpoints,
+    pub storage_id: Uuid,
+    pub epoch: BrokerEpoch,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionState {
+    pub replicas: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicState {
+    pub name: Arc<str>,
+    pub id: Uuid,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionState>,
+}
+
+impl TopicState {
+    pub fn replication_factor(&self) -> usize {
+        self.partitions.first().map_or(0, |p| p.replicas.len())
+    }
+}
+
+/// Everything the quorum has decided, as of `applied_index`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: Option<Uuid>,
+    pub policy: Option<SitePolicy>,
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub fenced_sites: BTreeSet<SiteId>,
+    pub topics: BTreeMap<Uuid, Arc<TopicState>>,
+    pub topic_names: BTreeMap<Arc<str>, Uuid>,
+    /// The next producer id no broker has been given.
+    pub next_producer_id: i64,
+    /// Log index of the last record applied (0 before the first).
+    pub applied_index: u64,
+}
+
+/// Why a record was skipped when applied (the same on every node).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Skipped {
+    #[error("unknown topic {0}")]
+    UnknownTopic(Uuid),
+    #[error("unknown partition {0}")]
+    UnknownPartition(PartitionKey),
+    #[error("topic name {0} is taken")]
+    NameTaken(String),
+    #[error("partition {partition} is at epoch {current:?}, the change expected {expected:?}")]
+    StaleChange {
+        partition: PartitionKey,
+        current: PartitionEpoch,
+        expected: PartitionEpoch,
+    },
+    #[error("broker {0} is not registered, or registered again since")]
+    StaleBroker(NodeId),
+    #[error("too many {0}")]
+    Limit(String),
+    #[error("the cluster is already formed")]
+    AlreadyFormed,
+}
+
+impl ClusterState {
+    /// Apply the records of the log entry at `index`, in order. A skipped record changes
+    /// nothing; the others apply.
+    pub fn apply(&mut self, index: u64, records: &[MetadataRecord]) -> Vec<Result<(), Skipped>> {
+        self.advance(index);
+        records.iter().map(|r| self.apply_one(index, r)).collect()
+    }
+
+    /// An entry without records (a leader's first, a membership change) was applied.
+    pub fn advance(&mut self, index: u64) {
+        assert!(
+            index >= self.applied_index,
+            "metadata applied out of order: {index} after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    fn apply_one(&mut self, index: u64, record: &MetadataRecord) -> Result<(), Skipped> {
+        match record {
+            MetadataRecord::ClusterFormed { cluster_id, policy } => {
+                if self.cluster_id.is_some() {
+                    return Err(Skipped::AlreadyFormed);
+                }
+                self.cluster_id = Some(*cluster_id);
+                self.policy = Some(policy.clone());
+                Ok(())
+            }
+            MetadataRecord::BrokerRegistered {
+                node,
+                site,
+                endpoints,
+                storage_id,
+            } => self.register(index, *node, site, endpoints, *storage_id),
+            MetadataRecord::BrokerFenced { node, epoch } => {
+                let b = self
+                    .brokers
+                    .get_mut(node)
+                    .filter(|b| b.epoch == *epoch)
+                    .ok_or(Skipped::StaleBroker(*node))?;
+                b.fenced = true;
+                Ok(())
+            }
+            MetadataRecord::SiteFenced { site, .. } => {
+                for b in self.brokers.values_mut().filter(|b| &b.site == site) {
+                    b.fenced = true;
+                }
+                self.fenced_sites.insert(site.clone());
+                Ok(())
+            }
+            MetadataRecord::SiteRestored { site, live } => {
+                self.fenced_sites.remove(site);
+                for (node, epoch) in live {
+                    if let Some(b) = self.brokers.get_mut(node).filter(|b| b.epoch == *epoch) {
+                        b.fenced = false;
+                    }
+                }
+                Ok(())
+            }
+            MetadataRecord::TopicCreated {
+                name,
+                id,
+                configs,
+                assignment,
+            } => self.create_topic(name, *id, configs, assignment),
+            MetadataRecord::PartitionsCreated { topic, assignment } => {
+                let t = self.topic_mut(topic)?;
+                t.partitions
+                    .extend(assignment.iter().map(|r| new_partition(r)));
+                Ok(())
+            }
+            MetadataRecord::TopicConfigsReplaced { topic, configs } => {
+                self.topic_mut(topic)?.configs = configs.clone();
+                Ok(())
+            }
+            MetadataRecord::TopicDeleted { topic } => {
+                let t = self
+                    .topics
+                    .remove(topic)
+                    .ok_or(Skipped::UnknownTopic(*topic))?;
+                self.topic_names.remove(&t.name);
+                Ok(())
+            }
+            MetadataRecord::PartitionChanged {
+                partition,
+                expected,
+                leader,
+                leader_epoch,
+                isr,
+            } => self.change_partition(*partition, *expected, *leader, *leader_epoch, isr),
+            MetadataRecord::ProducerIdsAllocated { first, count, .. } => {
+                assert!(
+                    *first >= self.next_producer_id && *count > 0,
+                    "producer ids allocated twice"
+                );
+                self.next_producer_id = first + count;
+                Ok(())
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        site: &SiteId,
+        endpoints: &Endpoints,
+        storage_id: Uuid,
+    ) -> Result<(), Skipped> {
+        if !self.brokers.contains_key(&node) && self.brokers.len() >= MAX_BROKERS {
+            return Err(Skipped::Limit("brokers".into()));
+        }
+        let info = BrokerInfo {
+            node,
+            site: site.clone(),
+            endpoints: endpoints.clone(),
+            storage_id,
+            epoch: BrokerEpoch(index),
+            fenced: self.fenced_sites.contains(site),
+        };
+        if let Some(old) = self.brokers.insert(node, info) {
+            assert!(old.epoch.0 < index, "broker epochs only grow");
+        }
+        Ok(())
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        id: Uuid,
+        configs: &BTreeMap<String, String>,
+        assignment: &[Vec<NodeId>],
+    ) -> Result<(), Skipped> {
+        if self.topic_names.contains_key(name) || self.topics.contains_key(&id) {
+            return Err(Skipped::NameTaken(name.to_string()));
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            return Err(Skipped::Limit("topics".into()));
+        }
+        let t = TopicState {
+            name: name.into(),
+            id,
+            configs: configs.clone(),
+            partitions: assignment.iter().map(|r| new_partition(r)).collect(),
+        };
+        self.topic_names.insert(Arc::clone(&t.name), id);
+        self.topics.insert(id, Arc::new(t));
+        Ok(())
+    }
+
+    fn change_partition(
+        &mut self,
+        key: PartitionKey,
+        expected: PartitionEpoch,
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+        isr: &[NodeId],
+    ) -> Result<(), Skipped> {
+        let t = self.topic_mut(&key.topic)?;
+        let p = usize::try_from(key.index)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+            .ok_or(Skipped::UnknownPartition(key))?;
+        if p.partition_epoch != expected {
+            return Err(Skipped::StaleChange {
+                partition: key,
+                current: p.partition_epoch,
+                expected,
+            });
+        }
+        assert!(
+            leader_epoch >= p.leader_epoch,
+            "leader epoch of {key} would go back from {} to {leader_epoch}",
+            p.leader_epoch
+        );
+        assert!(
+            leader == p.leader || leader.is_none() || leader_epoch > p.leader_epoch,
+            "{key}: a new leader {leader:?} needs a new epoch (still {})",
+            p.leader_epoch
+        );
+        assert!(
+            isr.iter().all(|n| p.replicas.contains(n)),
+            "{key}: in-sync set {isr:?} outside the replicas {:?}",
+            p.replicas
+        );
+        assert!(
+            leader.is_none_or(|l| isr.contains(&l)),
+            "{key}: leader {leader:?} is not in sync ({isr:?})"
+        );
+        p.leader = leader;
+        p.leader_epoch = leader_epoch;
+        p.isr = isr.to_vec();
+        p.partition_epoch = p.partition_epoch.next();
+        Ok(())
+    }
+
+    fn topic_mut(&mut self, id: &Uuid) -> Result<&mut TopicState, Skipped> {
+        self.topics
+            .get_mut(id)
+            .map(Arc::make_mut)
+            .ok_or(Skipped::UnknownTopic(*id))
+    }
+
+    pub fn topic_by_name(&self, name: &str) -> Option<&Arc<TopicState>> {
+        self.topic_names
+            .get(name)
+            .and_then(|id| self.topics.get(id))
+    }
+
+    pub fn partition(&self, key: PartitionKey) -> Option<&PartitionState> {
+        let t = self.topics.get(&key.topic)?;
+        usize::try_from(key.index)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+    }
+
+    /// Every broker's site and fencing, as the policy functions take them.
+    pub fn broker_views(&self) -> BTreeMap<NodeId, BrokerView<'_>> {
+        self.brokers
+            .iter()
+            .map(|(id, b)| {
+                (
+                    *id,
+                    BrokerView {
+                        site: &b.site,
+                        fenced: b.fenced,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The partitions a node holds a replica of.
+    pub fn partitions_of(
+        &self,
+        node: NodeId,
+    ) -> impl Iterator<Item = (PartitionKey, &PartitionState)> {
+        self.topics.values().flat_map(move |t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(move |(_, p)| p.replicas.contains(&node))
+                .map(move |(i, p)| {
+                    (
+                        PartitionKey {
+                            topic: t.id,
+                            index: i as i32,
+                        },
+                        p,
+                    )
+                })
+        })
+    }
+}
+
+fn new_partition(replicas: &[NodeId]) -> PartitionState {
+    PartitionState {
+        replicas: replicas.to_vec(),
+        isr: replicas.to_vec(),
+        leader: replicas.first().copied(),
+        leader_epoch: LeaderEpoch(0),
+        partition_epoch: PartitionEpoch(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u32) -> Endpoints {
+        Endpoints {
+            kafka: format!("b{n}:9092"),
+            replication: format!("b{n}:9092"),
+            quorum: format!("b{n}:9190"),
+        }
+    }
+
+    /// Apply one record as one entry.
+    fn apply1(s: &mut ClusterState, index: u64, r: &MetadataRecord) -> Result<(), Skipped> {
+        s.apply(index, std::slice::from_ref(r)).remove(0)
+    }
+
+    fn formed() -> ClusterState {
+        let mut s = ClusterState::default();
+        let policy = SitePolicy {
+            data_sites: vec![SiteId::new("a"), SiteId::new("b")],
+            preferred_site: SiteId::new("a"),
+        };
+        apply1(
+            &mut s,
+            1,
+            &MetadataRecord::ClusterFormed {
+                cluster_id: Uuid::nil(),
+                policy,
+            },
+        )
+        .unwrap();
+        for (i, site) in [(1, "a"), (2, "a"), (5, "b")] {
+            let index = s.applied_index + 1;
+            apply1(
+                &mut s,
+                index,
+                &MetadataRecord::BrokerRegistered {
+                    node: NodeId(i),
+                    site: SiteId::new(site),
+                    endpoints: endpoints(i),
+                    storage_id: Uuid::nil(),
+                },
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn topics_partitions_and_changes_apply_in_order() {
+        let mut s = formed();
+        let id = Uuid::from_u128(7);
+        let r = vec![NodeId(1), NodeId(5), NodeId(2)];
+        apply1(
+            &mut s,
+            10,
+            &MetadataRecord::TopicCreated {
+                name: "t".into(),
+                id,
+                configs: BTreeMap::new(),
+                assignment: vec![r.clone()],
+            },
+        )
+        .unwrap();
+        let key = PartitionKey {
+            topic: id,
+            index: 0,
+        };
+        let p = s.partition(key).unwrap();
+        assert_eq!((p.leader, p.isr.clone()), (Some(NodeId(1)), r.clone()));
+        // A change computed from epoch 0 applies once; the same change again is stale.
+        let change = MetadataRecord::PartitionChanged {
+            partition: key,
+            expected: PartitionEpoch(0),
+            leader: Some(NodeId(5)),
+            leader_epoch: LeaderEpoch(1),
+            isr: vec![NodeId(5), NodeId(2)],
+        };
+        apply1(&mut s, 11, &change).unwrap();
+        assert!(matches!(
+            apply1(&mut s, 12, &change),
+            Err(Skipped::StaleChange { .. })
+        ));
+        let p = s.partition(key).unwrap();
+        assert_eq!(
+            (p.leader, p.leader_epoch),
+            (Some(NodeId(5)), LeaderEpoch(1))
+        );
+        assert_eq!(s.applied_index, 12);
+        // Names are unique; deleting frees the name.
+        assert!(
+            apply1(
+                &mut s,
+                13,
+                &MetadataRecord::TopicCreated {
+                    name: "t".into(),
+                    id: Uuid::from_u128(8),
+                    configs: BTreeMap::new(),
+                    assignment: vec![],
+                }
+            )
+            .is_err()
+        );
+        apply1(&mut s, 14, &MetadataRecord::TopicDeleted { topic: id }).unwrap();
+        assert!(s.topic_by_name("t").is_none());
+    }
+
+    #[test]
+    fn fencing_follows_incarnations_and_sites() {
+        let mut s = formed();
+        let epoch = s.brokers[&NodeId(5)].epoch;
+        // A registration again is a new incarnation: the old epoch's fence is stale.
+        apply1(
+            &mut s,
+            20,
+            &MetadataRecord::BrokerRegistered {
+                node: NodeId(5),
+                site: SiteId::new("b"),
+                endpoints: endpoints(5),
+                storage_id: Uuid::nil(),
+            },
+        )
+        .unwrap();
+        assert!(
+            apply1(
+                &mut s,
+                21,
+                &MetadataRecord::BrokerFenced {
+                    node: NodeId(5),
+                    epoch
+                }
+            )
+            .is_err()
+        );
+        assert!(!s.brokers[&NodeId(5)].fenced);
+        apply1(
+            &mut s,
+            22,
+            &MetadataRecord::SiteFenced {
+                site: SiteId::new("b"),
+                reason: "lost".into(),
+            },
+        )
+        .unwrap();
+        assert!(s.brokers[&NodeId(5)].fenced);
+        // Registering while its site is fenced keeps a broker fenced until the site returns.
+        apply1(
+            &mut s,
+            23,
+            &MetadataRecord::BrokerRegistered {
+                node: NodeId(5),
+                site: SiteId::new("b"),
+                endpoints: endpoints(5),
+                storage_id: Uuid::nil(),
+            },
+        )
+        .unwrap();
+        assert!(s.brokers[&NodeId(5)].fenced);
+    }
+
+    #[test]
+    #[should_panic(expected = "would go back")]
+    fn leader_epochs_never_go_back() {
+        let mut s = formed();
+        let id = Uuid::from_u128(1);
+        apply1(
+            &mut s,
+            10,
+            &MetadataRecord::TopicCreated {
+                name: "t".into(),
+                id,
+                configs: BTreeMap::new(),
+                assignment: vec![vec![NodeId(1), NodeId(5)]],
+            },
+        )
+        .unwrap();
+        let key = PartitionKey {
+            topic: id,
+            index: 0,
+        };
+        apply1(
+            &mut s,
+            11,
+            &MetadataRecord::PartitionChanged {
+                partition: key,
+                expected: PartitionEpoch(0),
+                leader: Some(NodeId(5)),
+                leader_epoch: LeaderEpoch(3),
+                isr: vec![NodeId(5)],
+            },
+        )
+        .unwrap();
+        let _ = apply1(
+            &mut s,
+            12,
+            &MetadataRecord::PartitionChanged {
+                partition: key,
+                expected: PartitionEpoch(1),
+                leader: Some(NodeId(1)),
+                leader_epoch: LeaderEpoch(2),
+                isr: vec![NodeId(1), NodeId(5)],
+            },
+        );
+    }
+}

@@ -1,0 +1,628 @@
+//! A member of the controller quorum: the Raft node (voter or learner) with its storage, the
+//! server side of the quorum protocol, and the controller service that runs while this node
+//! leads. Brokers and the witness each run one; so does every simulated node.
+//!
+//! The controller service is one task: it waits for leadership, waits until everything of the
+//! previous terms is applied, then handles requests and ticks one at a time. Each proposal is
+//! computed from the applied state and committed (and applied) before the next is computed, so
+//! the controller never reasons from a state that is not the log's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, Config, ServerState};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{
+    Controller, ControllerError, ControllerRequest, ControllerResponse, Timing,
+};
+use crate::ids::{NodeId, SiteId};
+use crate::metadata::ClusterState;
+use crate::policy::SitePolicy;
+use crate::raft::log_file::LogFile;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, Transport, TransportError};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{Command, Raft, RaftMetrics};
+use crate::rpc::{Envelope, PROTOCOL_VERSION, Refusal, Request, Response, admit};
+
+/// At most this many controller requests wait for the controller task.
+const CONTROLLER_QUEUE: usize = 1024;
+/// How often the controller looks at the clock (fences, sites, elections).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Raft timing. Defaults suit a WAN between sites (tens of ms); tests and the failover
+/// benchmark tune them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node: NodeId,
+    /// Nodes of another cluster are refused.
+    pub cluster_name: String,
+    /// This node's site: a data site for brokers, the witness's own site for the witness.
+    pub site: SiteId,
+    /// Where other nodes reach this one (quorum protocol).
+    pub advertised: String,
+    /// The voters the cluster starts with (id -> quorum address); every node is configured
+    /// with the same set. Nodes outside it join as learners when they register.
+    pub voters: BTreeMap<NodeId, String>,
+    /// The site policy the cluster is formed with.
+    pub policy: SitePolicy,
+    pub timing: Timing,
+    pub raft: RaftTiming,
+}
+
+type Pending = (ControllerRequest, oneshot::Sender<ControllerResponse>);
+
+/// A running quorum member.
+pub struct QuorumNode<T: Transport> {
+    pub raft: Raft,
+    state_machine: StateMachine,
+    config: Arc<NodeConfig>,
+    transport: Arc<T>,
+    requests: mpsc::Sender<Pending>,
+    shutdown: CancellationToken,
+    /// Where this node learned the controller is (kept across calls).
+    leader_hint: parking_lot::Mutex<Option<(NodeId, String)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("quorum storage: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no controller answered within {0:?}")]
+    NoController(Duration),
+    #[error("controller: {0}")]
+    Controller(#[from] ControllerError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl<T: Transport> QuorumNode<T> {
+    /// Open storage and start the node. A configured voter with an empty log initialises the
+    /// cluster's membership (every voter does, with the same set: openraft allows it).
+    pub async fn start(
+        config: NodeConfig,
+        log: Box<dyn LogFile>,
+        snapshot: Box<dyn LogFile>,
+        transport: Arc<T>,
+    ) -> Result<Arc<QuorumNode<T>>, NodeError> {
+        let raft_config = Config {
+            cluster_name: config.cluster_name.clone(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_min_ms,
+            election_timeout_max: config.raft.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            max_in_snapshot_log_to_keep: 200,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let log_store = LogStore::open(log)?;
+        let state_machine = StateMachine::open(snapshot)?;
+        let network = Network {
+            transport: Arc::clone(&transport),
+        };
+        let raft = Raft::new(
+            config.node,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if config.voters.contains_key(&config.node)
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            // Another voter may have initialised first: then this is refused, which is fine.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "quorum already initialised");
+            }
+        }
+        let (requests, queue) = mpsc::channel(CONTROLLER_QUEUE);
+        let node = Arc::new(QuorumNode {
+            raft,
+            state_machine,
+            config: Arc::new(config),
+            transport,
+            requests,
+            shutdown: CancellationToken::new(),
+            leader_hint: parking_lot::Mutex::new(None),
+        });
+        tokio::spawn(controller_service(Arc::clone(&node), queue));
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Every metadata state as it is applied on this node.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state_machine.subscribe()
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state_machine.current()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The current Raft leader and its address, as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .or_else(|| self.config.voters.get(&id).cloned())?;
+        Some((id, addr))
+    }
+
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Serve one request from another node (the server side of the quorum protocol).
+    pub async fn handle(&self, envelope: Envelope<Request>) -> Response {
+        if let Err(refusal) = admit(&envelope, &self.config.cluster_name) {
+            tracing::warn!(from = %envelope.from, %refusal, "refused a quorum message");
+            return Response::Refused(refusal);
+        }
+        if self.shutdown.is_cancelled() {
+            return Response::Refused(Refusal::ShuttingDown);
+        }
+        match envelope.body {
+            Request::AppendEntries(r) => Response::AppendEntries(self.raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::InstallSnapshot(r) => {
+                Response::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            Request::Controller(r) => Response::Controller(self.controller_local(r).await),
+            Request::Ping => Response::Pong,
+        }
+    }
+
+    /// A controller request handled here: by the controller service if this node leads,
+    /// otherwise answered with where the leader is.
+    async fn controller_local(&self, request: ControllerRequest) -> ControllerResponse {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return ControllerResponse::NotController {
+                leader: self.leader(),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.requests.try_send((request, tx)).is_err() {
+            return ControllerResponse::Failed(ControllerError::NotCommitted(
+                "controller queue full".into(),
+            ));
+        }
+        rx.await
+            .unwrap_or(ControllerResponse::NotController { leader: None })
+    }
+
+    /// Send a controller request to whichever node leads, following redirections, until
+    /// `timeout`. Answers other than "not the controller" are returned as they are.
+    pub async fn controller_call(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerResponse, NodeError> {
+        let deadline = Instant::now() + timeout;
+        let mut voters = self.config.voters.iter().cycle();
+        loop {
+            let target = self
+                .leader()
+                .or_else(|| self.leader_hint.lock().clone())
+                .or_else(|| voters.next().map(|(id, a)| (*id, a.clone())));
+            let Some((to, addr)) = target else {
+                return Err(NodeError::NoController(timeout));
+            };
+            let answer = if to == self.config.node {
+                Ok(self.controller_local(request.clone()).await)
+            } else {
+                let envelope_request = Request::Controller(request.clone());
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .transport
+                    .call(
+                        to,
+                        &addr,
+                        envelope_request,
+                        left.min(Duration::from_secs(10)),
+                    )
+                    .await
+                {
+                    Ok(Response::Controller(r)) => Ok(r),
+                    Ok(other) => Err(TransportError::Protocol(to, format!("{other:?}"))),
+                    Err(e) => Err(e),
+                }
+            };
+            match answer {
+                Ok(ControllerResponse::NotController { leader }) => {
+                    *self.leader_hint.lock() = leader.filter(|(id, _)| *id != to);
+                }
+                Ok(r) => {
+                    *self.leader_hint.lock() = Some((to, addr));
+                    return Ok(r);
+                }
+                Err(e) => {
+                    tracing::debug!(%to, error = %e, "controller call failed");
+                    *self.leader_hint.lock() = None;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoController(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until this node has applied the metadata log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.applied_index >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Replace voters (an operator's command, e.g. a dead voter for a new one). New voters
+    /// must already follow the log (as learners): they are added first if they do not.
+    pub async fn change_voters(&self, voters: BTreeMap<NodeId, String>) -> Result<(), NodeError> {
+        for (id, addr) in &voters {
+            let known = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(id)
+                .is_some();
+            if !known {
+                self.raft
+                    .add_learner(*id, BasicNode { addr: addr.clone() }, true)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+            }
+        }
+        let ids: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(ids), false)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Monotonic milliseconds for the controller (tokio's clock, which the simulation drives).
+fn now_ms(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64
+}
+
+/// The controller service: idle until this node leads, then serve requests and ticks.
+async fn controller_service<T: Transport>(
+    node: Arc<QuorumNode<T>>,
+    mut queue: mpsc::Receiver<Pending>,
+) {
+    let base = Instant::now();
+    let mut metrics = node.raft.metrics();
+    loop {
+        // Wait for leadership (answering queued requests with a redirection meanwhile).
+        loop {
+            if metrics.borrow().state == ServerState::Leader {
+                break;
+            }
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+                Some((_, reply)) = queue.recv() => {
+                    let _ = reply.send(ControllerResponse::NotController { leader: node.leader() });
+                }
+            }
+        }
+        let term = metrics.borrow().current_term;
+        // Everything committed by earlier leaders is applied before deciding anything.
+        if let Err(e) = node.raft.ensure_linearizable().await {
+            tracing::debug!(error = %e, "leadership not confirmed");
+            tokio::time::sleep(TICK).await;
+            continue;
+        }
+        tracing::info!(node = %node.id(), term, "controller active");
+        lead(&node, &mut queue, base, term).await;
+        tracing::info!(node = %node.id(), term, "controller inactive");
+        if node.shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Serve as the controller until leadership of `term` is lost.
+async fn lead<T: Transport>(
+    node: &Arc<QuorumNode<T>>,
+    queue: &mut mpsc::Receiver<Pending>,
+    base: Instant,
+    term: u64,
+) {
+    let mut metrics = node.raft.metrics();
+    let state = node.state();
+    let mut ctl = Controller::new(
+        node.config.timing,
+        node.config.site.clone(),
+        &state,
+        now_ms(base),
+    );
+    if state.cluster_id.is_none() {
+        let records = Controller::formation(uuid::Uuid::new_v4(), node.config.policy.clone());
+        if propose(node, records).await.is_err() {
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let still_leader = {
+            let m = metrics.borrow();
+            m.state == ServerState::Leader && m.current_term == term
+        };
+        if !still_leader {
+            return;
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {
+                let records = ctl.tick(&node.state(), now_ms(base));
+                if !records.is_empty() && propose(node, records).await.is_err() {
+                    return;
+                }
+            }
+            Some((request, reply)) = queue.recv() => {
+                let answer = serve(node, &mut ctl, request, now_ms(base)).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Commit `records` as one command; returns the applied outcome.
+async fn propose<T: Transport>(
+    node: &QuorumNode<T>,
+    records: Vec<crate::metadata::MetadataRecord>,
+) -> Result<crate::raft::Applied, ControllerError> {
+    match node.raft.client_write(Command { records }).await {
+        Ok(r) => Ok(r.data),
+        Err(e) => {
+            tracing::info!(error = %e, "proposal not committed");
+            Err(ControllerError::NotCommitted(e.to_string()))
+        }
+    }
+}
+
+async fn serve<T: Transport>(
+    node: &Arc<QuorumNode<T>>,
+    ctl: &mut Controller,
+    request: ControllerRequest,
+    now: u64,
+) -> ControllerResponse {
+    let state = node.state();
+    let result = match request {
+        ControllerRequest::Heartbeat {
+            node: n,
+            epoch,
+            unreachable,
+        } => {
+            let fenced = ctl.heartbeat(&state, now, n, epoch, &unreachable);
+            return ControllerResponse::Heartbeat { fenced };
+        }
+        ControllerRequest::Register {
+            node: n,
+            site,
+            endpoints,
+            storage_id,
+        } => register(node, ctl, &state, now, n, site, endpoints, storage_id).await,
+        ControllerRequest::AlterIsr {
+            node: n,
+            epoch,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => match ctl.alter_isr(
+            &state,
+            n,
+            epoch,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            &isr,
+        ) {
+            Ok(records) => applied(node, records).await,
+            Err(e) => Err(e),
+        },
+        ControllerRequest::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            validate_only,
+        } => {
+            let id = uuid::Uuid::new_v4();
+            match ctl.create_topic(&state, id, &name, partitions, replication_factor, &configs) {
+                Ok(_) if validate_only => Ok(ControllerResponse::TopicCreated { id, index: 0 }),
+                Ok(records) => match propose(node, records).await {
+                    Ok(a) if a.skipped.iter().all(Option::is_none) => {
+                        Ok(ControllerResponse::TopicCreated { id, index: a.index })
+                    }
+                    Ok(_) => Err(ControllerError::TopicExists(name)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        ControllerRequest::CreatePartitions {
+            topic,
+            count,
+            validate_only,
+        } => match ctl.create_partitions(&state, topic, count) {
+            Ok(_) if validate_only => Ok(ControllerResponse::Applied { index: 0 }),
+            Ok(records) => applied(node, records).await,
+            Err(e) => Err(e),
+        },
+        ControllerRequest::DeleteTopic { topic } => {
+            if !state.topics.contains_key(&topic) {
+                Err(ControllerError::UnknownTopic)
+            } else {
+                applied(
+                    node,
+                    vec![crate::metadata::MetadataRecord::TopicDeleted { topic }],
+                )
+                .await
+            }
+        }
+        ControllerRequest::ReplaceTopicConfigs { topic, configs } => {
+            if !state.topics.contains_key(&topic) {
+                Err(ControllerError::UnknownTopic)
+            } else {
+                applied(
+                    node,
+                    vec![crate::metadata::MetadataRecord::TopicConfigsReplaced { topic, configs }],
+                )
+                .await
+            }
+        }
+        ControllerRequest::AllocateProducerIds { node: n, epoch } => {
+            match ctl.allocate_producer_ids(&state, n, epoch) {
+                Ok(records) => match propose(node, records).await {
+                    Ok(a) => {
+                        // The block just applied is the one before the new high-water mark.
+                        let next = node.state().next_producer_id;
+                        Ok(ControllerResponse::ProducerIds {
+                            first: next - crate::metadata::PRODUCER_ID_BLOCK,
+                            count: crate::metadata::PRODUCER_ID_BLOCK,
+                            index: a.index,
+                        })
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+    };
+    result.unwrap_or_else(ControllerResponse::Failed)
+}
+
+async fn applied<T: Transport>(
+    node: &QuorumNode<T>,
+    records: Vec<crate::metadata::MetadataRecord>,
+) -> Result<ControllerResponse, ControllerError> {
+    let a = propose(node, records).await?;
+    match a.skipped.iter().flatten().next() {
+        Some(why) => Err(ControllerError::Invalid(why.to_string())),
+        None => Ok(ControllerResponse::Applied { index: a.index }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn register<T: Transport>(
+    node: &QuorumNode<T>,
+    ctl: &mut Controller,
+    state: &ClusterState,
+    now: u64,
+    n: NodeId,
+    site: SiteId,
+    endpoints: crate::metadata::Endpoints,
+    storage_id: uuid::Uuid,
+) -> Result<ControllerResponse, ControllerError> {
+    let records = ctl.register(state, now, n, &site, &endpoints, storage_id)?;
+    let a = propose(node, records).await?;
+    if let Some(why) = a.skipped.first().cloned().flatten() {
+        return Err(ControllerError::Invalid(why.to_string()));
+    }
+    // The new incarnation is alive from now (its registration is its first heartbeat).
+    let epoch = node
+        .state()
+        .brokers
+        .get(&n)
+        .map(|b| b.epoch)
+        .unwrap_or_default();
+    ctl.heartbeat(&node.state(), now, n, epoch, &[]);
+    // Brokers that are not voters follow the metadata log as learners.
+    let member = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&n)
+        .is_some();
+    if !member
+        && let Err(e) = node
+            .raft
+            .add_learner(
+                n,
+                BasicNode {
+                    addr: endpoints.quorum.clone(),
+                },
+                false,
+            )
+            .await
+    {
+        tracing::warn!(node = %n, error = %e, "adding a learner failed");
+    }
+    Ok(ControllerResponse::Registered {
+        epoch,
+        index: a.index,
+    })
+}
+
+/// The envelope this node puts around its requests.
+pub fn envelope<B>(config: &NodeConfig, body: B) -> Envelope<B> {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        cluster: config.cluster_name.clone(),
+        from: config.node,
+        body,
+    }
+}

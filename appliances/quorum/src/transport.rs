@@ -1,0 +1,174 @@
+//! The quorum protocol over TCP: one framed request, one framed answer, on connections kept
+//! for reuse. Strangers (another cluster, another protocol version) are refused with a
+//! logged reason; a malformed frame closes the connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::NodeId;
+use crate::node::QuorumNode;
+use crate::raft::frames::{self, HEADER_BYTES};
+use crate::raft::network::{Transport, TransportError};
+use crate::rpc::{self, Envelope, PROTOCOL_VERSION, Request, Response};
+
+/// At most this many connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 256;
+/// Idle connections kept per peer.
+const IDLE_PER_PEER: usize = 4;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct TcpTransport {
+    cluster: String,
+    from: NodeId,
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+impl TcpTransport {
+    pub fn new(cluster: &str, from: NodeId) -> TcpTransport {
+        TcpTransport {
+            cluster: cluster.to_string(),
+            from,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        to: NodeId,
+        stream: &mut TcpStream,
+        request: &[u8],
+    ) -> Result<Response, TransportError> {
+        let broken = |e: std::io::Error| TransportError::Unreachable(to, e.to_string());
+        stream.write_all(request).await.map_err(broken)?;
+        let frame = read_frame(stream).await.map_err(broken)?;
+        let envelope: Envelope<Response> =
+            rpc::decode(&frame).map_err(|e| TransportError::Protocol(to, e.to_string()))?;
+        match envelope.body {
+            Response::Refused(r) => Err(TransportError::Refused(to, r)),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Read one frame (header and payload), refusing lengths over the limit.
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut header).await?;
+    let len = frames::payload_len(&header).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame length over the limit",
+        )
+    })?;
+    let mut frame = vec![0u8; HEADER_BYTES + len];
+    frame[..HEADER_BYTES].copy_from_slice(&header);
+    stream.read_exact(&mut frame[HEADER_BYTES..]).await?;
+    Ok(frame)
+}
+
+impl Transport for TcpTransport {
+    async fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let bytes = rpc::encode(&Envelope {
+            version: PROTOCOL_VERSION,
+            cluster: self.cluster.clone(),
+            from: self.from,
+            body: request,
+        });
+        let attempt = async {
+            let reused = self.idle.lock().get_mut(addr).and_then(Vec::pop);
+            let mut stream = match reused {
+                Some(s) => s,
+                None => TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| TransportError::Unreachable(to, e.to_string()))?,
+            };
+            let _ = stream.set_nodelay(true);
+            let answer = self.exchange(to, &mut stream, &bytes).await?;
+            let mut idle = self.idle.lock();
+            let pool = idle.entry(addr.to_string()).or_default();
+            if pool.len() < IDLE_PER_PEER {
+                pool.push(stream);
+            }
+            Ok(answer)
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| TransportError::Timeout(to, timeout))?
+    }
+}
+
+/// Serve the quorum protocol on `listener` until `shutdown`.
+pub async fn serve<T: Transport>(
+    listener: TcpListener,
+    node: Arc<QuorumNode<T>>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => p.expect("never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let node = Arc::clone(&node);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, &node, &shutdown).await {
+                        tracing::debug!(%peer, error = %e, "quorum connection closed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "quorum accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection<T: Transport>(
+    mut stream: TcpStream,
+    node: &QuorumNode<T>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            f = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)) => match f {
+                Ok(f) => f?,
+                Err(_) => return Ok(()),
+            },
+        };
+        let envelope = match rpc::decode_request(&frame) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(peer = ?stream.peer_addr().ok(), error = %e, "malformed quorum message: closing");
+                return Ok(());
+            }
+        };
+        let answer = node.handle(envelope).await;
+        let bytes = rpc::encode(&crate::node::envelope(node.config(), answer));
+        stream.write_all(&bytes).await?;
+    }
+}
