@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use broker::api::{self, Reply};
 use broker::frame::{self, Decoded};
-use broker::state::{BrokerState, Client};
+use broker::session::{Listener, ListenerRole, Session};
+use broker::state::BrokerState;
 use kafka_protocol::messages::RequestKind;
 use libfuzzer_sys::fuzz_target;
 
@@ -70,10 +71,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let w = world();
     let (api_key, version, correlation_id) = (req.api_key, req.version, req.header.correlation_id);
-    let client = Client {
-        id: "fuzz".into(),
-        host: "/127.0.0.1".into(),
-    };
+    let client = Session::new(
+        Arc::new(Listener {
+            name: "clients".into(),
+            role: ListenerRole::Clients,
+            serves_replication: true,
+        }),
+        "127.0.0.1:40000".parse().expect("an address"),
+    );
     w.runtime.block_on(async {
         let completion =
             tokio::time::timeout(Duration::from_secs(5), api::handle(&w.state, &client, *req))

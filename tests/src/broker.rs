@@ -72,6 +72,22 @@ impl Broker {
         Some(b)
     }
 
+    /// Start a broker on a data directory unpacked from `archive` (a `.tar.gz` holding a
+    /// `data/` directory: another version's data, say).
+    pub fn start_from_archive(archive: &Path, extra: &str) -> Broker {
+        let mut b = Broker::unstarted(extra);
+        let status = std::process::Command::new("tar")
+            .arg("xzf")
+            .arg(archive)
+            .arg("-C")
+            .arg(b.dir.path())
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "unpacking {}", archive.display());
+        b.launch();
+        b
+    }
+
     fn unstarted(extra: &str) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("broker-test")

@@ -56,6 +56,48 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// The stretched hub: the controller quorum and the sites. Absent, the broker is a
+    /// one-node cluster (its own only voter).
+    #[serde(default)]
+    pub cluster: Option<quorum::config::ClusterConfig>,
+    /// Where this broker serves the quorum protocol (with `[cluster]` only).
+    #[serde(default)]
+    pub quorum: quorum::config::QuorumListener,
+    #[serde(default)]
+    pub replication: ReplicationSettings,
+}
+
+/// Partition replication between brokers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSettings {
+    /// A Kafka listener for followers only (the inter-site trust zone). Without it followers
+    /// fetch on the Kafka listener.
+    pub listen: Option<SocketAddr>,
+    /// `host:port` followers use for the replication listener.
+    pub advertised: Option<String>,
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the in-sync
+    /// set (unless it is the last copy in its site: then writes wait for it).
+    #[serde(with = "duration")]
+    pub lag_time: Duration,
+    /// `replica.fetch.wait.max.ms`.
+    #[serde(with = "duration")]
+    pub fetch_wait: Duration,
+    /// `replica.fetch.max.bytes` per fetch.
+    #[serde(with = "size")]
+    pub fetch_max_bytes: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            listen: None,
+            advertised: None,
+            lag_time: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(500),
+            fetch_max_bytes: 16 << 20,
+        }
+    }
 }
 
 fn default_node_id() -> i32 {
@@ -252,6 +294,9 @@ impl BrokerConfig {
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
             log: LogSettings::default(),
+            cluster: None,
+            quorum: quorum::config::QuorumListener::default(),
+            replication: ReplicationSettings::default(),
         }
     }
 
@@ -341,6 +386,20 @@ impl Validate for BrokerConfig {
         }
         if !(1..=1024).contains(&g.offsets_partitions) {
             return Err("groups.offsets_partitions must be between 1 and 1024".into());
+        }
+        if let Some(c) = &self.cluster {
+            let site = self
+                .rack
+                .as_deref()
+                .ok_or("rack (the site) is required with [cluster]")?;
+            c.validate(quorum::ids::NodeId(self.node_id as u32), site, false)?;
+        }
+        let r = &self.replication;
+        if r.fetch_max_bytes < 1024 || r.fetch_max_bytes > i32::MAX as u64 {
+            return Err("replication.fetch_max_bytes must be between 1KiB and 2GiB".into());
+        }
+        if r.lag_time < Duration::from_millis(100) {
+            return Err("replication.lag_time must be at least 100ms".into());
         }
         Ok(())
     }

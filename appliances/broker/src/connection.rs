@@ -1,6 +1,9 @@
 //! One Kafka client connection: a reader that decodes requests and runs their ordered phase,
 //! and a writer that awaits completions in request order and writes the responses.
 //!
+//! The stream is generic (plain TCP today, TLS with the security layer) and the connection
+//! carries a [`Session`] (listener, peer, principal) that the dispatch point checks.
+//!
 //! Limits: a request larger than `max_request_size` closes the connection (as Kafka does);
 //! request bytes held across all connections are bounded by a semaphore so that many large
 //! requests wait instead of exhausting memory; an idle connection is closed after
@@ -12,16 +15,21 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{self, Completion, Reply};
 use crate::frame::{self, Decoded};
-use crate::state::{BrokerState, Client};
+use crate::session::Session;
+use crate::state::BrokerState;
+
+/// What a connection runs over: TCP now, TLS later.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 struct Pending {
     api_key: ApiKey,
@@ -41,26 +49,26 @@ enum ReadEnd {
     Io(std::io::Error),
 }
 
-pub async fn serve(
+pub async fn serve<S: Stream>(
     state: Arc<BrokerState>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    session: Session,
     memory: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     state.metrics.connections.inc();
     state.metrics.connections_accepted.inc();
-    let span = tracing::info_span!("conn", %peer);
+    let peer: SocketAddr = session.peer;
+    let span = tracing::info_span!("conn", %peer, listener = %session.listener.name);
     async {
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(state.config.kafka.pipeline_depth);
         // Cancelled by a broker shutdown, or by the writer when it ends the connection.
         let closing = shutdown.child_token();
         let writer = tokio::spawn(
             write_responses(Arc::clone(&state), wr, rx, closing.clone()).in_current_span(),
         );
-        let end = read_requests(&state, rd, peer, tx, &memory, &closing).await;
+        let end = read_requests(&state, rd, session, tx, &memory, &closing).await;
         match &end {
             ReadEnd::Closed | ReadEnd::Shutdown => {
                 tracing::debug!(reason = ?end, "connection closed")
@@ -76,16 +84,15 @@ pub async fn serve(
     state.metrics.connections.dec();
 }
 
-async fn read_requests(
+async fn read_requests<S: Stream>(
     state: &Arc<BrokerState>,
-    mut rd: OwnedReadHalf,
-    peer: SocketAddr,
+    mut rd: ReadHalf<S>,
+    mut session: Session,
     tx: mpsc::Sender<Pending>,
     memory: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> ReadEnd {
     let limits = &state.config.kafka;
-    let host = format!("/{}", peer.ip());
     loop {
         let size = tokio::select! {
             _ = shutdown.cancelled() => return ReadEnd::Shutdown,
@@ -125,19 +132,15 @@ async fn read_requests(
                 _memory: permit,
             },
             Decoded::Request(req) => {
-                let client = Client {
-                    id: req
-                        .header
-                        .client_id
-                        .as_ref()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    host: host.clone(),
-                };
+                if let Some(id) = &req.header.client_id
+                    && *session.client_id != **id
+                {
+                    session.client_id = id.to_string();
+                }
                 let (api_key, version, correlation_id) =
                     (req.api_key, req.version, req.header.correlation_id);
                 let started = Instant::now();
-                let completion = api::handle(state, &client, *req).await;
+                let completion = api::handle(state, &session, *req).await;
                 Pending {
                     api_key,
                     version,
@@ -156,8 +159,8 @@ async fn read_requests(
 
 /// Read a request body of `size` bytes, growing the buffer as data arrives rather than
 /// trusting the size field up front.
-async fn read_body(
-    rd: &mut OwnedReadHalf,
+async fn read_body<S: Stream>(
+    rd: &mut ReadHalf<S>,
     size: usize,
     idle: Duration,
 ) -> Result<BytesMut, ReadEnd> {
@@ -176,9 +179,9 @@ async fn read_body(
     Ok(buf)
 }
 
-async fn write_responses(
+async fn write_responses<S: Stream>(
     state: Arc<BrokerState>,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf<S>,
     rx: mpsc::Receiver<Pending>,
     closing: CancellationToken,
 ) {
@@ -186,9 +189,9 @@ async fn write_responses(
     closing.cancel();
 }
 
-async fn write_in_order(
+async fn write_in_order<S: Stream>(
     state: &BrokerState,
-    mut out: BufWriter<OwnedWriteHalf>,
+    mut out: BufWriter<WriteHalf<S>>,
     mut rx: mpsc::Receiver<Pending>,
 ) {
     while let Some(p) = rx.recv().await {

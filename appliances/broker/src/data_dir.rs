@@ -2,8 +2,11 @@
 //!
 //! - `.lock` is held with `flock` for the life of the process: a second broker on the same
 //!   directory refuses to start instead of corrupting the first one's logs.
-//! - `meta.properties` records the node id and cluster id (Kafka's format) so that a disk
-//!   moved to the wrong node, or a node pointed at another cluster's disk, is refused.
+//! - `meta.properties` records the node id, the cluster id and this directory's own id
+//!   (Kafka's format, `directory.id`) so that a disk moved to the wrong node, or a node
+//!   pointed at another cluster's disk, is refused, and the controller can tell a broker that
+//!   came back with a new (empty) disk from one that kept its data. A broker joining a
+//!   cluster learns the cluster id from the quorum and binds the directory to it then.
 //! - `.clean_shutdown` exists only between a clean shutdown and the next start. It is removed
 //!   (durably) before anything else happens, so a crash at any later point means recovery.
 
@@ -43,7 +46,11 @@ pub enum DataDirError {
 pub struct DataDir {
     root: PathBuf,
     _lock: Flock<File>,
-    pub cluster_id: String,
+    node_id: i32,
+    /// `None` until the directory is bound to a cluster.
+    pub cluster_id: Option<String>,
+    /// This directory's identity (Kafka's `directory.id`).
+    pub storage_id: uuid::Uuid,
     /// The previous process shut down cleanly (logs were flushed and closed).
     pub clean_shutdown: bool,
 }
@@ -53,21 +60,48 @@ pub fn new_cluster_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
 }
 
-fn parse_meta(text: &str) -> Option<(i32, String)> {
+struct Meta {
+    node_id: i32,
+    cluster_id: Option<String>,
+    storage_id: Option<uuid::Uuid>,
+}
+
+fn parse_meta(text: &str) -> Option<Meta> {
     let get = |key: &str| {
         text.lines()
             .filter_map(|l| l.split_once('='))
             .find(|(k, _)| k.trim() == key)
             .map(|(_, v)| v.trim().to_string())
     };
-    Some((get("node.id")?.parse().ok()?, get("cluster.id")?))
+    Some(Meta {
+        node_id: get("node.id")?.parse().ok()?,
+        cluster_id: get("cluster.id").filter(|c| !c.is_empty()),
+        storage_id: get("directory.id").and_then(|d| d.parse().ok()),
+    })
+}
+
+fn write_meta(
+    path: &Path,
+    node_id: i32,
+    cluster: Option<&str>,
+    storage: uuid::Uuid,
+) -> std::io::Result<()> {
+    let text = format!(
+        "version=1\nnode.id={node_id}\ncluster.id={}\ndirectory.id={storage}\n",
+        cluster.unwrap_or_default()
+    );
+    checkpoint::write_atomic(path, text.as_bytes())
 }
 
 impl DataDir {
+    /// Open and lock the directory. With `generate`, a directory not bound to a cluster yet
+    /// gets a new cluster id (a one-node broker forms its own cluster); otherwise it stays
+    /// unbound until [`DataDir::bind_cluster`].
     pub fn open(
         root: &Path,
         node_id: i32,
         configured_cluster: Option<&str>,
+        generate: bool,
     ) -> Result<DataDir, DataDirError> {
         let io = |e| DataDirError::Io(root.to_owned(), e);
         std::fs::create_dir_all(root).map_err(io)?;
@@ -79,38 +113,45 @@ impl DataDir {
             .map_err(io)?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| DataDirError::Locked(root.to_owned()))?;
-
         let meta_path = root.join(META);
-        let cluster_id = match checkpoint::read_optional(&meta_path).map_err(io)? {
+        let meta = match checkpoint::read_optional(&meta_path).map_err(io)? {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
-                let (found_node, found_cluster) = parse_meta(&text).ok_or_else(|| {
-                    DataDirError::BadMeta(root.to_owned(), "missing node.id or cluster.id".into())
-                })?;
-                if found_node != node_id {
-                    return Err(DataDirError::WrongNode {
-                        path: root.to_owned(),
-                        found: found_node,
-                        configured: node_id,
-                    });
-                }
-                if let Some(c) = configured_cluster.filter(|c| *c != found_cluster) {
-                    return Err(DataDirError::WrongCluster {
-                        path: root.to_owned(),
-                        found: found_cluster,
-                        configured: c.to_string(),
-                    });
-                }
-                found_cluster
+                parse_meta(&text).ok_or_else(|| {
+                    DataDirError::BadMeta(root.to_owned(), "missing node.id".into())
+                })?
             }
-            None => {
-                let id = configured_cluster.map_or_else(new_cluster_id, str::to_string);
-                let text = format!("version=1\nnode.id={node_id}\ncluster.id={id}\n");
-                checkpoint::write_atomic(&meta_path, text.as_bytes()).map_err(io)?;
-                id
-            }
+            None => Meta {
+                node_id,
+                cluster_id: None,
+                storage_id: None,
+            },
         };
-
+        if meta.node_id != node_id {
+            return Err(DataDirError::WrongNode {
+                path: root.to_owned(),
+                found: meta.node_id,
+                configured: node_id,
+            });
+        }
+        if let (Some(found), Some(c)) = (&meta.cluster_id, configured_cluster)
+            && found != c
+        {
+            return Err(DataDirError::WrongCluster {
+                path: root.to_owned(),
+                found: found.clone(),
+                configured: c.to_string(),
+            });
+        }
+        let cluster_id = meta
+            .cluster_id
+            .clone()
+            .or_else(|| configured_cluster.map(str::to_string))
+            .or_else(|| generate.then(new_cluster_id));
+        let storage_id = meta.storage_id.unwrap_or_else(uuid::Uuid::new_v4);
+        if meta.cluster_id != cluster_id || meta.storage_id != Some(storage_id) {
+            write_meta(&meta_path, node_id, cluster_id.as_deref(), storage_id).map_err(io)?;
+        }
         let clean_path = root.join(CLEAN);
         let clean_shutdown = clean_path.exists();
         if clean_shutdown {
@@ -120,9 +161,35 @@ impl DataDir {
         Ok(DataDir {
             root: root.to_owned(),
             _lock: lock,
+            node_id,
             cluster_id,
+            storage_id,
             clean_shutdown,
         })
+    }
+
+    /// Bind the directory to the cluster the quorum says it joined; refused when it belongs
+    /// to another cluster already.
+    pub fn bind_cluster(&mut self, cluster: &str) -> Result<(), DataDirError> {
+        match &self.cluster_id {
+            Some(found) if found != cluster => Err(DataDirError::WrongCluster {
+                path: self.root.clone(),
+                found: found.clone(),
+                configured: cluster.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                write_meta(
+                    &self.root.join(META),
+                    self.node_id,
+                    Some(cluster),
+                    self.storage_id,
+                )
+                .map_err(|e| DataDirError::Io(self.root.clone(), e))?;
+                self.cluster_id = Some(cluster.to_string());
+                Ok(())
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -142,31 +209,48 @@ mod tests {
     #[test]
     fn identity_lock_and_clean_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let d = DataDir::open(dir.path(), 1, None).unwrap();
+        let d = DataDir::open(dir.path(), 1, None, true).unwrap();
         assert!(!d.clean_shutdown);
-        assert_eq!(d.cluster_id.len(), 22);
+        assert_eq!(d.cluster_id.as_ref().unwrap().len(), 22);
         assert!(matches!(
-            DataDir::open(dir.path(), 1, None),
+            DataDir::open(dir.path(), 1, None, true),
             Err(DataDirError::Locked(_))
         ));
         d.mark_clean_shutdown().unwrap();
-        let cluster = d.cluster_id.clone();
+        let (cluster, storage) = (d.cluster_id.clone(), d.storage_id);
         drop(d);
-        let d = DataDir::open(dir.path(), 1, None).unwrap();
+        let d = DataDir::open(dir.path(), 1, None, true).unwrap();
         assert!(d.clean_shutdown);
-        assert_eq!(d.cluster_id, cluster);
+        assert_eq!((d.cluster_id.clone(), d.storage_id), (cluster, storage));
         drop(d);
         assert!(
-            !DataDir::open(dir.path(), 1, None).unwrap().clean_shutdown,
+            !DataDir::open(dir.path(), 1, None, true)
+                .unwrap()
+                .clean_shutdown,
             "the marker is consumed"
         );
         assert!(matches!(
-            DataDir::open(dir.path(), 2, None),
+            DataDir::open(dir.path(), 2, None, true),
             Err(DataDirError::WrongNode { .. })
         ));
         assert!(matches!(
-            DataDir::open(dir.path(), 1, Some("other")),
+            DataDir::open(dir.path(), 1, Some("other"), true),
             Err(DataDirError::WrongCluster { .. })
         ));
+    }
+
+    #[test]
+    fn a_joining_broker_binds_its_directory_to_the_quorums_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DataDir::open(dir.path(), 3, None, false).unwrap();
+        assert_eq!(d.cluster_id, None);
+        d.bind_cluster("abc").unwrap();
+        assert!(matches!(
+            d.bind_cluster("xyz"),
+            Err(DataDirError::WrongCluster { .. })
+        ));
+        drop(d);
+        let d = DataDir::open(dir.path(), 3, None, false).unwrap();
+        assert_eq!(d.cluster_id.as_deref(), Some("abc"));
     }
 }

@@ -1,6 +1,7 @@
-//! A durable store of typed records (JSON) on a broker-internal partition: the topic catalog
-//! and the consumer group state live in these, so they get the same group-committed,
-//! crash-recovered storage as user data, and will replicate the same way.
+//! A durable store of typed records (JSON) on a partition of an internal topic: consumer group
+//! state lives in these, so it gets the same group-committed, crash-recovered and replicated
+//! storage as user data. An append is acknowledged once committed (on disk on every in-sync
+//! replica), and only by the partition's leader.
 //!
 //! State is rebuilt by replaying every record from the log start. To keep that short, a
 //! store is compacted by appending the whole current state as ONE batch (all or nothing under
@@ -18,7 +19,7 @@ use kafka_protocol::records::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::partition::{Partition, PartitionError, now_ms};
+use crate::partition::{Partition, PartitionError, ProduceError, ReadBound, now_ms};
 
 /// Log settings for internal stores: never deleted by retention, large batches (snapshots).
 pub fn internal_log_config() -> LogConfig {
@@ -40,6 +41,8 @@ pub enum StoreError {
     Partition(#[from] PartitionError),
     #[error(transparent)]
     Append(#[from] AppendError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
     #[error("corrupt internal record at offset {offset}: {message}")]
     Corrupt { offset: i64, message: String },
 }
@@ -66,7 +69,10 @@ impl<T: Serialize + DeserializeOwned> InternalLog<T> {
         let mut out = Vec::new();
         let mut offset = self.partition.offsets().log_start;
         loop {
-            let read = self.partition.read(offset, 4 << 20, true, true).await?;
+            let read = self
+                .partition
+                .read(offset, 4 << 20, true, ReadBound::LogEnd)
+                .await?;
             if read.records.is_empty() {
                 return Ok(out);
             }
@@ -94,7 +100,7 @@ impl<T: Serialize + DeserializeOwned> InternalLog<T> {
         }
     }
 
-    /// Append records as one batch and wait until they are durable. Returns the offset of
+    /// Append records as one batch and wait until they are committed. Returns the offset of
     /// the first one.
     pub async fn append(&self, records: &[T]) -> Result<i64, StoreError> {
         if records.is_empty() {
@@ -102,8 +108,10 @@ impl<T: Serialize + DeserializeOwned> InternalLog<T> {
         }
         let batch = encode(records);
         let batches = split_batches(&batch).map_err(AppendError::from)?;
-        let result = self.partition.append(batches).await?;
-        self.partition.wait_durable(result.last_offset + 1).await?;
+        let (result, epoch) = self.partition.append(batches).await?;
+        self.partition
+            .wait_committed(result.last_offset + 1, epoch)
+            .await?;
         Ok(result.first_offset)
     }
 

@@ -8,17 +8,22 @@
 
 pub mod api;
 pub mod appliance;
-pub mod catalog;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod data_dir;
+pub mod fetcher;
 pub mod frame;
 pub mod groups;
 pub mod internal_log;
 pub mod metrics;
+pub mod migrate;
 pub mod partition;
 pub mod producer_ids;
+pub mod replica;
+pub mod replica_manager;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod topic_config;
 pub mod topics;

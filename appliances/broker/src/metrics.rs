@@ -42,6 +42,7 @@ pub struct Metrics {
     pub request_errors: Family<ErrorLabel, Counter>,
     pub request_latency: Family<ApiLabel, Histogram, fn() -> Histogram>,
     pub flush_latency: Histogram,
+    pub commit_wait: Histogram,
     pub connections: Gauge,
     pub connections_accepted: Counter,
     pub partitions: Gauge,
@@ -64,6 +65,7 @@ impl Metrics {
             request_errors: Family::default(),
             request_latency: Family::new_with_constructor(latency_histogram),
             flush_latency: latency_histogram(),
+            commit_wait: latency_histogram(),
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
             partitions: Gauge::default(),
@@ -119,6 +121,11 @@ impl Metrics {
             m.flush_latency.clone(),
         );
         r.register(
+            "commit_wait_seconds",
+            "acks=all: time from the leader's write to the high watermark passing it (every in-sync replica has it on disk); writes waiting on a lagging replica of the other site show here",
+            m.commit_wait.clone(),
+        );
+        r.register(
             "connections",
             "Open Kafka connections",
             m.connections.clone(),
@@ -154,6 +161,10 @@ impl Metrics {
 
     pub fn observe_flush(&self, d: Duration) {
         self.flush_latency.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_commit_wait(&self, d: Duration) {
+        self.commit_wait.observe(d.as_secs_f64());
     }
 
     /// Count an error code returned by `api`.

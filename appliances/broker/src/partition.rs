@@ -1,15 +1,20 @@
-//! One partition replica on this broker: its [`Log`] behind a lock, the flusher that makes it
-//! durable, and the offsets clients see.
+//! One partition replica on this broker: its [`Log`], the flusher that makes it durable, and
+//! its [`Replica`] state machine, which decides what is committed (the high watermark) and who
+//! may write.
 //!
-//! - Appends and reads run on blocking threads; the lock is held only for in-memory work and
-//!   page-cache writes, never across an fsync or a read of record data.
-//! - The flusher task fdatasyncs whatever accumulated since its last pass, so concurrent
-//!   producers share each fsync (group commit). In `sync` durability the high watermark (what
-//!   consumers may read) is the flushed offset: a consumer never sees data a crash could
-//!   take back. In `interval` durability it is the log end offset.
-//! - Replication will move the high watermark to "flushed on enough in-sync replicas"; the
-//!   rest of this type does not change.
+//! Locks: `replica` then `log`, never the other way round, each held only for in-memory work
+//! and page-cache writes, never across an fsync or a read of record data. Appends (leader and
+//! follower) hold both, so that the role and epoch they checked cannot change under them; the
+//! flusher fsyncs with no lock held, then takes `log` and `replica` one after the other.
+//! What readers need (high watermark, log end, epoch, role) is published on a `watch`
+//! channel, read without locks.
+//!
+//! Durability: in `sync` mode (the default) the partition's durable offset is what is
+//! fdatasync'ed; in `interval` mode it is the log end (an explicit, configured trade). The
+//! high watermark is computed by the replica from the durable offsets of the in-sync
+//! replicas, so acks=all (which waits for it) means "on disk on every in-sync replica".
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -17,12 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use durable_log::{AppendError, AppendResult, Log, LogConfig, LogError, RawBatch};
 use parking_lot::Mutex;
+use quorum::ids::{LeaderEpoch, NodeId, Offset, PartitionKey};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Durability;
 use crate::metrics::Metrics;
+use crate::replica::{Assignment, FetchRefusal, Replica, Role, Transition};
 use crate::topic_config::TopicPolicy;
 
 /// Current time in milliseconds since the Unix epoch.
@@ -30,6 +37,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Monotonic milliseconds, for the replica state machine's timers.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(tokio::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// Why a partition operation failed, beyond what the log itself reports.
@@ -41,6 +57,29 @@ pub enum PartitionError {
     Log(#[from] LogError),
     #[error("storage task failed: {0}")]
     Task(String),
+    /// This broker does not lead the partition (any more), or leads it in another epoch.
+    #[error("not the leader (or no longer in epoch {0})")]
+    NotLeader(LeaderEpoch),
+    #[error("not a follower of this partition")]
+    NotFollower,
+    #[error(transparent)]
+    Fetch(#[from] FetchRefusal),
+}
+
+/// Why a produce append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Not the leader (any more): the client refreshes its metadata.
+    #[error("not the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    flushed: i64,
+    offline: bool,
 }
 
 /// What clients may see of the partition right now.
@@ -58,47 +97,66 @@ pub struct ReadResult {
     pub offsets: Offsets,
 }
 
+/// How far a read may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Durable {
-    flushed: i64,
-    offline: bool,
+pub enum ReadBound {
+    /// Consumers: what is committed.
+    HighWatermark,
+    /// Followers (and internal replays of a log this broker wrote): everything written.
+    LogEnd,
+}
+
+/// The partition as readers see it, published at every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visible {
+    pub high_watermark: i64,
+    pub log_end: i64,
+    pub leader_epoch: LeaderEpoch,
+    pub leader: bool,
+    /// A storage error took the log offline (or it was deleted).
+    pub offline: bool,
 }
 
 pub struct Partition {
     pub topic: Arc<str>,
     pub topic_id: Uuid,
     pub index: i32,
+    replica: Mutex<Replica>,
     log: Mutex<Option<Log>>,
     policy: Mutex<TopicPolicy>,
-    leader_epoch: i32,
     durability: Durability,
+    visible: watch::Sender<Visible>,
     durable: watch::Sender<Durable>,
-    high_watermark: watch::Sender<i64>,
     log_start: AtomicI64,
-    log_end: AtomicI64,
     flush_wanted: Notify,
     metrics: Arc<Metrics>,
 }
 
+/// Everything [`Partition::open`] needs besides the directory.
+pub struct PartitionSpec {
+    pub topic: Arc<str>,
+    pub topic_id: Uuid,
+    pub index: i32,
+    pub me: NodeId,
+    pub config: LogConfig,
+    pub policy: TopicPolicy,
+    pub durability: Durability,
+    pub clean_shutdown: bool,
+}
+
 impl Partition {
-    /// Open (recovering if needed) the log in `dir` and start its flusher.
-    #[allow(clippy::too_many_arguments)]
+    /// Open (recovering if needed) the log in `dir` and start its flusher. The replica has
+    /// no role until [`Partition::assign`].
     pub fn open(
-        dir: &std::path::Path,
-        topic: Arc<str>,
-        topic_id: Uuid,
-        index: i32,
-        config: LogConfig,
-        policy: TopicPolicy,
-        durability: Durability,
-        clean_shutdown: bool,
+        dir: &Path,
+        spec: PartitionSpec,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Partition>, LogError> {
-        let (log, report) = Log::open(dir, config, clean_shutdown, now_ms())?;
+        let (log, report) = Log::open(dir, spec.config, spec.clean_shutdown, now_ms())?;
         if report.truncated_bytes > 0 || report.dropped_segments > 0 {
             tracing::warn!(
-                %topic, partition = index,
+                topic = %spec.topic, partition = spec.index,
                 recovered_segments = report.recovered_segments,
                 truncated_bytes = report.truncated_bytes,
                 dropped_segments = report.dropped_segments,
@@ -106,24 +164,31 @@ impl Partition {
                 "recovered partition log: cut unacknowledged data torn by a crash"
             );
         } else if report.recovered_segments > 0 {
-            tracing::debug!(%topic, partition = index, segments = report.recovered_segments, "verified partition log");
+            tracing::debug!(topic = %spec.topic, partition = spec.index, segments = report.recovered_segments, "verified partition log");
         }
-        let leo = log.log_end_offset();
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        // Open fsyncs what recovery kept: all of it is durable.
+        let replica = Replica::new(spec.me, Offset(start), Offset(end), Offset(end));
         let p = Arc::new(Partition {
-            topic,
-            topic_id,
-            index,
-            log_start: AtomicI64::new(log.log_start_offset()),
-            log_end: AtomicI64::new(leo),
-            log: Mutex::new(Some(log)),
-            policy: Mutex::new(policy),
-            leader_epoch: 0,
-            durability,
-            durable: watch::Sender::new(Durable {
-                flushed: leo,
+            topic: spec.topic,
+            topic_id: spec.topic_id,
+            index: spec.index,
+            visible: watch::Sender::new(Visible {
+                high_watermark: start,
+                log_end: end,
+                leader_epoch: replica.leader_epoch(),
+                leader: false,
                 offline: false,
             }),
-            high_watermark: watch::Sender::new(leo),
+            replica: Mutex::new(replica),
+            durable: watch::Sender::new(Durable {
+                flushed: end,
+                offline: false,
+            }),
+            log_start: AtomicI64::new(start),
+            log: Mutex::new(Some(log)),
+            policy: Mutex::new(spec.policy),
+            durability: spec.durability,
             flush_wanted: Notify::new(),
             metrics,
         });
@@ -131,33 +196,108 @@ impl Partition {
         Ok(p)
     }
 
-    pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+    pub fn key(&self) -> PartitionKey {
+        PartitionKey {
+            topic: self.topic_id,
+            index: self.index,
+        }
     }
 
     pub fn policy(&self) -> TopicPolicy {
         *self.policy.lock()
     }
 
+    pub fn visible(&self) -> Visible {
+        *self.visible.borrow()
+    }
+
+    /// A receiver that changes whenever what readers see changes.
+    pub fn watch(&self) -> watch::Receiver<Visible> {
+        self.visible.subscribe()
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        self.visible().leader_epoch
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.visible().leader
+    }
+
     pub fn offsets(&self) -> Offsets {
+        let v = self.visible();
         Offsets {
             log_start: self.log_start.load(Ordering::Acquire),
-            high_watermark: *self.high_watermark.borrow(),
-            log_end: self.log_end.load(Ordering::Acquire),
+            high_watermark: v.high_watermark,
+            log_end: v.log_end,
         }
     }
 
     pub fn high_watermark(&self) -> i64 {
-        *self.high_watermark.borrow()
-    }
-
-    /// A receiver that changes whenever the high watermark moves.
-    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
-        self.high_watermark.subscribe()
+        self.visible().high_watermark
     }
 
     pub fn is_offline(&self) -> bool {
-        self.durable.borrow().offline
+        self.visible().offline
+    }
+
+    /// The replica's state, for metadata answers and metrics (a copy, taken under its lock).
+    pub fn replica(&self) -> Replica {
+        self.replica.lock().clone()
+    }
+
+    /// Publish what readers see from the replica (call with its lock held or just released).
+    fn publish(&self, r: &Replica) {
+        let hw = r.high_watermark().0;
+        let end = r.log_end().0;
+        let epoch = r.leader_epoch();
+        let leader = r.is_leader();
+        self.visible.send_if_modified(|v| {
+            let next = Visible {
+                high_watermark: hw,
+                log_end: end,
+                leader_epoch: epoch,
+                leader,
+                offline: v.offline,
+            };
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
+    }
+
+    /// Apply what the metadata says about this partition.
+    pub async fn assign(self: &Arc<Self>, a: Assignment) -> Result<Transition, PartitionError> {
+        let me = Arc::clone(self);
+        let now = mono_ms();
+        self.blocking(move || {
+            let mut r = me.replica.lock();
+            let t = r.assign(&a, now);
+            if t == Transition::BecameLeader {
+                // Record where this epoch starts, so that followers of an older epoch find
+                // their divergence point even before anything is appended in it.
+                let mut log = me.log.lock();
+                let log = log.as_mut().ok_or(PartitionError::Deleted)?;
+                let epoch = r.leader_epoch().0;
+                if log.epochs().latest().is_none_or(|l| l.epoch < epoch) {
+                    log.assign_epoch(epoch)?;
+                }
+            }
+            me.publish(&r);
+            Ok(t)
+        })
+        .await
+    }
+
+    /// Run `f` on a blocking thread.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, PartitionError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PartitionError> + Send + 'static,
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| PartitionError::Task(e.to_string()))?
     }
 
     /// Run `f` on the log on a blocking thread.
@@ -167,70 +307,101 @@ impl Partition {
         F: FnOnce(&mut Log) -> T + Send + 'static,
     {
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move || {
             let mut guard = me.log.lock();
             let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
             let out = f(log);
-            me.log_start
-                .store(log.log_start_offset(), Ordering::Release);
-            me.log_end.store(log.log_end_offset(), Ordering::Release);
-            // The log takes itself offline on a storage error (a full disk, say): waiters
-            // and the metrics learn it now, not at the next flush.
-            if log.is_offline() {
-                me.publish_offline();
-            }
+            me.after_log_change(log);
             Ok(out)
         })
         .await
-        .map_err(|e| PartitionError::Task(e.to_string()))?
     }
 
-    /// Append producer batches as leader. Returns when they are in the page cache; call
-    /// [`Partition::wait_durable`] to wait for the disk.
+    /// Keep the atomics and the offline flag in step with the log (its lock held).
+    fn after_log_change(&self, log: &Log) {
+        self.log_start
+            .store(log.log_start_offset(), Ordering::Release);
+        // The log takes itself offline on a storage error (a full disk, say): waiters and
+        // the metrics learn it now, not at the next flush.
+        if log.is_offline() {
+            self.publish_offline();
+        }
+    }
+
+    /// Append producer batches as leader in the current epoch. Returns when they are in the
+    /// page cache, with the epoch they were written in; [`Partition::wait_committed`] waits
+    /// for the high watermark.
     pub async fn append(
         self: &Arc<Self>,
         batches: Vec<RawBatch>,
-    ) -> Result<AppendResult, AppendError> {
-        let epoch = self.leader_epoch;
-        let result = self
-            .with_log(move |log| log.append_as_leader(&batches, epoch, now_ms()))
-            .await
-            .map_err(|e| match e {
-                PartitionError::Log(l) => AppendError::Storage(l),
-                other => AppendError::Storage(LogError::Offline(other.to_string())),
-            })??;
-        if !result.duplicate {
-            self.after_append();
+    ) -> Result<(AppendResult, LeaderEpoch), ProduceError> {
+        let me = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut r = me.replica.lock();
+            if !r.is_leader() {
+                return Err(ProduceError::NotLeader);
+            }
+            let epoch = r.leader_epoch();
+            let mut guard = me.log.lock();
+            let log = guard.as_mut().ok_or_else(|| {
+                AppendError::Storage(LogError::Offline("partition deleted".into()))
+            })?;
+            let result = log.append_as_leader(&batches, epoch.0, now_ms());
+            me.after_log_change(log);
+            let result = result?;
+            if !result.duplicate {
+                r.on_append(Offset(log.log_end_offset()));
+                if matches!(me.durability, Durability::Interval { .. }) {
+                    r.on_flush(Offset(log.log_end_offset()));
+                }
+                drop(guard);
+                me.publish(&r);
+            }
+            Ok((result, epoch))
+        })
+        .await
+        .map_err(|e| AppendError::Storage(LogError::Offline(e.to_string())))??;
+        if !result.0.duplicate && self.durability == Durability::Sync {
+            self.flush_wanted.notify_one();
         }
         Ok(result)
     }
 
-    fn after_append(&self) {
-        match self.durability {
-            Durability::Sync => self.flush_wanted.notify_one(),
-            Durability::Interval { .. } => {
-                let leo = self.log_end.load(Ordering::Acquire);
-                self.high_watermark.send_if_modified(|hw| {
-                    let moved = *hw < leo;
-                    *hw = (*hw).max(leo);
-                    moved
-                });
-            }
+    /// Wait until every offset below `end` is committed (below the high watermark) in
+    /// `epoch`. Fails if this broker stops leading in that epoch first: what it appended
+    /// then may be truncated by the next leader, so it was not written.
+    pub async fn wait_committed(&self, end: i64, epoch: LeaderEpoch) -> Result<(), PartitionError> {
+        let mut rx = self.watch();
+        let v = rx
+            .wait_for(|v| {
+                v.offline || !v.leader || v.leader_epoch != epoch || v.high_watermark >= end
+            })
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        if v.offline {
+            return Err(PartitionError::Log(LogError::Offline(
+                "a flush of this partition failed".into(),
+            )));
         }
+        if !v.leader || v.leader_epoch != epoch {
+            return Err(PartitionError::NotLeader(epoch));
+        }
+        Ok(())
     }
 
-    /// Wait until every offset below `end` is as durable as the configured durability mode
-    /// promises: fdatasync'ed in `sync` mode, written in `interval` mode.
+    /// Wait until the local log is durable up to `end` (a follower before it fetches on,
+    /// internal replays).
     pub async fn wait_durable(&self, end: i64) -> Result<(), PartitionError> {
         if matches!(self.durability, Durability::Interval { .. }) {
             return Ok(());
         }
+        self.flush_wanted.notify_one();
         let mut rx = self.durable.subscribe();
-        let state = rx
+        let d = rx
             .wait_for(|d| d.offline || d.flushed >= end)
             .await
             .map_err(|_| PartitionError::Deleted)?;
-        if state.offline {
+        if d.offline {
             return Err(PartitionError::Log(LogError::Offline(
                 "a flush of this partition failed".into(),
             )));
@@ -238,21 +409,155 @@ impl Partition {
         Ok(())
     }
 
-    /// Read up to `max_bytes` of whole batches from `offset`, below the high watermark
-    /// (consumers) or the log end (followers, `to_log_end`).
+    /// A follower fetched from `offset` (everything below it is durable there). Updates its
+    /// progress and perhaps the high watermark.
+    pub async fn follower_fetched(
+        self: &Arc<Self>,
+        follower: NodeId,
+        offset: i64,
+        epoch: LeaderEpoch,
+    ) -> Result<(), PartitionError> {
+        let me = Arc::clone(self);
+        let now = mono_ms();
+        self.blocking(move || {
+            let mut r = me.replica.lock();
+            if !r.is_leader() || r.leader_epoch() != epoch {
+                return Err(PartitionError::NotLeader(epoch));
+            }
+            r.on_follower_fetch(follower, Offset(offset), now)?;
+            me.publish(&r);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Append batches fetched from the leader of `epoch` (offsets as they are). Returns the
+    /// new log end; the caller waits for durability before fetching on.
+    pub async fn append_as_follower(
+        self: &Arc<Self>,
+        batches: Vec<RawBatch>,
+        epoch: LeaderEpoch,
+    ) -> Result<i64, PartitionError> {
+        let me = Arc::clone(self);
+        let end = self
+            .blocking(move || {
+                let mut r = me.replica.lock();
+                if !matches!(r.role(), Role::Follower { .. }) || r.leader_epoch() != epoch {
+                    return Err(PartitionError::NotFollower);
+                }
+                let mut guard = me.log.lock();
+                let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
+                let appended = log.append_as_follower(&batches);
+                me.after_log_change(log);
+                appended.map_err(|e| match e {
+                    AppendError::Storage(l) => PartitionError::Log(l),
+                    other => PartitionError::Log(LogError::Offline(other.to_string())),
+                })?;
+                let end = log.log_end_offset();
+                r.on_append(Offset(end));
+                if matches!(me.durability, Durability::Interval { .. }) {
+                    r.on_flush(Offset(end));
+                }
+                drop(guard);
+                me.publish(&r);
+                Ok(end)
+            })
+            .await?;
+        if self.durability == Durability::Sync {
+            self.flush_wanted.notify_one();
+        }
+        Ok(end)
+    }
+
+    /// A follower's log diverged from its leader's: cut it at `offset` (everything at and
+    /// after it goes). Below the log start, the log restarts empty at `offset`.
+    pub async fn truncate_to(self: &Arc<Self>, offset: i64) -> Result<i64, PartitionError> {
+        let me = Arc::clone(self);
+        self.blocking(move || {
+            let mut r = me.replica.lock();
+            if r.is_leader() {
+                return Err(PartitionError::NotFollower);
+            }
+            let mut guard = me.log.lock();
+            let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
+            let done = log.truncate_to(offset, now_ms());
+            me.after_log_change(log);
+            done?;
+            let end = log.log_end_offset();
+            let flushed = log.flushed_offset();
+            r.on_truncate(Offset(end));
+            drop(guard);
+            me.durable
+                .send_modify(|d| d.flushed = d.flushed.min(flushed));
+            me.publish(&r);
+            Ok(end)
+        })
+        .await
+    }
+
+    /// The leader's log starts after our end: drop everything and restart at `start`.
+    pub async fn restart_at(self: &Arc<Self>, start: i64) -> Result<(), PartitionError> {
+        let me = Arc::clone(self);
+        self.blocking(move || {
+            let mut r = me.replica.lock();
+            if r.is_leader() {
+                return Err(PartitionError::NotFollower);
+            }
+            let mut guard = me.log.lock();
+            let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
+            let done = log.truncate_fully_and_start_at(start, now_ms());
+            me.after_log_change(log);
+            done?;
+            r.on_truncate(Offset(start));
+            r.on_append(Offset(start));
+            r.on_flush(Offset(start));
+            drop(guard);
+            me.durable.send_modify(|d| d.flushed = start);
+            me.publish(&r);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A follower learned its leader's high watermark.
+    pub fn leader_high_watermark(&self, hw: i64) {
+        let mut r = self.replica.lock();
+        r.on_leader_high_watermark(Offset(hw));
+        self.publish(&r);
+    }
+
+    /// The in-sync set this leader should ask the controller for now, if any.
+    pub fn wanted_isr(&self, lag_time_ms: u64, retry_ms: u64) -> Option<Vec<NodeId>> {
+        self.replica
+            .lock()
+            .wanted_isr(mono_ms(), lag_time_ms, retry_ms)
+    }
+
+    pub fn isr_requested(&self, isr: Vec<NodeId>) {
+        let mut r = self.replica.lock();
+        r.isr_requested(isr, mono_ms());
+        self.publish(&r);
+    }
+
+    pub fn isr_request_failed(&self) {
+        self.replica.lock().isr_request_failed();
+    }
+
+    /// Read up to `max_bytes` of whole batches from `offset`, below `bound`.
     pub async fn read(
         self: &Arc<Self>,
         offset: i64,
         max_bytes: usize,
         min_one_batch: bool,
-        to_log_end: bool,
+        bound: ReadBound,
     ) -> Result<ReadResult, PartitionError> {
-        let hw = self.high_watermark();
+        let visible = self.visible();
+        let limit = match bound {
+            ReadBound::HighWatermark => visible.high_watermark,
+            ReadBound::LogEnd => visible.log_end,
+        };
         let plan = self
-            .with_log(move |log| {
-                let bound = if to_log_end { log.log_end_offset() } else { hw };
-                log.read_plan(offset, max_bytes, bound, min_one_batch)
-            })
+            .with_log(move |log| log.read_plan(offset, max_bytes, limit, min_one_batch))
             .await??;
         let records = match plan {
             Some(plan) => tokio::task::spawn_blocking(move || plan.execute())
@@ -260,9 +565,14 @@ impl Partition {
                 .map_err(|e| PartitionError::Task(e.to_string()))??,
             None => Bytes::new(),
         };
-        let mut offsets = self.offsets();
-        offsets.high_watermark = hw;
-        Ok(ReadResult { records, offsets })
+        Ok(ReadResult {
+            records,
+            offsets: Offsets {
+                log_start: self.log_start.load(Ordering::Acquire),
+                high_watermark: visible.high_watermark,
+                log_end: visible.log_end,
+            },
+        })
     }
 
     /// ListOffsets by timestamp: first offset with a timestamp `>= ts`, below the high
@@ -302,6 +612,12 @@ impl Partition {
         epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
         self.with_log(move |log| log.epochs().end_offset_for(epoch, log.log_end_offset()))
+            .await
+    }
+
+    /// The newest epoch in the local log and where it ends (a follower's `last_fetched_epoch`).
+    pub async fn last_epoch(self: &Arc<Self>) -> Result<Option<i32>, PartitionError> {
+        self.with_log(|log| log.epochs().latest().map(|e| e.epoch))
             .await
     }
 
@@ -359,9 +675,9 @@ impl Partition {
         Ok(())
     }
 
-    /// The group-commit loop: flush whatever accumulated, publish the new durable offset,
-    /// repeat while there is more; then sleep until an append asks (sync) or the interval
-    /// passes (interval).
+    /// The group-commit loop: flush whatever accumulated, publish the new durable offset
+    /// (which may move the high watermark), repeat while there is more; then sleep until an
+    /// append asks (sync) or the interval passes (interval).
     async fn flusher(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let wait = async {
@@ -397,11 +713,11 @@ impl Partition {
                 self.durable
                     .send_modify(|d| d.flushed = d.flushed.max(flushed));
                 if self.durability == Durability::Sync {
-                    self.high_watermark.send_if_modified(|hw| {
-                        let moved = *hw < flushed;
-                        *hw = (*hw).max(flushed);
-                        moved
-                    });
+                    let mut r = self.replica.lock();
+                    // A truncation may have run since the plan was made: never past the end.
+                    let durable = flushed.min(r.log_end().0);
+                    r.on_flush(Offset(durable));
+                    self.publish(&r);
                 }
             }
         }
@@ -423,13 +739,14 @@ impl Partition {
 
     /// Tell waiters the log is gone or offline; true if it was online until now.
     fn set_offline(&self) -> bool {
+        self.visible.send_modify(|v| v.offline = true);
         self.durable
             .send_if_modified(|d| !std::mem::replace(&mut d.offline, true))
     }
 
     /// Wait for the high watermark to move past `seen`, at most `timeout`.
     pub async fn wait_for_data(&self, seen: i64, timeout: Duration) {
-        let mut rx = self.watch_high_watermark();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|hw| *hw > seen)).await;
+        let mut rx = self.watch();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| v.high_watermark > seen)).await;
     }
 }

@@ -1,66 +1,52 @@
-//! Producer ids for idempotent producers (InitProducerId). Ids are handed out from blocks
-//! whose end is made durable before the first id of the block is used, so an id is never
-//! given twice, even across crashes (a crash only skips the rest of a block).
+//! Producer ids for idempotent producers (InitProducerId), unique across the cluster: the
+//! controller hands each broker blocks of ids through the metadata log, and a broker gives
+//! ids from its current block. A block is never handed out twice (it is a committed record),
+//! so an id is never given twice, even across crashes and failovers (a crash only skips the
+//! rest of a block).
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use parking_lot::Mutex;
+use quorum::controller::{ControllerError, ControllerRequest, ControllerResponse};
 
-const BLOCK: i64 = 1000;
+use crate::cluster::Cluster;
 
 pub struct ProducerIds {
-    path: PathBuf,
-    /// Next id to give, and the end of the block that is durable.
-    state: Mutex<(i64, i64)>,
+    cluster: Arc<Cluster>,
+    /// Next id to give, and the end of the current block.
+    block: tokio::sync::Mutex<(i64, i64)>,
 }
 
 impl ProducerIds {
-    pub fn open(path: PathBuf) -> std::io::Result<Self> {
-        let next = match durable_log::checkpoint::read_optional(&path)? {
-            Some(bytes) => String::from_utf8_lossy(&bytes)
-                .trim()
-                .parse()
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: not a number", path.display()),
-                    )
-                })?,
-            None => 0,
-        };
-        Ok(ProducerIds {
-            path,
-            state: Mutex::new((next, next)),
-        })
-    }
-
-    /// A new producer id. Blocks on an fsync once per [`BLOCK`] ids.
-    pub fn next(&self) -> std::io::Result<i64> {
-        let mut s = self.state.lock();
-        if s.0 >= s.1 {
-            let end = s.1 + BLOCK;
-            durable_log::checkpoint::write_atomic(&self.path, end.to_string().as_bytes())?;
-            s.1 = end;
+    pub fn new(cluster: Arc<Cluster>) -> ProducerIds {
+        ProducerIds {
+            cluster,
+            block: tokio::sync::Mutex::new((0, 0)),
         }
-        let id = s.0;
-        s.0 += 1;
-        Ok(id)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_never_repeat_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("producer-ids");
-        let a = ProducerIds::open(p.clone()).unwrap();
-        let first: Vec<i64> = (0..5).map(|_| a.next().unwrap()).collect();
-        assert_eq!(first, vec![0, 1, 2, 3, 4]);
-        drop(a); // crash: the rest of the block is skipped
-        let b = ProducerIds::open(p).unwrap();
-        assert_eq!(b.next().unwrap(), BLOCK);
+    /// A new producer id; asks the controller for a block when this one is used up.
+    pub async fn next(&self) -> Result<i64, ControllerError> {
+        let mut b = self.block.lock().await;
+        if b.0 >= b.1 {
+            let epoch = self
+                .cluster
+                .epoch()
+                .ok_or_else(|| ControllerError::NotCommitted("not registered".into()))?;
+            let request = ControllerRequest::AllocateProducerIds {
+                node: self.cluster.me,
+                epoch,
+            };
+            match self.cluster.call(request).await? {
+                ControllerResponse::ProducerIds { first, count, .. } => *b = (first, first + count),
+                other => {
+                    return Err(ControllerError::Invalid(format!(
+                        "unexpected answer to a producer id request: {other:?}"
+                    )));
+                }
+            }
+        }
+        let id = b.0;
+        b.0 += 1;
+        Ok(id)
     }
 }

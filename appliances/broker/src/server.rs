@@ -1,42 +1,50 @@
-//! Starting and stopping a broker. [`start`] opens the data directory, recovers every log,
-//! and serves; [`BrokerHandle::shutdown`] stops accepting, drains connections, flushes and
-//! closes every log, and only then marks the shutdown clean.
+//! Starting and stopping a broker. [`start`] opens the data directory, joins the cluster
+//! (a one-node cluster without a `[cluster]` section), registers with the controller, opens
+//! the partitions the metadata assigns here, and serves; [`BrokerHandle::shutdown`] stops
+//! accepting, drains connections, flushes and closes every log, and only then marks the
+//! shutdown clean.
 //!
 //! The admin server (metrics, health) starts first so that an operator can watch a long
-//! recovery; `/ready` turns 200 once the Kafka listener serves.
+//! recovery or a wait for the quorum; `/ready` turns 200 once the Kafka listener serves.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use quorum::metadata::Endpoints;
 use telemetry::{DiskCollector, Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-use crate::catalog::Catalog;
-use crate::config::{BrokerConfig, Durability};
+use crate::cluster::{Cluster, cluster_uuid, kafka_cluster_id};
+use crate::config::BrokerConfig;
 use crate::data_dir::DataDir;
 use crate::groups::{self, GroupCoordinator};
-use crate::internal_log::internal_log_config;
 use crate::metrics::Metrics;
-use crate::partition::Partition;
 use crate::producer_ids::ProducerIds;
+use crate::replica_manager::{ManagerSettings, OFFSETS_TOPIC, ReplicaManager};
+use crate::session::{Listener, ListenerRole, Session};
 use crate::state::BrokerState;
-use crate::topic_config::TopicPolicy;
 use crate::topics::Topics;
 
 /// How long a shutdown waits for connections to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the start waits for this broker's partitions to open after registration.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A running broker.
 pub struct BrokerHandle {
     pub kafka_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The quorum listener, in a real cluster.
+    pub quorum_addr: Option<SocketAddr>,
+    /// The replication listener, when one is configured apart from the Kafka listener.
+    pub replication_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
     data_dir: DataDir,
     shutdown: CancellationToken,
@@ -44,38 +52,62 @@ pub struct BrokerHandle {
     health: Arc<Health>,
 }
 
-/// A broker-internal partition. Broker state is always written synchronously, whatever the
-/// durability mode chosen for user data.
-fn internal_partition(
-    data_dir: &std::path::Path,
-    name: &str,
-    index: i32,
-    clean: bool,
-    metrics: &Arc<Metrics>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<Partition>> {
-    let dir = data_dir.join("internal").join(format!("{name}-{index}"));
-    let policy = TopicPolicy {
-        min_insync_replicas: 1,
-        timestamp_before_max_ms: i64::MAX,
-        timestamp_after_max_ms: i64::MAX,
-    };
-    Partition::open(
-        &dir,
-        name.into(),
-        Uuid::nil(),
-        index,
-        internal_log_config(),
-        policy,
-        Durability::Sync,
-        clean,
-        Arc::clone(metrics),
-        shutdown.child_token(),
-    )
-    .with_context(|| format!("opening {}", dir.display()))
+/// The offsets topic's settings: kept forever (compacted by the coordinator itself), large
+/// batches allowed (group snapshots).
+fn offsets_topic_configs() -> BTreeMap<String, String> {
+    [
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", "67108864"),
+        ("max.message.bytes", "268435456"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
-/// Start a broker: recover storage, then serve Kafka and admin HTTP.
+/// Make sure the offsets topic exists: created by whichever broker gets there first, as soon
+/// as enough brokers have registered for its replication factor.
+async fn ensure_offsets_topic(state: Arc<BrokerState>, shutdown: CancellationToken) {
+    let rf = state.config.topics.replication_factor;
+    let partitions = state.config.groups.offsets_partitions;
+    loop {
+        if state.topics.get(OFFSETS_TOPIC).is_some() {
+            return;
+        }
+        let created = state
+            .topics
+            .create_unchecked(
+                OFFSETS_TOPIC,
+                None,
+                partitions,
+                rf,
+                offsets_topic_configs(),
+                false,
+            )
+            .await;
+        match created {
+            Ok(_) => return,
+            Err(crate::topics::TopicError::AlreadyExists(_)) => return,
+            Err(e) => {
+                tracing::info!(error = %e, "the offsets topic cannot be created yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Bind a Kafka listener.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener {addr}"))
+}
+
+/// Start a broker: recover storage, join the cluster, then serve Kafka and admin HTTP.
 pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
@@ -83,6 +115,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
     let health = Arc::new(Health::new());
+    health.require("quorum", "joining the cluster");
     health.require("storage", "recovering logs");
     health.require("kafka_listener", "not listening yet");
     let admin = telemetry::serve_admin(
@@ -94,35 +127,75 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     .await
     .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
 
-    let data_dir = DataDir::open(
+    let alone = config.cluster.is_none();
+    let mut data_dir = DataDir::open(
         &config.data_dir,
         config.node_id,
         config.cluster_id.as_deref(),
+        alone,
     )?;
     let clean = data_dir.clean_shutdown;
     tracing::info!(
-        data_dir = %config.data_dir.display(), cluster_id = %data_dir.cluster_id, node_id = config.node_id,
+        data_dir = %config.data_dir.display(), cluster_id = ?data_dir.cluster_id, node_id = config.node_id,
         clean_shutdown = clean, "opening storage"
     );
     let root = data_dir.root().to_owned();
-    let meta = internal_partition(&root, "__cluster_metadata", 0, clean, &metrics, &shutdown)?;
-    let catalog = Catalog::open(meta)
-        .await
-        .context("loading the topic catalog")?;
-    let topics = Topics::open(
-        catalog,
-        &root,
-        config.topics.clone(),
-        config.durability,
-        clean,
+    let formation = data_dir.cluster_id.as_deref().and_then(cluster_uuid);
+    let cluster = Cluster::start(&config, &root, data_dir.storage_id, formation, &shutdown).await?;
+
+    let listener = bind(config.kafka.listen, "Kafka").await?;
+    let kafka_addr = listener.local_addr()?;
+    let advertised = config.advertised_endpoint(kafka_addr);
+    let replication = match config.replication.listen {
+        Some(addr) => Some(bind(addr, "replication").await?),
+        None => None,
+    };
+    let replication_addr = replication.as_ref().map(|l| l.local_addr()).transpose()?;
+    let endpoints = Endpoints {
+        kafka: format!("{}:{}", advertised.0, advertised.1),
+        replication: match (&config.replication.advertised, replication_addr) {
+            (Some(a), _) => a.clone(),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => format!("{}:{}", advertised.0, advertised.1),
+        },
+        quorum: cluster.node.config().advertised.clone(),
+    };
+    cluster.register(endpoints).await?;
+    let cluster_id = cluster
+        .state()
+        .cluster_id
+        .map(kafka_cluster_id)
+        .context("the cluster has no id")?;
+    data_dir
+        .bind_cluster(&cluster_id)
+        .context("this data directory belongs to another cluster")?;
+    health.set_ok("quorum");
+    if alone {
+        crate::migrate::import_legacy(&root, &cluster, offsets_topic_configs())
+            .await
+            .context("importing the data directory of an earlier version")?;
+    }
+    // Taken after the import: directories the metadata does not know are removed below.
+    let quorum_state = cluster.state();
+
+    let (leadership_tx, leadership_rx) = ReplicaManager::leadership_queue();
+    let replicas = ReplicaManager::new(
+        Arc::clone(&cluster),
+        ManagerSettings {
+            data_dir: root.clone(),
+            defaults: config.topics.clone(),
+            durability: config.durability,
+            lag_time: config.replication.lag_time,
+            fetch_wait: config.replication.fetch_wait,
+            fetch_max_bytes: config.replication.fetch_max_bytes as usize,
+            clean_start: clean,
+        },
         Arc::clone(&metrics),
+        leadership_tx,
         shutdown.clone(),
     )
-    .await
-    .context("opening topics")?;
-    let offsets = (0..config.groups.offsets_partitions)
-        .map(|i| internal_partition(&root, "__consumer_offsets", i, clean, &metrics, &shutdown))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    .context("opening the topics directory")?;
+    replicas.remove_stray_directories(&quorum_state);
     let settings = groups::Settings {
         group: groups::group::GroupConfig {
             initial_rebalance_delay: config.groups.initial_rebalance_delay,
@@ -132,50 +205,97 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         },
         offsets_retention: config.groups.offsets_retention,
     };
-    let groups = GroupCoordinator::open(offsets, settings, Arc::clone(&metrics), shutdown.clone())
-        .await
-        .context("loading consumer groups")?;
-    let producer_ids =
-        ProducerIds::open(root.join("producer-ids")).context("opening producer ids")?;
+    let groups = GroupCoordinator::new(
+        Arc::clone(&cluster),
+        config.groups.offsets_partitions,
+        settings,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
+    tokio::spawn(groups.clone().follow(leadership_rx));
+    tokio::spawn(Arc::clone(&replicas).run());
+    anyhow::ensure!(
+        replicas
+            .wait_reconciled(quorum_state.applied_index, OPEN_TIMEOUT)
+            .await,
+        "this broker's partitions did not open within {OPEN_TIMEOUT:?}"
+    );
     health.set_ok("storage");
 
-    let listener = TcpListener::bind(config.kafka.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener {}", config.kafka.listen))?;
-    let kafka_addr = listener.local_addr()?;
-    let advertised = config.advertised_endpoint(kafka_addr);
     let memory = Arc::new(Semaphore::new(
         config.kafka.max_inflight_request_bytes as usize,
     ));
     let retention_every = config.topics.retention_check_interval;
+    let topics = Topics::new(
+        Arc::clone(&cluster),
+        Arc::clone(&replicas),
+        config.topics.clone(),
+    );
     let state = Arc::new(BrokerState {
         node_id: config.node_id,
-        cluster_id: data_dir.cluster_id.clone(),
+        cluster_id,
         advertised,
-        config,
+        producer_ids: ProducerIds::new(Arc::clone(&cluster)),
+        cluster: Arc::clone(&cluster),
+        replicas,
         topics,
         groups,
-        producer_ids,
         metrics,
+        config,
     });
+    tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));
+    tokio::spawn(Arc::clone(&cluster).probes(shutdown.clone()));
+    if alone {
+        // Alone, the offsets topic can be made now: groups work from the first request.
+        ensure_offsets_topic(Arc::clone(&state), shutdown.clone()).await;
+    } else {
+        tokio::spawn(ensure_offsets_topic(Arc::clone(&state), shutdown.clone()));
+    }
     let connections = TaskTracker::new();
+    let clients = Arc::new(Listener {
+        name: "clients".into(),
+        role: ListenerRole::Clients,
+        serves_replication: replication.is_none(),
+    });
     tokio::spawn(accept_loop(
         listener,
+        clients,
         Arc::clone(&state),
-        memory,
+        Arc::clone(&memory),
         connections.clone(),
         shutdown.clone(),
     ));
+    if let Some(l) = replication {
+        let info = Arc::new(Listener {
+            name: "replication".into(),
+            role: ListenerRole::Replication,
+            serves_replication: true,
+        });
+        tokio::spawn(accept_loop(
+            l,
+            info,
+            Arc::clone(&state),
+            Arc::clone(&memory),
+            connections.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(retention_loop(
         Arc::clone(&state),
         retention_every,
         shutdown.clone(),
     ));
     health.set_ok("kafka_listener");
-    tracing::info!(%kafka_addr, advertised = ?state.advertised, admin = %admin.local_addr, "broker ready");
+    tracing::info!(
+        %kafka_addr, advertised = ?state.advertised, admin = %admin.local_addr,
+        quorum = ?cluster.quorum_addr, replication = ?replication_addr,
+        node_id = state.node_id, "broker ready"
+    );
     Ok(BrokerHandle {
         kafka_addr,
         admin_addr: admin.local_addr,
+        quorum_addr: cluster.quorum_addr,
+        replication_addr,
         state,
         data_dir,
         shutdown,
@@ -186,6 +306,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 
 async fn accept_loop(
     listener: TcpListener,
+    listener_info: Arc<Listener>,
     state: Arc<BrokerState>,
     memory: Arc<Semaphore>,
     connections: TaskTracker,
@@ -198,10 +319,11 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 let conn = crate::connection::serve(
                     Arc::clone(&state),
                     stream,
-                    peer,
+                    Session::new(Arc::clone(&listener_info), peer),
                     Arc::clone(&memory),
                     shutdown.clone(),
                 );
@@ -245,8 +367,9 @@ impl BrokerHandle {
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.connections.wait())
             .await
             .is_ok();
-        let closed = self.state.topics.close_all().await;
         let internal_ok = self.state.groups.close().await;
+        let closed = self.state.topics.close_all().await;
+        self.state.cluster.node.shutdown().await;
         if drained && closed && internal_ok {
             self.data_dir
                 .mark_clean_shutdown()

@@ -1,37 +1,82 @@
-//! Everything a request handler can reach: identity, topics and partitions, the group
-//! coordinator, producer ids and metrics. One instance per running broker.
+//! Everything a request handler can reach: identity, the cluster (metadata and controller),
+//! topics and this broker's partitions, the group coordinator, producer ids and metrics. One
+//! instance per running broker.
 
 use std::sync::Arc;
 
+use kafka_protocol::error::ResponseError;
+use quorum::ids::{NodeId, PartitionKey};
+use quorum::metadata::{BrokerInfo, ClusterState};
+
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::groups::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::producer_ids::ProducerIds;
+use crate::replica_manager::{OFFSETS_TOPIC, ReplicaManager};
 use crate::topics::Topics;
 
 pub struct BrokerState {
     pub config: BrokerConfig,
     pub node_id: i32,
+    /// Kafka's form of the cluster id.
     pub cluster_id: String,
     /// Where clients reach this broker: `(host, port)`.
     pub advertised: (String, u16),
+    pub cluster: Arc<Cluster>,
+    pub replicas: Arc<ReplicaManager>,
     pub topics: Topics,
     pub groups: GroupCoordinator,
     pub producer_ids: ProducerIds,
     pub metrics: Arc<Metrics>,
 }
 
-impl BrokerState {
-    /// In-sync replicas of every partition (replication arrives with the cluster).
-    pub fn isr_size(&self) -> i32 {
-        1
+/// `host:port` split for Kafka's metadata answers.
+pub fn host_port(endpoint: &str) -> (String, i32) {
+    match endpoint.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().unwrap_or(-1),
+        ),
+        None => (endpoint.to_string(), -1),
     }
 }
 
-/// What a handler knows about the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct Client {
-    pub id: String,
-    /// Kafka's format: `/<ip>`.
-    pub host: String,
+impl BrokerState {
+    pub fn me(&self) -> NodeId {
+        self.cluster.me
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterState> {
+        self.cluster.state()
+    }
+
+    /// The broker a Kafka client should talk to for group `group`: the leader of the group's
+    /// offsets partition, with its client endpoint.
+    pub fn coordinator_for(&self, group: &str) -> Result<(NodeId, String, i32), i16> {
+        let state = self.metadata();
+        let unavailable = ResponseError::CoordinatorNotAvailable.code();
+        let topic = state.topic_by_name(OFFSETS_TOPIC).ok_or(unavailable)?;
+        let key = PartitionKey {
+            topic: topic.id,
+            index: self.groups.partition_of(group),
+        };
+        let leader = state
+            .partition(key)
+            .and_then(|p| p.leader)
+            .ok_or(unavailable)?;
+        let b = state.brokers.get(&leader).ok_or(unavailable)?;
+        let (host, port) = host_port(&b.endpoints.kafka);
+        Ok((leader, host, port))
+    }
+
+    /// Brokers a client may be told about: registered and not fenced.
+    pub fn live_brokers(&self, state: &ClusterState) -> Vec<BrokerInfo> {
+        state
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .cloned()
+            .collect()
+    }
 }

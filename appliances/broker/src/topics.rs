@@ -1,25 +1,26 @@
-//! Topics and the partitions this broker hosts: creation, deletion, growth and
-//! reconfiguration (serialized, committed to the catalog first), the reconciliation of
-//! partition directories with the catalog at start, and retention.
-//!
-//! Partition directories are `<data>/topics/<topic>-<partition>` holding a `partition.metadata`
-//! file with the topic id, as in Kafka, so that a directory left by a topic deleted just
-//! before a crash is recognised and removed instead of being mistaken for a new topic's data.
+//! Topics as the cluster's metadata has them, and this broker's replicas of their
+//! partitions. Changes (create, delete, grow, reconfigure) are checked here with Kafka's rules,
+//! then decided by the controller through the metadata quorum; each call returns once the
+//! change is applied on this broker (its local partitions opened or removed by the replica
+//! manager), so a client that created a topic can produce to it at once.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::RwLock;
-use tokio_util::sync::CancellationToken;
+use quorum::controller::{ControllerError, ControllerRequest, ControllerResponse};
+use quorum::ids::PartitionKey;
+use quorum::metadata::{ClusterState, TopicState};
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, MetadataRecord, TopicInfo};
-use crate::config::{Durability, TopicDefaults};
-use crate::internal_log::StoreError;
-use crate::metrics::Metrics;
+use crate::cluster::Cluster;
+use crate::config::TopicDefaults;
 use crate::partition::Partition;
+use crate::replica_manager::ReplicaManager;
 use crate::topic_config;
+
+/// How long a change waits for this broker to apply it after the controller committed it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest topic name (Kafka's limit, so that `<name>-<partition>` fits a file name).
 pub const MAX_NAME_LEN: usize = 249;
@@ -46,12 +47,6 @@ pub enum TopicError {
     InvalidConfig(String),
     #[error("storage error: {0}")]
     Storage(String),
-}
-
-impl From<StoreError> for TopicError {
-    fn from(e: StoreError) -> Self {
-        TopicError::Storage(e.to_string())
-    }
 }
 
 /// Kafka's topic name rules.
@@ -94,153 +89,94 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A topic as handlers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicInfo {
+    pub name: Arc<str>,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Overrides of the broker's topic defaults, under Kafka's names.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicInfo {
+    fn of(t: &TopicState) -> Arc<TopicInfo> {
+        Arc::new(TopicInfo {
+            name: Arc::clone(&t.name),
+            id: t.id,
+            partitions: t.partitions.len() as i32,
+            replication_factor: t.replication_factor() as i16,
+            configs: t.configs.clone(),
+        })
+    }
+}
+
 pub struct Topics {
-    catalog: Catalog,
-    partitions: RwLock<HashMap<Arc<str>, Vec<Arc<Partition>>>>,
-    /// Serializes changes so that validation and commit see the same state.
-    changes: tokio::sync::Mutex<()>,
-    dir: PathBuf,
+    cluster: Arc<Cluster>,
+    replicas: Arc<ReplicaManager>,
     defaults: TopicDefaults,
-    durability: Durability,
-    brokers: i16,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
 }
 
-fn partition_dir(root: &Path, topic: &str, index: i32) -> PathBuf {
-    root.join(format!("{topic}-{index}"))
-}
-
-fn write_partition_metadata(dir: &Path, id: Uuid) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    durable_log::checkpoint::write_atomic(
-        &dir.join("partition.metadata"),
-        format!("version: 0\ntopic_id: {id}\n").as_bytes(),
-    )
-}
-
-fn read_partition_metadata(dir: &Path) -> Option<Uuid> {
-    let text = std::fs::read_to_string(dir.join("partition.metadata")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("topic_id: "))
-        .and_then(|v| v.trim().parse().ok())
+fn controller_error(e: ControllerError) -> TopicError {
+    match e {
+        ControllerError::TopicExists(n) => TopicError::AlreadyExists(n),
+        ControllerError::UnknownTopic => TopicError::Storage("unknown topic".into()),
+        ControllerError::Policy(m) => TopicError::InvalidReplicationFactor(m),
+        ControllerError::Invalid(m) => TopicError::InvalidPartitions(m),
+        other => TopicError::Storage(other.to_string()),
+    }
 }
 
 impl Topics {
-    /// Load the catalog and open every hosted partition, removing stray directories.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn open(
-        catalog: Catalog,
-        data_dir: &Path,
+    pub fn new(
+        cluster: Arc<Cluster>,
+        replicas: Arc<ReplicaManager>,
         defaults: TopicDefaults,
-        durability: Durability,
-        clean_shutdown: bool,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Topics, TopicError> {
-        let dir = data_dir.join("topics");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| TopicError::Storage(format!("{}: {e}", dir.display())))?;
-        let topics = Topics {
-            catalog,
-            partitions: RwLock::new(HashMap::new()),
-            changes: tokio::sync::Mutex::new(()),
-            dir,
+    ) -> Topics {
+        Topics {
+            cluster,
+            replicas,
             defaults,
-            durability,
-            brokers: 1,
-            metrics,
-            shutdown,
-        };
-        topics.remove_stray_directories()?;
-        for t in topics.catalog.list() {
-            topics.open_partitions(&t, 0, clean_shutdown)?;
         }
-        Ok(topics)
-    }
-
-    fn remove_stray_directories(&self) -> Result<(), TopicError> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| TopicError::Storage(e.to_string()))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = name.rsplit_once('-').and_then(|(topic, index)| {
-                let index: i32 = index.parse().ok()?;
-                let t = self.catalog.get(topic)?;
-                (index < t.partitions && read_partition_metadata(&entry.path()) == Some(t.id))
-                    .then_some(())
-            });
-            if keep.is_none() {
-                tracing::info!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| TopicError::Storage(e.to_string()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Open partitions `from..` of `topic` and register them.
-    fn open_partitions(
-        &self,
-        topic: &TopicInfo,
-        from: i32,
-        clean_shutdown: bool,
-    ) -> Result<(), TopicError> {
-        let (log_config, policy) = topic_config::resolve(&topic.configs, &self.defaults);
-        let mut opened = Vec::new();
-        for index in from..topic.partitions {
-            let dir = partition_dir(&self.dir, &topic.name, index);
-            write_partition_metadata(&dir, topic.id)
-                .map_err(|e| TopicError::Storage(e.to_string()))?;
-            let p = Partition::open(
-                &dir,
-                Arc::clone(&topic.name),
-                topic.id,
-                index,
-                log_config.clone(),
-                policy,
-                self.durability,
-                clean_shutdown,
-                Arc::clone(&self.metrics),
-                self.shutdown.child_token(),
-            )
-            .map_err(|e| TopicError::Storage(e.to_string()))?;
-            opened.push(p);
-        }
-        let mut map = self.partitions.write();
-        let list = map.entry(Arc::clone(&topic.name)).or_default();
-        list.extend(opened);
-        self.metrics
-            .partitions
-            .set(map.values().map(|v| v.len() as i64).sum());
-        Ok(())
     }
 
     pub fn defaults(&self) -> &TopicDefaults {
         &self.defaults
     }
 
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.cluster.state()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<TopicInfo>> {
-        self.catalog.get(name)
+        self.state().topic_by_name(name).map(|t| TopicInfo::of(t))
     }
 
     pub fn get_by_id(&self, id: &Uuid) -> Option<Arc<TopicInfo>> {
-        self.catalog.get_by_id(id)
+        self.state().topics.get(id).map(|t| TopicInfo::of(t))
     }
 
+    /// Every topic, internal ones included.
     pub fn list(&self) -> Vec<Arc<TopicInfo>> {
-        self.catalog.list()
+        self.state()
+            .topics
+            .values()
+            .map(|t| TopicInfo::of(t))
+            .collect()
     }
 
+    /// This broker's replica of partition `index` of `topic`.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        let map = self.partitions.read();
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| map.get(topic)?.get(i).cloned())
+        self.replicas.by_name(&self.state(), topic, index)
+    }
+
+    pub fn partition_by_key(&self, key: PartitionKey) -> Option<Arc<Partition>> {
+        self.replicas.partition(key)
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().values().flatten().cloned().collect()
+        self.replicas.all()
     }
 
     /// Check a topic request against the rules and fill in defaults.
@@ -248,7 +184,6 @@ impl Topics {
         validate_name(&t.name)?;
         let lower = t.name.replace('.', "_");
         if let Some(other) = self
-            .catalog
             .list()
             .into_iter()
             .find(|o| *o.name != *t.name && o.name.replace('.', "_") == lower)
@@ -273,10 +208,10 @@ impl Topics {
         } else {
             t.replication_factor
         };
-        if rf < 1 || rf > self.brokers {
+        let brokers = self.state().brokers.values().filter(|b| !b.fenced).count();
+        if rf < 1 || rf as usize > brokers {
             return Err(TopicError::InvalidReplicationFactor(format!(
-                "replication factor {rf} is larger than the {} available broker(s)",
-                self.brokers
+                "replication factor {rf} is larger than the {brokers} available broker(s)"
             )));
         }
         for (k, v) in &t.configs {
@@ -285,71 +220,92 @@ impl Topics {
         Ok((partitions, rf))
     }
 
+    /// Wait until this broker applied (and reconciled) the metadata up to `index`.
+    async fn applied(&self, index: u64) -> Result<(), TopicError> {
+        if self.replicas.wait_reconciled(index, APPLY_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(TopicError::Storage(format!(
+                "the change was committed but is not applied here after {APPLY_TIMEOUT:?}"
+            )))
+        }
+    }
+
     /// Create a topic (or only validate the request).
     pub async fn create(
         &self,
         t: NewTopic,
         validate_only: bool,
     ) -> Result<Arc<TopicInfo>, TopicError> {
-        let _guard = self.changes.lock().await;
-        if self.catalog.get(&t.name).is_some() {
+        if self.get(&t.name).is_some() {
             return Err(TopicError::AlreadyExists(t.name));
         }
         let (partitions, replication_factor) = self.resolve_new(&t)?;
-        let info = TopicInfo {
-            name: t.name.as_str().into(),
-            id: Uuid::new_v4(),
+        self.create_unchecked(
+            &t.name,
+            None,
             partitions,
             replication_factor,
-            configs: t.configs,
+            t.configs,
+            validate_only,
+        )
+        .await
+    }
+
+    /// Create a topic without the name rules (the broker's own internal topics).
+    pub async fn create_unchecked(
+        &self,
+        name: &str,
+        id: Option<Uuid>,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicInfo>, TopicError> {
+        let request = ControllerRequest::CreateTopic {
+            name: name.to_string(),
+            id,
+            partitions: partitions as u32,
+            replication_factor: replication_factor as u16,
+            configs: configs.clone(),
+            validate_only,
         };
-        if validate_only {
-            return Ok(Arc::new(info));
+        match self.cluster.call(request).await.map_err(controller_error)? {
+            ControllerResponse::TopicCreated { id, index } => {
+                if validate_only {
+                    return Ok(Arc::new(TopicInfo {
+                        name: name.into(),
+                        id,
+                        partitions,
+                        replication_factor,
+                        configs,
+                    }));
+                }
+                self.applied(index).await?;
+                tracing::info!(topic = name, %id, partitions, replication_factor, "created topic");
+                self.get_by_id(&id)
+                    .ok_or_else(|| TopicError::Storage("created topic vanished".into()))
+            }
+            other => Err(TopicError::Storage(format!("unexpected answer {other:?}"))),
         }
-        self.catalog
-            .commit(vec![MetadataRecord::TopicCreated {
-                name: t.name.clone(),
-                id: info.id,
-                partitions,
-                replication_factor,
-                configs: info.configs.clone(),
-            }])
-            .await?;
-        let info = self.catalog.get(&t.name).expect("just committed");
-        self.open_partitions(&info, 0, true)?;
-        tracing::info!(topic = %info.name, id = %info.id, partitions, "created topic");
-        Ok(info)
     }
 
     /// Delete a topic and its data.
     pub async fn delete(&self, id: Uuid) -> Result<Arc<TopicInfo>, TopicError> {
-        let _guard = self.changes.lock().await;
-        let info = self
-            .catalog
-            .get_by_id(&id)
-            .ok_or(TopicError::UnknownId(id))?;
-        self.catalog
-            .commit(vec![MetadataRecord::TopicDeleted { id }])
+        let info = self.get_by_id(&id).ok_or(TopicError::UnknownId(id))?;
+        let index = self
+            .applied_index(ControllerRequest::DeleteTopic { topic: id })
             .await?;
-        let removed = self
-            .partitions
-            .write()
-            .remove(&info.name)
-            .unwrap_or_default();
-        for p in removed {
-            if let Err(e) = p.delete().await {
-                tracing::warn!(topic = %info.name, partition = p.index, error = %e, "removing partition data failed");
-            }
-        }
-        self.metrics.partitions.set(
-            self.partitions
-                .read()
-                .values()
-                .map(|v| v.len() as i64)
-                .sum(),
-        );
-        tracing::info!(topic = %info.name, id = %info.id, "deleted topic");
+        self.applied(index).await?;
+        tracing::info!(topic = %info.name, %id, "deleted topic");
         Ok(info)
+    }
+
+    async fn applied_index(&self, request: ControllerRequest) -> Result<u64, TopicError> {
+        match self.cluster.call(request).await.map_err(controller_error)? {
+            ControllerResponse::Applied { index } => Ok(index),
+            other => Err(TopicError::Storage(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// Grow a topic to `count` partitions.
@@ -359,9 +315,7 @@ impl Topics {
         count: i32,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        let _guard = self.changes.lock().await;
         let info = self
-            .catalog
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         if count <= info.partitions {
@@ -375,30 +329,27 @@ impl Topics {
                 "at most {MAX_PARTITIONS} partitions"
             )));
         }
-        if validate_only {
-            return Ok(());
-        }
-        self.catalog
-            .commit(vec![MetadataRecord::PartitionsIncreased {
-                id: info.id,
-                partitions: count,
-            }])
+        let index = self
+            .applied_index(ControllerRequest::CreatePartitions {
+                topic: info.id,
+                count: count as u32,
+                validate_only,
+            })
             .await?;
-        let updated = self.catalog.get(name).expect("still exists");
-        self.open_partitions(&updated, info.partitions, true)
+        if !validate_only {
+            self.applied(index).await?;
+        }
+        Ok(())
     }
 
-    /// Replace a topic's overrides with `configs` (already validated by the caller against
-    /// the operation it implements).
+    /// Replace a topic's overrides with what `change` makes of the current ones.
     pub async fn set_configs(
         &self,
         name: &str,
         change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, TopicError>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        let _guard = self.changes.lock().await;
         let info = self
-            .catalog
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         let configs = change(&info.configs)?;
@@ -408,28 +359,16 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
-        self.catalog
-            .commit(vec![MetadataRecord::TopicConfigsReplaced {
-                id: info.id,
-                configs: configs.clone(),
-            }])
+        let index = self
+            .applied_index(ControllerRequest::ReplaceTopicConfigs {
+                topic: info.id,
+                configs,
+            })
             .await?;
-        let (log_config, policy) = topic_config::resolve(&configs, &self.defaults);
-        let parts = self
-            .partitions
-            .read()
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
-        for p in parts {
-            p.reconfigure(log_config.clone(), policy)
-                .await
-                .map_err(|e| TopicError::Storage(e.to_string()))?;
-        }
-        Ok(())
+        self.applied(index).await
     }
 
-    /// Apply retention to every partition.
+    /// Apply retention to every local partition (each replica applies it to its own log).
     pub async fn enforce_retention(&self) {
         for p in self.all_partitions() {
             match p.enforce_retention().await {
@@ -444,22 +383,12 @@ impl Topics {
                 }
             }
         }
-        let offline = self
-            .all_partitions()
-            .iter()
-            .filter(|p| p.is_offline())
-            .count();
-        self.metrics.offline_partitions.set(offline as i64);
     }
 
     /// Flush and close every partition (for a clean shutdown). Returns false if one failed.
     pub async fn close_all(&self) -> bool {
         let mut ok = true;
-        for p in self
-            .all_partitions()
-            .into_iter()
-            .chain([Arc::clone(self.catalog.partition())])
-        {
+        for p in self.all_partitions() {
             if let Err(e) = p.close().await {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing partition failed");
                 ok = false;

@@ -491,6 +491,18 @@ impl Log {
         e
     }
 
+    /// Record that leader epoch `epoch` starts at the log end: a new leader does this before
+    /// anything is appended in its epoch, so that followers of an older epoch find where
+    /// their history diverges.
+    pub fn assign_epoch(&mut self, epoch: i32) -> Result<(), LogError> {
+        self.check_online()?;
+        let leo = self.log_end_offset();
+        if let Err(e) = self.epochs.assign(epoch, leo) {
+            return Err(self.fail(LogError::io("recording the leader epoch", e)));
+        }
+        Ok(())
+    }
+
     /// Append producer batches as the partition leader: check sizes and idempotence, assign
     /// offsets and the leader epoch, write. Returns once the data is in the page cache.
     pub fn append_as_leader(

@@ -89,6 +89,8 @@ pub enum ControllerRequest {
     },
     CreateTopic {
         name: String,
+        /// A given id (a one-node broker importing its topics on upgrade); usually `None`.
+        id: Option<Uuid>,
         partitions: u32,
         replication_factor: u16,
         configs: BTreeMap<String, String>,

@@ -8,6 +8,7 @@
 //! - [`rpc`] and [`transport`]: the messages between nodes and their TCP transport;
 //! - [`node`]: a quorum member (voter or learner) with the controller service.
 
+pub mod config;
 pub mod controller;
 pub mod ids;
 pub mod metadata;

@@ -265,10 +265,12 @@ impl ClusterState {
                 leader_epoch,
                 isr,
             } => self.change_partition(*partition, *expected, *leader, *leader_epoch, isr),
-            MetadataRecord::ProducerIdsAllocated { first, count, .. } => {
+            MetadataRecord::ProducerIdsAllocated { node, first, count } => {
                 assert!(
                     *first >= self.next_producer_id && *count > 0,
-                    "producer ids allocated twice"
+                    "producer ids allocated twice: {first}+{count} to node {node} at index {index}, \
+                     but {} were given already",
+                    self.next_producer_id
                 );
                 self.next_producer_id = first + count;
                 Ok(())

@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub policy: SitePolicy,
     pub timing: Timing,
     pub raft: RaftTiming,
+    /// The id a cluster formed by this node gets (a one-node broker keeps the id its data
+    /// directory already has); `None`: a new random one.
+    pub formation_cluster_id: Option<uuid::Uuid>,
 }
 
 type Pending = (ControllerRequest, oneshot::Sender<ControllerResponse>);
@@ -196,6 +199,11 @@ impl<T: Transport> QuorumNode<T> {
             .map(|n| n.addr.clone())
             .or_else(|| self.config.voters.get(&id).cloned())?;
         Some((id, addr))
+    }
+
+    /// Cancelled when this node shuts down (servers of its protocol stop with it).
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub async fn shutdown(&self) {
@@ -366,8 +374,29 @@ async fn controller_service<T: Transport>(
         // Everything committed by earlier leaders is applied before deciding anything.
         if let Err(e) = node.raft.ensure_linearizable().await {
             tracing::debug!(error = %e, "leadership not confirmed");
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
             continue;
+        }
+        // The controller must reason from everything already in this leader's log (entries
+        // of earlier leaders, and its own from before a restart: a leader that restarts with
+        // its vote resumes in the same term, without a new blank entry). All of them commit
+        // under this leadership; wait until they are applied here.
+        let target = metrics.borrow().last_log_index.unwrap_or(0);
+        let caught_up = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            m = metrics.wait_for(|m| {
+                m.state != ServerState::Leader
+                    || m.current_term != term
+                    || m.last_applied.is_some_and(|l| l.index >= target)
+            }) => m.map(|m| m.state == ServerState::Leader && m.current_term == term),
+        };
+        match caught_up {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
         }
         tracing::info!(node = %node.id(), term, "controller active");
         lead(&node, &mut queue, base, term).await;
@@ -394,7 +423,11 @@ async fn lead<T: Transport>(
         now_ms(base),
     );
     if state.cluster_id.is_none() {
-        let records = Controller::formation(uuid::Uuid::new_v4(), node.config.policy.clone());
+        let id = node
+            .config
+            .formation_cluster_id
+            .unwrap_or_else(crate::raft::runtime::new_uuid);
+        let records = Controller::formation(id, node.config.policy.clone());
         if propose(node, records).await.is_err() {
             return;
         }
@@ -431,8 +464,12 @@ async fn propose<T: Transport>(
     node: &QuorumNode<T>,
     records: Vec<crate::metadata::MetadataRecord>,
 ) -> Result<crate::raft::Applied, ControllerError> {
+    tracing::debug!(node = %node.id(), ?records, "proposing");
     match node.raft.client_write(Command { records }).await {
-        Ok(r) => Ok(r.data),
+        Ok(r) => {
+            tracing::debug!(node = %node.id(), log_id = %r.log_id, "committed");
+            Ok(r.data)
+        }
         Err(e) => {
             tracing::info!(error = %e, "proposal not committed");
             Err(ControllerError::NotCommitted(e.to_string()))
@@ -483,12 +520,13 @@ async fn serve<T: Transport>(
         },
         ControllerRequest::CreateTopic {
             name,
+            id,
             partitions,
             replication_factor,
             configs,
             validate_only,
         } => {
-            let id = uuid::Uuid::new_v4();
+            let id = id.unwrap_or_else(crate::raft::runtime::new_uuid);
             match ctl.create_topic(&state, id, &name, partitions, replication_factor, &configs) {
                 Ok(_) if validate_only => Ok(ControllerResponse::TopicCreated { id, index: 0 }),
                 Ok(records) => match propose(node, records).await {

@@ -18,17 +18,23 @@ use crate::raft::frames::{self, HEADER_BYTES};
 use crate::raft::network::{Transport, TransportError};
 use crate::rpc::{self, Envelope, PROTOCOL_VERSION, Request, Response};
 
-/// At most this many connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 256;
+/// At most this many connections served at once; more wait in the accept queue. A quorum has
+/// a handful of members, each with a few connections.
+const MAX_CONNECTIONS: usize = 64;
 /// Idle connections kept per peer.
 const IDLE_PER_PEER: usize = 4;
-/// A connection that sends nothing for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection that sends nothing for this long is closed (peers keep theirs for less).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A frame whose header arrived must arrive whole within this: a peer that trickles bytes
+/// loses its connection instead of holding a slot.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pooled connections unused for this long are not reused (the peer may have closed them).
+const POOL_MAX_IDLE: Duration = Duration::from_secs(60);
 
 pub struct TcpTransport {
     cluster: String,
     from: NodeId,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<String, Vec<(TcpStream, tokio::time::Instant)>>>,
 }
 
 impl TcpTransport {
@@ -58,7 +64,9 @@ impl TcpTransport {
     }
 }
 
-/// Read one frame (header and payload), refusing lengths over the limit.
+/// Read one frame (header and payload), refusing lengths over the limit. The buffer grows
+/// with the bytes that arrive, not with what the header claims, and a frame whose header
+/// arrived must arrive whole within [`FRAME_TIMEOUT`].
 async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await?;
@@ -68,10 +76,42 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
             "frame length over the limit",
         )
     })?;
-    let mut frame = vec![0u8; HEADER_BYTES + len];
-    frame[..HEADER_BYTES].copy_from_slice(&header);
-    stream.read_exact(&mut frame[HEADER_BYTES..]).await?;
-    Ok(frame)
+    let body = async {
+        let mut frame = Vec::with_capacity(HEADER_BYTES + len.min(64 << 10));
+        frame.extend_from_slice(&header);
+        let mut limited = (&mut *stream).take(len as u64);
+        while frame.len() < HEADER_BYTES + len {
+            frame.reserve((HEADER_BYTES + len - frame.len()).min(1 << 20));
+            if limited.read_buf(&mut frame).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(frame)
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, body)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "frame too slow"))?
+}
+
+impl TcpTransport {
+    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let pool = idle.get_mut(addr)?;
+        while let Some((s, since)) = pool.pop() {
+            if since.elapsed() < POOL_MAX_IDLE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, to: NodeId, addr: &str) -> Result<TcpStream, TransportError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| TransportError::Unreachable(to, e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
 }
 
 impl Transport for TcpTransport {
@@ -89,19 +129,24 @@ impl Transport for TcpTransport {
             body: request,
         });
         let attempt = async {
-            let reused = self.idle.lock().get_mut(addr).and_then(Vec::pop);
-            let mut stream = match reused {
-                Some(s) => s,
-                None => TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| TransportError::Unreachable(to, e.to_string()))?,
+            let reused = self.take_idle(addr);
+            let (mut stream, fresh) = match reused {
+                Some(s) => (s, false),
+                None => (self.connect(to, addr).await?, true),
             };
-            let _ = stream.set_nodelay(true);
-            let answer = self.exchange(to, &mut stream, &bytes).await?;
+            let answer = match self.exchange(to, &mut stream, &bytes).await {
+                // A pooled connection the peer closed meanwhile (it restarted, or timed the
+                // connection out): once more on a new one.
+                Err(TransportError::Unreachable(..)) if !fresh => {
+                    stream = self.connect(to, addr).await?;
+                    self.exchange(to, &mut stream, &bytes).await?
+                }
+                other => other?,
+            };
             let mut idle = self.idle.lock();
             let pool = idle.entry(addr.to_string()).or_default();
             if pool.len() < IDLE_PER_PEER {
-                pool.push(stream);
+                pool.push((stream, tokio::time::Instant::now()));
             }
             Ok(answer)
         };
@@ -111,12 +156,25 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Serve the quorum protocol on `listener` until `shutdown`.
+/// Serve the quorum protocol on `listener` until `shutdown` or the node's own shutdown.
 pub async fn serve<T: Transport>(
     listener: TcpListener,
     node: Arc<QuorumNode<T>>,
     shutdown: CancellationToken,
 ) {
+    // The node's own shutdown ends serving too (one token for callers to manage).
+    let shutdown = {
+        let both = shutdown.child_token();
+        let node_down = node.stopping();
+        let token = both.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = node_down.cancelled() => token.cancel(),
+                _ = token.cancelled() => {}
+            }
+        });
+        both
+    };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {

@@ -4,14 +4,18 @@
 
 use pid1::Manifest;
 
-pub static APPLIANCES: &[&Manifest] = &[&broker::appliance::MANIFEST, &s3gw::appliance::MANIFEST];
+pub static APPLIANCES: &[&Manifest] = &[
+    &broker::appliance::MANIFEST,
+    &s3gw::appliance::MANIFEST,
+    &witness::appliance::MANIFEST,
+];
 
 /// The appliance called `name`.
 pub fn find(name: &str) -> Option<&'static Manifest> {
     APPLIANCES.iter().copied().find(|m| m.name == name)
 }
 
-/// `broker, s3gw`.
+/// `broker, s3gw, witness`.
 pub fn names() -> String {
     APPLIANCES
         .iter()

@@ -35,16 +35,23 @@ pub fn describe_cluster(
     version: i16,
     r: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (host, port) = &s.advertised;
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(s.node_id))
-        .with_host(StrBytes::from_string(host.clone()))
-        .with_port(i32::from(*port))
-        .with_rack(s.config.rack.clone().map(StrBytes::from_string));
+    let state = s.metadata();
+    let brokers = s
+        .live_brokers(&state)
+        .into_iter()
+        .map(|b| {
+            let (host, port) = crate::state::host_port(&b.endpoints.kafka);
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.node.kafka()))
+                .with_host(StrBytes::from_string(host))
+                .with_port(port)
+                .with_rack(Some(StrBytes::from_string(b.site.to_string())))
+        })
+        .collect();
     let mut resp = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(s.cluster_id.clone()))
-        .with_controller_id(BrokerId(s.node_id))
-        .with_brokers(vec![broker]);
+        .with_controller_id(BrokerId(super::metadata::controller_id(s)))
+        .with_brokers(brokers);
     if version >= 1 {
         // Endpoint type 1 asks for brokers, 2 for controllers; this node is both.
         if r.endpoint_type != 1 && r.endpoint_type != 2 {
@@ -58,7 +65,7 @@ pub fn describe_cluster(
     resp
 }
 
-pub fn init_producer_id(s: &BrokerState, r: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(s: &BrokerState, r: InitProducerIdRequest) -> InitProducerIdResponse {
     let failed = |code| {
         InitProducerIdResponse::default()
             .with_error_code(code)
@@ -72,7 +79,7 @@ pub fn init_producer_id(s: &BrokerState, r: InitProducerIdRequest) -> InitProduc
         return failed(err(ResponseError::UnsupportedVersion));
     }
     // Idempotent producers always get a fresh id (also on an epoch bump), as in Kafka.
-    match s.producer_ids.next() {
+    match s.producer_ids.next().await {
         Ok(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),

@@ -1,6 +1,12 @@
 //! Fetch: read whole batches below the high watermark (consumers) or the log end (followers),
 //! long-polling until `min_bytes` are available or `max_wait_ms` passes.
 //!
+//! A follower's fetch (a replica id and its broker epoch) is served only by the leader, in
+//! the follower's current incarnation and the partition's current epoch; its fetch offset is
+//! what it holds durably, which the replica counts towards the high watermark. Consumers may
+//! fetch from a follower (KIP-392, v11+): a leader answers a consumer in another site with
+//! the in-sync replica of the consumer's rack as its preferred read replica.
+//!
 //! Incremental fetch sessions (KIP-227) are declined by answering session id 0, which the
 //! protocol allows: clients then send full fetch requests, which this broker serves directly.
 
@@ -10,17 +16,50 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use quorum::ids::{LeaderEpoch, NodeId};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{check_leader_epoch, err};
-use crate::partition::{Partition, PartitionError};
+use crate::partition::{Partition, PartitionError, ReadBound};
 use crate::state::BrokerState;
+
+/// Who is fetching.
+#[derive(Debug, Clone)]
+enum Fetcher {
+    Consumer { rack: String },
+    Replica { id: NodeId, broker_epoch: i64 },
+}
+
+impl Fetcher {
+    fn of(version: i16, r: &FetchRequest) -> Fetcher {
+        if is_replica_fetch(version, r) {
+            let (id, broker_epoch) = if version >= 15 {
+                (r.replica_state.replica_id.0, r.replica_state.replica_epoch)
+            } else {
+                (r.replica_id.0, -1)
+            };
+            Fetcher::Replica {
+                id: NodeId(id as u32),
+                broker_epoch,
+            }
+        } else {
+            Fetcher::Consumer {
+                rack: r.rack_id.to_string(),
+            }
+        }
+    }
+
+    fn is_replica(&self) -> bool {
+        matches!(self, Fetcher::Replica { .. })
+    }
+}
 
 /// Upper bound on a long poll, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -41,6 +80,15 @@ fn count_records(bytes: &[u8]) -> u64 {
     headers.iter().map(|h| h.records_count.max(0) as u64).sum()
 }
 
+/// Whether a Fetch comes from a follower (a replica id) rather than a consumer.
+pub fn is_replica_fetch(version: i16, r: &FetchRequest) -> bool {
+    if version >= 15 {
+        r.replica_state.replica_id.0 >= 0
+    } else {
+        r.replica_id.0 >= 0
+    }
+}
+
 pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> FetchResponse {
     if version >= 7 {
         if r.session_id != 0 {
@@ -52,11 +100,13 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> Fetc
                 .with_error_code(err(ResponseError::InvalidFetchSessionEpoch));
         }
     }
-    let follower = if version >= 15 {
-        r.replica_state.replica_id.0 >= 0
-    } else {
-        r.replica_id.0 >= 0
-    };
+    let fetcher = Fetcher::of(version, &r);
+    if let Fetcher::Replica { id, broker_epoch } = &fetcher
+        && !current_incarnation(s, *id, *broker_epoch)
+    {
+        tracing::info!(replica = %id, broker_epoch, "refusing a fetch from an earlier incarnation of a broker");
+        return FetchResponse::default().with_error_code(err(ResponseError::StaleBrokerEpoch));
+    }
     let wanted = resolve(s, version, &r);
     let min_bytes = r.min_bytes.max(0) as usize;
     let max_bytes = if r.max_bytes <= 0 {
@@ -70,15 +120,15 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> Fetc
         // Subscribe before reading, so that data arriving in between wakes the wait below.
         let mut watchers: Vec<_> = wanted
             .iter()
-            .filter_map(|w| w.partition.as_ref().ok().map(|p| p.watch_high_watermark()))
+            .filter_map(|w| w.partition.as_ref().ok().map(|p| p.watch()))
             .collect();
-        let (results, bytes, any_error) = read_all(s, &wanted, max_bytes, follower).await;
+        let (results, bytes, any_error) = read_all(s, version, &wanted, max_bytes, &fetcher).await;
         if bytes >= min_bytes || any_error || Instant::now() >= deadline || watchers.is_empty() {
             return build(version, &wanted, results);
         }
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            let (results, _, _) = read_all(s, &wanted, max_bytes, follower).await;
+            let (results, _, _) = read_all(s, version, &wanted, max_bytes, &fetcher).await;
             return build(version, &wanted, results);
         }
     }
@@ -124,18 +174,37 @@ fn resolve(s: &BrokerState, version: i16, r: &FetchRequest) -> Vec<Wanted> {
     out
 }
 
+/// Whether `epoch` is the broker epoch the metadata has for replica `id` (followers of a
+/// previous life of a broker are refused). Fetches below v15 carry no epoch: accepted.
+fn current_incarnation(s: &BrokerState, id: NodeId, epoch: i64) -> bool {
+    epoch < 0
+        || s.metadata()
+            .brokers
+            .get(&id)
+            .is_some_and(|b| b.epoch.0 as i64 == epoch)
+}
+
 async fn read_all(
     s: &BrokerState,
+    version: i16,
     wanted: &[Wanted],
     max_bytes: usize,
-    follower: bool,
+    fetcher: &Fetcher,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut out = Vec::with_capacity(wanted.len());
     for w in wanted {
         let remaining = max_bytes.saturating_sub(total);
-        let data = read_one(w, remaining.min(w.max_bytes), total == 0, follower).await;
+        let data = read_one(
+            s,
+            version,
+            w,
+            remaining.min(w.max_bytes),
+            total == 0,
+            fetcher,
+        )
+        .await;
         if data.error_code != 0 {
             any_error = true;
             s.metrics.note_error("Fetch", data.error_code);
@@ -155,7 +224,14 @@ async fn read_all(
     (out, total, any_error)
 }
 
-async fn read_one(w: &Wanted, max_bytes: usize, first: bool, follower: bool) -> PartitionData {
+async fn read_one(
+    s: &BrokerState,
+    version: i16,
+    w: &Wanted,
+    max_bytes: usize,
+    first: bool,
+    fetcher: &Fetcher,
+) -> PartitionData {
     let base = PartitionData::default()
         .with_partition_index(w.index)
         .with_high_watermark(-1);
@@ -168,7 +244,16 @@ async fn read_one(w: &Wanted, max_bytes: usize, first: bool, follower: bool) -> 
         Ok(p) => p,
         Err(code) => return failed(*code),
     };
-    if let Err(code) = check_leader_epoch(w.current_leader_epoch, partition.leader_epoch()) {
+    let visible = partition.visible();
+    if visible.offline {
+        return failed(err(ResponseError::KafkaStorageError));
+    }
+    // Followers and old clients read from the leader only; consumers of v11+ from any replica.
+    let leader_only = fetcher.is_replica() || version < 11;
+    if leader_only && !(visible.leader && s.cluster.lease_valid()) {
+        return failed(err(ResponseError::NotLeaderOrFollower));
+    }
+    if let Err(code) = check_leader_epoch(w.current_leader_epoch, visible.leader_epoch.0) {
         return failed(code);
     }
     let offsets = partition.offsets();
@@ -197,8 +282,27 @@ async fn read_one(w: &Wanted, max_bytes: usize, first: bool, follower: bool) -> 
             Err(e) => return failed(partition_error(&e)),
         }
     }
+    let bound = match fetcher {
+        Fetcher::Replica { id, .. } => {
+            let epoch = LeaderEpoch(w.current_leader_epoch.max(visible.leader_epoch.0));
+            if let Err(e) = partition.follower_fetched(*id, w.fetch_offset, epoch).await {
+                return with_offsets(failed(partition_error(&e)));
+            }
+            ReadBound::LogEnd
+        }
+        Fetcher::Consumer { rack } => {
+            if let Some(preferred) = preferred_replica(s, partition, rack, visible.leader) {
+                return with_offsets(
+                    base.clone()
+                        .with_preferred_read_replica(BrokerId(preferred.kafka()))
+                        .with_records(Some(Bytes::new())),
+                );
+            }
+            ReadBound::HighWatermark
+        }
+    };
     match partition
-        .read(w.fetch_offset, max_bytes, first, follower)
+        .read(w.fetch_offset, max_bytes, first, bound)
         .await
     {
         Ok(read) => base
@@ -210,12 +314,40 @@ async fn read_one(w: &Wanted, max_bytes: usize, first: bool, follower: bool) -> 
     }
 }
 
+/// KIP-392: the leader points a consumer of another site at an in-sync replica in the
+/// consumer's site (its `client.rack`), so each site reads locally.
+fn preferred_replica(
+    s: &BrokerState,
+    partition: &Partition,
+    rack: &str,
+    leader: bool,
+) -> Option<NodeId> {
+    if !leader || rack.is_empty() || rack == s.cluster.site.as_str() {
+        return None;
+    }
+    let state = s.metadata();
+    let p = state.partition(partition.key())?;
+    p.isr.iter().copied().find(|n| {
+        state
+            .brokers
+            .get(n)
+            .is_some_and(|b| !b.fenced && b.site.as_str() == rack)
+    })
+}
+
 fn partition_error(e: &PartitionError) -> i16 {
     match e {
         PartitionError::Deleted => err(ResponseError::UnknownTopicOrPartition),
         PartitionError::Log(durable_log::LogError::OffsetOutOfRange { .. }) => {
             err(ResponseError::OffsetOutOfRange)
         }
+        PartitionError::Fetch(crate::replica::FetchRefusal::PastEnd { .. }) => {
+            err(ResponseError::OffsetOutOfRange)
+        }
+        PartitionError::NotLeader(_) | PartitionError::Fetch(_) => {
+            err(ResponseError::NotLeaderOrFollower)
+        }
+        PartitionError::NotFollower => err(ResponseError::NotLeaderOrFollower),
         PartitionError::Log(_) | PartitionError::Task(_) => err(ResponseError::KafkaStorageError),
     }
 }

@@ -30,7 +30,8 @@ use super::err;
 use crate::groups::group::{GroupState, JoinParams, SyncParams};
 use crate::groups::store::StoredOffset;
 use crate::groups::{MAX_OFFSET_METADATA, OffsetCommit};
-use crate::state::{BrokerState, Client};
+use crate::session::Session;
+use crate::state::BrokerState;
 
 const GROUP_KEY: i8 = 0;
 
@@ -38,16 +39,19 @@ fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
+/// FindCoordinator: the leader of the group's offsets partition.
 pub fn find_coordinator(
     st: &BrokerState,
     version: i16,
     r: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let (host, port) = &st.advertised;
-    // Groups are coordinated here; transaction coordinators do not exist (no transactions).
-    let answer = |key_type: i8| -> Result<(), (i16, &'static str)> {
-        match key_type {
-            GROUP_KEY => Ok(()),
+    // Transaction coordinators do not exist (no transactions).
+    let answer = |key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
+        match r.key_type {
+            GROUP_KEY => st
+                .coordinator_for(key)
+                .map(|(n, host, port)| (n.kafka(), host, port))
+                .map_err(|code| (code, "the group's coordinator is not available yet")),
             1 => Err((
                 err(ResponseError::CoordinatorNotAvailable),
                 "transactions are not supported",
@@ -64,11 +68,11 @@ pub fn find_coordinator(
             .iter()
             .map(|key| {
                 let c = Coordinator::default().with_key(key.clone());
-                match answer(r.key_type) {
-                    Ok(()) => c
-                        .with_node_id(BrokerId(st.node_id))
-                        .with_host(s(host.clone()))
-                        .with_port(i32::from(*port)),
+                match answer(key) {
+                    Ok((node, host, port)) => c
+                        .with_node_id(BrokerId(node))
+                        .with_host(s(host))
+                        .with_port(port),
                     Err((code, m)) => c
                         .with_node_id(BrokerId(-1))
                         .with_port(-1)
@@ -79,11 +83,11 @@ pub fn find_coordinator(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match answer(r.key_type) {
-        Ok(()) => FindCoordinatorResponse::default()
-            .with_node_id(BrokerId(st.node_id))
-            .with_host(s(host.clone()))
-            .with_port(i32::from(*port)),
+    match answer(&r.key) {
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(node))
+            .with_host(s(host))
+            .with_port(port),
         Err((code, m)) => {
             let resp = FindCoordinatorResponse::default()
                 .with_error_code(code)
@@ -100,7 +104,7 @@ pub fn find_coordinator(
 
 pub async fn join(
     st: &BrokerState,
-    client: &Client,
+    client: &Session,
     version: i16,
     r: JoinGroupRequest,
 ) -> JoinGroupResponse {
@@ -114,8 +118,8 @@ pub async fn join(
     let params = JoinParams {
         member_id: r.member_id.to_string(),
         instance_id: r.group_instance_id.as_ref().map(|i| i.to_string()),
-        client_id: client.id.clone(),
-        client_host: client.host.clone(),
+        client_id: client.client_id.clone(),
+        client_host: client.host(),
         session_timeout: session,
         rebalance_timeout: rebalance,
         protocol_type: r.protocol_type.to_string(),
@@ -321,9 +325,15 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let topics = st
-                    .groups
-                    .fetch_offsets(&g.group_id.0, wanted)
+                let offsets = match st.groups.fetch_offsets(&g.group_id.0, wanted) {
+                    Ok(o) => o,
+                    Err(code) => {
+                        return OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_error_code(code);
+                    }
+                };
+                let topics = offsets
                     .into_iter()
                     .map(|(topic, parts)| {
                         let partitions = parts
@@ -354,9 +364,13 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    let topics = st
-        .groups
-        .fetch_offsets(&r.group_id.0, wanted)
+    let offsets = match st.groups.fetch_offsets(&r.group_id.0, wanted) {
+        Ok(o) => o,
+        Err(code) if version >= 2 => return OffsetFetchResponse::default().with_error_code(code),
+        // v0 and v1 have no top-level error: an empty answer makes the client look again.
+        Err(_) => return OffsetFetchResponse::default(),
+    };
+    let topics = offsets
         .into_iter()
         .map(|(topic, parts)| {
             let partitions = parts
@@ -414,8 +428,11 @@ pub fn describe(
         .map(|id| {
             let group = DescribedGroup::default().with_group_id(id.clone());
             match st.groups.describe(&id.0) {
-                None => group.with_group_state(StrBytes::from_static_str(GroupState::Dead.name())),
-                Some(d) => {
+                Err(code) => group.with_error_code(code),
+                Ok(None) => {
+                    group.with_group_state(StrBytes::from_static_str(GroupState::Dead.name()))
+                }
+                Ok(Some(d)) => {
                     let members = d
                         .members
                         .into_iter()

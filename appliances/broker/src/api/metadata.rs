@@ -1,4 +1,6 @@
-//! Metadata: brokers, topics and partition leaders; creates missing topics when allowed.
+//! Metadata: every live broker with its rack (site), every partition's leader, replicas,
+//! in-sync set and leader epoch, as the metadata quorum decided them; creates missing topics
+//! when allowed. Replicas on fenced brokers are listed as offline.
 
 use std::sync::Arc;
 
@@ -10,33 +12,56 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use quorum::ids::NodeId;
+use quorum::metadata::ClusterState;
+
 use super::err;
-use crate::catalog::TopicInfo;
-use crate::state::BrokerState;
-use crate::topics::{NewTopic, TopicError};
+use crate::replica_manager::OFFSETS_TOPIC;
+use crate::state::{BrokerState, host_port};
+use crate::topics::{NewTopic, TopicError, TopicInfo};
 
 /// Every operation, for clients that ask for authorized operations (no ACLs yet).
 const ALL_TOPIC_OPERATIONS: i32 = 0b1_1111_1111_1000;
 
-fn topic_entry(s: &BrokerState, t: &TopicInfo, with_ops: bool) -> MetadataResponseTopic {
-    let node = BrokerId(s.node_id);
-    let partitions = (0..t.partitions)
-        .map(|i| {
-            let epoch = s
-                .topics
-                .partition(&t.name, i)
-                .map_or(0, |p| p.leader_epoch());
-            MetadataResponsePartition::default()
-                .with_partition_index(i)
-                .with_leader_id(node)
-                .with_leader_epoch(epoch)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+fn ids(nodes: &[NodeId]) -> Vec<BrokerId> {
+    nodes.iter().map(|n| BrokerId(n.kafka())).collect()
+}
+
+fn topic_entry(state: &ClusterState, t: &TopicInfo, with_ops: bool) -> MetadataResponseTopic {
+    let partitions = state
+        .topics
+        .get(&t.id)
+        .map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let offline: Vec<NodeId> = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|n| state.brokers.get(n).is_none_or(|b| b.fenced))
+                        .collect();
+                    let entry = MetadataResponsePartition::default()
+                        .with_partition_index(i as i32)
+                        .with_leader_id(BrokerId(p.leader.map_or(-1, |l| l.kafka())))
+                        .with_leader_epoch(p.leader_epoch.0)
+                        .with_replica_nodes(ids(&p.replicas))
+                        .with_isr_nodes(ids(&p.isr))
+                        .with_offline_replicas(ids(&offline));
+                    match p.leader {
+                        Some(_) => entry,
+                        None => entry.with_error_code(err(ResponseError::LeaderNotAvailable)),
+                    }
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     let mut entry = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.to_string()))))
         .with_topic_id(t.id)
+        .with_is_internal(&*t.name == OFFSETS_TOPIC)
         .with_partitions(partitions);
     if with_ops {
         entry = entry.with_topic_authorized_operations(ALL_TOPIC_OPERATIONS);
@@ -61,19 +86,21 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> M
     };
     let allow_create = s.config.topics.auto_create && (version < 4 || r.allow_auto_topic_creation);
     let topics = match requested {
-        None => s
-            .topics
-            .list()
-            .iter()
-            .map(|t| topic_entry(s, t, with_ops))
-            .collect(),
+        None => {
+            let state = s.metadata();
+            s.topics
+                .list()
+                .iter()
+                .map(|t| topic_entry(&state, t, with_ops))
+                .collect()
+        }
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for wanted in list {
                 let entry = match wanted.name {
                     Some(name) => lookup_or_create(s, &name, allow_create, with_ops).await,
                     None => match s.topics.get_by_id(&wanted.topic_id) {
-                        Some(t) => topic_entry(s, &t, with_ops),
+                        Some(t) => topic_entry(&s.metadata(), &t, with_ops),
                         None => {
                             error_entry(None, wanted.topic_id, err(ResponseError::UnknownTopicId))
                         }
@@ -84,17 +111,39 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> M
             out
         }
     };
-    let (host, port) = &s.advertised;
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(s.node_id))
-        .with_host(StrBytes::from_string(host.clone()))
-        .with_port(i32::from(*port))
-        .with_rack(s.config.rack.clone().map(StrBytes::from_string));
+    let state = s.metadata();
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers(s, &state))
         .with_cluster_id(Some(StrBytes::from_string(s.cluster_id.clone())))
-        .with_controller_id(BrokerId(s.node_id))
+        .with_controller_id(BrokerId(controller_id(s)))
         .with_topics(topics)
+}
+
+/// Live brokers with their client endpoint and site.
+pub fn brokers(s: &BrokerState, state: &ClusterState) -> Vec<MetadataResponseBroker> {
+    s.live_brokers(state)
+        .into_iter()
+        .map(|b| {
+            let (host, port) = host_port(&b.endpoints.kafka);
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node.kafka()))
+                .with_host(StrBytes::from_string(host))
+                .with_port(port)
+                .with_rack(Some(StrBytes::from_string(b.site.to_string())))
+        })
+        .collect()
+}
+
+/// The controller as clients see it: the quorum's leader when it is a broker, else this
+/// broker (clients send controller requests to any broker, which forwards them).
+pub fn controller_id(s: &BrokerState) -> i32 {
+    let state = s.metadata();
+    s.cluster
+        .node
+        .leader()
+        .map(|(id, _)| id)
+        .filter(|id| state.brokers.get(id).is_some_and(|b| !b.fenced))
+        .map_or(s.node_id, |id| id.kafka())
 }
 
 async fn lookup_or_create(
@@ -104,7 +153,7 @@ async fn lookup_or_create(
     with_ops: bool,
 ) -> MetadataResponseTopic {
     if let Some(t) = s.topics.get(name) {
-        return topic_entry(s, &t, with_ops);
+        return topic_entry(&s.metadata(), &t, with_ops);
     }
     if let Err(e) = crate::topics::validate_name(name) {
         tracing::debug!(topic = name, error = %e, "metadata for an invalid topic name");
@@ -128,10 +177,10 @@ async fn lookup_or_create(
         configs: Default::default(),
     };
     match s.topics.create(new, false).await {
-        Ok(t) => topic_entry(s, &t, with_ops),
+        Ok(t) => topic_entry(&s.metadata(), &t, with_ops),
         // Created concurrently by another request.
         Err(TopicError::AlreadyExists(_)) => match s.topics.get(name) {
-            Some(t) => topic_entry(s, &t, with_ops),
+            Some(t) => topic_entry(&s.metadata(), &t, with_ops),
             None => error_entry(
                 Some(name),
                 Uuid::nil(),

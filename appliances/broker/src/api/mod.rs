@@ -24,7 +24,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 
 use crate::frame::Request;
-use crate::state::{BrokerState, Client};
+use crate::session::{Denied, Session};
+use crate::state::BrokerState;
 
 pub use cluster::api_versions_too_new;
 
@@ -46,10 +47,27 @@ fn ready(r: ResponseKind) -> Completion {
     Box::pin(std::future::ready(Reply::Send(r)))
 }
 
+/// The one check every request passes, against the session it came on. The security layer
+/// adds its authorisation here.
+fn admit(session: &Session, req: &Request) -> Result<(), Denied> {
+    if let RequestKind::Fetch(f) = &req.body
+        && fetch::is_replica_fetch(req.version, f)
+        && !session.listener.serves_replication
+    {
+        return Err(Denied::ReplicationNotHere);
+    }
+    Ok(())
+}
+
 /// Run the ordered phase of `req` and return its completion.
-pub async fn handle(state: &Arc<BrokerState>, client: &Client, req: Request) -> Completion {
+pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -> Completion {
+    if let Err(denied) = admit(session, &req) {
+        tracing::warn!(peer = %session.peer, listener = %session.listener.name, api = ?req.api_key, ?denied, "request refused");
+        return Box::pin(std::future::ready(Reply::Close));
+    }
     let v = req.version;
     let s = state;
+    let client = session;
     match req.body {
         RequestKind::Produce(r) => produce::handle(s, v, r).await,
         RequestKind::Fetch(r) => {
@@ -62,7 +80,7 @@ pub async fn handle(state: &Arc<BrokerState>, client: &Client, req: Request) -> 
             cluster::describe_cluster(s, v, r),
         )),
         RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(
-            cluster::init_producer_id(s, r),
+            cluster::init_producer_id(s, r).await,
         )),
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(
             offsets::list_offsets(s, v, r).await,
@@ -119,6 +137,27 @@ pub async fn handle(state: &Arc<BrokerState>, client: &Client, req: Request) -> 
             let _ = other;
             Box::pin(std::future::ready(Reply::Close))
         }
+    }
+}
+
+/// This broker's replica of `topic`-`index` if it leads it now: UNKNOWN_TOPIC_OR_PARTITION
+/// when the partition does not exist, NOT_LEADER_OR_FOLLOWER when another broker leads it
+/// (the client refreshes its metadata).
+pub(crate) fn leader_partition(
+    s: &BrokerState,
+    topic: &str,
+    index: i32,
+) -> Result<Arc<crate::partition::Partition>, i16> {
+    let exists = s
+        .topics
+        .get(topic)
+        .is_some_and(|t| (0..t.partitions).contains(&index));
+    if !exists {
+        return Err(err(ResponseError::UnknownTopicOrPartition));
+    }
+    match s.topics.partition(topic, index) {
+        Some(p) if p.is_leader() => Ok(p),
+        _ => Err(err(ResponseError::NotLeaderOrFollower)),
     }
 }
 

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
-use super::{check_leader_epoch, err};
+use super::{check_leader_epoch, err, leader_partition};
 use crate::partition::{Partition, PartitionError};
 use crate::state::BrokerState;
 
@@ -70,11 +70,15 @@ pub async fn list_offsets(
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1)
                 .with_offset(-1);
-            let Some(partition) = s.topics.partition(&t.name.0, p.partition_index) else {
-                partitions.push(resp.with_error_code(err(ResponseError::UnknownTopicOrPartition)));
-                continue;
+            let partition = match leader_partition(s, &t.name.0, p.partition_index) {
+                Ok(p) => p,
+                Err(code) => {
+                    partitions.push(resp.with_error_code(code));
+                    continue;
+                }
             };
-            if let Err(code) = check_leader_epoch(p.current_leader_epoch, partition.leader_epoch())
+            if let Err(code) =
+                check_leader_epoch(p.current_leader_epoch, partition.leader_epoch().0)
             {
                 partitions.push(resp.with_error_code(code));
                 continue;
@@ -86,7 +90,7 @@ pub async fn list_offsets(
                     let resp = resp.with_offset(offset).with_timestamp(timestamp);
                     if version >= 4 {
                         let epoch = if p.timestamp == LATEST {
-                            Some(partition.leader_epoch())
+                            Some(partition.leader_epoch().0)
                         } else {
                             partition.epoch_for_offset(offset).await.ok().flatten()
                         };
@@ -119,11 +123,15 @@ pub async fn offset_for_leader_epoch(
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
-            let Some(partition) = s.topics.partition(&t.topic.0, p.partition) else {
-                partitions.push(resp.with_error_code(err(ResponseError::UnknownTopicOrPartition)));
-                continue;
+            let partition = match leader_partition(s, &t.topic.0, p.partition) {
+                Ok(p) => p,
+                Err(code) => {
+                    partitions.push(resp.with_error_code(code));
+                    continue;
+                }
             };
-            if let Err(code) = check_leader_epoch(p.current_leader_epoch, partition.leader_epoch())
+            if let Err(code) =
+                check_leader_epoch(p.current_leader_epoch, partition.leader_epoch().0)
             {
                 partitions.push(resp.with_error_code(code));
                 continue;
@@ -150,9 +158,12 @@ pub async fn delete_records(s: &BrokerState, r: DeleteRecordsRequest) -> DeleteR
             let resp = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            let Some(partition) = s.topics.partition(&t.name.0, p.partition_index) else {
-                partitions.push(resp.with_error_code(err(ResponseError::UnknownTopicOrPartition)));
-                continue;
+            let partition = match leader_partition(s, &t.name.0, p.partition_index) {
+                Ok(p) => p,
+                Err(code) => {
+                    partitions.push(resp.with_error_code(code));
+                    continue;
+                }
             };
             let hw = partition.high_watermark();
             // -1 means "up to the high watermark"; nothing above it may be deleted.

@@ -1,5 +1,9 @@
-//! Produce: validate batches, append them (ordered phase), then wait for the durability the
-//! producer asked for (completion phase).
+//! Produce: validate batches, append them as leader (ordered phase), then wait for what the
+//! producer asked for (completion phase): acks=1 is answered once the leader wrote it,
+//! acks=all once the high watermark passed it, that is once it is on disk on every in-sync
+//! replica (in both sites while both are up). A leader whose lease lapsed, or that loses its
+//! leadership before the batch commits, answers NOT_LEADER_OR_FOLLOWER: the client refreshes
+//! its metadata and retries at the new leader (idempotent producers without duplicates).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +18,14 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, To
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Completion, Reply, err};
-use crate::partition::{Partition, now_ms};
+use crate::partition::{Partition, PartitionError, ProduceError, now_ms};
 use crate::state::BrokerState;
+use quorum::ids::LeaderEpoch;
 
 /// The outcome of the ordered phase for one partition.
 enum Appended {
     Failed(i16, String),
-    Done(Arc<Partition>, AppendResult),
+    Done(Arc<Partition>, AppendResult, LeaderEpoch),
 }
 
 fn batch_error(e: &BatchError) -> i16 {
@@ -98,15 +103,19 @@ async fn append_one(
         Ok(b) => b,
         Err(e) => return Appended::Failed(batch_error(&e), e.to_string()),
     };
+    if !(partition.is_leader() && s.cluster.lease_valid()) {
+        return Appended::Failed(
+            err(ResponseError::NotLeaderOrFollower),
+            format!("this broker does not lead {topic}-{} now", data.index),
+        );
+    }
     let policy = partition.policy();
-    if acks == -1 && policy.min_insync_replicas > s.isr_size() {
+    if acks == -1
+        && let Some((needed, in_sync)) = insync_shortfall(s, &partition, policy.min_insync_replicas)
+    {
         return Appended::Failed(
             err(ResponseError::NotEnoughReplicas),
-            format!(
-                "min.insync.replicas is {} but {} replica(s) are in sync",
-                policy.min_insync_replicas,
-                s.isr_size()
-            ),
+            format!("min.insync.replicas is {needed} but {in_sync} replica(s) are in sync"),
         );
     }
     if let Err(m) = check_timestamps(
@@ -118,7 +127,7 @@ async fn append_one(
         return Appended::Failed(err(ResponseError::InvalidTimestamp), m);
     }
     match partition.append(batches).await {
-        Ok(result) => {
+        Ok((result, epoch)) => {
             if result.duplicate {
                 s.metrics.produce_duplicates.inc();
             } else {
@@ -132,15 +141,44 @@ async fn append_one(
                     .get_or_create(&label)
                     .inc_by(result.records);
             }
-            Appended::Done(partition, result)
+            Appended::Done(partition, result, epoch)
         }
-        Err(e) => {
+        Err(ProduceError::NotLeader) => Appended::Failed(
+            err(ResponseError::NotLeaderOrFollower),
+            format!("this broker does not lead {topic}-{} now", data.index),
+        ),
+        Err(ProduceError::Append(e)) => {
             if !matches!(e, AppendError::Producer(_)) {
                 tracing::debug!(topic, partition = data.index, error = %e, "produce refused");
             }
             Appended::Failed(append_error(&e), e.to_string())
         }
     }
+}
+
+/// The in-sync minimum for acks=all and the in-sync count, when the partition falls short.
+/// The minimum is the topic's, lowered in degraded mode to what the surviving site holds
+/// (the site policy).
+fn insync_shortfall(
+    s: &BrokerState,
+    partition: &Partition,
+    min_insync: i32,
+) -> Option<(usize, usize)> {
+    let state = s.metadata();
+    let p = state.partition(partition.key())?;
+    let policy = state.policy.as_ref()?;
+    let views: std::collections::BTreeMap<_, _> = state
+        .broker_views()
+        .into_iter()
+        .filter(|(n, _)| p.replicas.contains(n))
+        .collect();
+    let needed = policy.effective_min_insync(
+        min_insync.max(1) as usize,
+        &p.replicas,
+        &state.fenced_sites,
+        &views,
+    );
+    (p.isr.len() < needed).then_some((needed, p.isr.len()))
 }
 
 pub async fn handle(s: &Arc<BrokerState>, version: i16, r: ProduceRequest) -> Completion {
@@ -213,8 +251,8 @@ async fn complete(
     timeout: Duration,
 ) -> PartitionProduceResponse {
     let resp = PartitionProduceResponse::default().with_index(index);
-    let (partition, result) = match outcome {
-        Appended::Done(p, r) => (p, r),
+    let (partition, result, epoch) = match outcome {
+        Appended::Done(p, r, e) => (p, r, e),
         Appended::Failed(code, message) => {
             s.metrics.note_error("Produce", code);
             let resp = resp.with_error_code(code).with_base_offset(-1);
@@ -226,10 +264,16 @@ async fn complete(
         }
     };
     if acks == -1 {
-        let waited =
-            tokio::time::timeout(timeout, partition.wait_durable(result.last_offset + 1)).await;
+        let started = std::time::Instant::now();
+        let waited = tokio::time::timeout(
+            timeout,
+            partition.wait_committed(result.last_offset + 1, epoch),
+        )
+        .await;
+        s.metrics.observe_commit_wait(started.elapsed());
         let code = match waited {
             Ok(Ok(())) => None,
+            Ok(Err(PartitionError::NotLeader(_))) => Some(err(ResponseError::NotLeaderOrFollower)),
             Ok(Err(e)) => {
                 tracing::warn!(topic = %partition.topic, partition = index, error = %e, "acks=all failed");
                 Some(err(ResponseError::KafkaStorageError))

@@ -17,9 +17,9 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::err;
-use crate::catalog::TopicInfo;
 use crate::state::BrokerState;
 use crate::topic_config;
+use crate::topics::TopicInfo;
 use crate::topics::{NewTopic, TopicError};
 
 fn topic_error(e: &TopicError) -> i16 {

@@ -2,11 +2,16 @@
 //!
 //! - [`group::Group`] is the state machine of one group; this module owns the groups, parks
 //!   and wakes requests, and runs a ticker for session expiry and rebalance deadlines.
+//! - A group lives in partition `hash(group) % n` of the `__consumer_offsets` topic, and its
+//!   coordinator is whichever broker leads that partition: this broker loads a partition's
+//!   groups when it starts leading it (replaying the log; requests meanwhile get
+//!   COORDINATOR_LOAD_IN_PROGRESS) and drops them when it stops (NOT_COORDINATOR: clients
+//!   find the new coordinator).
 //! - Everything durable (offsets, group membership after a rebalance, deletions) goes through
-//!   one writer task per `__consumer_offsets-<n>` partition. A writer takes every record
-//!   queued, appends them as one batch, waits for the fsync, and only then applies offsets to
-//!   memory and answers: an OffsetFetch never sees an offset a crash could take back, and
-//!   concurrent commits share fsyncs.
+//!   one writer task per led partition. A writer takes every record queued, appends them as
+//!   one batch, waits until it is committed (on disk on every in-sync replica), and only then
+//!   applies offsets to memory and answers: an OffsetFetch never sees an offset a crash or a
+//!   failover could take back, and concurrent commits share one replication round.
 
 pub mod group;
 pub mod store;
@@ -20,9 +25,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::internal_log::{InternalLog, StoreError};
+use crate::cluster::Cluster;
+use crate::internal_log::InternalLog;
 use crate::metrics::Metrics;
 use crate::partition::{Partition, now_ms};
+use crate::replica_manager::{Leadership, OFFSETS_TOPIC};
 use group::{
     Group, GroupConfig, GroupState, JoinOutcome, JoinParams, JoinResponse, SyncOutcome, SyncParams,
     SyncResponse,
@@ -50,10 +57,23 @@ struct WriteRequest {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// An offsets partition as this coordinator holds it.
+enum Slot {
+    NotLeading,
+    Loading,
+    Ready(mpsc::Sender<WriteRequest>),
+}
+
+/// Offsets partitions a coordinator can hold (the configuration's upper bound).
+const MAX_OFFSETS_PARTITIONS: usize = 1024;
+
 struct Inner {
     groups: Mutex<HashMap<String, SharedGroup>>,
-    partitions: Vec<Arc<Partition>>,
-    writers: Vec<mpsc::Sender<WriteRequest>>,
+    slots: Vec<Mutex<Slot>>,
+    cluster: Arc<Cluster>,
+    /// The partition count to create the offsets topic with; once it exists, its actual
+    /// count decides where a group lives.
+    configured: i32,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -121,45 +141,132 @@ fn apply_record(groups: &mut HashMap<String, SharedGroup>, record: &GroupRecord,
 }
 
 impl GroupCoordinator {
-    /// Rebuild every group from the offsets partitions and start the writers and the ticker.
-    pub async fn open(
-        partitions: Vec<Arc<Partition>>,
+    /// A coordinator of `partitions` offsets partitions, none led yet: [`Self::follow`]
+    /// loads and drops them as leadership comes and goes.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        partitions: i32,
         settings: Settings,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Result<GroupCoordinator, StoreError> {
-        let now = Instant::now();
-        let mut groups = HashMap::new();
-        let mut stores = Vec::new();
-        for p in &partitions {
-            let store = InternalLog::<GroupRecord>::new(Arc::clone(p));
-            for record in store.replay().await? {
-                apply_record(&mut groups, &record, now);
-            }
-            stores.push(store);
-        }
-        metrics.groups.set(groups.len() as i64);
-        let mut writers = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in &stores {
-            let (tx, rx) = mpsc::channel(1024);
-            writers.push(tx);
-            receivers.push(rx);
-        }
+    ) -> GroupCoordinator {
         let coordinator = GroupCoordinator {
             inner: Arc::new(Inner {
-                groups: Mutex::new(groups),
-                partitions,
-                writers,
+                groups: Mutex::new(HashMap::new()),
+                slots: (0..MAX_OFFSETS_PARTITIONS)
+                    .map(|_| Mutex::new(Slot::NotLeading))
+                    .collect(),
+                cluster,
+                configured: partitions,
                 settings,
                 metrics,
             }),
         };
-        for (index, (store, rx)) in stores.into_iter().zip(receivers).enumerate() {
-            tokio::spawn(coordinator.clone().writer(index as i32, store, rx));
-        }
         tokio::spawn(coordinator.clone().ticker(shutdown));
-        Ok(coordinator)
+        coordinator
+    }
+
+    /// Load or drop offsets partitions as this broker starts or stops leading them.
+    pub async fn follow(self, mut events: mpsc::Receiver<Leadership>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Leadership::Leading(p) => self.load(p).await,
+                Leadership::NotLeading(index) => self.unload(index),
+            }
+        }
+    }
+
+    /// How many partitions the offsets topic has (where groups live).
+    fn partitions(&self) -> i32 {
+        self.inner
+            .cluster
+            .state()
+            .topic_by_name(OFFSETS_TOPIC)
+            .map_or(self.inner.configured, |t| t.partitions.len() as i32)
+    }
+
+    fn slot(&self, index: i32) -> Option<&Mutex<Slot>> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.inner.slots.get(i))
+    }
+
+    async fn load(&self, partition: Arc<Partition>) {
+        let index = partition.index;
+        let Some(slot) = self.slot(index) else {
+            tracing::warn!(
+                partition = index,
+                "offsets partition beyond the configured count"
+            );
+            return;
+        };
+        *slot.lock() = Slot::Loading;
+        let store = InternalLog::<GroupRecord>::new(Arc::clone(&partition));
+        let records = match store.replay().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(partition = index, error = %e, "loading consumer groups failed");
+                *slot.lock() = Slot::NotLeading;
+                return;
+            }
+        };
+        let now = Instant::now();
+        {
+            let mut groups = self.inner.groups.lock();
+            for record in &records {
+                apply_record(&mut groups, record, now);
+            }
+            self.inner.metrics.groups.set(groups.len() as i64);
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(self.clone().writer(index, store, rx));
+        *slot.lock() = Slot::Ready(tx);
+        tracing::info!(
+            partition = index,
+            records = records.len(),
+            "coordinating the groups of an offsets partition"
+        );
+    }
+
+    fn unload(&self, index: i32) {
+        let Some(slot) = self.slot(index) else { return };
+        let was = std::mem::replace(&mut *slot.lock(), Slot::NotLeading);
+        if matches!(was, Slot::NotLeading) {
+            return;
+        }
+        let n = self.partitions();
+        let mut groups = self.inner.groups.lock();
+        groups.retain(|id, _| partition_for(id, n) != index);
+        self.inner.metrics.groups.set(groups.len() as i64);
+        tracing::info!(
+            partition = index,
+            "no longer coordinating the groups of an offsets partition"
+        );
+    }
+
+    /// Whether this broker coordinates `group` now: NOT_COORDINATOR (the client looks the
+    /// coordinator up again) or COORDINATOR_LOAD_IN_PROGRESS (it retries).
+    pub fn check(&self, group: &str) -> Result<(), i16> {
+        let n = self.partitions();
+        match self
+            .slot(partition_for(group, n))
+            .map(|s| matches!(&*s.lock(), Slot::Ready(_)))
+        {
+            Some(true) => Ok(()),
+            _ if self.loading(group) => Err(ResponseError::CoordinatorLoadInProgress.code()),
+            _ => Err(ResponseError::NotCoordinator.code()),
+        }
+    }
+
+    fn loading(&self, group: &str) -> bool {
+        let n = self.partitions();
+        self.slot(partition_for(group, n))
+            .is_some_and(|s| matches!(&*s.lock(), Slot::Loading))
+    }
+
+    /// The offsets partition of `group` (for FindCoordinator).
+    pub fn partition_of(&self, group: &str) -> i32 {
+        partition_for(group, self.partitions())
     }
 
     fn settings(&self) -> &Settings {
@@ -183,9 +290,16 @@ impl GroupCoordinator {
 
     /// Make `records` (all of one group) durable through that group's writer.
     async fn persist(&self, group: &str, records: Vec<GroupRecord>) -> Result<(), String> {
-        let index = partition_for(group, self.inner.writers.len() as i32) as usize;
+        let index = partition_for(group, self.partitions());
+        let writer = match self.slot(index).map(|s| match &*s.lock() {
+            Slot::Ready(w) => Some(w.clone()),
+            _ => None,
+        }) {
+            Some(Some(w)) => w,
+            _ => return Err("this broker no longer coordinates the group".into()),
+        };
         let (done, rx) = oneshot::channel();
-        self.inner.writers[index]
+        writer
             .send(WriteRequest { records, done })
             .await
             .map_err(|_| "the group coordinator is shutting down".to_string())?;
@@ -242,7 +356,7 @@ impl GroupCoordinator {
 
     /// The complete state of the groups stored in offsets partition `index`.
     fn snapshot_of_partition(&self, index: i32) -> Vec<GroupRecord> {
-        let n = self.inner.writers.len() as i32;
+        let n = self.partitions();
         let groups: Vec<SharedGroup> = self
             .inner
             .groups
@@ -330,6 +444,9 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return JoinResponse::error(ResponseError::InvalidGroupId.code(), &p.member_id);
         }
+        if let Err(code) = self.check(group_id) {
+            return JoinResponse::error(code, &p.member_id);
+        }
         if p.session_timeout < cfg.min_session_timeout
             || p.session_timeout > cfg.max_session_timeout
         {
@@ -356,6 +473,9 @@ impl GroupCoordinator {
     }
 
     pub async fn sync(&self, group_id: &str, p: SyncParams) -> SyncResponse {
+        if let Err(code) = self.check(group_id) {
+            return SyncResponse::error(code);
+        }
         let Some(g) = self.group(group_id) else {
             return SyncResponse::error(ResponseError::UnknownMemberId.code());
         };
@@ -397,6 +517,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         generation: i32,
     ) -> i16 {
+        if let Err(code) = self.check(group_id) {
+            return code;
+        }
         match self.group(group_id) {
             Some(g) => g
                 .lock()
@@ -408,6 +531,9 @@ impl GroupCoordinator {
     /// LeaveGroup for each `(member_id, instance_id)`; per-member error codes. If the group
     /// became empty, that is durable before the answer (a restart must not resurrect members).
     pub async fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        if let Err(code) = self.check(group_id) {
+            return vec![code; members.len()];
+        }
         let Some(g) = self.group(group_id) else {
             return vec![ResponseError::UnknownMemberId.code(); members.len()];
         };
@@ -449,6 +575,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
+        self.check(group_id)?;
         let g = self.group_or_create(group_id);
         g.lock()
             .validate_commit(generation, member_id, instance_id, Instant::now())?;
@@ -477,12 +604,13 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> CommittedOffsets {
+    ) -> Result<CommittedOffsets, i16> {
+        self.check(group_id)?;
         let offsets = self
             .group(group_id)
             .map(|g| g.lock().offsets.clone())
             .unwrap_or_default();
-        match wanted {
+        Ok(match wanted {
             Some(topics) => topics
                 .into_iter()
                 .map(|(t, parts)| {
@@ -509,18 +637,21 @@ impl GroupCoordinator {
                     })
                     .collect()
             }
-        }
+        })
     }
 
-    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
-        let g = self.group(group_id)?;
+    pub fn describe(&self, group_id: &str) -> Result<Option<GroupDescription>, i16> {
+        self.check(group_id)?;
+        let Some(g) = self.group(group_id) else {
+            return Ok(None);
+        };
         let g = g.lock();
-        Some(GroupDescription {
+        Ok(Some(GroupDescription {
             state: g.state(),
             protocol_type: g.protocol_type().unwrap_or_default().to_string(),
             protocol: g.protocol().unwrap_or_default().to_string(),
             members: g.describe_members(),
-        })
+        }))
     }
 
     /// `(group id, protocol type, state)` of every group.
@@ -543,6 +674,9 @@ impl GroupCoordinator {
 
     /// DeleteGroups: only empty groups, with their offsets.
     pub async fn delete(&self, group_id: &str) -> i16 {
+        if let Err(code) = self.check(group_id) {
+            return code;
+        }
         let Some(g) = self.group(group_id) else {
             return ResponseError::GroupIdNotFound.code();
         };
@@ -607,20 +741,13 @@ impl GroupCoordinator {
         }
     }
 
-    /// Persist pending group records, then flush and close the offsets partitions. Returns
-    /// false if something failed.
+    /// Persist pending group records (the offsets partitions are closed with the other
+    /// partitions). Returns false if something failed.
     pub async fn close(&self) -> bool {
         let groups: Vec<SharedGroup> = self.inner.groups.lock().values().cloned().collect();
         for g in &groups {
             self.persist_if_needed(g).await;
         }
-        let mut ok = groups.iter().all(|g| !g.lock().needs_persist);
-        for p in &self.inner.partitions {
-            if let Err(e) = p.close().await {
-                tracing::error!(partition = p.index, error = %e, "closing an offsets partition failed");
-                ok = false;
-            }
-        }
-        ok
+        groups.iter().all(|g| !g.lock().needs_persist)
     }
 }

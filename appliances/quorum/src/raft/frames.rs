@@ -2,8 +2,11 @@
 //! for the quorum log on disk (a torn tail is cut at the first bad frame) and for messages
 //! between nodes.
 
-/// No frame is larger: bounds what a corrupt length or a hostile peer can make us allocate.
+/// No frame on disk is larger: bounds what a corrupt length can make us allocate.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// No frame from the network is larger (openraft's snapshot chunks and entry batches stay well
+/// below): bounds what a stranger can make a node hold per connection.
+pub const MAX_NETWORK_FRAME_BYTES: usize = 8 << 20;
 pub const HEADER_BYTES: usize = 8;
 
 pub fn encode(payload: &[u8]) -> Vec<u8> {
@@ -38,10 +41,10 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     (crc32c::crc32c(payload) == crc).then_some(payload)
 }
 
-/// A frame's payload length from its header, if the header is sane.
+/// A network frame's payload length from its header, if the header is sane.
 pub fn payload_len(header: &[u8; HEADER_BYTES]) -> Option<usize> {
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    (len <= MAX_FRAME_BYTES).then_some(len)
+    (len <= MAX_NETWORK_FRAME_BYTES).then_some(len)
 }
 
 /// Check a payload read after its header.

@@ -25,6 +25,15 @@ pub fn unseed_thread_rng() {
     SEEDED.with(|s| *s.borrow_mut() = None);
 }
 
+/// A new random id: from the seeded sequence in a simulation (so a seed replays the same
+/// topic and cluster ids), else a version 4 UUID.
+pub fn new_uuid() -> uuid::Uuid {
+    SEEDED.with(|s| match s.borrow_mut().as_mut() {
+        Some(seeded) => uuid::Builder::from_random_bytes(seeded.r#gen()).into_uuid(),
+        None => uuid::Uuid::new_v4(),
+    })
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HubRuntime;
 

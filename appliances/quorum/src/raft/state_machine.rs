@@ -34,14 +34,16 @@ struct Inner {
     membership: StoredMembership<NodeId, BasicNode>,
     /// The newest snapshot, as stored.
     snapshot: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
-    file: Box<dyn LogFile>,
     snapshots_built: u64,
 }
 
-/// The state machine; clones share it (the snapshot builder is a clone).
+/// The state machine; clones share it (the snapshot builder is a clone). The state is under
+/// `inner`; the snapshot file under its own lock, written with `inner` released.
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
+    file: Arc<Mutex<Box<dyn LogFile>>>,
+    blocks: bool,
     published: watch::Sender<Arc<ClusterState>>,
 }
 
@@ -49,12 +51,12 @@ impl StateMachine {
     /// Load the last snapshot from `file` (empty: a new node).
     pub fn open(mut file: Box<dyn LogFile>) -> std::io::Result<StateMachine> {
         let bytes = file.read_all()?;
+        let blocks = file.blocks();
         let mut inner = Inner {
             state: ClusterState::default(),
             last_applied: None,
             membership: StoredMembership::default(),
             snapshot: None,
-            file,
             snapshots_built: 0,
         };
         if !bytes.is_empty() {
@@ -72,8 +74,24 @@ impl StateMachine {
         let published = watch::Sender::new(Arc::new(inner.state.clone()));
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
+            file: Arc::new(Mutex::new(file)),
+            blocks,
             published,
         })
+    }
+
+    /// Replace the snapshot file with `bytes`: on a blocking thread when it is on a disk.
+    async fn store(&self, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+        let file = Arc::clone(&self.file);
+        let write = move || file.lock().replace(&bytes);
+        let done = if self.blocks {
+            tokio::task::spawn_blocking(write)
+                .await
+                .map_err(snapshot_err)?
+        } else {
+            write()
+        };
+        done.map_err(snapshot_err)
     }
 
     /// Every state the quorum reaches, as it is applied here.
@@ -113,10 +131,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 state: inner.state.clone(),
             };
             let bytes = serde_json::to_vec(&body).map_err(snapshot_err)?;
-            inner.file.replace(&bytes).map_err(snapshot_err)?;
-            inner.snapshot = Some((meta.clone(), bytes.clone()));
             (meta, bytes)
         };
+        self.store(bytes.clone()).await?;
+        self.inner.lock().snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -151,6 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     out.push(Applied::default());
                 }
                 EntryPayload::Normal(command) => {
+                    tracing::trace!(log_id = %entry.log_id, records = ?command.records, "applying");
                     let results = inner.state.apply(index, &command.records);
                     for (r, skipped) in command.records.iter().zip(&results) {
                         if let Err(why) = skipped {
@@ -192,8 +211,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let body: SnapshotBody = serde_json::from_slice(&bytes).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
         })?;
+        self.store(bytes.clone()).await?;
         let mut inner = self.inner.lock();
-        inner.file.replace(&bytes).map_err(snapshot_err)?;
         inner.state = body.state;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();

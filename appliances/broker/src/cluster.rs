@@ -1,0 +1,344 @@
+//! The broker's membership in the cluster: its quorum node (a voter or a learner of the
+//! metadata log), its registration with the controller, the heartbeats that keep its lease,
+//! and the reachability probes that let the controller tell a site cut from a dead site.
+//!
+//! **Lease.** A broker leads partitions only while its last successful heartbeat was sent
+//! less than `lease` ago (3/4 of the controller's session timeout). The controller fences a
+//! broker only after a full session without hearing from it, so a broker cut off from the
+//! controller majority has stopped taking writes (of every acks level) before its partitions
+//! get new leaders elsewhere: no split brain, whatever the network does.
+//!
+//! **One-node mode.** Without a `[cluster]` section the broker is the only voter of its own
+//! quorum (no listener, no witness): the same code runs, every controller call is local.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use quorum::controller::{ControllerError, ControllerRequest, ControllerResponse, Timing};
+use quorum::ids::{BrokerEpoch, NodeId, SiteId};
+use quorum::metadata::{ClusterState, Endpoints};
+use quorum::node::{NodeConfig, QuorumNode, RaftTiming};
+use quorum::policy::SitePolicy;
+use quorum::raft::log_file::FsFile;
+use quorum::raft::network::Transport;
+use quorum::rpc::{Request, Response};
+use quorum::transport::TcpTransport;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::partition::mono_ms;
+
+/// How long a controller request may take before the caller gives up.
+pub const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The site of a one-node cluster without a configured rack.
+const DEFAULT_SITE: &str = "default";
+
+pub type Node = QuorumNode<TcpTransport>;
+
+pub struct Cluster {
+    pub node: Arc<Node>,
+    pub me: NodeId,
+    pub site: SiteId,
+    endpoints: Mutex<Endpoints>,
+    storage_id: Uuid,
+    timing: Timing,
+    /// This incarnation's epoch; `None` while not registered (starting, or fenced).
+    epoch: watch::Sender<Option<BrokerEpoch>>,
+    /// Monotonic ms until which this broker may lead.
+    lease_until_ms: AtomicU64,
+    /// When each other broker last answered a probe.
+    reached_ms: Mutex<BTreeMap<NodeId, u64>>,
+    /// Whether this is a one-node cluster (every call local).
+    pub alone: bool,
+    /// Connections for reachability probes.
+    probe: TcpTransport,
+    pub quorum_addr: Option<std::net::SocketAddr>,
+}
+
+/// The node configuration and quorum listener for `config`.
+async fn quorum_setup(
+    config: &BrokerConfig,
+    me: NodeId,
+    site: &str,
+) -> anyhow::Result<(NodeConfig, Option<TcpListener>)> {
+    match &config.cluster {
+        Some(cluster) => {
+            let listener = TcpListener::bind(config.quorum.listen)
+                .await
+                .with_context(|| format!("binding the quorum listener {}", config.quorum.listen))?;
+            let advertised = cluster
+                .advertised(me, &config.quorum, listener.local_addr()?)
+                .map_err(anyhow::Error::msg)?;
+            let node = cluster
+                .node_config(me, site, &advertised)
+                .map_err(anyhow::Error::msg)?;
+            Ok((node, Some(listener)))
+        }
+        None => {
+            let site = SiteId::new(site);
+            Ok((
+                NodeConfig {
+                    node: me,
+                    cluster_name: "one-node".into(),
+                    site: site.clone(),
+                    advertised: "local".into(),
+                    voters: [(me, "local".to_string())].into(),
+                    policy: SitePolicy::single_site(site),
+                    timing: Timing::default(),
+                    // Alone, nothing to wait for: a short election after a restart.
+                    raft: RaftTiming {
+                        heartbeat_ms: 50,
+                        election_min_ms: 150,
+                        election_max_ms: 300,
+                    },
+                    formation_cluster_id: None,
+                },
+                None,
+            ))
+        }
+    }
+}
+
+impl Cluster {
+    /// Open the quorum storage under `data_dir/quorum` and start the quorum node (and its
+    /// listener in a real cluster). `cluster_id` forms a new cluster with this id.
+    pub async fn start(
+        config: &BrokerConfig,
+        data_dir: &std::path::Path,
+        storage_id: Uuid,
+        cluster_id: Option<Uuid>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let me = NodeId(u32::try_from(config.node_id).context("node_id")?);
+        let site = config.rack.clone().unwrap_or_else(|| DEFAULT_SITE.into());
+        let (mut node_config, listener) = quorum_setup(config, me, &site).await?;
+        node_config.formation_cluster_id = cluster_id;
+        let dir = data_dir.join("quorum");
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let log = FsFile::open(&dir.join("log")).context("opening the quorum log")?;
+        let snapshot =
+            FsFile::open(&dir.join("snapshot")).context("opening the quorum snapshot")?;
+        let cluster_name = node_config.cluster_name.clone();
+        let transport = Arc::new(TcpTransport::new(&cluster_name, me));
+        let timing = node_config.timing;
+        let node = QuorumNode::start(node_config, Box::new(log), Box::new(snapshot), transport)
+            .await
+            .context("starting the quorum node")?;
+        let quorum_addr = match listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                tokio::spawn(quorum::transport::serve(
+                    l,
+                    Arc::clone(&node),
+                    shutdown.clone(),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
+        Ok(Arc::new(Cluster {
+            node,
+            me,
+            site: SiteId::new(&site),
+            endpoints: Mutex::new(Endpoints {
+                kafka: String::new(),
+                replication: String::new(),
+                quorum: String::new(),
+            }),
+            storage_id,
+            timing,
+            epoch: watch::Sender::new(None),
+            lease_until_ms: AtomicU64::new(0),
+            reached_ms: Mutex::new(BTreeMap::new()),
+            alone: config.cluster.is_none(),
+            probe: TcpTransport::new(&cluster_name, me),
+            quorum_addr,
+        }))
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.node.state()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.node.subscribe()
+    }
+
+    /// This incarnation's epoch, if registered.
+    pub fn epoch(&self) -> Option<BrokerEpoch> {
+        *self.epoch.borrow()
+    }
+
+    /// Whether this broker may act as a leader now.
+    pub fn lease_valid(&self) -> bool {
+        self.epoch().is_some() && mono_ms() < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Ask the controller (wherever it is).
+    pub async fn call(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, ControllerError> {
+        match self.node.controller_call(request, CONTROLLER_TIMEOUT).await {
+            Ok(ControllerResponse::Failed(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(e) => Err(ControllerError::NotCommitted(e.to_string())),
+        }
+    }
+
+    /// Register this incarnation (retrying until the controller answers) and wait until the
+    /// registration is applied here. Returns the new epoch.
+    pub async fn register(&self, endpoints: Endpoints) -> anyhow::Result<BrokerEpoch> {
+        *self.endpoints.lock() = endpoints.clone();
+        let request = ControllerRequest::Register {
+            node: self.me,
+            site: self.site.clone(),
+            endpoints,
+            storage_id: self.storage_id,
+        };
+        loop {
+            match self.call(request.clone()).await {
+                Ok(ControllerResponse::Registered { epoch, index }) => {
+                    self.node.wait_applied(index, CONTROLLER_TIMEOUT).await;
+                    let sent = mono_ms();
+                    self.lease_until_ms
+                        .store(sent + self.timing.lease_ms(), Ordering::Release);
+                    self.epoch.send_replace(Some(epoch));
+                    tracing::info!(node = %self.me, %epoch, "registered with the controller");
+                    return Ok(epoch);
+                }
+                Ok(other) => {
+                    anyhow::bail!("unexpected controller answer to a registration: {other:?}")
+                }
+                Err(e @ (ControllerError::DuplicateNode(_) | ControllerError::UnknownSite(_))) => {
+                    return Err(e).context("the controller refused this broker");
+                }
+                Err(ControllerError::Invalid(why)) => {
+                    anyhow::bail!("the controller refused this broker: {why}")
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "registration not answered yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms)).await;
+                }
+            }
+        }
+    }
+
+    /// Keep the lease: a heartbeat every `heartbeat_ms` (with who this broker could not reach
+    /// lately); a fenced answer ends this incarnation, and a new registration starts another.
+    pub async fn heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = Duration::from_millis(self.timing.heartbeat_ms);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Some(epoch) = self.epoch() else { continue };
+            let sent = mono_ms();
+            let request = ControllerRequest::Heartbeat {
+                node: self.me,
+                epoch,
+                unreachable: self.unreachable(sent),
+            };
+            let answer = self
+                .node
+                .controller_call(request, Duration::from_millis(self.timing.lease_ms()))
+                .await;
+            match answer {
+                Ok(ControllerResponse::Heartbeat { fenced: false }) => {
+                    self.lease_until_ms
+                        .fetch_max(sent + self.timing.lease_ms(), Ordering::AcqRel);
+                }
+                Ok(ControllerResponse::Heartbeat { fenced: true }) => {
+                    tracing::warn!(node = %self.me, %epoch, "fenced by the controller: registering again");
+                    self.epoch.send_replace(None);
+                    self.lease_until_ms.store(0, Ordering::Release);
+                    let endpoints = self.endpoints.lock().clone();
+                    if let Err(e) = self.register(endpoints).await {
+                        tracing::error!(error = %e, "registering again failed");
+                    }
+                }
+                other => tracing::debug!(answer = ?other, "heartbeat not answered"),
+            }
+        }
+    }
+
+    /// Brokers not answering probes for more than half a session.
+    fn unreachable(&self, now: u64) -> Vec<NodeId> {
+        let limit = self.timing.session_timeout_ms / 2;
+        let state = self.state();
+        let reached = self.reached_ms.lock();
+        state
+            .brokers
+            .keys()
+            .filter(|n| **n != self.me)
+            .filter(|n| {
+                reached
+                    .get(n)
+                    .is_none_or(|t| now.saturating_sub(*t) > limit)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Probe every other broker's quorum endpoint each heartbeat: what the controller needs
+    /// to tell a cut between sites from a lost site.
+    pub async fn probes(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.alone {
+            return;
+        }
+        let every = Duration::from_millis(self.timing.heartbeat_ms);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let state = self.state();
+            let targets: Vec<(NodeId, String)> = state
+                .brokers
+                .values()
+                .filter(|b| b.node != self.me)
+                .map(|b| (b.node, b.endpoints.quorum.clone()))
+                .collect();
+            let probes = targets.into_iter().map(|(n, addr)| {
+                let me = Arc::clone(&self);
+                async move {
+                    let ok = matches!(
+                        me.probe.call(n, &addr, Request::Ping, every).await,
+                        Ok(Response::Pong)
+                    );
+                    if ok {
+                        me.reached_ms.lock().insert(n, mono_ms());
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+        }
+    }
+}
+
+/// A Kafka cluster id (22 characters of URL-safe base64) for a quorum cluster id.
+pub fn kafka_cluster_id(id: Uuid) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+/// The quorum cluster id of a Kafka cluster id, when it is one.
+pub fn cluster_uuid(kafka_id: &str) -> Option<Uuid> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(kafka_id)
+        .ok()?;
+    Uuid::from_slice(&bytes).ok()
+}

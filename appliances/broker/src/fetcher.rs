@@ -1,0 +1,309 @@
+//! Follower fetchers: one task per leader broker, fetching every partition this broker
+//! follows from it with Kafka's own Fetch (v15: a replica id and this broker's epoch, topic
+//! ids, diverging epochs) on the leader's replication listener.
+//!
+//! The durability contract: a follower asks for offset N only once everything below N is
+//! fsynced here, so its fetch offset is what it holds durably, and the leader's high
+//! watermark (the smallest such offset among the in-sync replicas) means "on disk in every
+//! in-sync replica". Each response is appended, flushed, and only then fetched past.
+//!
+//! Divergence (KIP-101/KIP-279 via KIP-320's diverging epoch in Fetch): the follower sends
+//! the epoch of its last record; a leader whose history of that epoch ends earlier answers
+//! where, and the follower truncates there before fetching again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_client::Connection;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ReplicaState};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{BrokerId, FetchRequest};
+use parking_lot::Mutex;
+use quorum::ids::{LeaderEpoch, NodeId, PartitionKey};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::partition::Partition;
+
+/// The Fetch version followers use (replica state with the broker epoch).
+const FETCH_VERSION: i16 = 15;
+/// Back-off after a failed connection or request.
+const RETRY: Duration = Duration::from_millis(200);
+
+struct Followed {
+    partition: Arc<Partition>,
+    epoch: LeaderEpoch,
+}
+
+#[derive(Default)]
+struct Set {
+    partitions: Mutex<BTreeMap<PartitionKey, Followed>>,
+    changed: Notify,
+}
+
+struct Running {
+    set: Arc<Set>,
+    stop: CancellationToken,
+}
+
+/// The fetchers of this broker, by leader.
+pub struct Fetchers {
+    cluster: Arc<Cluster>,
+    by_leader: Mutex<BTreeMap<NodeId, Running>>,
+    wait: Duration,
+    max_bytes: usize,
+    shutdown: CancellationToken,
+}
+
+impl Fetchers {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        wait: Duration,
+        max_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Fetchers {
+        Fetchers {
+            cluster,
+            by_leader: Mutex::new(BTreeMap::new()),
+            wait,
+            max_bytes,
+            shutdown,
+        }
+    }
+
+    /// Follow `partition` from `leader` in `epoch`.
+    pub fn add(&self, leader: NodeId, partition: Arc<Partition>, epoch: LeaderEpoch) {
+        let mut by_leader = self.by_leader.lock();
+        let running = by_leader.entry(leader).or_insert_with(|| {
+            let set = Arc::new(Set::default());
+            let stop = self.shutdown.child_token();
+            let fetcher = Fetcher {
+                leader,
+                set: Arc::clone(&set),
+                cluster: Arc::clone(&self.cluster),
+                wait: self.wait,
+                max_bytes: self.max_bytes,
+            };
+            tokio::spawn(fetcher.run(stop.clone()));
+            Running { set, stop }
+        });
+        running
+            .set
+            .partitions
+            .lock()
+            .insert(partition.key(), Followed { partition, epoch });
+        running.set.changed.notify_one();
+    }
+
+    /// Stop following `key` (from whichever leader).
+    pub fn remove(&self, key: PartitionKey) {
+        let mut by_leader = self.by_leader.lock();
+        let mut empty = vec![];
+        for (leader, running) in by_leader.iter() {
+            let mut parts = running.set.partitions.lock();
+            if parts.remove(&key).is_some() && parts.is_empty() {
+                empty.push(*leader);
+            }
+        }
+        for leader in empty {
+            if let Some(r) = by_leader.remove(&leader) {
+                r.stop.cancel();
+            }
+        }
+    }
+}
+
+struct Fetcher {
+    leader: NodeId,
+    set: Arc<Set>,
+    cluster: Arc<Cluster>,
+    wait: Duration,
+    max_bytes: usize,
+}
+
+impl Fetcher {
+    async fn run(self, stop: CancellationToken) {
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let session = async {
+                let conn = self.connect().await?;
+                loop {
+                    self.fetch_once(&conn).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), String>(())
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = session => if let Err(e) = r {
+                    tracing::debug!(leader = %self.leader, error = %e, "fetching from the leader failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let state = self.cluster.state();
+        let addr = state
+            .brokers
+            .get(&self.leader)
+            .map(|b| b.endpoints.replication.clone())
+            .ok_or_else(|| format!("leader {} is not registered", self.leader))?;
+        Connection::connect(&addr, &format!("replica-{}", self.cluster.me))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// One fetch for every followed partition, then apply the answers.
+    async fn fetch_once(&self, conn: &Connection) -> Result<(), String> {
+        let Some(epoch) = self.cluster.epoch() else {
+            tokio::time::sleep(RETRY).await;
+            return Ok(());
+        };
+        let followed: Vec<(Arc<Partition>, LeaderEpoch)> = self
+            .set
+            .partitions
+            .lock()
+            .values()
+            .map(|f| (Arc::clone(&f.partition), f.epoch))
+            .collect();
+        if followed.is_empty() {
+            self.set.changed.notified().await;
+            return Ok(());
+        }
+        let mut topics: BTreeMap<uuid::Uuid, Vec<FetchPartition>> = BTreeMap::new();
+        for (p, leader_epoch) in &followed {
+            let offsets = p.offsets();
+            let last_epoch = p.last_epoch().await.map_err(|e| e.to_string())?;
+            topics.entry(p.topic_id).or_default().push(
+                FetchPartition::default()
+                    .with_partition(p.index)
+                    .with_current_leader_epoch(leader_epoch.0)
+                    .with_fetch_offset(offsets.log_end)
+                    .with_last_fetched_epoch(last_epoch.unwrap_or(-1))
+                    .with_log_start_offset(offsets.log_start)
+                    .with_partition_max_bytes(self.max_bytes as i32),
+            );
+        }
+        let request = FetchRequest::default()
+            .with_replica_state(
+                ReplicaState::default()
+                    .with_replica_id(BrokerId(self.cluster.me.kafka()))
+                    .with_replica_epoch(epoch.0 as i64),
+            )
+            .with_max_wait_ms(self.wait.as_millis() as i32)
+            .with_min_bytes(1)
+            .with_max_bytes(self.max_bytes as i32)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(id, partitions)| {
+                        FetchTopic::default()
+                            .with_topic_id(id)
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let send = conn
+            .send_at(request, FETCH_VERSION)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = tokio::select! {
+            r = tokio::time::timeout(self.wait + Duration::from_secs(10), send) => {
+                r.map_err(|_| "fetch timed out".to_string())?.map_err(|e| e.to_string())?
+            }
+            // A partition was added or removed: this answer is still applied when it comes,
+            // but the next request covers the new set.
+            _ = self.set.changed.notified() => return Ok(()),
+        };
+        if response.error_code != 0 {
+            return Err(format!("leader answered error {}", response.error_code));
+        }
+        let by_key: BTreeMap<PartitionKey, (Arc<Partition>, LeaderEpoch)> = followed
+            .into_iter()
+            .map(|(p, e)| (p.key(), (p, e)))
+            .collect();
+        for t in response.responses {
+            for data in t.partitions {
+                let key = PartitionKey {
+                    topic: t.topic_id,
+                    index: data.partition_index,
+                };
+                if let Some((p, e)) = by_key.get(&key)
+                    && let Err(err) = self.apply(p, *e, data).await
+                {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %err, "applying fetched data failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one partition's answer: truncate on divergence, append, flush, then take the
+    /// leader's high watermark.
+    async fn apply(
+        &self,
+        p: &Arc<Partition>,
+        epoch: LeaderEpoch,
+        data: PartitionData,
+    ) -> Result<(), String> {
+        let code = data.error_code;
+        if code == ResponseError::OffsetOutOfRange.code() {
+            let offsets = p.offsets();
+            if offsets.log_end < data.log_start_offset {
+                tracing::info!(topic = %p.topic, partition = p.index, start = data.log_start_offset, "the leader's log starts after ours ends: starting over there");
+                p.restart_at(data.log_start_offset)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else if data.high_watermark >= 0 && data.high_watermark < offsets.log_end {
+                p.truncate_to(data.high_watermark)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        }
+        if code != 0 {
+            // Not leader, fenced or unknown epoch: the metadata will tell us the new leader.
+            tracing::debug!(topic = %p.topic, partition = p.index, code, "leader refused the fetch");
+            tokio::time::sleep(RETRY).await;
+            return Ok(());
+        }
+        if data.diverging_epoch.epoch >= 0 {
+            let cut = data.diverging_epoch.end_offset;
+            tracing::info!(topic = %p.topic, partition = p.index, epoch = data.diverging_epoch.epoch, at = cut, "log diverged from the leader's: truncating");
+            p.truncate_to(cut).await.map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        if let Some(records) = data.records.filter(|r| !r.is_empty()) {
+            let batches = durable_log::split_batches(&records).map_err(|e| e.to_string())?;
+            if !batches.is_empty() {
+                let end = p
+                    .append_as_follower(batches, epoch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                p.wait_durable(end).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if data.high_watermark >= 0 {
+            p.leader_high_watermark(data.high_watermark);
+        }
+        // DeleteRecords and retention on the leader move its log start: follow it (never past
+        // what this replica has).
+        let local = p.offsets();
+        if data.log_start_offset > local.log_start && data.log_start_offset <= local.log_end {
+            p.delete_records(data.log_start_offset)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
