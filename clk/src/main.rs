@@ -8,7 +8,9 @@
 //! - `clk vm boot`: an image under QEMU, with progress until its appliance is ready.
 
 mod bench;
+mod cluster;
 mod image;
+mod lab;
 mod progress;
 mod vm;
 
@@ -33,6 +35,17 @@ enum Command {
         #[command(subcommand)]
         what: image::ImageCommand,
     },
+    /// The stretched hub: status, voter replacement (through any broker's or the witness's
+    /// admin port).
+    Cluster {
+        #[command(subcommand)]
+        what: cluster::ClusterCommand,
+    },
+    /// A local lab: a whole stretched hub as processes on loopback.
+    Lab {
+        #[command(subcommand)]
+        what: lab::LabCommand,
+    },
     /// Boot an appliance image under QEMU (OVMF) with its serial console on stdout.
     Vm {
         #[command(subcommand)]
@@ -55,6 +68,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench { what } => runtime.block_on(bench::run(what)),
         Command::Image { what } => image::run(what),
+        Command::Cluster { what } => runtime.block_on(cluster::run(what)),
+        Command::Lab { what } => runtime.block_on(lab::run(what)),
         Command::Vm {
             what: VmCommand::Boot(args),
         } => runtime.block_on(vm::boot(args)),

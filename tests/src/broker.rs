@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::process::{NotReady, spawn_until_ready};
+use crate::process::{NotReady, spawn_in_until_ready};
 use crate::small_disk::SmallDisk;
 
 /// How long a start (including log recovery) may take in a debug build.
@@ -47,6 +47,9 @@ pub struct Broker {
     pub admin: SocketAddr,
     extra: String,
     starts: usize,
+    pub node_id: u32,
+    /// The network namespace it runs in (a site of a netns test).
+    netns: Option<String>,
 }
 
 impl Broker {
@@ -70,6 +73,26 @@ impl Broker {
         b.small_disk = Some(SmallDisk::mount(&b.data_dir(), mib)?);
         b.launch();
         Some(b)
+    }
+
+    /// Start broker `node_id` of a cluster (`extra` holds its `rack`, `[cluster]` and
+    /// `[quorum]`). It becomes ready only once a majority of the quorum's voters run.
+    pub fn start_node(node_id: u32, extra: &str) -> Broker {
+        let mut b = Broker::unstarted(extra);
+        b.node_id = node_id;
+        b.launch();
+        b
+    }
+
+    /// Start broker `node_id` inside network namespace `netns`, listening on `host`.
+    pub fn start_node_in(netns: &str, host: &str, node_id: u32, extra: &str) -> Broker {
+        let mut b = Broker::unstarted(extra);
+        b.node_id = node_id;
+        b.netns = Some(netns.to_string());
+        b.kafka = format!("{host}:0").parse().expect("addr");
+        b.admin = format!("{host}:0").parse().expect("addr");
+        b.launch();
+        b
     }
 
     /// Start a broker on a data directory unpacked from `archive` (a `.tar.gz` holding a
@@ -101,6 +124,8 @@ impl Broker {
             admin: "127.0.0.1:0".parse().expect("addr"),
             extra: extra.to_string(),
             starts: 0,
+            node_id: 1,
+            netns: None,
         }
     }
 
@@ -115,14 +140,25 @@ impl Broker {
     /// One Produce request of `records` (an encoded batch) to partition 0 of `topic`, on a
     /// connection of its own; the partition's error code (0 when written).
     pub fn produce_raw(&self, topic: &'static str, records: bytes::Bytes, acks: i16) -> i16 {
+        self.produce_raw_to(topic, 0, records, acks)
+            .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"))
+    }
+
+    /// [`Broker::produce_raw`] to partition `partition`; an error when the broker would not
+    /// take the request at all (refused or closed the connection).
+    pub fn produce_raw_to(
+        &self,
+        topic: &'static str,
+        partition: i32,
+        records: bytes::Bytes,
+        acks: i16,
+    ) -> anyhow::Result<i16> {
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
         use kafka_protocol::messages::{ProduceRequest, TopicName};
         use kafka_protocol::protocol::StrBytes;
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
-            let c = kafka_client::Connection::connect(&self.bootstrap(), "e2e-raw")
-                .await
-                .expect("connect");
+            let c = kafka_client::Connection::connect(&self.bootstrap(), "e2e-raw").await?;
             let req = ProduceRequest::default()
                 .with_acks(acks)
                 .with_timeout_ms(30_000)
@@ -131,12 +167,13 @@ impl Broker {
                         .with_name(TopicName(StrBytes::from_static_str(topic)))
                         .with_partition_data(vec![
                             PartitionProduceData::default()
-                                .with_index(0)
+                                .with_index(partition)
                                 .with_records(Some(records)),
                         ]),
                 ]);
-            let resp = c.request(req, 9).await.expect("produce");
-            resp.responses[0].partition_responses[0].error_code
+            // A bounded wait: a leader that lost its site waits for followers that never come.
+            let resp = c.request(req.with_timeout_ms(5_000), 9).await?;
+            Ok(resp.responses[0].partition_responses[0].error_code)
         })
     }
 
@@ -163,8 +200,10 @@ impl Broker {
 
     fn write_config(&self) -> PathBuf {
         let (kafka_listen, extra) = split_kafka_section(&self.extra);
+        let (top, extra) = split_top_level(&extra);
         let text = format!(
-            "node_id = 1\ndata_dir = \"{}\"\n\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
+            "node_id = {}\ndata_dir = \"{}\"\n{top}\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n\n{extra}\n",
+            self.node_id,
             self.data_dir().display(),
             self.kafka,
             self.admin,
@@ -178,7 +217,8 @@ impl Broker {
         let config = self.write_config();
         self.starts += 1;
         let log_path = self.dir.path().join(format!("broker-{}.log", self.starts));
-        match spawn_until_ready(
+        match spawn_in_until_ready(
+            self.netns.as_deref(),
             &bin("broker"),
             &config,
             &log_path,
@@ -233,6 +273,19 @@ fn ready_addresses(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
     let kafka = v.get("kafka_addr")?.as_str()?.parse().ok()?;
     let admin = v.get("admin")?.as_str()?.parse().ok()?;
     Some((kafka, admin))
+}
+
+/// Top-level keys (`rack = ...`) must come before the first section.
+fn split_top_level(extra: &str) -> (String, String) {
+    let first_section = extra
+        .lines()
+        .position(|l| l.trim().starts_with('['))
+        .unwrap_or(extra.lines().count());
+    let lines: Vec<&str> = extra.lines().collect();
+    (
+        lines[..first_section].join("\n"),
+        lines[first_section..].join("\n"),
+    )
 }
 
 /// Lines a test adds under `[kafka]` must go in that section; everything else stays after.

@@ -4,13 +4,17 @@
 //!
 //! Nothing here sleeps to synchronise: every wait is on a condition with a deadline.
 
+pub mod acked;
 pub mod broker;
 pub mod clients;
+pub mod hub;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod s3gw;
 pub mod small_disk;
 pub mod wait;
+pub mod witness;
 
 pub use broker::Broker;
 pub use s3gw::S3gw;

@@ -21,7 +21,28 @@ pub fn spawn_until_ready<T: Send + 'static>(
     timeout: Duration,
     ready: fn(&serde_json::Value) -> Option<T>,
 ) -> Result<(Child, T), NotReady> {
-    let mut child = Command::new(binary)
+    spawn_in_until_ready(None, binary, config, log_path, timeout, ready)
+}
+
+/// [`spawn_until_ready`] inside network namespace `netns` (`ip netns exec` replaces itself
+/// with the binary: the child is the appliance).
+pub fn spawn_in_until_ready<T: Send + 'static>(
+    netns: Option<&str>,
+    binary: &Path,
+    config: &Path,
+    log_path: &Path,
+    timeout: Duration,
+    ready: fn(&serde_json::Value) -> Option<T>,
+) -> Result<(Child, T), NotReady> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .arg("--config")
         .arg(config)
         .env_remove("RUST_LOG")

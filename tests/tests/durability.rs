@@ -3,64 +3,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::clients::{kcat, kcat_consume_all, metric, python, python_script};
+use e2e::Broker;
+use e2e::acked::Producer;
+use e2e::clients::{kcat, kcat_consume_all, metric, python};
 use e2e::proxy::ChaosProxy;
-use e2e::{Broker, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 const T: Duration = Duration::from_secs(120);
 
-fn spawn_producer(args: &[&str]) -> Child {
-    Command::new(e2e::clients::pypi_tool("python3"))
-        .arg(python_script("ck_produce.py"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn producer")
-}
-
-/// Stop a producer started with `spawn_producer` and return its JSON report.
-fn stop_producer(child: Child) -> serde_json::Value {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let pid = child.id();
-    let out = std::thread::spawn(move || child.wait_with_output());
-    wait_until("the producer to exit", T, || {
-        out.is_finished().then_some(())
-    });
-    let out = out
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("producer {pid}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(line).expect("producer report")
-}
-
-fn count_lines(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
 /// Every record of `topic` as `(partition, offset) -> value`.
 fn everything(b: &Broker, topic: &str) -> BTreeMap<(i32, i64), String> {
-    kcat_consume_all(&b.bootstrap(), topic, "%p %o %s\n", T)
-        .iter()
-        .map(|l| {
-            let mut it = l.splitn(3, ' ');
-            let p = it.next().unwrap().parse().unwrap();
-            let o = it.next().unwrap().parse().unwrap();
-            ((p, o), it.next().unwrap_or_default().to_string())
-        })
-        .collect()
+    e2e::acked::everything(&b.bootstrap(), topic, T)
 }
 
 #[test]
@@ -68,48 +22,30 @@ fn kill_9_under_acks_all_load_loses_nothing_acknowledged() {
     let mut b = Broker::start_with("[topics]\npartitions = 4\n");
     let dir = tempfile::tempdir().unwrap();
     let acked_file = dir.path().join("acked.txt");
-    let acked_path = acked_file.to_str().unwrap().to_string();
     for round in 0..3 {
-        let before = count_lines(&acked_file);
         let prefix = format!("r{round}");
-        let producer = spawn_producer(&[
-            "--bootstrap",
-            &b.bootstrap(),
-            "--topic",
-            "crash",
-            "--acked-file",
-            &acked_path,
-            "--prefix",
-            &prefix,
-        ]);
-        wait_until("acknowledgements to accumulate", T, || {
-            (count_lines(&acked_file) >= before + 3000).then_some(())
-        });
+        let bootstrap = b.bootstrap();
+        let producer = Producer::start(
+            &acked_file,
+            &[
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                "crash",
+                "--prefix",
+                &prefix,
+            ],
+        );
+        let before = producer.acked_count();
+        producer.wait_acked(before + 3000, T);
         b.kill9();
-        stop_producer(producer);
+        producer.stop(T);
         b.restart();
     }
-    let acked: Vec<(i32, i64, String)> = std::fs::read_to_string(&acked_file)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut it = l.splitn(3, ' ');
-            (
-                it.next().unwrap().parse().unwrap(),
-                it.next().unwrap().parse().unwrap(),
-                it.next().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let acked = e2e::acked::read_acked(&acked_file);
     assert!(acked.len() >= 9000);
     let stored = everything(&b, "crash");
-    for (p, o, v) in &acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "acknowledged record {p}/{o} {v} was lost or changed"
-        );
-    }
+    e2e::acked::verify(&acked, &stored);
     // Offsets stay dense: recovery never leaves a hole.
     for p in 0..4 {
         let offsets: Vec<i64> = stored

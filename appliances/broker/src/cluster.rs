@@ -180,9 +180,17 @@ impl Cluster {
         *self.epoch.borrow()
     }
 
-    /// Whether this broker may act as a leader now.
+    /// Whether this broker may act as a leader now: registered, heard by the controller
+    /// within the lease, and not fenced (a broker of a fenced site keeps heartbeating to learn
+    /// when its site is restored, but leads nothing meanwhile).
     pub fn lease_valid(&self) -> bool {
-        self.epoch().is_some() && mono_ms() < self.lease_until_ms.load(Ordering::Acquire)
+        self.epoch().is_some()
+            && mono_ms() < self.lease_until_ms.load(Ordering::Acquire)
+            && self
+                .state()
+                .brokers
+                .get(&self.me)
+                .is_some_and(|b| !b.fenced && Some(b.epoch) == self.epoch())
     }
 
     /// Ask the controller (wherever it is).
@@ -256,11 +264,23 @@ impl Cluster {
                 .controller_call(request, Duration::from_millis(self.timing.lease_ms()))
                 .await;
             match answer {
-                Ok(ControllerResponse::Heartbeat { fenced: false }) => {
-                    self.lease_until_ms
-                        .fetch_max(sent + self.timing.lease_ms(), Ordering::AcqRel);
+                Ok(ControllerResponse::Heartbeat {
+                    fenced: false,
+                    index,
+                }) => {
+                    // The lease runs from when the heartbeat was sent, and only on metadata
+                    // at least as new as the controller's answer.
+                    let left_ms = (sent + self.timing.lease_ms()).saturating_sub(mono_ms());
+                    if self
+                        .node
+                        .wait_applied(index, Duration::from_millis(left_ms))
+                        .await
+                    {
+                        self.lease_until_ms
+                            .fetch_max(sent + self.timing.lease_ms(), Ordering::AcqRel);
+                    }
                 }
-                Ok(ControllerResponse::Heartbeat { fenced: true }) => {
+                Ok(ControllerResponse::Heartbeat { fenced: true, .. }) => {
                     tracing::warn!(node = %self.me, %epoch, "fenced by the controller: registering again");
                     self.epoch.send_replace(None);
                     self.lease_until_ms.store(0, Ordering::Release);

@@ -401,6 +401,14 @@ impl Validate for BrokerConfig {
         if r.lag_time < Duration::from_millis(100) {
             return Err("replication.lag_time must be at least 100ms".into());
         }
+        if let Some(listen) = r.listen
+            && listen.ip().is_unspecified()
+            && r.advertised.is_none()
+        {
+            return Err(format!(
+                "replication.advertised must be set: the replication listener {listen} is not an address followers can connect to"
+            ));
+        }
         Ok(())
     }
 }

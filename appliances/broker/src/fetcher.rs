@@ -221,8 +221,8 @@ impl Fetcher {
             r = tokio::time::timeout(self.wait + Duration::from_secs(10), send) => {
                 r.map_err(|_| "fetch timed out".to_string())?.map_err(|e| e.to_string())?
             }
-            // A partition was added or removed: this answer is still applied when it comes,
-            // but the next request covers the new set.
+            // A partition was added or removed: this answer is dropped (the request is
+            // abandoned) and the next one covers the new set.
             _ = self.set.changed.notified() => return Ok(()),
         };
         if response.error_code != 0 {
@@ -258,16 +258,19 @@ impl Fetcher {
     ) -> Result<(), String> {
         let code = data.error_code;
         if code == ResponseError::OffsetOutOfRange.code() {
+            // Only a leader whose log starts after ours ends (retention, DeleteRecords) makes
+            // us start over. Anything else is left to the epoch comparison: truncating to the
+            // leader's high watermark could cut records it has committed (a new leader's high
+            // watermark lags until its followers fetch).
             let offsets = p.offsets();
             if offsets.log_end < data.log_start_offset {
                 tracing::info!(topic = %p.topic, partition = p.index, start = data.log_start_offset, "the leader's log starts after ours ends: starting over there");
                 p.restart_at(data.log_start_offset)
                     .await
                     .map_err(|e| e.to_string())?;
-            } else if data.high_watermark >= 0 && data.high_watermark < offsets.log_end {
-                p.truncate_to(data.high_watermark)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            } else {
+                tracing::warn!(topic = %p.topic, partition = p.index, fetch_offset = offsets.log_end, "the leader answered offset out of range; retrying");
+                tokio::time::sleep(RETRY).await;
             }
             return Ok(());
         }
@@ -278,8 +281,22 @@ impl Fetcher {
             return Ok(());
         }
         if data.diverging_epoch.epoch >= 0 {
-            let cut = data.diverging_epoch.end_offset;
-            tracing::info!(topic = %p.topic, partition = p.index, epoch = data.diverging_epoch.epoch, at = cut, "log diverged from the leader's: truncating");
+            // The leader's history of that epoch ends at `end_offset`; ours may end earlier
+            // (a later epoch of ours starts there, with records the leader never had). The
+            // largest common prefix ends at the smaller of the two (KIP-279): cutting only at
+            // the leader's end would keep our records of the later epoch under the leader's
+            // offsets, and meet the same divergence at every fetch.
+            let theirs = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+            let (_, ours_end) = p
+                .epoch_end_offset(theirs.0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let cut = if ours_end >= 0 {
+                theirs.1.min(ours_end)
+            } else {
+                theirs.1
+            };
+            tracing::info!(topic = %p.topic, partition = p.index, epoch = theirs.0, leader_end = theirs.1, at = cut, "log diverged from the leader's: truncating");
             p.truncate_to(cut).await.map_err(|e| e.to_string())?;
             return Ok(());
         }

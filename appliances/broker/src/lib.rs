@@ -9,6 +9,7 @@
 pub mod api;
 pub mod appliance;
 pub mod cluster;
+pub mod cluster_metrics;
 pub mod config;
 mod connection;
 pub mod data_dir;

@@ -47,7 +47,6 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     pub partitions: Gauge,
     pub offline_partitions: Gauge,
-    pub under_replicated_partitions: Gauge,
     pub groups: Gauge,
     pub rebalances: Counter,
 }
@@ -70,7 +69,6 @@ impl Metrics {
             connections_accepted: Counter::default(),
             partitions: Gauge::default(),
             offline_partitions: Gauge::default(),
-            under_replicated_partitions: Gauge::default(),
             groups: Gauge::default(),
             rebalances: Counter::default(),
         };
@@ -140,11 +138,6 @@ impl Metrics {
             "offline_partitions",
             "Partitions whose log is offline after a storage error",
             m.offline_partitions.clone(),
-        );
-        r.register(
-            "under_replicated_partitions",
-            "Partitions with fewer in-sync replicas than replicas",
-            m.under_replicated_partitions.clone(),
         );
         r.register(
             "groups",

@@ -704,6 +704,10 @@ impl Partition {
                     Err(e) => return self.go_offline(&LogError::Offline(e.to_string())),
                 };
                 self.metrics.observe_flush(started.elapsed());
+                // Both locks (replica, then log: the order every path takes) from reading the
+                // flushed offset until it is published: a follower's truncation and re-append
+                // between the two would otherwise let this offset cover bytes never fsynced.
+                let mut r = self.replica.lock();
                 let flushed = {
                     let mut guard = self.log.lock();
                     let Some(log) = guard.as_mut() else { return };
@@ -713,12 +717,11 @@ impl Partition {
                 self.durable
                     .send_modify(|d| d.flushed = d.flushed.max(flushed));
                 if self.durability == Durability::Sync {
-                    let mut r = self.replica.lock();
-                    // A truncation may have run since the plan was made: never past the end.
-                    let durable = flushed.min(r.log_end().0);
-                    r.on_flush(Offset(durable));
+                    let end = r.log_end().0;
+                    r.on_flush(Offset(flushed.min(end)));
                     self.publish(&r);
                 }
+                drop(r);
             }
         }
     }

@@ -2,8 +2,7 @@
 //! neither), leader epoch, in-sync set, the progress of each follower, and the high
 //! watermark. Pure: it does no I/O and takes the time as an explicit `now_ms`; the partition
 //! ([`crate::partition`]) feeds it what the log and the followers report, and the replica
-//! manager feeds it what the metadata quorum decided. Tested without I/O below and driven by
-//! the replication simulation.
+//! manager feeds it what the metadata quorum decided. Tested without I/O below.
 //!
 //! The rules (the site policy in `quorum::policy` says which in-sync sets are allowed):
 //! - The high watermark is the smallest durable offset among the in-sync replicas (the
@@ -364,10 +363,12 @@ impl Replica {
                 })
                 .collect();
         let threshold = self.high_watermark.max(self.epoch_start);
-        // Joining: replicas outside the in-sync set that hold everything acknowledged (a
-        // member that just lagged out is not re-admitted by the same look).
+        // Joining: replicas outside the in-sync set that hold everything acknowledged and are
+        // fetching now (a member that just lagged out is not re-admitted by the same look, and
+        // a replica heard from long ago, before a cut, is not taken for a live one).
         for (n, p) in &self.followers {
-            if !self.isr.contains(n) && p.durable.is_some_and(|d| d >= threshold) {
+            let fetching = now_ms.saturating_sub(p.last_fetch_ms) <= lag_time_ms;
+            if !self.isr.contains(n) && fetching && p.durable.is_some_and(|d| d >= threshold) {
                 wanted.push(*n);
             }
         }

@@ -100,6 +100,35 @@ async fn ensure_offsets_topic(state: Arc<BrokerState>, shutdown: CancellationTok
     }
 }
 
+/// A collector the registry owns while the server keeps a handle to it.
+#[derive(Debug)]
+struct SharedCollector(Arc<crate::cluster_metrics::ClusterCollector>);
+
+impl prometheus_client::collector::Collector for SharedCollector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
+/// The quorum's metrics, once the quorum node runs.
+#[derive(Debug)]
+struct LateQuorumCollector(Arc<std::sync::OnceLock<quorum::metrics::QuorumCollector>>);
+
+impl prometheus_client::collector::Collector for LateQuorumCollector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match self.0.get() {
+            Some(c) => c.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Bind a Kafka listener.
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -114,14 +143,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let metrics = Arc::new(Metrics::register(&mut registry));
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
+    let cluster_metrics = Arc::new(crate::cluster_metrics::ClusterCollector::default());
+    registry.register_collector(Box::new(SharedCollector(Arc::clone(&cluster_metrics))));
+    let quorum_metrics = Arc::new(std::sync::OnceLock::new());
+    registry.register_collector(Box::new(LateQuorumCollector(Arc::clone(&quorum_metrics))));
     let health = Arc::new(Health::new());
     health.require("quorum", "joining the cluster");
     health.require("storage", "recovering logs");
     health.require("kafka_listener", "not listening yet");
-    let admin = telemetry::serve_admin(
+    let cluster_routes =
+        Arc::new(quorum::admin::QuorumAdmin::<quorum::transport::TcpTransport>::default());
+    let admin = telemetry::serve_admin_with(
         config.admin.listen,
         Arc::new(registry),
         Arc::clone(&health),
+        Some(Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>),
         shutdown.clone(),
     )
     .await
@@ -142,6 +178,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let root = data_dir.root().to_owned();
     let formation = data_dir.cluster_id.as_deref().and_then(cluster_uuid);
     let cluster = Cluster::start(&config, &root, data_dir.storage_id, formation, &shutdown).await?;
+    let _ = quorum_metrics.set(quorum::metrics::QuorumCollector::new(
+        cluster.node.raft.metrics(),
+    ));
+    cluster_routes.attach(Arc::clone(&cluster.node));
 
     let listener = bind(config.kafka.listen, "Kafka").await?;
     let kafka_addr = listener.local_addr()?;
@@ -221,6 +261,11 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         "this broker's partitions did not open within {OPEN_TIMEOUT:?}"
     );
     health.set_ok("storage");
+    cluster_metrics.attach(
+        Arc::clone(&cluster),
+        Arc::clone(&replicas),
+        config.topics.clone(),
+    );
 
     let memory = Arc::new(Semaphore::new(
         config.kafka.max_inflight_request_bytes as usize,
@@ -252,6 +297,12 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         tokio::spawn(ensure_offsets_topic(Arc::clone(&state), shutdown.clone()));
     }
     let connections = TaskTracker::new();
+    let gate = Gate::new();
+    // Open at once when the lease already holds (it does right after registering).
+    if cluster.lease_valid() {
+        *gate.open.lock() = Some(shutdown.child_token());
+    }
+    tokio::spawn(Arc::clone(&gate).follow(Arc::clone(&cluster), shutdown.clone()));
     let clients = Arc::new(Listener {
         name: "clients".into(),
         role: ListenerRole::Clients,
@@ -263,6 +314,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         Arc::clone(&state),
         Arc::clone(&memory),
         connections.clone(),
+        Arc::clone(&gate),
         shutdown.clone(),
     ));
     if let Some(l) = replication {
@@ -277,6 +329,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             Arc::clone(&state),
             Arc::clone(&memory),
             connections.clone(),
+            Arc::clone(&gate),
             shutdown.clone(),
         ));
     }
@@ -304,12 +357,62 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     })
 }
 
+/// Whether this broker serves Kafka clients now: only while its lease is valid. A broker cut
+/// off from the controller (or of a fenced site) closes its Kafka connections and refuses new
+/// ones, so that clients ask the brokers that can still act, instead of being told stale
+/// leaders, or none, again and again by one they happen to be connected to.
+pub struct Gate {
+    open: parking_lot::Mutex<Option<CancellationToken>>,
+}
+
+impl Gate {
+    fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            open: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The token connections accepted now hold: cancelled when the gate closes.
+    fn current(&self) -> Option<CancellationToken> {
+        self.open.lock().clone()
+    }
+
+    /// Follow the lease, checking every 100 ms, until shutdown.
+    async fn follow(self: Arc<Self>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let valid = cluster.lease_valid();
+            let mut open = self.open.lock();
+            match (valid, open.is_some()) {
+                (true, false) => {
+                    tracing::info!("lease valid: serving Kafka clients");
+                    *open = Some(shutdown.child_token());
+                }
+                (false, true) => {
+                    tracing::warn!(
+                        "lease lost (cut off from the controller, or fenced): closing Kafka connections until it is back"
+                    );
+                    if let Some(t) = open.take() {
+                        t.cancel();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     listener_info: Arc<Listener>,
     state: Arc<BrokerState>,
     memory: Arc<Semaphore>,
     connections: TaskTracker,
+    gate: Arc<Gate>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -319,13 +422,18 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(serving) = gate.current() else {
+                    tracing::debug!(%peer, "refusing a connection: no lease");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = crate::connection::serve(
                     Arc::clone(&state),
                     stream,
                     Session::new(Arc::clone(&listener_info), peer),
                     Arc::clone(&memory),
-                    shutdown.clone(),
+                    serving,
                 );
                 connections.spawn(conn);
             }

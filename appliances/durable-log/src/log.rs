@@ -827,6 +827,17 @@ impl Log {
     pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<(), LogError> {
         self.check_online()?;
         if offset >= self.log_end_offset() {
+            // No records to cut, but maybe an epoch without records at the end (a leader
+            // that wrote nothing in its epoch): it goes too, or a follower would keep naming
+            // an epoch its new leader never had.
+            if self
+                .epochs
+                .latest()
+                .is_some_and(|e| e.start_offset >= offset)
+                && let Err(e) = self.epochs.truncate_from_end(offset)
+            {
+                return Err(self.fail(LogError::io("truncating the epoch cache", e)));
+            }
             return Ok(());
         }
         if offset <= self.log_start_offset {

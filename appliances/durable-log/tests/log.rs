@@ -458,3 +458,19 @@ fn segment_age_follows_the_wall_clock_not_producer_timestamps() {
         .unwrap();
     assert_eq!(log.segment_count(), 2);
 }
+
+#[test]
+fn an_epoch_without_records_goes_when_a_follower_truncates_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), true);
+    log.append_as_leader(&batch(&["a", "b"], NOW, None), 0, NOW)
+        .unwrap();
+    // Briefly leader in epoch 1, writing nothing, then a follower again.
+    log.assign_epoch(1).unwrap();
+    assert_eq!(log.epochs().latest().unwrap().epoch, 1);
+    // Its new leader has no epoch 1: truncating at the end drops it, records stay.
+    log.truncate_to(2, NOW).unwrap();
+    assert_eq!(log.epochs().latest().unwrap().epoch, 0);
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(log.epochs().end_offset_for(0, 2), (0, 2));
+}

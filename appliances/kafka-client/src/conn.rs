@@ -40,9 +40,17 @@ struct InFlight {
     waiter: Waiter,
 }
 
+/// The requests waiting for responses, and whether the reader has stopped: once it has, no
+/// one would ever answer a request queued after it, so sending fails instead of waiting forever.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<InFlight>,
+    closed: bool,
+}
+
 pub struct Connection {
     writer: Mutex<(OwnedWriteHalf, BytesMut)>,
-    in_flight: Arc<std::sync::Mutex<VecDeque<InFlight>>>,
+    in_flight: Arc<std::sync::Mutex<Pending>>,
     correlation: AtomicI32,
     client_id: String,
     versions: HashMap<i16, (i16, i16)>,
@@ -59,7 +67,7 @@ impl Connection {
             })?;
         stream.set_nodelay(true)?;
         let (mut rd, wr) = stream.into_split();
-        let in_flight: Arc<std::sync::Mutex<VecDeque<InFlight>>> = Default::default();
+        let in_flight: Arc<std::sync::Mutex<Pending>> = Default::default();
         let queue = Arc::clone(&in_flight);
         tokio::spawn(async move {
             let result: Result<(), Error> = async {
@@ -71,7 +79,7 @@ impl Connection {
                     let mut buf = vec![0u8; size as usize];
                     rd.read_exact(&mut buf).await?;
                     let correlation = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                    let next = queue.lock().expect("queue lock").pop_front();
+                    let next = queue.lock().expect("queue lock").queue.pop_front();
                     match next {
                         Some(w) if w.correlation_id == correlation => {
                             let _ = w.waiter.send(Ok(Bytes::from(buf)));
@@ -92,7 +100,9 @@ impl Connection {
             }
             .await;
             let _ = result;
-            for w in queue.lock().expect("queue lock").drain(..) {
+            let mut pending = queue.lock().expect("queue lock");
+            pending.closed = true;
+            for w in pending.queue.drain(..) {
                 let _ = w.waiter.send(Err(Error::Closed));
             }
         });
@@ -171,13 +181,16 @@ impl Connection {
             let len = (buf.len() - 4) as i32;
             buf[0..4].copy_from_slice(&len.to_be_bytes());
             // Register before writing so the reader always finds the waiter.
-            self.in_flight
-                .lock()
-                .expect("queue lock")
-                .push_back(InFlight {
+            {
+                let mut pending = self.in_flight.lock().expect("queue lock");
+                if pending.closed {
+                    return Err(Error::Closed);
+                }
+                pending.queue.push_back(InFlight {
                     correlation_id,
                     waiter: tx,
                 });
+            }
             wr.write_all(buf).await?;
         }
         Ok(async move {
@@ -187,5 +200,56 @@ impl Connection {
             <R::Response as Decodable>::decode(&mut bytes, v)
                 .map_err(|e| Error::Protocol(e.to_string()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kafka_protocol::messages::MetadataRequest;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+    use super::*;
+
+    /// A broker that answers ApiVersions and then closes the connection (as one that loses
+    /// its lease does).
+    async fn answer_once_then_close() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let size = stream.read_i32().await.unwrap();
+            let mut request = vec![0u8; size as usize];
+            stream.read_exact(&mut request).await.unwrap();
+            let mut body = BytesMut::new();
+            body.put_slice(&request[4..8]); // the correlation id
+            ApiVersionsResponse::default()
+                .with_api_keys(vec![
+                    ApiVersion::default().with_api_key(3).with_max_version(12),
+                ])
+                .encode(&mut body, 3)
+                .unwrap();
+            stream.write_i32(body.len() as i32).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+        });
+        addr
+    }
+
+    /// Requests on a connection the broker closed fail, whether sent before the reader saw
+    /// the close or after: none waits forever for an answer no one will read.
+    #[tokio::test]
+    async fn requests_on_a_closed_connection_fail_instead_of_hanging() {
+        let addr = answer_once_then_close().await;
+        let conn = Connection::connect(&addr, "test").await.expect("connect");
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                conn.request(MetadataRequest::default(), 12),
+            )
+            .await
+            .expect("a request on a closed connection returns");
+            assert!(answer.is_err(), "{answer:?}");
+        }
     }
 }

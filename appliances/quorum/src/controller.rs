@@ -112,6 +112,31 @@ pub enum ControllerRequest {
         node: NodeId,
         epoch: BrokerEpoch,
     },
+    /// An operator replaces the voters (a dead voter for a new one). Served by the Raft
+    /// leader beside the controller service, which goes on answering heartbeats while the
+    /// membership change commits.
+    ChangeVoters {
+        voters: BTreeMap<NodeId, String>,
+    },
+}
+
+/// At most this many voters (each one more is a copy of every metadata write to wait for).
+pub const VOTERS_MAX: usize = 7;
+
+/// Whether `voters` may become the quorum's voters.
+pub fn check_voters(voters: &BTreeMap<NodeId, String>) -> Result<(), ControllerError> {
+    if voters.is_empty() || voters.len() > VOTERS_MAX {
+        return Err(ControllerError::Invalid(format!(
+            "a quorum needs 1 to {VOTERS_MAX} voters, not {}",
+            voters.len()
+        )));
+    }
+    if let Some((id, _)) = voters.iter().find(|(_, a)| a.trim().is_empty()) {
+        return Err(ControllerError::Invalid(format!(
+            "voter {id} has no address"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,9 +149,13 @@ pub enum ControllerResponse {
         epoch: BrokerEpoch,
         index: u64,
     },
-    /// `fenced`: this incarnation is over, register again.
+    /// `fenced`: this incarnation is over, register again. `index`: the metadata the
+    /// controller had applied when it answered; a lease granted by this answer counts only
+    /// once the broker has applied as much (else a broker just back from a cut would act,
+    /// for a moment, on its stale view that it is unfenced).
     Heartbeat {
         fenced: bool,
+        index: u64,
     },
     TopicCreated {
         id: Uuid,

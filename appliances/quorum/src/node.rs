@@ -201,6 +201,45 @@ impl<T: Transport> QuorumNode<T> {
         Some((id, addr))
     }
 
+    /// Whether this node, leading, heard from a quorum recently enough to grant leases: within
+    /// 3/4 of the shortest election timeout, so no other leader can have been elected since
+    /// (followers wait at least that long before they campaign). A lone voter always has.
+    fn quorum_contact_fresh(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        let limit_ms = self.config.raft.election_min_ms * 3 / 4;
+        m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit_ms)
+    }
+
+    /// The cluster as this node sees it (for operators).
+    pub fn status(&self) -> crate::status::ClusterStatus {
+        let quorum = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let addr = |id: NodeId| {
+                membership
+                    .get_node(&id)
+                    .map_or_else(String::new, |n| n.addr.clone())
+            };
+            crate::status::QuorumStatus {
+                leader: m.current_leader,
+                term: m.current_term,
+                voters: membership.voter_ids().map(|id| (id, addr(id))).collect(),
+                learners: membership.learner_ids().map(|id| (id, addr(id))).collect(),
+            }
+        };
+        crate::status::ClusterStatus::of(
+            &self.config.cluster_name,
+            self.config.node,
+            &self.state(),
+            quorum,
+        )
+    }
+
     /// Cancelled when this node shuts down (servers of its protocol stop with it).
     pub fn stopping(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -239,6 +278,16 @@ impl<T: Transport> QuorumNode<T> {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return ControllerResponse::NotController {
                 leader: self.leader(),
+            };
+        }
+        if let ControllerRequest::ChangeVoters { voters } = request {
+            let changed = match crate::controller::check_voters(&voters) {
+                Ok(()) => self.change_voters(voters).await,
+                Err(e) => return ControllerResponse::Failed(e),
+            };
+            return match changed {
+                Ok(index) => ControllerResponse::Applied { index },
+                Err(e) => ControllerResponse::Failed(ControllerError::NotCommitted(e.to_string())),
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -316,9 +365,11 @@ impl<T: Transport> QuorumNode<T> {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Replace voters (an operator's command, e.g. a dead voter for a new one). New voters
-    /// must already follow the log (as learners): they are added first if they do not.
-    pub async fn change_voters(&self, voters: BTreeMap<NodeId, String>) -> Result<(), NodeError> {
+    /// Replace voters (an operator's command, e.g. a dead voter for a new one), on the Raft
+    /// leader. New voters must already follow the log (as learners): they are added first if
+    /// they do not, and this waits until they have caught up. Returns the log index of the
+    /// new membership.
+    pub async fn change_voters(&self, voters: BTreeMap<NodeId, String>) -> Result<u64, NodeError> {
         for (id, addr) in &voters {
             let known = self
                 .raft
@@ -336,11 +387,13 @@ impl<T: Transport> QuorumNode<T> {
             }
         }
         let ids: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
-        self.raft
+        let changed = self
+            .raft
             .change_membership(ChangeMembers::ReplaceAllVoters(ids), false)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        Ok(())
+        tracing::warn!(voters = ?voters.keys().collect::<Vec<_>>(), index = changed.log_id.index, "quorum voters replaced");
+        Ok(changed.log_id.index)
     }
 }
 
@@ -490,8 +543,17 @@ async fn serve<T: Transport>(
             epoch,
             unreachable,
         } => {
+            // A leader cut off from its quorum does not know it yet (openraft 0.9 leaders do
+            // not step down): renewing leases then would let a cut-off site keep serving
+            // while the others elect a controller and move its partitions' leadership.
+            if !node.quorum_contact_fresh() {
+                return ControllerResponse::NotController { leader: None };
+            }
             let fenced = ctl.heartbeat(&state, now, n, epoch, &unreachable);
-            return ControllerResponse::Heartbeat { fenced };
+            return ControllerResponse::Heartbeat {
+                fenced,
+                index: state.applied_index,
+            };
         }
         ControllerRequest::Register {
             node: n,
@@ -570,6 +632,9 @@ async fn serve<T: Transport>(
                 .await
             }
         }
+        ControllerRequest::ChangeVoters { .. } => Err(ControllerError::Invalid(
+            "voter changes are served beside the controller service".into(),
+        )),
         ControllerRequest::AllocateProducerIds { node: n, epoch } => {
             match ctl.allocate_producer_ids(&state, n, epoch) {
                 Ok(records) => match propose(node, records).await {

@@ -55,6 +55,8 @@ pub enum PolicyError {
     NoBrokers,
     #[error("the in-sync set must be a non-empty subset of the replicas and hold the leader")]
     NotASubset,
+    #[error("broker {0} is fenced: it cannot join an in-sync set")]
+    FencedJoin(NodeId),
     #[error(
         "the in-sync set would lose its last replica in site {site} while broker(s) {nodes:?} there are not fenced"
     )]
@@ -138,9 +140,10 @@ impl SitePolicy {
         Ok(replicas)
     }
 
-    /// Whether a partition's in-sync set may change from `old` to `new`. Growing is always
-    /// allowed (the leader vouches that a returning replica has caught up); shrinking may not
-    /// remove the last replica of a site unless every removed replica there is fenced.
+    /// Whether a partition's in-sync set may change from `old` to `new`. Growing is allowed
+    /// for unfenced brokers (the leader vouches that a returning replica has caught up; a
+    /// fenced one cannot be fetching); shrinking may not remove the last replica of a site
+    /// unless every removed replica there is fenced.
     pub fn check_isr_change(
         &self,
         replicas: &[NodeId],
@@ -154,6 +157,12 @@ impl SitePolicy {
             && leader.is_none_or(|l| new.contains(&l));
         if !subset {
             return Err(PolicyError::NotASubset);
+        }
+        if let Some(joining) = new
+            .iter()
+            .find(|n| !old.contains(n) && brokers.get(n).is_none_or(|b| b.fenced))
+        {
+            return Err(PolicyError::FencedJoin(*joining));
         }
         for site in &self.data_sites {
             let in_site = |n: &&NodeId| brokers.get(n).is_some_and(|b| b.site == site);
@@ -343,6 +352,17 @@ mod tests {
         .unwrap();
         assert!(p.is_degraded(&replicas, &[NodeId(1), NodeId(2)], &fenced));
         assert!(!p.is_degraded(&replicas, &isr, &fenced));
+        // A fenced broker cannot join.
+        assert_eq!(
+            p.check_isr_change(
+                &replicas,
+                Some(NodeId(1)),
+                &[NodeId(1), NodeId(2)],
+                &isr,
+                &fenced
+            ),
+            Err(PolicyError::FencedJoin(NodeId(5)))
+        );
         // The leader must stay in the set.
         assert_eq!(
             p.check_isr_change(

@@ -345,7 +345,7 @@ async fn run_seed(seed: u64) {
                     Ok(ControllerResponse::Registered { epoch, .. }) => {
                         epochs.lock().insert(broker, epoch);
                     }
-                    Ok(ControllerResponse::Heartbeat { fenced: true }) => {
+                    Ok(ControllerResponse::Heartbeat { fenced: true, .. }) => {
                         epochs.lock().remove(&broker);
                     }
                     Ok(ControllerResponse::ProducerIds { first, count, .. }) => {

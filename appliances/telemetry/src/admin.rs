@@ -1,12 +1,19 @@
 //! The admin HTTP server: `GET /metrics` (Prometheus text format), `GET /health` (liveness:
 //! 200 while the process serves), `GET /ready` (readiness: 200, or 503 naming what is not
 //! ready). Plain HTTP/1.1 on its own port, as operators expect from Redpanda's 9644.
+//! An appliance may add its own routes ([`AdminRoutes`]: the quorum members' cluster status
+//! and voter replacement); [`call`] is the client side `clk` uses.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,6 +25,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+
+/// The largest request body an admin route reads.
+const BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// What an added route answers: a status and a JSON body.
+pub struct AdminReply {
+    pub status: StatusCode,
+    pub json: String,
+}
+
+pub type AdminFuture = Pin<Box<dyn Future<Output = AdminReply> + Send>>;
+
+/// Routes an appliance adds to its admin port, beside `/metrics`, `/health` and `/ready`.
+pub trait AdminRoutes: Send + Sync + 'static {
+    /// The answer to `method path` with `body`, or `None` when it is not one of these routes.
+    fn route(&self, method: &Method, path: &str, body: Bytes) -> Option<AdminFuture>;
+}
 
 pub struct AdminServer {
     pub local_addr: SocketAddr,
@@ -36,12 +60,9 @@ fn respond(
         .expect("static response parts are valid")
 }
 
-fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+fn builtin(path: &str, registry: &Registry, health: &Health) -> Option<Response<Full<Bytes>>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
-    }
-    match req.uri().path() {
+    Some(match path {
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, registry) {
@@ -58,7 +79,40 @@ fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Respo
             Ok(()) => respond(StatusCode::OK, TEXT, "ready\n"),
             Err(why) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
-        _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+        _ => return None,
+    })
+}
+
+async fn route(
+    req: Request<Incoming>,
+    registry: &Registry,
+    health: &Health,
+    extra: Option<&dyn AdminRoutes>,
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let read_only = method == Method::GET || method == Method::HEAD;
+    if read_only && let Some(r) = builtin(&path, registry, health) {
+        return r;
+    }
+    if let Some(extra) = extra {
+        let body = match Limited::new(req.into_body(), BODY_MAX_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "body too large\n"),
+        };
+        if let Some(answer) = extra.route(&method, &path, body) {
+            let reply = answer.await;
+            return respond(reply.status, "application/json", reply.json);
+        }
+    }
+    if read_only {
+        respond(StatusCode::NOT_FOUND, TEXT, "not found\n")
+    } else {
+        respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n")
     }
 }
 
@@ -67,6 +121,17 @@ pub async fn serve_admin(
     addr: SocketAddr,
     registry: Arc<Registry>,
     health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<AdminServer> {
+    serve_admin_with(addr, registry, health, None, shutdown).await
+}
+
+/// [`serve_admin`] with the appliance's own routes.
+pub async fn serve_admin_with(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    extra: Option<Arc<dyn AdminRoutes>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(addr).await?;
@@ -85,10 +150,15 @@ pub async fn serve_admin(
             };
             let registry = Arc::clone(&registry);
             let health = Arc::clone(&health);
+            let extra = extra.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let resp = route(&req, &registry, &health);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let registry = Arc::clone(&registry);
+                    let health = Arc::clone(&health);
+                    let extra = extra.clone();
+                    async move {
+                        Ok::<_, Infallible>(route(req, &registry, &health, extra.as_deref()).await)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -97,4 +167,47 @@ pub async fn serve_admin(
         }
     });
     Ok(AdminServer { local_addr, task })
+}
+
+/// One request to an admin port (`clk`'s side): the status and the body, within `timeout`.
+pub async fn call(
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, String)> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the admin port {addr}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the answer")?;
+        Ok((
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        ))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("{addr} did not answer within {timeout:?}"))?
 }

@@ -172,12 +172,12 @@ mod tests {
             appconfig::parse_str::<WitnessConfig>(&SAMPLE.replace("site-c", "site-a"), "test.toml")
                 .unwrap_err();
         assert!(e.to_string().contains("must not be a data site"), "{e}");
-        let e = appconfig::parse_str::<WitnessConfig>(
+        // A witness outside cluster.voters is a replacement, waiting to be made a voter.
+        appconfig::parse_str::<WitnessConfig>(
             &SAMPLE.replace("node_id = 100", "node_id = 7"),
             "test.toml",
         )
-        .unwrap_err();
-        assert!(e.to_string().contains("cluster.voters"), "{e}");
+        .unwrap();
         let e = appconfig::parse_str::<WitnessConfig>(
             &SAMPLE.replace("site = \"site-c\"", "site = \" \""),
             "test.toml",

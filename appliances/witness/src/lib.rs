@@ -5,13 +5,11 @@
 //! that on whichever voter leads).
 //!
 //! Reading order: [`server`] (lifecycle: data directory, the quorum member, the quorum
-//! listener, the admin endpoints) → [`data_dir`] (who owns the directory) → [`metrics`] →
-//! [`config`] → [`appliance`] (as PID 1 of its image).
+//! listener, the admin endpoints) → [`data_dir`] (who owns the directory) → [`config`] → [`appliance`] (as PID 1 of its image).
 
 pub mod appliance;
 pub mod config;
 pub mod data_dir;
-pub mod metrics;
 pub mod server;
 
 pub use config::WitnessConfig;

@@ -117,6 +117,16 @@ pub async fn start_with_listener(
         admin = %running.admin_addr,
         "witness ready"
     );
+    if !config
+        .cluster
+        .voters()
+        .is_ok_and(|v| v.contains_key(&config.node()))
+    {
+        tracing::warn!(
+            node = config.node_id,
+            "not one of cluster.voters: this witness follows the quorum once an operator makes it a voter (clk cluster replace-voter)"
+        );
+    }
     Ok(WitnessHandle {
         quorum_addr,
         admin_addr: running.admin_addr,
@@ -177,11 +187,19 @@ async fn serve(
     let health = Arc::new(Health::new());
     health.require(LISTENER, "the quorum listener is not serving yet");
     health.set_ok(RAFT);
-    let registry = crate::metrics::registry(node.raft.metrics(), &config.data_dir);
-    let admin = telemetry::serve_admin(
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(quorum::metrics::QuorumCollector::new(
+        node.raft.metrics(),
+    )));
+    registry.register_collector(Box::new(telemetry::ProcessCollector));
+    registry.register_collector(Box::new(telemetry::DiskCollector::new(&config.data_dir)));
+    let routes = quorum::admin::QuorumAdmin::default();
+    routes.attach(Arc::clone(node));
+    let admin = telemetry::serve_admin_with(
         config.admin.listen,
         Arc::new(registry),
         Arc::clone(&health),
+        Some(Arc::new(routes)),
         shutdown.clone(),
     )
     .await

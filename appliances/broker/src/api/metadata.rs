@@ -27,7 +27,15 @@ fn ids(nodes: &[NodeId]) -> Vec<BrokerId> {
     nodes.iter().map(|n| BrokerId(n.kafka())).collect()
 }
 
-fn topic_entry(state: &ClusterState, t: &TopicInfo, with_ops: bool) -> MetadataResponseTopic {
+/// A topic as the metadata has it. `stale`: this broker has lost the controller (its lease
+/// expired), so what it knows of leaders may be out of date: it names no leader, and clients
+/// ask another broker (their metadata refresh goes to any broker they know).
+fn topic_entry(
+    state: &ClusterState,
+    t: &TopicInfo,
+    with_ops: bool,
+    stale: bool,
+) -> MetadataResponseTopic {
     let partitions = state
         .topics
         .get(&t.id)
@@ -43,14 +51,15 @@ fn topic_entry(state: &ClusterState, t: &TopicInfo, with_ops: bool) -> MetadataR
                         .copied()
                         .filter(|n| state.brokers.get(n).is_none_or(|b| b.fenced))
                         .collect();
+                    let leader = p.leader.filter(|_| !stale);
                     let entry = MetadataResponsePartition::default()
                         .with_partition_index(i as i32)
-                        .with_leader_id(BrokerId(p.leader.map_or(-1, |l| l.kafka())))
-                        .with_leader_epoch(p.leader_epoch.0)
+                        .with_leader_id(BrokerId(leader.map_or(-1, |l| l.kafka())))
+                        .with_leader_epoch(if stale { -1 } else { p.leader_epoch.0 })
                         .with_replica_nodes(ids(&p.replicas))
                         .with_isr_nodes(ids(&p.isr))
                         .with_offline_replicas(ids(&offline));
-                    match p.leader {
+                    match leader {
                         Some(_) => entry,
                         None => entry.with_error_code(err(ResponseError::LeaderNotAvailable)),
                     }
@@ -88,10 +97,11 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> M
     let topics = match requested {
         None => {
             let state = s.metadata();
+            let stale = !s.cluster.lease_valid();
             s.topics
                 .list()
                 .iter()
-                .map(|t| topic_entry(&state, t, with_ops))
+                .map(|t| topic_entry(&state, t, with_ops, stale))
                 .collect()
         }
         Some(list) => {
@@ -100,7 +110,9 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> M
                 let entry = match wanted.name {
                     Some(name) => lookup_or_create(s, &name, allow_create, with_ops).await,
                     None => match s.topics.get_by_id(&wanted.topic_id) {
-                        Some(t) => topic_entry(&s.metadata(), &t, with_ops),
+                        Some(t) => {
+                            topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid())
+                        }
                         None => {
                             error_entry(None, wanted.topic_id, err(ResponseError::UnknownTopicId))
                         }
@@ -153,7 +165,7 @@ async fn lookup_or_create(
     with_ops: bool,
 ) -> MetadataResponseTopic {
     if let Some(t) = s.topics.get(name) {
-        return topic_entry(&s.metadata(), &t, with_ops);
+        return topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid());
     }
     if let Err(e) = crate::topics::validate_name(name) {
         tracing::debug!(topic = name, error = %e, "metadata for an invalid topic name");
@@ -177,10 +189,10 @@ async fn lookup_or_create(
         configs: Default::default(),
     };
     match s.topics.create(new, false).await {
-        Ok(t) => topic_entry(&s.metadata(), &t, with_ops),
+        Ok(t) => topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid()),
         // Created concurrently by another request.
         Err(TopicError::AlreadyExists(_)) => match s.topics.get(name) {
-            Some(t) => topic_entry(&s.metadata(), &t, with_ops),
+            Some(t) => topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid()),
             None => error_entry(
                 Some(name),
                 Uuid::nil(),

@@ -159,3 +159,22 @@ fn leader_epochs_never_go_back() {
     let mut r = leader(0);
     r.assign(&assignment(B, 0, &[ME, B, C]), 1);
 }
+
+#[test]
+fn a_replica_not_heard_from_lately_is_not_taken_back() {
+    let mut r = Replica::new(ME, Offset(0), Offset(10), Offset(10));
+    r.assign(&assignment(ME, 1, &[ME, B]), 0);
+    r.on_follower_fetch(B, Offset(10), 1).unwrap();
+    // C caught up once, then went silent (cut off): it is not proposed back in.
+    r.on_follower_fetch(C, Offset(10), 2).unwrap();
+    assert!(
+        r.wanted_isr(5, LAG, 1).is_some(),
+        "caught up and fetching: in"
+    );
+    r.on_follower_fetch(B, Offset(10), 50_000).unwrap();
+    assert_eq!(
+        r.wanted_isr(50_000, LAG, 1),
+        None,
+        "silent for longer than the lag time"
+    );
+}

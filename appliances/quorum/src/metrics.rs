@@ -1,14 +1,13 @@
-//! The witness's Prometheus metrics: its view of the quorum, read from openraft's metrics
-//! channel at each scrape (so a scrape never shows a value older than the scrape), plus the
-//! process and data disk collectors every appliance has.
+//! A quorum member's Prometheus metrics (the witness's and every broker's): its view of the
+//! quorum, read from openraft's metrics channel at each scrape (so a scrape never shows a
+//! value older than the scrape).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
-use quorum::raft::RaftMetrics;
-use telemetry::{DiskCollector, ProcessCollector};
 use tokio::sync::watch;
+
+use crate::raft::RaftMetrics;
 
 /// `quorum_*` gauges from the Raft node's latest metrics.
 #[derive(Debug)]
@@ -70,13 +69,4 @@ impl Collector for QuorumCollector {
         }
         Ok(())
     }
-}
-
-/// The witness's registry: quorum, process and data disk metrics.
-pub fn registry(raft: watch::Receiver<RaftMetrics>, data_dir: &std::path::Path) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(QuorumCollector::new(raft)));
-    registry.register_collector(Box::new(ProcessCollector));
-    registry.register_collector(Box::new(DiskCollector::new(data_dir)));
-    registry
 }

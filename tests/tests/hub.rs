@@ -1,0 +1,479 @@
+//! The stretched hub as processes on loopback: brokers at two sites, the witness at a third,
+//! confluent-kafka producing with acks=all while whole sites die, and a checker that reads
+//! everything back: every acknowledged record present, exactly once, in order per partition.
+//!
+//! These tests run one at a time (test group `hub` in .config/nextest.toml): several brokers
+//! each, on two cores.
+
+use std::time::Duration;
+
+use e2e::acked::{Producer, everything, read_acked, settled, verify};
+use e2e::clients::kcat;
+use e2e::hub::{Hub, HubSpec};
+use e2e::wait_until;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Create `topic` (6 partitions, RF 3 over the sites: the hub's defaults) and wait until every
+/// broker sees it.
+fn create_topic(hub: &mut Hub, topic: &str) {
+    let bootstrap = hub.bootstrap();
+    kcat(&["-b", &bootstrap, "-L", "-t", topic], None, T);
+    wait_until("the topic's leaders", T, || {
+        let listing = kcat(&["-b", &bootstrap, "-L", "-t", topic], None, T);
+        (listing.contains("with 6 partitions") && !listing.contains("leader -1")).then_some(())
+    });
+}
+
+#[test]
+fn a_killed_site_loses_nothing_acknowledged_and_comes_back_in_sync() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--count",
+            "30000",
+            "--rate",
+            "3000",
+        ],
+    );
+    producer.wait_acked(5000, T);
+    // Site A dies at once (kill -9 of both brokers; voter 1 with them). The witness and
+    // site B's voter fence it; leaders move to site B; the producer goes on there.
+    hub.kill_site("site-a");
+    let report = producer.finish(Duration::from_secs(240));
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["acked"], 30000, "{report}");
+    let acked = read_acked(&acked_file);
+    let survivors = hub.bootstrap();
+    let stored = settled(&survivors, "orders", &acked, T);
+    assert_eq!(verify(&acked, &stored), 30000);
+    assert_eq!(hub.metric(3, "broker_cluster_fenced_sites"), Some(1.0));
+    assert_eq!(hub.metric(3, "broker_cluster_degraded"), Some(1.0));
+
+    // Site A returns: its replicas truncate to the survivors' history, catch up, rejoin the
+    // in-sync sets, and the hub leaves degraded mode by itself.
+    hub.restart_site("site-a");
+    hub.wait_healthy(1, T);
+    hub.wait_healthy(3, T);
+    let from_a = everything(&hub.brokers[&1].bootstrap(), "orders", T);
+    assert_eq!(from_a, stored, "site A serves the same history");
+}
+
+/// The site that goes on when the data sites lose each other: the controller's, or the
+/// preferred one (site-a) when the witness leads the quorum.
+fn survivor(hub: &Hub) -> &'static str {
+    match hub.site_of(hub.controller(1)) {
+        "site-c" => "site-a",
+        s => s,
+    }
+}
+
+fn other(site: &str) -> &'static str {
+    if site == "site-a" { "site-b" } else { "site-a" }
+}
+
+/// Bootstrap servers of one site's brokers.
+fn site_bootstrap(hub: &mut Hub, site: &str) -> String {
+    hub.site(site)
+        .into_iter()
+        .map(|n| hub.brokers[&n].bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
+    if !e2e::netns::Sites::available() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let mut hub = Hub::start(HubSpec::two_by_two_in_namespaces());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--count",
+            "30000",
+            "--rate",
+            "2500",
+        ],
+    );
+    producer.wait_acked(3000, T);
+    let goes_on = survivor(&hub);
+    let fenced = other(goes_on);
+    hub.net.as_ref().unwrap().cut("a", "b");
+    let watcher = hub.site(goes_on)[0];
+    hub.wait_metric(watcher, "broker_cluster_fenced_sites", T, |v| v == 1.0);
+    let at_fence = e2e::acked::per_partition(&acked_file);
+    let report = producer.finish(Duration::from_secs(300));
+    assert_eq!(
+        report["error_count"],
+        0,
+        "{report}\nacknowledged per partition when {fenced} was fenced: {at_fence:?}, at the end: {:?}",
+        e2e::acked::per_partition(&acked_file)
+    );
+    assert_eq!(report["acked"], 30000, "{report}");
+    let acked = read_acked(&acked_file);
+    let stored = settled(&site_bootstrap(&mut hub, goes_on), "orders", &acked, T);
+    assert_eq!(verify(&acked, &stored), 30000);
+    // Healed: the fenced site truncates to the survivors' history and catches up.
+    hub.net.as_ref().unwrap().heal("a", "b");
+    for n in hub.site(fenced) {
+        hub.wait_healthy(n, Duration::from_secs(180));
+    }
+    let back = everything(&site_bootstrap(&mut hub, fenced), "orders", T);
+    assert_eq!(back, stored);
+}
+
+#[test]
+fn an_isolated_site_stops_taking_writes_within_its_lease_while_the_others_go_on() {
+    if !e2e::netns::Sites::available() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let mut hub = Hub::start(HubSpec::two_by_two_in_namespaces());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--count",
+            "25000",
+            "--rate",
+            "2500",
+        ],
+    );
+    producer.wait_acked(3000, T);
+    // What site A leads before the cut (it keeps believing so: it hears no metadata).
+    let bootstrap = hub.bootstrap();
+    let led_by_a: Vec<(u32, i32)> = kcat(&["-b", &bootstrap, "-L", "-t", "orders"], None, T)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("partition ")?;
+            let (p, rest) = l.split_once(", leader ")?;
+            let leader: u32 = rest.split(',').next()?.trim().parse().ok()?;
+            (leader == 1 || leader == 2).then(|| (leader, p.parse().ok()).1.map(|p| (leader, p)))?
+        })
+        .collect();
+    assert!(!led_by_a.is_empty(), "site A leads nothing");
+    // Site A loses both other sites (branches still reach it, as the test does).
+    let net = hub.net.as_ref().unwrap();
+    net.cut("a", "b");
+    net.cut("a", "c");
+    for n in hub.site("site-a") {
+        hub.wait_metric(n, "broker_lease_valid", Duration::from_secs(30), |v| {
+            v == 0.0
+        });
+    }
+    // From then on it refuses every write to what it led, whatever the acks.
+    let batch = kafka_client::encode_batch(
+        &[(None, Some("split-brain?".into()))],
+        1_800_000_000_000,
+        None,
+    );
+    for (n, p) in &led_by_a {
+        for acks in [1, -1] {
+            // Refused either way: an error code, or (the usual case) no connection at all.
+            if let Ok(code) = hub.brokers[n].produce_raw_to("orders", *p, batch.clone(), acks) {
+                assert_ne!(
+                    code, 0,
+                    "broker {n} took an acks={acks} write to partition {p} while cut off"
+                );
+            }
+        }
+    }
+    let report = producer.finish(Duration::from_secs(300));
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["acked"], 25000, "{report}");
+    let acked = read_acked(&acked_file);
+    let stored = settled(&site_bootstrap(&mut hub, "site-b"), "orders", &acked, T);
+    assert_eq!(verify(&acked, &stored), 25000);
+    let net = hub.net.as_ref().unwrap();
+    net.heal("a", "b");
+    net.heal("a", "c");
+    for n in hub.site("site-a") {
+        hub.wait_healthy(n, Duration::from_secs(180));
+    }
+    assert_eq!(
+        everything(&site_bootstrap(&mut hub, "site-a"), "orders", T),
+        stored
+    );
+}
+
+#[test]
+fn losing_the_witness_stops_nothing() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--count",
+            "20000",
+            "--rate",
+            "2500",
+        ],
+    );
+    producer.wait_acked(3000, T);
+    hub.witness.as_mut().unwrap().kill9();
+    let report = producer.finish(Duration::from_secs(240));
+    assert_eq!(report["error_count"], 0, "{report}");
+    let acked = read_acked(&acked_file);
+    let stored = settled(&hub.bootstrap(), "orders", &acked, T);
+    assert_eq!(verify(&acked, &stored), 20000);
+    // Nobody was fenced: the two data-site voters are a majority.
+    assert_eq!(hub.metric(1, "broker_cluster_fenced_sites"), Some(0.0));
+    assert_eq!(hub.metric(1, "broker_cluster_brokers_fenced"), Some(0.0));
+    hub.witness.as_mut().unwrap().restart();
+    hub.wait_healthy(1, T);
+}
+
+#[test]
+fn a_rolling_restart_of_every_broker_loses_nothing() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--rate",
+            "2000",
+        ],
+    );
+    producer.wait_acked(2000, T);
+    let nodes: Vec<u32> = hub.brokers.keys().copied().collect();
+    for n in nodes {
+        let before = producer.acked_count();
+        let status = hub.brokers.get_mut(&n).unwrap().stop();
+        assert!(
+            status.success(),
+            "broker {n} did not stop cleanly: {status}"
+        );
+        hub.brokers.get_mut(&n).unwrap().restart();
+        let watcher = *hub.brokers.keys().find(|m| **m != n).unwrap();
+        hub.wait_healthy(watcher, Duration::from_secs(180));
+        producer.wait_acked(before + 2000, T);
+    }
+    producer.stop(T);
+    let acked = read_acked(&acked_file);
+    let stored = settled(&hub.bootstrap(), "orders", &acked, T);
+    assert!(verify(&acked, &stored) >= acked.len());
+}
+
+#[test]
+fn a_follower_with_a_torn_tail_cuts_it_and_catches_up() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let data: String = (0..3000).map(|i| format!("v-{i}\n")).collect();
+    let bootstrap = hub.bootstrap();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "orders", "-X", "acks=all"],
+        Some(data.as_bytes()),
+        T,
+    );
+    // A follower (broker 4) crashes in the middle of a write: garbage at the end of every
+    // segment it has.
+    let b4 = hub.brokers.get_mut(&4).unwrap();
+    b4.kill9();
+    let topics = b4.data_dir().join("topics");
+    for entry in std::fs::read_dir(&topics).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("orders-") {
+            continue;
+        }
+        for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|e| e == "log") {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(f.path())
+                    .unwrap();
+                file.write_all(&[0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x40, 0xde, 0xad])
+                    .unwrap();
+            }
+        }
+    }
+    b4.restart();
+    hub.wait_healthy(4, T);
+    let log = hub.brokers[&4].log();
+    assert!(
+        log.contains("cut unacknowledged data torn by a crash"),
+        "{log}"
+    );
+    let bootstrap = hub.bootstrap();
+    wait_until("every record to be readable again", T, || {
+        (everything(&bootstrap, "orders", T).len() == 3000).then_some(())
+    });
+}
+
+/// `clk cluster ...` (the operator's command, as a process), which must succeed.
+fn clk_cluster(args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(e2e::broker::bin("clk"));
+    cmd.arg("cluster").args(args);
+    let out = e2e::clients::run(cmd, None, Duration::from_secs(150));
+    assert!(
+        out.status.success(),
+        "clk cluster {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+#[test]
+fn a_dead_witness_is_replaced_by_a_new_voter_that_then_carries_a_site_loss() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let admin = hub.brokers[&1].admin.to_string();
+    let shown = clk_cluster(&["status", "--admin", &admin, "--wait-healthy", "120s"]);
+    assert!(shown.contains("hub: HEALTHY"), "{shown}");
+    assert!(shown.contains("voters:     1 ("), "{shown}");
+    // The witness's machine is lost for good: a new one (a new id, an empty disk) replaces it.
+    hub.witness.as_mut().unwrap().kill9();
+    let new_quorum = e2e::hub::free_addr();
+    let witness = e2e::witness::Witness::start(101, "site-c", new_quorum, hub.cluster_section());
+    clk_cluster(&[
+        "replace-voter",
+        "--admin",
+        &admin,
+        "--remove",
+        "100",
+        "--add",
+        &format!("101={new_quorum}"),
+    ]);
+    let status: serde_json::Value =
+        serde_json::from_str(&clk_cluster(&["status", "--admin", &admin, "--json"])).unwrap();
+    let voters: Vec<&String> = status["quorum"]["voters"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(voters, ["1", "101", "3"], "{status}");
+    // The new witness answers for the cluster too.
+    let from_witness = clk_cluster(&["status", "--admin", &witness.admin.to_string()]);
+    assert!(
+        from_witness.contains("as node 101 sees it"),
+        "{from_witness}"
+    );
+    // Site B dies: only voter 1 and the new witness are left, a majority only if 101 votes.
+    hub.kill_site("site-b");
+    hub.wait_metric(1, "broker_cluster_fenced_sites", T, |v| v == 1.0);
+    let shown = clk_cluster(&["status", "--admin", &admin]);
+    assert!(shown.contains("hub: DEGRADED"), "{shown}");
+    let bootstrap = hub.bootstrap();
+    kcat(
+        &[
+            "-b", &bootstrap, "-P", "-t", "orders", "-p", "0", "-X", "acks=all",
+        ],
+        Some(b"after the witness was replaced\n"),
+        T,
+    );
+    let back = kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            "orders",
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ],
+        None,
+        T,
+    );
+    assert!(back.contains("after the witness was replaced"), "{back}");
+}
+
+/// The README's main job runs `clk lab hub`: it must come up healthy, serve a producer and a
+/// consumer on different sites, and stop every node cleanly on SIGTERM.
+#[test]
+fn the_lab_hub_of_the_main_job_starts_healthy_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = e2e::broker::bin("clk").parent().unwrap().to_owned();
+    let out = dir.path().join("out.txt");
+    let mut lab = std::process::Command::new(bin_dir.join("clk"))
+        .args(["lab", "hub", "--ready-timeout", "100s", "--bin-dir"])
+        .arg(&bin_dir)
+        .arg("--dir")
+        .arg(dir.path().join("hub"))
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shown = wait_until("the lab hub to report ready", T, || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            lab.try_wait().unwrap().is_none(),
+            "clk lab hub exited: {text}"
+        );
+        text.contains("hub ready").then_some(text)
+    });
+    assert!(shown.contains("hub: HEALTHY"), "{shown}");
+    kcat(
+        &["-b", "127.0.1.1:9092", "-P", "-t", "lab", "-X", "acks=all"],
+        Some(b"across the sites\n"),
+        T,
+    );
+    let back = kcat(
+        &[
+            "-b",
+            "127.0.2.2:9092",
+            "-C",
+            "-t",
+            "lab",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ],
+        None,
+        T,
+    );
+    assert_eq!(back.trim(), "across the sites");
+    let pid = nix::unistd::Pid::from_raw(lab.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_until("clk lab hub to stop", T, || lab.try_wait().unwrap());
+    assert!(status.success(), "clk lab hub stopped with {status}");
+}
