@@ -13,6 +13,10 @@ use serde::de::DeserializeOwned;
 pub trait Validate {
     /// Describe the first problem found, naming the setting as written in the file.
     fn validate(&self) -> Result<(), String>;
+
+    /// Fill in defaults that depend on other settings (called after parsing, before
+    /// [`Validate::validate`]).
+    fn complete(&mut self) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +38,11 @@ pub fn parse_str<T: DeserializeOwned + Validate>(
     text: &str,
     origin: &str,
 ) -> Result<T, ConfigError> {
-    let value: T = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    let mut value: T = toml::from_str(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_string(),
         message: describe_toml_error(text, &e),
     })?;
+    value.complete();
     value.validate().map_err(|message| ConfigError::Invalid {
         origin: origin.to_string(),
         message,

@@ -216,10 +216,18 @@ impl Cluster {
             storage_id: self.storage_id,
         };
         loop {
+            // The lease runs from when the request was sent (the controller counts the
+            // session from when it handled it, later), and only on the registration's metadata.
+            let sent = mono_ms();
             match self.call(request.clone()).await {
                 Ok(ControllerResponse::Registered { epoch, index }) => {
-                    self.node.wait_applied(index, CONTROLLER_TIMEOUT).await;
-                    let sent = mono_ms();
+                    if !self.node.wait_applied(index, CONTROLLER_TIMEOUT).await {
+                        tracing::info!(
+                            index,
+                            "registration not applied here in time; registering again"
+                        );
+                        continue;
+                    }
                     self.lease_until_ms
                         .store(sent + self.timing.lease_ms(), Ordering::Release);
                     self.epoch.send_replace(Some(epoch));

@@ -50,7 +50,7 @@ pub struct BrokerConfig {
     pub admin: AdminListener,
     #[serde(default)]
     pub durability: Durability,
-    #[serde(default)]
+    #[serde(default = "TopicDefaults::not_set")]
     pub topics: TopicDefaults,
     #[serde(default)]
     pub groups: GroupSettings,
@@ -176,9 +176,12 @@ pub struct TopicDefaults {
     pub auto_create: bool,
     /// `num.partitions`.
     pub partitions: i32,
-    /// `default.replication.factor`.
+    /// `default.replication.factor`. Not set: 1 for a lone broker, 3 in a stretched hub
+    /// (two data sites: 2 + 1 over the sites).
+    #[serde(default = "not_set_i16")]
     pub replication_factor: i16,
-    /// `min.insync.replicas`.
+    /// `min.insync.replicas`. Not set: 1 for a lone broker, 2 in a stretched hub.
+    #[serde(default = "not_set_i32")]
     pub min_insync_replicas: i32,
     /// `log.retention.ms` ("forever" for -1).
     #[serde(with = "duration::forever")]
@@ -320,7 +323,43 @@ impl BrokerConfig {
     }
 }
 
+impl TopicDefaults {
+    /// The defaults with the topology-dependent settings left for [`Validate::complete`].
+    fn not_set() -> TopicDefaults {
+        TopicDefaults {
+            replication_factor: not_set_i16(),
+            min_insync_replicas: not_set_i32(),
+            ..TopicDefaults::default()
+        }
+    }
+}
+
+/// A setting left out of the file, resolved by [`Validate::complete`] (never seen after it).
+fn not_set_i16() -> i16 {
+    0
+}
+
+fn not_set_i32() -> i32 {
+    0
+}
+
 impl Validate for BrokerConfig {
+    /// Topic defaults that depend on the topology: a stretched hub (two data sites) gets
+    /// RF 3 and min in-sync 2, so acks=all is on disk in both sites; a lone broker 1 and 1.
+    fn complete(&mut self) {
+        let stretched = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.data_sites.len() >= 2);
+        let t = &mut self.topics;
+        if t.replication_factor == not_set_i16() {
+            t.replication_factor = if stretched { 3 } else { 1 };
+        }
+        if t.min_insync_replicas == not_set_i32() {
+            t.min_insync_replicas = if stretched { 2 } else { 1 };
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.node_id < 0 {
             return Err(format!("node_id = {} must be >= 0", self.node_id));
@@ -423,6 +462,32 @@ mod tests {
         assert_eq!(c.kafka.listen.port(), 9092);
         assert_eq!(c.durability, Durability::Sync);
         assert_eq!(c.groups.initial_rebalance_delay, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn replication_defaults_follow_the_topology() {
+        let lone: BrokerConfig = appconfig::parse_str("data_dir = \"/tmp/x\"\n", "t").unwrap();
+        assert_eq!(
+            (
+                lone.topics.replication_factor,
+                lone.topics.min_insync_replicas
+            ),
+            (1, 1)
+        );
+        let hub = "node_id = 1\ndata_dir = \"/tmp/x\"\nrack = \"site-a\"\n[cluster]\n\
+                   voters = [\"1@a:9190\", \"3@b:9190\", \"100@c:9190\"]\n\
+                   data_sites = [\"site-a\", \"site-b\"]\n";
+        let c: BrokerConfig = appconfig::parse_str(hub, "t").unwrap();
+        assert_eq!(
+            (c.topics.replication_factor, c.topics.min_insync_replicas),
+            (3, 2)
+        );
+        let set = format!("{hub}[topics]\nreplication_factor = 4\nmin_insync_replicas = 3\n");
+        let c: BrokerConfig = appconfig::parse_str(&set, "t").unwrap();
+        assert_eq!(
+            (c.topics.replication_factor, c.topics.min_insync_replicas),
+            (4, 3)
+        );
     }
 
     #[test]

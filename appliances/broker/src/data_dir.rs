@@ -39,6 +39,14 @@ pub enum DataDirError {
         found: String,
         configured: String,
     },
+    #[error(
+        "data directory {path} belongs to a node of the hub named {found:?}, configuration says cluster.name = {configured:?}"
+    )]
+    WrongClusterName {
+        path: PathBuf,
+        found: String,
+        configured: String,
+    },
     #[error("data directory {0}: meta.properties is unreadable: {1}")]
     BadMeta(PathBuf, String),
 }
@@ -51,6 +59,8 @@ pub struct DataDir {
     pub cluster_id: Option<String>,
     /// This directory's identity (Kafka's `directory.id`).
     pub storage_id: uuid::Uuid,
+    /// The `cluster.name` of the stretched hub it belongs to, once it has joined one.
+    cluster_name: Option<String>,
     /// The previous process shut down cleanly (logs were flushed and closed).
     pub clean_shutdown: bool,
 }
@@ -64,6 +74,7 @@ struct Meta {
     node_id: i32,
     cluster_id: Option<String>,
     storage_id: Option<uuid::Uuid>,
+    cluster_name: Option<String>,
 }
 
 fn parse_meta(text: &str) -> Option<Meta> {
@@ -77,6 +88,7 @@ fn parse_meta(text: &str) -> Option<Meta> {
         node_id: get("node.id")?.parse().ok()?,
         cluster_id: get("cluster.id").filter(|c| !c.is_empty()),
         storage_id: get("directory.id").and_then(|d| d.parse().ok()),
+        cluster_name: get("clickceler.cluster.name").filter(|c| !c.is_empty()),
     })
 }
 
@@ -85,11 +97,15 @@ fn write_meta(
     node_id: i32,
     cluster: Option<&str>,
     storage: uuid::Uuid,
+    cluster_name: Option<&str>,
 ) -> std::io::Result<()> {
-    let text = format!(
+    let mut text = format!(
         "version=1\nnode.id={node_id}\ncluster.id={}\ndirectory.id={storage}\n",
         cluster.unwrap_or_default()
     );
+    if let Some(name) = cluster_name {
+        text.push_str(&format!("clickceler.cluster.name={name}\n"));
+    }
     checkpoint::write_atomic(path, text.as_bytes())
 }
 
@@ -125,6 +141,7 @@ impl DataDir {
                 node_id,
                 cluster_id: None,
                 storage_id: None,
+                cluster_name: None,
             },
         };
         if meta.node_id != node_id {
@@ -150,7 +167,14 @@ impl DataDir {
             .or_else(|| generate.then(new_cluster_id));
         let storage_id = meta.storage_id.unwrap_or_else(uuid::Uuid::new_v4);
         if meta.cluster_id != cluster_id || meta.storage_id != Some(storage_id) {
-            write_meta(&meta_path, node_id, cluster_id.as_deref(), storage_id).map_err(io)?;
+            write_meta(
+                &meta_path,
+                node_id,
+                cluster_id.as_deref(),
+                storage_id,
+                meta.cluster_name.as_deref(),
+            )
+            .map_err(io)?;
         }
         let clean_path = root.join(CLEAN);
         let clean_shutdown = clean_path.exists();
@@ -164,8 +188,35 @@ impl DataDir {
             node_id,
             cluster_id,
             storage_id,
+            cluster_name: meta.cluster_name,
             clean_shutdown,
         })
+    }
+
+    /// Check, before the broker joins anything, that the directory belongs to the hub named
+    /// `name` (its `[cluster] name`), and record the name if it belongs to none yet. A disk
+    /// moved from another hub is refused here, before its quorum log meets this hub's.
+    pub fn check_cluster_name(&mut self, name: &str) -> Result<(), DataDirError> {
+        match &self.cluster_name {
+            Some(found) if found != name => Err(DataDirError::WrongClusterName {
+                path: self.root.clone(),
+                found: found.clone(),
+                configured: name.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                write_meta(
+                    &self.root.join(META),
+                    self.node_id,
+                    self.cluster_id.as_deref(),
+                    self.storage_id,
+                    Some(name),
+                )
+                .map_err(|e| DataDirError::Io(self.root.clone(), e))?;
+                self.cluster_name = Some(name.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Bind the directory to the cluster the quorum says it joined; refused when it belongs
@@ -184,6 +235,7 @@ impl DataDir {
                     self.node_id,
                     Some(cluster),
                     self.storage_id,
+                    self.cluster_name.as_deref(),
                 )
                 .map_err(|e| DataDirError::Io(self.root.clone(), e))?;
                 self.cluster_id = Some(cluster.to_string());
@@ -252,5 +304,23 @@ mod tests {
         drop(d);
         let d = DataDir::open(dir.path(), 3, None, false).unwrap();
         assert_eq!(d.cluster_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_disk_of_another_hub_is_refused_before_joining() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DataDir::open(dir.path(), 3, None, false).unwrap();
+        d.check_cluster_name("hub-north").unwrap();
+        d.bind_cluster("abc").unwrap();
+        drop(d);
+        let mut d = DataDir::open(dir.path(), 3, None, false).unwrap();
+        d.check_cluster_name("hub-north").unwrap();
+        assert_eq!(
+            d.cluster_id.as_deref(),
+            Some("abc"),
+            "the name is kept beside the id"
+        );
+        let e = d.check_cluster_name("hub-south").unwrap_err();
+        assert!(e.to_string().contains("hub-north"), "{e}");
     }
 }

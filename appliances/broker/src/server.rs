@@ -170,6 +170,9 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         config.cluster_id.as_deref(),
         alone,
     )?;
+    if let Some(c) = &config.cluster {
+        data_dir.check_cluster_name(&c.name)?;
+    }
     let clean = data_dir.clean_shutdown;
     tracing::info!(
         data_dir = %config.data_dir.display(), cluster_id = ?data_dir.cluster_id, node_id = config.node_id,
