@@ -44,6 +44,9 @@ pub struct ReplaceArgs {
     /// The voter to add, as ID=HOST:PORT (its quorum address).
     #[arg(long, value_parser = parse_voter)]
     add: (u32, String),
+    /// The node's `[admin] token` (changes need it).
+    #[arg(long, env = "CLK_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 fn parse_voter(s: &str) -> Result<(u32, String), String> {
@@ -69,7 +72,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
 
 async fn fetch(admin: &str) -> anyhow::Result<ClusterStatus> {
     let (code, body) =
-        telemetry::admin::call(admin, Method::GET, "/v1/cluster", None, CALL_TIMEOUT).await?;
+        telemetry::admin::call(admin, Method::GET, "/v1/cluster", None, None, CALL_TIMEOUT).await?;
     if code != StatusCode::OK {
         bail!("{admin} answered {code}: {}", body.trim());
     }
@@ -212,6 +215,7 @@ async fn replace_voter(args: ReplaceArgs) -> anyhow::Result<()> {
         Method::POST,
         "/v1/cluster/voters",
         Some(body),
+        Some(&args.token),
         Duration::from_secs(90),
     )
     .await?;

@@ -153,12 +153,19 @@ fn start_all(args: &HubArgs) -> anyhow::Result<Vec<Node>> {
     )?];
     for (node, site, addr) in brokers() {
         let config = broker_config(&dir, node, site, &addr, &args.timing);
-        nodes.push(spawn(
+        match spawn(
             &dir,
             &args.bin_dir.join("broker"),
             &format!("broker-{node}"),
             &config,
-        )?);
+        ) {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                // None of a half-started hub is left running.
+                stop_all(&mut nodes);
+                return Err(e);
+            }
+        }
     }
     Ok(nodes)
 }

@@ -202,11 +202,12 @@ impl Broker {
         let (kafka_listen, extra) = split_kafka_section(&self.extra);
         let (top, extra) = split_top_level(&extra);
         let text = format!(
-            "node_id = {}\ndata_dir = \"{}\"\n{top}\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n\n{extra}\n",
+            "node_id = {}\ndata_dir = \"{}\"\n{top}\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\ntoken = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n\n{extra}\n",
             self.node_id,
             self.data_dir().display(),
             self.kafka,
             self.admin,
+            crate::ADMIN_TOKEN,
         );
         let path = self.dir.path().join("broker.toml");
         std::fs::write(&path, text).expect("write config");
@@ -230,7 +231,12 @@ impl Broker {
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(NotReady) => panic!("broker did not become ready; its log:\n{}", self.log()),
+            Err(NotReady(how)) => {
+                panic!(
+                    "broker did not become ready ({how}); its log:\n{}",
+                    self.log()
+                )
+            }
         }
     }
 

@@ -19,3 +19,7 @@ pub mod witness;
 pub use broker::Broker;
 pub use s3gw::S3gw;
 pub use wait::wait_until;
+
+/// The `[admin] token` of every broker and witness the tests start (changes through the
+/// admin port need it).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";

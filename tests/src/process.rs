@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The binary did not log its ready line in time (it was killed; its log says why).
+/// The binary did not log its ready line: how it ended (exited on its own, or killed after
+/// the timeout); its log says why.
 #[derive(Debug)]
-pub struct NotReady;
+pub struct NotReady(pub String);
 
 /// Start `binary --config <config>`, copy its stderr to `log_path`, and wait until `ready`
 /// recognises a log line (returning what it extracted). On timeout the child is killed and
@@ -68,9 +69,23 @@ pub fn spawn_in_until_ready<T: Send + 'static>(
     match rx.recv_timeout(timeout) {
         Ok(found) => Ok((child, found)),
         Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(NotReady)
+            // How it ended, for the failure message: exited on its own (status), or killed here.
+            // (Its stderr closing may come a moment before its exit can be reaped.)
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            let mut ended = child.try_wait();
+            while matches!(ended, Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                ended = child.try_wait();
+            }
+            let how = match ended {
+                Ok(Some(status)) => format!("it exited on its own: {status}"),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    format!("not ready within {timeout:?}: killed")
+                }
+            };
+            Err(NotReady(how))
         }
     }
 }

@@ -121,7 +121,12 @@ impl S3gw {
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(NotReady) => panic!("s3gw did not become ready; its log:\n{}", self.log()),
+            Err(NotReady(how)) => {
+                panic!(
+                    "s3gw did not become ready ({how}); its log:\n{}",
+                    self.log()
+                )
+            }
         }
     }
 

@@ -42,9 +42,10 @@ impl Witness {
             .tempdir()
             .expect("temp dir");
         let config = format!(
-            "node_id = {node_id}\nsite = \"{site}\"\ndata_dir = \"{}\"\n[quorum]\nlisten = \"{quorum}\"\n[admin]\nlisten = \"{}:0\"\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n{cluster}\n",
+            "node_id = {node_id}\nsite = \"{site}\"\ndata_dir = \"{}\"\n[quorum]\nlisten = \"{quorum}\"\n[admin]\nlisten = \"{}:0\"\ntoken = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n{cluster}\n",
             dir.path().join("data").display(),
-            quorum.ip()
+            quorum.ip(),
+            crate::ADMIN_TOKEN,
         );
         let mut w = Witness {
             dir,
@@ -76,7 +77,12 @@ impl Witness {
                 self.admin = admin;
                 self.child = Some(child);
             }
-            Err(NotReady) => panic!("witness did not become ready; its log:\n{}", self.log()),
+            Err(NotReady(how)) => {
+                panic!(
+                    "witness did not become ready ({how}); its log:\n{}",
+                    self.log()
+                )
+            }
         }
     }
 

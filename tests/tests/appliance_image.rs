@@ -4,10 +4,10 @@
 //! port, the ACPI power button shuts it down cleanly, and the data is there after the next
 //! boot. A bad per-VM configuration gives one clear console line and a power-off; a failing
 //! upgrade is tried, then rolled back. The S3 gateway's image boots with its access keys
-//! from cloud-init and serves boto3.
+//! from cloud-init and serves boto3; the witness's image boots and serves its admin port.
 //!
 //! These tests share the package cache and are heavy under TCG: nextest runs them one at a
-//! time (test group `vm` in .config/nextest.toml).
+//! time, and never beside a hub test (test group `heavy` in .config/nextest.toml).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -414,6 +414,55 @@ fn s3gw_image_boots_with_keys_from_cloud_init_and_serves_boto3() {
     vm.wait_for_exit(Duration::from_secs(120)).unwrap();
     let console = vm.console();
     assert!(console.contains(r#""hostname":"s3gw-a1""#), "{console}");
+    assert!(console.contains("system going down"), "{console}");
+}
+
+/// The witness's own image: it boots with its host name from cloud-init, serves health,
+/// quorum metrics and the cluster status on its admin port (its voters are elsewhere: it
+/// waits for them as a real witness would), and stops cleanly on the power button. Its size
+/// beside the broker's is printed for docs/benchmarks.md.
+#[test]
+fn witness_image_boots_serves_its_admin_port_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = build_appliance_image("witness", &dir.path().join("images"), &[]);
+    let qcow2 = report["qcow2"].as_str().unwrap();
+    eprintln!(
+        "witness image: {} bytes (qcow2)",
+        std::fs::metadata(qcow2).unwrap().len()
+    );
+    let disk = dir.path().join("vm.qcow2");
+    std::fs::copy(qcow2, &disk).unwrap();
+    let admin = free_port().unwrap();
+    let iso = dir.path().join("cidata.iso");
+    cloud_init_iso(
+        &iso,
+        "instance-id: e2e-w\n",
+        "#cloud-config\nhostname: witness-c1\n",
+        None,
+    )
+    .unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.forwards = vec![(admin, 9646)];
+    opts.cidata = Some(iso);
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
+    eprintln!("witness image first boot to ready: {ready:?} under TCG");
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    let metrics = e2e::clients::metrics_text(&url);
+    assert!(metrics.contains("quorum_voters"), "{metrics}");
+    eprintln!(
+        "witness resident memory: {:?} bytes",
+        e2e::clients::metric(&url, "process_resident_memory_bytes")
+    );
+    let status = e2e::clients::metrics_text(&format!("http://127.0.0.1:{admin}/v1/cluster"));
+    assert!(
+        status.contains("\"answered_by\": 100") && status.contains("clickceler-hub"),
+        "{status}"
+    );
+    vm.press_power_button().unwrap();
+    vm.wait_for_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    assert!(console.contains(r#""hostname":"witness-c1""#), "{console}");
     assert!(console.contains("system going down"), "{console}");
 }
 

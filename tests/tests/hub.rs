@@ -2,8 +2,8 @@
 //! confluent-kafka producing with acks=all while whole sites die, and a checker that reads
 //! everything back: every acknowledged record present, exactly once, in order per partition.
 //!
-//! These tests run one at a time (test group `hub` in .config/nextest.toml): several brokers
-//! each, on two cores.
+//! These tests run one at a time, never beside a VM boot (test group `heavy` in
+//! .config/nextest.toml): several brokers each, on two cores.
 
 use std::time::Duration;
 
@@ -223,6 +223,41 @@ fn an_isolated_site_stops_taking_writes_within_its_lease_while_the_others_go_on(
         everything(&site_bootstrap(&mut hub, "site-a"), "orders", T),
         stored
     );
+    // No split brain: each site-a leader had stopped (its lease gone, its connections closed)
+    // before a site-b broker took its partition over (the logs share this machine's clock).
+    for (n, p) in &led_by_a {
+        let stopped = log_times(&hub.brokers[n].log(), |l| {
+            l["message"]
+                == "lease lost (cut off from the controller, or fenced): closing Kafka connections until it is back"
+        });
+        let taken: Vec<String> = hub
+            .site("site-b")
+            .iter()
+            .flat_map(|b| {
+                log_times(&hub.brokers[b].log(), |l| {
+                    l["message"] == "leading" && l["topic"] == "orders" && l["partition"] == *p
+                })
+            })
+            .collect();
+        let (Some(stopped), Some(taken)) = (stopped.first(), taken.iter().max()) else {
+            panic!(
+                "broker {n} logged no lease loss ({stopped:?}) or site-b no takeover of partition {p} ({taken:?})"
+            );
+        };
+        assert!(
+            stopped < taken,
+            "partition {p}: site-b led it from {taken}, broker {n} still led until {stopped}"
+        );
+    }
+}
+
+/// Timestamps (RFC 3339, UTC: they sort as text) of the JSON log lines that match.
+fn log_times(log: &str, matches: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| matches(l))
+        .filter_map(|l| l["timestamp"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -260,6 +295,8 @@ fn losing_the_witness_stops_nothing() {
     hub.wait_healthy(1, T);
 }
 
+/// Each broker in turn stops (SIGTERM: a controlled shutdown hands its leaderships over first)
+/// and starts again under acks=all load.
 #[test]
 fn a_rolling_restart_of_every_broker_loses_nothing() {
     let mut hub = Hub::start(HubSpec::two_by_two());
@@ -287,6 +324,13 @@ fn a_rolling_restart_of_every_broker_loses_nothing() {
         assert!(
             status.success(),
             "broker {n} did not stop cleanly: {status}"
+        );
+        // A controlled shutdown: the controller moved its leaderships before it stopped.
+        let log = hub.brokers[&n].log();
+        assert_eq!(
+            log.matches("leaderships handed over").count(),
+            1,
+            "broker {n} stopped without handing over its leaderships"
         );
         hub.brokers.get_mut(&n).unwrap().restart();
         let watcher = *hub.brokers.keys().find(|m| **m != n).unwrap();
@@ -370,15 +414,40 @@ fn a_dead_witness_is_replaced_by_a_new_voter_that_then_carries_a_site_loss() {
     hub.witness.as_mut().unwrap().kill9();
     let new_quorum = e2e::hub::free_addr();
     let witness = e2e::witness::Witness::start(101, "site-c", new_quorum, hub.cluster_section());
-    clk_cluster(&[
+    let add = format!("101={new_quorum}");
+    let replace = [
         "replace-voter",
         "--admin",
         &admin,
         "--remove",
         "100",
         "--add",
-        &format!("101={new_quorum}"),
-    ]);
+        &add,
+    ];
+    // Changes need the node's admin token.
+    let mut cmd = std::process::Command::new(e2e::broker::bin("clk"));
+    cmd.arg("cluster")
+        .args(replace)
+        .args(["--token", "not-the-token-of-this-hub"]);
+    let refused = e2e::clients::run(cmd, None, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+    // The node itself refuses more than one voter out and one in at a time.
+    let two_at_once = format!(
+        r#"{{"voters": {{"1": "127.0.0.1:1", "7": "127.0.0.1:2", "101": "{new_quorum}"}}}}"#
+    );
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {}", e2e::ADMIN_TOKEN))
+        .args(["-d", &two_at_once])
+        .arg(format!("http://{admin}/v1/cluster/voters"));
+    let answer = e2e::clients::run(curl, None, Duration::from_secs(60));
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(answer.contains("one voter at a time"), "{answer}");
+    clk_cluster(&[&replace[..], &["--token", e2e::ADMIN_TOKEN]].concat());
     let status: serde_json::Value =
         serde_json::from_str(&clk_cluster(&["status", "--admin", &admin, "--json"])).unwrap();
     let voters: Vec<&String> = status["quorum"]["voters"]
@@ -433,7 +502,7 @@ fn the_lab_hub_of_the_main_job_starts_healthy_serves_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = e2e::broker::bin("clk").parent().unwrap().to_owned();
     let out = dir.path().join("out.txt");
-    let mut lab = std::process::Command::new(bin_dir.join("clk"))
+    let lab = std::process::Command::new(bin_dir.join("clk"))
         .args(["lab", "hub", "--ready-timeout", "100s", "--bin-dir"])
         .arg(&bin_dir)
         .arg("--dir")
@@ -442,6 +511,9 @@ fn the_lab_hub_of_the_main_job_starts_healthy_serves_and_stops_cleanly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Its fixed addresses must be free for the next run, whatever happens here.
+    let mut lab = KillOnDrop(lab);
+    let lab = &mut lab.0;
     let shown = wait_until("the lab hub to report ready", T, || {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         assert!(
@@ -476,4 +548,94 @@ fn the_lab_hub_of_the_main_job_starts_healthy_serves_and_stops_cleanly() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_until("clk lab hub to stop", T, || lab.try_wait().unwrap());
     assert!(status.success(), "clk lab hub stopped with {status}");
+}
+
+/// KIP-392: a consumer that says which site it is in (`client.rack`) is sent to a replica
+/// there, so a site reads locally instead of across the WAN.
+#[test]
+fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let bootstrap = hub.bootstrap();
+    let lines: String = (0..600).map(|i| format!("r{i}\n")).collect();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "orders", "-X", "acks=all"],
+        Some(lines.as_bytes()),
+        T,
+    );
+    // A partition led in site-a, with records.
+    let listing = kcat(&["-b", &bootstrap, "-L", "-t", "orders"], None, T);
+    let (p, leader) = listing
+        .lines()
+        .filter_map(|l| {
+            let (p, rest) = l
+                .trim()
+                .strip_prefix("partition ")?
+                .split_once(", leader ")?;
+            Some((
+                p.parse::<i32>().ok()?,
+                rest.split(',').next()?.trim().parse::<u32>().ok()?,
+            ))
+        })
+        .find(|(_, leader)| hub.site_of(*leader) == "site-a")
+        .expect("site-a leads a partition");
+    // Followers caught up, so replication moves no more bytes while the consumer reads.
+    for n in hub.site("site-a").into_iter().chain(hub.site("site-b")) {
+        hub.wait_healthy(n, T);
+    }
+    let bytes_out = "broker_bytes_out_total{topic=\"orders\"}";
+    let before: Vec<(u32, f64)> = (1..=4)
+        .map(|n| (n, hub.metric(n, bytes_out).unwrap_or(0.0)))
+        .collect();
+    let read = kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            "orders",
+            "-p",
+            &p.to_string(),
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-X",
+            "client.rack=site-b",
+        ],
+        None,
+        T,
+    );
+    assert!(read.lines().count() > 0, "partition {p} holds records");
+    let served: Vec<(u32, f64)> = before
+        .iter()
+        .map(|(n, b)| (*n, hub.metric(*n, bytes_out).unwrap_or(0.0) - b))
+        .collect();
+    let by_site_b: f64 = served
+        .iter()
+        .filter(|(n, _)| hub.site_of(*n) == "site-b")
+        .map(|(_, d)| d)
+        .sum();
+    let by_leader = served
+        .iter()
+        .find(|(n, _)| *n == leader)
+        .map_or(0.0, |(_, d)| *d);
+    assert!(
+        by_site_b > 0.0 && by_leader == 0.0,
+        "bytes served per broker: {served:?} (leader {leader})"
+    );
+}
+
+/// A child process (and, through its SIGTERM handling, its own children) stopped when the
+/// test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
 }

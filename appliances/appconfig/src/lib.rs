@@ -33,6 +33,21 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// The shortest secret a configuration may set.
+pub const SECRET_MIN_CHARS: usize = 16;
+
+/// A secret setting (a token, a key) is absent, or long enough and free of spaces.
+pub fn check_secret(name: &str, value: Option<&str>) -> Result<(), String> {
+    match value {
+        Some(v) if v.chars().count() < SECRET_MIN_CHARS || v.chars().any(char::is_whitespace) => {
+            Err(format!(
+                "{name} must be at least {SECRET_MIN_CHARS} characters without spaces"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Parse and validate configuration text; `origin` names it in errors (a path, "cloud-init").
 pub fn parse_str<T: DeserializeOwned + Validate>(
     text: &str,

@@ -57,6 +57,9 @@ pub struct Cluster {
     reached_ms: Mutex<BTreeMap<NodeId, u64>>,
     /// Whether this is a one-node cluster (every call local).
     pub alone: bool,
+    /// Set by a controlled shutdown: heartbeats stop (a fenced answer must not register a
+    /// new incarnation of a broker that is leaving).
+    leaving: std::sync::atomic::AtomicBool,
     /// Connections for reachability probes.
     probe: TcpTransport,
     pub quorum_addr: Option<std::net::SocketAddr>,
@@ -158,6 +161,7 @@ impl Cluster {
             lease_until_ms: AtomicU64::new(0),
             reached_ms: Mutex::new(BTreeMap::new()),
             alone: config.cluster.is_none(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             probe: TcpTransport::new(&cluster_name, me),
             quorum_addr,
         }))
@@ -193,6 +197,59 @@ impl Cluster {
                 .is_some_and(|b| !b.fenced && Some(b.epoch) == self.epoch())
     }
 
+    /// Before stopping: have the controller fence this incarnation and wait (up to
+    /// `timeout`) until no partition names this broker its leader, so clients and followers
+    /// move to the new leaders at once. Skipped when no other broker is live (nothing to hand
+    /// over to). Returns whether the leaderships moved.
+    pub async fn controlled_shutdown(&self, timeout: Duration) -> bool {
+        self.leaving.store(true, Ordering::Release);
+        let Some(epoch) = self.epoch() else {
+            return false;
+        };
+        let others = self
+            .state()
+            .brokers
+            .values()
+            .any(|b| b.node != self.me && !b.fenced);
+        if self.alone || !others {
+            return false;
+        }
+        let me = self.me;
+        let handed_over = async {
+            let index = match self
+                .call(ControllerRequest::ControlledShutdown { node: me, epoch })
+                .await
+            {
+                Ok(ControllerResponse::Applied { index }) => index,
+                other => {
+                    tracing::warn!(answer = ?other, "controlled shutdown refused: stopping without it");
+                    return false;
+                }
+            };
+            let mut states = self.subscribe();
+            states
+                .wait_for(|s| {
+                    s.applied_index >= index
+                        && s.topics
+                            .values()
+                            .flat_map(|t| &t.partitions)
+                            .all(|p| p.leader != Some(me))
+                })
+                .await
+                .is_ok()
+        };
+        match tokio::time::timeout(timeout, handed_over).await {
+            Ok(true) => {
+                tracing::info!("controlled shutdown: leaderships handed over");
+                true
+            }
+            _ => {
+                tracing::warn!("controlled shutdown: leaderships not handed over in time");
+                false
+            }
+        }
+    }
+
     /// Ask the controller (wherever it is).
     pub async fn call(
         &self,
@@ -216,6 +273,9 @@ impl Cluster {
             storage_id: self.storage_id,
         };
         loop {
+            if self.leaving.load(Ordering::Acquire) {
+                anyhow::bail!("not registering: this broker is stopping");
+            }
             // The lease runs from when the request was sent (the controller counts the
             // session from when it handled it, later), and only on the registration's metadata.
             let sent = mono_ms();
@@ -260,6 +320,9 @@ impl Cluster {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+            if self.leaving.load(Ordering::Acquire) {
+                return;
+            }
             let Some(epoch) = self.epoch() else { continue };
             let sent = mono_ms();
             let request = ControllerRequest::Heartbeat {
@@ -287,6 +350,13 @@ impl Cluster {
                         self.lease_until_ms
                             .fetch_max(sent + self.timing.lease_ms(), Ordering::AcqRel);
                     }
+                }
+                // A broker leaving stays fenced: no new incarnation while it stops.
+                Ok(ControllerResponse::Heartbeat { fenced: true, .. })
+                    if self.leaving.load(Ordering::Acquire) =>
+                {
+                    self.lease_until_ms.store(0, Ordering::Release);
+                    return;
                 }
                 Ok(ControllerResponse::Heartbeat { fenced: true, .. }) => {
                     tracing::warn!(node = %self.me, %epoch, "fenced by the controller: registering again");

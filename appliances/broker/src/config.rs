@@ -143,12 +143,16 @@ impl Default for KafkaListener {
 pub struct AdminListener {
     /// Address of the metrics and health HTTP server.
     pub listen: SocketAddr,
+    /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
+    /// --token`); without one, changes are refused and only reads are served.
+    pub token: Option<String>,
 }
 
 impl Default for AdminListener {
     fn default() -> Self {
         AdminListener {
             listen: "0.0.0.0:9644".parse().expect("static address"),
+            token: None,
         }
     }
 }
@@ -356,7 +360,8 @@ impl Validate for BrokerConfig {
             t.replication_factor = if stretched { 3 } else { 1 };
         }
         if t.min_insync_replicas == not_set_i32() {
-            t.min_insync_replicas = if stretched { 2 } else { 1 };
+            let min = if stretched { 2 } else { 1 };
+            t.min_insync_replicas = min.min(i32::from(t.replication_factor.max(1)));
         }
     }
 
@@ -364,6 +369,7 @@ impl Validate for BrokerConfig {
         if self.node_id < 0 {
             return Err(format!("node_id = {} must be >= 0", self.node_id));
         }
+        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir must not be empty".into());
         }
@@ -400,6 +406,12 @@ impl Validate for BrokerConfig {
         }
         if t.min_insync_replicas < 1 {
             return Err("topics.min_insync_replicas must be >= 1".into());
+        }
+        if t.min_insync_replicas > i32::from(t.replication_factor) {
+            return Err(format!(
+                "topics.min_insync_replicas = {} is above topics.replication_factor = {}: every acks=all write would be refused",
+                t.min_insync_replicas, t.replication_factor
+            ));
         }
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&t.segment_bytes) {
             return Err(format!(
@@ -487,6 +499,22 @@ mod tests {
         assert_eq!(
             (c.topics.replication_factor, c.topics.min_insync_replicas),
             (4, 3)
+        );
+        // One copy asked for in a hub: the in-sync minimum follows it down.
+        let one = format!("{hub}[topics]\nreplication_factor = 1\n");
+        let c: BrokerConfig = appconfig::parse_str(&one, "t").unwrap();
+        assert_eq!(
+            (c.topics.replication_factor, c.topics.min_insync_replicas),
+            (1, 1)
+        );
+        let e = appconfig::parse_str::<BrokerConfig>(
+            &format!("{hub}[topics]\nreplication_factor = 2\nmin_insync_replicas = 3\n"),
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("above topics.replication_factor"),
+            "{e}"
         );
     }
 

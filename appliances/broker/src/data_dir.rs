@@ -20,6 +20,8 @@ use nix::fcntl::{Flock, FlockArg};
 const LOCK: &str = ".lock";
 const META: &str = "meta.properties";
 const CLEAN: &str = ".clean_shutdown";
+/// The cluster name recorded for a broker that runs alone (no `[cluster]` section).
+pub const ONE_NODE: &str = "(one node)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -47,6 +49,10 @@ pub enum DataDirError {
         found: String,
         configured: String,
     },
+    #[error(
+        "data directory {0} holds the quorum log of a broker that ran alone (or of a hub it does not name): a hub's broker starts from an empty directory"
+    )]
+    UnnamedQuorumLog(PathBuf),
     #[error("data directory {0}: meta.properties is unreadable: {1}")]
     BadMeta(PathBuf, String),
 }
@@ -194,8 +200,10 @@ impl DataDir {
     }
 
     /// Check, before the broker joins anything, that the directory belongs to the hub named
-    /// `name` (its `[cluster] name`), and record the name if it belongs to none yet. A disk
-    /// moved from another hub is refused here, before its quorum log meets this hub's.
+    /// `name` (its `[cluster] name`, or [`ONE_NODE`] for a broker alone), and record the name
+    /// if it belongs to none yet. A disk moved from another hub, or from a broker that ran
+    /// alone (its quorum log names only itself as voter), is refused here, before its quorum
+    /// log meets this hub's.
     pub fn check_cluster_name(&mut self, name: &str) -> Result<(), DataDirError> {
         match &self.cluster_name {
             Some(found) if found != name => Err(DataDirError::WrongClusterName {
@@ -204,6 +212,9 @@ impl DataDir {
                 configured: name.to_string(),
             }),
             Some(_) => Ok(()),
+            None if name != ONE_NODE && self.has_quorum_log() => {
+                Err(DataDirError::UnnamedQuorumLog(self.root.clone()))
+            }
             None => {
                 write_meta(
                     &self.root.join(META),
@@ -242,6 +253,15 @@ impl DataDir {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a quorum log with anything in it is here already.
+    fn has_quorum_log(&self) -> bool {
+        std::fs::read_dir(self.root.join("quorum")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -322,5 +342,22 @@ mod tests {
         );
         let e = d.check_cluster_name("hub-south").unwrap_err();
         assert!(e.to_string().contains("hub-north"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_that_ran_alone_is_refused_by_a_hub() {
+        // Named as a one-node broker: refused by name.
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DataDir::open(dir.path(), 1, None, true).unwrap();
+        d.check_cluster_name(ONE_NODE).unwrap();
+        assert!(d.check_cluster_name("hub").is_err());
+        // From before names were recorded: refused by its quorum log.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("quorum")).unwrap();
+        std::fs::write(dir.path().join("quorum/log"), b"entries").unwrap();
+        let mut d = DataDir::open(dir.path(), 1, None, true).unwrap();
+        let e = d.check_cluster_name("hub").unwrap_err();
+        assert!(matches!(e, DataDirError::UnnamedQuorumLog(_)), "{e}");
+        d.check_cluster_name(ONE_NODE).unwrap();
     }
 }

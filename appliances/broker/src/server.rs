@@ -32,6 +32,8 @@ use crate::session::{Listener, ListenerRole, Session};
 use crate::state::BrokerState;
 use crate::topics::Topics;
 
+/// How long a shutdown waits for the controller to move this broker's leaderships.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for connections to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the start waits for this broker's partitions to open after registration.
@@ -158,6 +160,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         Arc::new(registry),
         Arc::clone(&health),
         Some(Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>),
+        config.admin.token.clone(),
         shutdown.clone(),
     )
     .await
@@ -170,9 +173,11 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         config.cluster_id.as_deref(),
         alone,
     )?;
-    if let Some(c) = &config.cluster {
-        data_dir.check_cluster_name(&c.name)?;
-    }
+    let cluster_name = config
+        .cluster
+        .as_ref()
+        .map_or(crate::data_dir::ONE_NODE, |c| &c.name);
+    data_dir.check_cluster_name(cluster_name)?;
     let clean = data_dir.clean_shutdown;
     tracing::info!(
         data_dir = %config.data_dir.display(), cluster_id = ?data_dir.cluster_id, node_id = config.node_id,
@@ -473,6 +478,11 @@ impl BrokerHandle {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.health.set_failing("kafka_listener", "shutting down");
+        // Leaderships move first (the Gate then closes client connections as the lease ends).
+        self.state
+            .cluster
+            .controlled_shutdown(HANDOVER_TIMEOUT)
+            .await;
         self.shutdown.cancel();
         self.connections.close();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.connections.wait())

@@ -112,6 +112,12 @@ pub enum ControllerRequest {
         node: NodeId,
         epoch: BrokerEpoch,
     },
+    /// A broker stopping on purpose: fence this incarnation now, so its leaderships move at
+    /// once instead of after a session timeout (Kafka's controlled shutdown).
+    ControlledShutdown {
+        node: NodeId,
+        epoch: BrokerEpoch,
+    },
     /// An operator replaces the voters (a dead voter for a new one). Served by the Raft
     /// leader beside the controller service, which goes on answering heartbeats while the
     /// membership change commits.
@@ -575,6 +581,23 @@ impl Controller {
             }
         }
         out
+    }
+
+    /// A broker stops on purpose: its incarnation is fenced now (the next tick elects new
+    /// leaders for what it led, among the other in-sync replicas only, as after a crash).
+    pub fn controlled_shutdown(
+        &mut self,
+        state: &ClusterState,
+        node: NodeId,
+        epoch: BrokerEpoch,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        state
+            .brokers
+            .get(&node)
+            .filter(|b| b.epoch == epoch && !b.fenced)
+            .ok_or(ControllerError::StaleBroker(node))?;
+        self.liveness.remove(&node);
+        Ok(vec![MetadataRecord::BrokerFenced { node, epoch }])
     }
 
     /// A leader asks to change its partition's in-sync set.

@@ -31,6 +31,10 @@ use crate::rpc::{Envelope, PROTOCOL_VERSION, Refusal, Request, Response, admit};
 
 /// At most this many controller requests wait for the controller task.
 const CONTROLLER_QUEUE: usize = 1024;
+/// How long the Raft leader spends on one voter change (the new voter catching up included).
+const CHANGE_VOTERS_TIMEOUT: Duration = Duration::from_secs(50);
+/// A new voter counts as caught up once it has matched the leader's log this closely.
+const CATCH_UP_SLACK: u64 = 16;
 /// How often the controller looks at the clock (fences, sites, elections).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -202,15 +206,18 @@ impl<T: Transport> QuorumNode<T> {
     }
 
     /// Whether this node, leading, heard from a quorum recently enough to grant leases: within
-    /// 3/4 of the shortest election timeout, so no other leader can have been elected since
-    /// (followers wait at least that long before they campaign). A lone voter always has.
+    /// 3/4 of the shortest election timeout, less how stale openraft's metrics may be (they
+    /// are refreshed at least every 1.5 Raft heartbeats), so no other leader can have been
+    /// elected since (followers wait at least the election timeout before they campaign). A
+    /// lone voter always has.
     fn quorum_contact_fresh(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         if m.membership_config.membership().voter_ids().count() <= 1 {
             return true;
         }
-        let limit_ms = self.config.raft.election_min_ms * 3 / 4;
+        let raft = &self.config.raft;
+        let limit_ms = (raft.election_min_ms * 3 / 4).saturating_sub(raft.heartbeat_ms * 3 / 2);
         m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit_ms)
     }
 
@@ -281,13 +288,16 @@ impl<T: Transport> QuorumNode<T> {
             };
         }
         if let ControllerRequest::ChangeVoters { voters } = request {
-            let changed = match crate::controller::check_voters(&voters) {
-                Ok(()) => self.change_voters(voters).await,
-                Err(e) => return ControllerResponse::Failed(e),
-            };
-            return match changed {
-                Ok(index) => ControllerResponse::Applied { index },
-                Err(e) => ControllerResponse::Failed(ControllerError::NotCommitted(e.to_string())),
+            if let Err(e) = crate::controller::check_voters(&voters) {
+                return ControllerResponse::Failed(e);
+            }
+            let changed = tokio::time::timeout(CHANGE_VOTERS_TIMEOUT, self.change_voters(voters));
+            return match changed.await {
+                Ok(Ok(index)) => ControllerResponse::Applied { index },
+                Ok(Err(e)) => ControllerResponse::Failed(ControllerError::Invalid(e.to_string())),
+                Err(_) => ControllerResponse::Failed(ControllerError::NotCommitted(format!(
+                    "the voter change did not complete within {CHANGE_VOTERS_TIMEOUT:?}"
+                ))),
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -324,12 +334,7 @@ impl<T: Transport> QuorumNode<T> {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self
                     .transport
-                    .call(
-                        to,
-                        &addr,
-                        envelope_request,
-                        left.min(Duration::from_secs(10)),
-                    )
+                    .call(to, &addr, envelope_request, per_attempt(&request, left))
                     .await
                 {
                     Ok(Response::Controller(r)) => Ok(r),
@@ -365,12 +370,29 @@ impl<T: Transport> QuorumNode<T> {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Replace voters (an operator's command, e.g. a dead voter for a new one), on the Raft
-    /// leader. New voters must already follow the log (as learners): they are added first if
-    /// they do not, and this waits until they have caught up. Returns the log index of the
-    /// new membership.
+    /// Replace voters (an operator's command: a dead voter for a new one), on the Raft
+    /// leader. One voter out and one in at most, so a mistyped set cannot take the quorum
+    /// away. New voters are added as learners first, and the change waits until the leader
+    /// sees them caught up (openraft 0.9 checks no lag itself: a voter that cannot keep up
+    /// would leave the quorum one failure from stopping). Returns the membership's log index.
     pub async fn change_voters(&self, voters: BTreeMap<NodeId, String>) -> Result<u64, NodeError> {
-        for (id, addr) in &voters {
+        let current: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let wanted: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
+        let removed: Vec<NodeId> = current.difference(&wanted).copied().collect();
+        let added: Vec<NodeId> = wanted.difference(&current).copied().collect();
+        if removed.len() > 1 || added.len() > 1 || removed.len() + added.len() == 0 {
+            return Err(NodeError::Raft(format!(
+                "replace one voter at a time: voters are {current:?}, the change removes {removed:?} and adds {added:?}"
+            )));
+        }
+        for id in &added {
             let known = self
                 .raft
                 .metrics()
@@ -380,20 +402,51 @@ impl<T: Transport> QuorumNode<T> {
                 .get_node(id)
                 .is_some();
             if !known {
+                let node = BasicNode {
+                    addr: voters[id].clone(),
+                };
                 self.raft
-                    .add_learner(*id, BasicNode { addr: addr.clone() }, true)
+                    .add_learner(*id, node, false)
                     .await
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
             }
         }
-        let ids: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
+        let caught_up = |m: &RaftMetrics| {
+            let end = m.last_log_index.unwrap_or(0);
+            added.iter().all(|id| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .is_some_and(|matched| matched.index + CATCH_UP_SLACK >= end)
+            })
+        };
+        let mut metrics = self.raft.metrics();
+        metrics
+            .wait_for(caught_up)
+            .await
+            .map_err(|_| NodeError::Raft("raft stopped".into()))?;
         let changed = self
             .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(ids), false)
+            .change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        tracing::warn!(voters = ?voters.keys().collect::<Vec<_>>(), index = changed.log_id.index, "quorum voters replaced");
+        tracing::warn!(
+            ?removed,
+            ?added,
+            index = changed.log_id.index,
+            "quorum voters replaced"
+        );
         Ok(changed.log_id.index)
+    }
+}
+
+/// How long one forwarded controller request may take: a voter change its whole deadline (a
+/// retry after a cut-short attempt would find the new voter known and skip its catch-up),
+/// anything else 10 s.
+fn per_attempt(request: &ControllerRequest, left: Duration) -> Duration {
+    match request {
+        ControllerRequest::ChangeVoters { .. } => left,
+        _ => left.min(Duration::from_secs(10)),
     }
 }
 
@@ -630,6 +683,12 @@ async fn serve<T: Transport>(
                     vec![crate::metadata::MetadataRecord::TopicConfigsReplaced { topic, configs }],
                 )
                 .await
+            }
+        }
+        ControllerRequest::ControlledShutdown { node: n, epoch } => {
+            match ctl.controlled_shutdown(&state, n, epoch) {
+                Ok(records) => applied(node, records).await,
+                Err(e) => Err(e),
             }
         }
         ControllerRequest::ChangeVoters { .. } => Err(ControllerError::Invalid(

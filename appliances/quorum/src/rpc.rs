@@ -20,7 +20,9 @@ use crate::raft::{TypeConfig, frames};
 
 /// Bumped on any change to the messages below; a node answers a different version with
 /// [`Refusal::Version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: heartbeat answers carry the controller's applied index; controlled shutdown; voter
+/// changes.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {

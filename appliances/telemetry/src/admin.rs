@@ -83,11 +83,26 @@ fn builtin(path: &str, registry: &Registry, health: &Health) -> Option<Response<
     })
 }
 
+/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 async fn route(
     req: Request<Incoming>,
     registry: &Registry,
     health: &Health,
     extra: Option<&dyn AdminRoutes>,
+    token: Option<&str>,
 ) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let method = req.method().clone();
@@ -96,13 +111,42 @@ async fn route(
     if read_only && let Some(r) = builtin(&path, registry, health) {
         return r;
     }
+    // Changes (anything but a read) need the configured token; without one there are none.
+    if !read_only && extra.is_some() {
+        match token {
+            None => {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    TEXT,
+                    "changes through this port need [admin] token in this node's configuration\n",
+                );
+            }
+            Some(t) if !authorized(&req, t) => {
+                return respond(
+                    StatusCode::UNAUTHORIZED,
+                    TEXT,
+                    "a valid Authorization: Bearer token is needed\n",
+                );
+            }
+            Some(_) => {}
+        }
+    }
     if let Some(extra) = extra {
         let body = match Limited::new(req.into_body(), BODY_MAX_BYTES)
             .collect()
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "body too large\n"),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return respond(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "body too large\n");
+            }
+            Err(_) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "the body could not be read\n",
+                );
+            }
         };
         if let Some(answer) = extra.route(&method, &path, body) {
             let reply = answer.await;
@@ -123,17 +167,20 @@ pub async fn serve_admin(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
-    serve_admin_with(addr, registry, health, None, shutdown).await
+    serve_admin_with(addr, registry, health, None, None, shutdown).await
 }
 
-/// [`serve_admin`] with the appliance's own routes.
+/// [`serve_admin`] with the appliance's own routes; those that change something need
+/// `Authorization: Bearer <token>` (refused altogether without a token).
 pub async fn serve_admin_with(
     addr: SocketAddr,
     registry: Arc<Registry>,
     health: Arc<Health>,
     extra: Option<Arc<dyn AdminRoutes>>,
+    token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
+    let token: Option<Arc<str>> = token.map(Into::into);
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -151,13 +198,17 @@ pub async fn serve_admin_with(
             let registry = Arc::clone(&registry);
             let health = Arc::clone(&health);
             let extra = extra.clone();
+            let token = token.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let registry = Arc::clone(&registry);
                     let health = Arc::clone(&health);
                     let extra = extra.clone();
+                    let token = token.clone();
                     async move {
-                        Ok::<_, Infallible>(route(req, &registry, &health, extra.as_deref()).await)
+                        let answer =
+                            route(req, &registry, &health, extra.as_deref(), token.as_deref());
+                        Ok::<_, Infallible>(answer.await)
                     }
                 });
                 let _ = http1::Builder::new()
@@ -175,6 +226,7 @@ pub async fn call(
     method: Method,
     path: &str,
     body: Option<String>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<(StatusCode, String)> {
     let exchange = async {
@@ -185,11 +237,15 @@ pub async fn call(
             .await
             .context("HTTP handshake")?;
         tokio::spawn(conn);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", addr)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .context("building the request")?;
         let response = sender

@@ -49,12 +49,16 @@ pub struct WitnessConfig {
 pub struct AdminListener {
     /// `/metrics`, `/health`, `/ready`.
     pub listen: SocketAddr,
+    /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
+    /// --token`); without one, changes are refused and only reads are served.
+    pub token: Option<String>,
 }
 
 impl Default for AdminListener {
     fn default() -> Self {
         AdminListener {
             listen: SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),
+            token: None,
         }
     }
 }
@@ -120,6 +124,7 @@ impl appconfig::Validate for WitnessConfig {
         if q != 0 && q == a {
             return Err("quorum.listen and admin.listen use the same port".into());
         }
+        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
         Ok(())
     }
 }

@@ -22,6 +22,9 @@ pub type WitnessNode = QuorumNode<TcpTransport>;
 /// Health conditions (`/ready` names the ones that do not hold).
 const LISTENER: &str = "quorum_listener";
 const RAFT: &str = "raft";
+/// Ready only as a voter: a witness left out of the voters (a mistyped id, a replacement not
+/// made a voter yet) gives the hub no site-loss tolerance, and must not look healthy.
+const VOTER: &str = "voter";
 
 /// A running witness.
 pub struct WitnessHandle {
@@ -200,6 +203,7 @@ async fn serve(
         Arc::new(registry),
         Arc::clone(&health),
         Some(Arc::new(routes)),
+        config.admin.token.clone(),
         shutdown.clone(),
     )
     .await
@@ -237,8 +241,28 @@ async fn watch_raft(
     shutdown: CancellationToken,
 ) {
     let why = loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            break fatal.to_string();
+        let (fatal, voter) = {
+            let m = metrics.borrow_and_update();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == m.id);
+            (
+                m.running_state.as_ref().err().map(ToString::to_string),
+                voter,
+            )
+        };
+        if let Some(fatal) = fatal {
+            break fatal;
+        }
+        if voter {
+            health.set_ok(VOTER);
+        } else {
+            health.set_failing(
+                VOTER,
+                "not a voter of the quorum (yet): clk cluster replace-voter makes it one",
+            );
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -291,6 +315,11 @@ mod tests {
         task.await.unwrap();
         drop(metrics);
         assert!(failure.borrow().is_none());
-        assert!(health.readiness().is_ok());
+        // Not failed; not ready either: these metrics name no voters (this witness is none).
+        let why = health.readiness().unwrap_err().to_string();
+        assert!(
+            why.contains("not a voter") && !why.contains("stopped"),
+            "{why}"
+        );
     }
 }
