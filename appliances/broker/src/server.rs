@@ -139,7 +139,10 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Start a broker: recover storage, join the cluster, then serve Kafka and admin HTTP.
-pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    // Settings left for the topology resolved, however the configuration was built (a file
+    // goes through this already; a test or fuzz harness may deserialize it directly).
+    appconfig::Validate::complete(&mut config);
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
