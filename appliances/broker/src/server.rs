@@ -481,11 +481,23 @@ impl BrokerHandle {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.health.set_failing("kafka_listener", "shutting down");
-        // Leaderships move first (the Gate then closes client connections as the lease ends).
-        self.state
+        // Leaderships move first (the Gate then closes client connections as the lease ends),
+        // and this broker's partitions take their follower roles before anything stops: a
+        // produce waiting here for its high watermark is then answered NOT_LEADER at once
+        // (the client retries it, same sequence, on the new leader, which has it or not)
+        // instead of hanging until the connection drain gives up on it.
+        if self
+            .state
             .cluster
             .controlled_shutdown(HANDOVER_TIMEOUT)
-            .await;
+            .await
+        {
+            let index = self.state.cluster.state().applied_index;
+            self.state
+                .replicas
+                .wait_reconciled(index, HANDOVER_TIMEOUT)
+                .await;
+        }
         self.shutdown.cancel();
         self.connections.close();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.connections.wait())
