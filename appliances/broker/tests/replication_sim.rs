@@ -603,30 +603,25 @@ impl Sim {
             (b.epoch, r.leader_epoch(), r.partition_epoch());
         let site = b.site;
         let answer = match epoch {
-            Some(epoch) if self.linked(site, CONTROLLER_SITE) => self.ctl.alter_isr(
-                &self.state,
-                id,
-                epoch,
-                key,
-                leader_epoch,
-                partition_epoch,
-                &isr,
-            ),
-            _ => {
-                return self
-                    .brokers
-                    .get_mut(&id)
-                    .expect("broker")
-                    .replicas
-                    .get_mut(&p)
-                    .expect("replica")
-                    .isr_request_failed();
-            }
+            Some(epoch) if self.linked(site, CONTROLLER_SITE) => self
+                .ctl
+                .alter_isr(
+                    &self.state,
+                    id,
+                    epoch,
+                    key,
+                    leader_epoch,
+                    partition_epoch,
+                    &isr,
+                )
+                .ok(),
+            _ => None,
         };
         match answer {
-            Ok(records) => self.apply(records),
-            // Refused (stale, or against the site policy): asked again from a fresh look.
-            Err(_) => self
+            Some(records) => self.apply(records),
+            // Unreachable controller, or refused (stale, or against the site policy): asked
+            // again later from a fresh look.
+            None => self
                 .brokers
                 .get_mut(&id)
                 .expect("broker")

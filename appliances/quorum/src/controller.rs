@@ -591,11 +591,7 @@ impl Controller {
         node: NodeId,
         epoch: BrokerEpoch,
     ) -> Result<Vec<MetadataRecord>, ControllerError> {
-        state
-            .brokers
-            .get(&node)
-            .filter(|b| b.epoch == epoch && !b.fenced)
-            .ok_or(ControllerError::StaleBroker(node))?;
+        live_incarnation(state, node, epoch)?;
         self.liveness.remove(&node);
         Ok(vec![MetadataRecord::BrokerFenced { node, epoch }])
     }
@@ -613,11 +609,7 @@ impl Controller {
         isr: &[NodeId],
     ) -> Result<Vec<MetadataRecord>, ControllerError> {
         let policy = state.policy.as_ref().ok_or(ControllerError::NotFormed)?;
-        state
-            .brokers
-            .get(&node)
-            .filter(|b| b.epoch == epoch && !b.fenced)
-            .ok_or(ControllerError::StaleBroker(node))?;
+        live_incarnation(state, node, epoch)?;
         let p = state.partition(key).ok_or(ControllerError::UnknownTopic)?;
         if p.leader != Some(node)
             || p.leader_epoch != leader_epoch
@@ -730,6 +722,19 @@ impl Controller {
 
 /// A [`MetadataRecord::PartitionChanged`] from `p` to `leader` and `isr`: a new leader (or
 /// `bump`) gets the next epoch.
+/// `node`'s registration in `state` if it is incarnation `epoch` and not fenced.
+fn live_incarnation(
+    state: &ClusterState,
+    node: NodeId,
+    epoch: BrokerEpoch,
+) -> Result<&crate::metadata::BrokerInfo, ControllerError> {
+    state
+        .brokers
+        .get(&node)
+        .filter(|b| b.epoch == epoch && !b.fenced)
+        .ok_or(ControllerError::StaleBroker(node))
+}
+
 fn change(
     key: PartitionKey,
     p: &PartitionState,
