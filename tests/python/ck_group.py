@@ -27,11 +27,15 @@ def produce(phase, n):
 refused = []               # commits refused during a rebalance, retried later
 
 def consume(name):
-    # A synchronous commit may be refused with REBALANCE_IN_PROGRESS while the group completes a
-    # rebalance (Kafka does the same); the cooperative assignor keeps consuming meanwhile. As a
-    # careful application does, keep such offsets pending: commit them after the next poll and,
-    # at the latest, when their partitions are revoked, before another member can fetch them.
+    # A synchronous commit may be refused while the group rebalances, as Kafka refuses it:
+    # REBALANCE_IN_PROGRESS while the group completes a rebalance, ILLEGAL_GENERATION when the
+    # commit was sent under the generation that the member's own rejoin has just ended (the
+    # cooperative assignor keeps consuming through both). As a careful application does, keep
+    # such offsets pending while the partition stays ours: commit them after the next poll and,
+    # at the latest, when the partition is revoked. A revoked partition's offsets are never
+    # committed later: the new owner may have moved past them.
     pending = {}           # partition -> next offset to commit
+    refusable = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 
     def commit_pending(c, partitions=None):
         todo = [TopicPartition(a.topic, p, o) for p, o in pending.items()
@@ -41,17 +45,20 @@ def consume(name):
         try:
             c.commit(offsets=todo, asynchronous=False)
         except KafkaException as e:
-            if e.args[0].code() != KafkaError.REBALANCE_IN_PROGRESS:
+            if e.args[0].code() not in refusable:
                 raise
             with lock:
-                refused.append(name)
+                refused.append((name, e.args[0].name()))
             return
         for tp in todo:
             if pending.get(tp.partition) == tp.offset:
                 del pending[tp.partition]
 
     def on_revoke(c, partitions):
-        commit_pending(c, {tp.partition for tp in partitions})
+        revoked = {tp.partition for tp in partitions}
+        commit_pending(c, revoked)
+        for p in revoked:
+            pending.pop(p, None)
 
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                   "enable.auto.commit": False, "partition.assignment.strategy": a.assignor})

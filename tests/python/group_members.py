@@ -16,7 +16,9 @@ class Members:
 
     def start(self, *names):
         for name in names:
-            t = threading.Thread(target=self._run, args=(name,))
+            # Daemon threads: a script that fails ends at once, not after a member stuck in a
+            # client call it cannot interrupt.
+            t = threading.Thread(target=self._run, args=(name,), daemon=True)
             self._threads.append(t)
             t.start()
 
