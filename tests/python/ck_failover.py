@@ -32,7 +32,7 @@ while time.time() - t0 < a.seconds:
         p.poll(ahead)
         continue
     try:
-        p.produce(a.topic, key=str(i % 64), value=f"{time.time():.6f} {i}")
+        p.produce(a.topic, key=str(i % 64), value=f"{time.time():.6f} {i}", on_delivery=done)
         i += 1
     except BufferError:
         p.poll(0.05)

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use e2e::acked::{Producer, everything, read_acked, settled, verify};
-use e2e::clients::kcat;
+use e2e::clients::{kcat, python};
 use e2e::hub::{Hub, HubSpec};
 use e2e::wait_until;
 
@@ -293,6 +293,75 @@ fn losing_the_witness_stops_nothing() {
     assert_eq!(hub.metric(1, "broker_cluster_brokers_fenced"), Some(0.0));
     hub.witness.as_mut().unwrap().restart();
     hub.wait_healthy(1, T);
+}
+
+/// A consumer group's committed offsets live in `__consumer_offsets`, replicated like any
+/// topic: when the site of the group's coordinator dies, the coordinator moves with the
+/// partition's leadership and a new member resumes exactly after the committed offsets.
+#[test]
+fn a_groups_committed_offsets_and_coordinator_survive_the_loss_of_its_site() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--idempotence",
+            "--count",
+            "3000",
+        ],
+    );
+    let report = producer.finish(T);
+    assert_eq!(report["acked"], 3000, "{report}");
+    let group = |phase: &str, n: &str, bootstrap: &str| {
+        let count_flag = if phase == "commit" {
+            "--count"
+        } else {
+            "--expect"
+        };
+        let args = [
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            "orders",
+            "--group",
+            "billing",
+            "--phase",
+            phase,
+            count_flag,
+            n,
+        ];
+        python("ck_group_resume.py", &args, T)
+    };
+    let first = group("commit", "1200", &bootstrap);
+    let coordinator = first["coordinator"].as_u64().expect("coordinator id") as u32;
+    let committed: u64 = first["committed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|o| o.as_u64().unwrap())
+        .sum();
+    assert!(committed >= 1200, "{first}");
+
+    let lost = hub.site_of(coordinator);
+    hub.kill_site(lost);
+    let survivors = hub.bootstrap();
+    let rest = (3000 - committed).to_string();
+    let second = group("resume", &rest, &survivors);
+    for (p, offset) in first["committed"].as_object().unwrap() {
+        // A partition with nothing left after its commit has no first read; the rest resume
+        // exactly at the committed offset.
+        if let Some(resumed) = second["first"].get(p) {
+            assert_eq!(resumed, offset, "partition {p}: {first} then {second}");
+        }
+    }
+    assert_eq!(second["read"].as_u64(), Some(3000 - committed), "{second}");
 }
 
 /// Each broker in turn stops (SIGTERM: a controlled shutdown hands its leaderships over first)

@@ -232,30 +232,45 @@ impl Fetcher {
             .into_iter()
             .map(|(p, e)| (p.key(), (p, e)))
             .collect();
+        let mut appended = Vec::with_capacity(by_key.len());
         for t in response.responses {
             for data in t.partitions {
                 let key = PartitionKey {
                     topic: t.topic_id,
                     index: data.partition_index,
                 };
-                if let Some((p, e)) = by_key.get(&key)
-                    && let Err(err) = self.apply(p, *e, data).await
-                {
-                    tracing::warn!(topic = %p.topic, partition = p.index, error = %err, "applying fetched data failed");
+                let Some((p, e)) = by_key.get(&key) else {
+                    continue;
+                };
+                match self.apply(p, *e, data).await {
+                    Ok(Some(a)) => appended.push(a),
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %err, "applying fetched data failed")
+                    }
                 }
+            }
+        }
+        // Every partition's flusher fsyncs its own segment, so the answers' fsyncs run side by
+        // side: a round costs about one fsync, not one per partition, and acks=all waits on
+        // the slowest follower's round.
+        let finished = futures::future::join_all(appended.iter().map(Appended::finish)).await;
+        for (a, r) in appended.iter().zip(finished) {
+            if let Err(err) = r {
+                tracing::warn!(topic = %a.partition.topic, partition = a.partition.index, error = %err, "finishing fetched data failed");
             }
         }
         Ok(())
     }
 
-    /// Apply one partition's answer: truncate on divergence, append, flush, then take the
-    /// leader's high watermark.
+    /// Apply one partition's answer: truncate on divergence or append. What is appended is
+    /// made durable, and the leader's high watermark taken, by [`Appended::finish`].
     async fn apply(
         &self,
         p: &Arc<Partition>,
         epoch: LeaderEpoch,
         data: PartitionData,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Appended>, String> {
         let code = data.error_code;
         if code == ResponseError::OffsetOutOfRange.code() {
             // Only a leader whose log starts after ours ends (retention, DeleteRecords) makes
@@ -272,13 +287,13 @@ impl Fetcher {
                 tracing::warn!(topic = %p.topic, partition = p.index, fetch_offset = offsets.log_end, "the leader answered offset out of range; retrying");
                 tokio::time::sleep(RETRY).await;
             }
-            return Ok(());
+            return Ok(None);
         }
         if code != 0 {
             // Not leader, fenced or unknown epoch: the metadata will tell us the new leader.
             tracing::debug!(topic = %p.topic, partition = p.index, code, "leader refused the fetch");
             tokio::time::sleep(RETRY).await;
-            return Ok(());
+            return Ok(None);
         }
         if data.diverging_epoch.epoch >= 0 {
             // The leader's history of that epoch ends at `end_offset`; ours may end earlier
@@ -298,26 +313,53 @@ impl Fetcher {
             };
             tracing::info!(topic = %p.topic, partition = p.index, epoch = theirs.0, leader_end = theirs.1, at = cut, "log diverged from the leader's: truncating");
             p.truncate_to(cut).await.map_err(|e| e.to_string())?;
-            return Ok(());
+            return Ok(None);
         }
+        let mut end = None;
         if let Some(records) = data.records.filter(|r| !r.is_empty()) {
             let batches = durable_log::split_batches(&records).map_err(|e| e.to_string())?;
             if !batches.is_empty() {
-                let end = p
-                    .append_as_follower(batches, epoch)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                p.wait_durable(end).await.map_err(|e| e.to_string())?;
+                end = Some(
+                    p.append_as_follower(batches, epoch)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
         }
-        if data.high_watermark >= 0 {
-            p.leader_high_watermark(data.high_watermark);
+        Ok(Some(Appended {
+            partition: Arc::clone(p),
+            end,
+            high_watermark: data.high_watermark,
+            log_start: data.log_start_offset,
+        }))
+    }
+}
+
+/// One partition's fetched answer, appended and not yet known durable.
+struct Appended {
+    partition: Arc<Partition>,
+    /// The log end after the append; `None` when the answer carried no records.
+    end: Option<i64>,
+    high_watermark: i64,
+    log_start: i64,
+}
+
+impl Appended {
+    /// Wait until the append is fsynced (the next fetch offset must be durable), then take the
+    /// leader's high watermark and log start.
+    async fn finish(&self) -> Result<(), String> {
+        let p = &self.partition;
+        if let Some(end) = self.end {
+            p.wait_durable(end).await.map_err(|e| e.to_string())?;
+        }
+        if self.high_watermark >= 0 {
+            p.leader_high_watermark(self.high_watermark);
         }
         // DeleteRecords and retention on the leader move its log start: follow it (never past
         // what this replica has).
         let local = p.offsets();
-        if data.log_start_offset > local.log_start && data.log_start_offset <= local.log_end {
-            p.delete_records(data.log_start_offset)
+        if self.log_start > local.log_start && self.log_start <= local.log_end {
+            p.delete_records(self.log_start)
                 .await
                 .map_err(|e| e.to_string())?;
         }

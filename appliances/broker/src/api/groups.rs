@@ -248,7 +248,13 @@ pub async fn offset_commit(st: &BrokerState, r: OffsetCommitRequest) -> OffsetCo
                 .is_some_and(|m| m.len() > MAX_OFFSET_METADATA)
             {
                 err(ResponseError::OffsetMetadataTooLarge)
-            } else if st.topics.partition(&t.name.0, p.partition_index).is_none() {
+            } else if !st
+                .topics
+                .get(&t.name.0)
+                .is_some_and(|topic| (0..topic.partitions).contains(&p.partition_index))
+            {
+                // The partition must exist in the cluster, not here: a coordinator need not
+                // hold a replica of the partitions its groups consume.
                 err(ResponseError::UnknownTopicOrPartition)
             } else {
                 commits.push(OffsetCommit {
