@@ -51,6 +51,8 @@ pub enum RegistryError {
     UnsupportedSchemaType(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("HTTP 404 Not Found")]
+    NoSuchRoute,
     #[error("Error while storing the schema: {0}")]
     Store(String),
     #[error("Error while forwarding the request to the registry's leader: {0}")]
@@ -79,6 +81,7 @@ impl RegistryError {
             OperationNotPermitted(_) => (422, 42205),
             ReferenceExists { .. } => (422, 42206),
             BadRequest(_) => (400, 400),
+            NoSuchRoute => (404, 404),
             Store(_) => (500, 50001),
             Forwarding(_) => (500, 50003),
         }

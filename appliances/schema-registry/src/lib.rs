@@ -3,12 +3,15 @@
 //! ([`avro`]), the state as records of the compacted `_schemas` topic ([`records`]) and the
 //! state machine those records drive ([`store`]), with Confluent's errors ([`error`]).
 
+pub mod api;
 pub mod avro;
 pub mod compat;
 pub mod error;
 pub mod records;
 pub mod store;
 
+#[cfg(test)]
+mod api_tests;
 #[cfg(test)]
 mod compat_tests;
 #[cfg(test)]

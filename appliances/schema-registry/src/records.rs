@@ -129,6 +129,9 @@ pub struct IdHighWaterValue {
     pub id: i32,
 }
 
+/// A record's key and value bytes as `_schemas` holds them (`None`: a tombstone).
+pub type RawRecord = (Vec<u8>, Option<Vec<u8>>);
+
 /// A decoded record: what the key names and its new value (`None`: removed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -197,7 +200,7 @@ impl Record {
     }
 
     /// The key and value bytes to append.
-    pub fn encode(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    pub fn encode(&self) -> RawRecord {
         fn json<T: Serialize>(v: &T) -> Vec<u8> {
             serde_json::to_vec(v).expect("registry records serialize")
         }

@@ -3,12 +3,12 @@
 //! leaves it.
 
 use crate::error::RegistryError;
-use crate::records::{Mode, Record, Reference};
+use crate::records::{Mode, RawRecord, Record, Reference};
 use crate::store::{Limits, RegisterRequest, Store, VersionSpec};
 
 /// A `_schemas` log and the store that has applied all of it.
 struct Registry {
-    log: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    log: Vec<RawRecord>,
     store: Store,
 }
 
@@ -45,7 +45,7 @@ impl Registry {
     }
 
     /// A store rebuilt from `log`.
-    fn replay(log: &[(Vec<u8>, Option<Vec<u8>>)]) -> Store {
+    fn replay(log: &[RawRecord]) -> Store {
         let mut store = Store::new(Limits::default());
         for (k, v) in log {
             store.apply(Record::decode(k, v.as_deref()).unwrap());
@@ -54,7 +54,7 @@ impl Registry {
     }
 
     /// The log as compaction leaves it: the newest record per key, tombstones removed.
-    fn compacted(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn compacted(&self) -> Vec<RawRecord> {
         let mut newest = std::collections::HashMap::new();
         for (i, (k, _)) in self.log.iter().enumerate() {
             newest.insert(k.clone(), i);
