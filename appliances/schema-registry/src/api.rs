@@ -51,6 +51,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub body: &'a [u8],
+    /// Already forwarded by another broker: answered here or refused, never forwarded again.
+    pub forwarded: bool,
 }
 
 /// The answer: a status and a JSON body, or "forward this request to the writer".
@@ -110,6 +112,11 @@ impl Registry {
         if write {
             match self.backend.writer() {
                 Writer::Local => {}
+                Writer::Remote(_) if req.forwarded => {
+                    return Answer::error(&RegistryError::Forwarding(
+                        "the writer moved while the request was forwarded; retry".into(),
+                    ));
+                }
                 Writer::Remote(url) => return Answer::Forward(url),
                 Writer::Unknown => {
                     return Answer::error(&RegistryError::Forwarding(

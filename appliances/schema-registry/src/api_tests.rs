@@ -11,10 +11,11 @@ use crate::error::RegistryError;
 use crate::records::{RawRecord, Record};
 use crate::store::{Limits, Store};
 
-struct MemLog {
+/// `_schemas` in memory; shared with the server's tests.
+pub(crate) struct MemLog {
     store: Arc<RwLock<Store>>,
     records: Mutex<Vec<RawRecord>>,
-    writer: Mutex<Writer>,
+    pub(crate) writer: Mutex<Writer>,
 }
 
 #[async_trait::async_trait]
@@ -37,7 +38,7 @@ impl Backend for MemLog {
     }
 }
 
-fn registry() -> (Registry, Arc<MemLog>) {
+pub(crate) fn registry() -> (Registry, Arc<MemLog>) {
     let store = Arc::new(RwLock::new(Store::new(Limits::default())));
     let log = Arc::new(MemLog {
         store: Arc::clone(&store),
@@ -65,6 +66,7 @@ async fn call(r: &Registry, method: &str, target: &str, body: Json) -> (u16, Jso
             path,
             query,
             body: &body,
+            forwarded: false,
         })
         .await
     {
@@ -341,6 +343,7 @@ async fn deletes_and_bad_requests() {
             path: "/subjects/s/versions",
             query: None,
             body: raw,
+            forwarded: false,
         })
         .await
     else {
@@ -372,7 +375,7 @@ async fn deletes_and_bad_requests() {
     *log.writer.lock() = Writer::Remote("http://10.0.0.2:8081".into());
     let body = serde_json::to_vec(&json!({"schema": V2})).unwrap();
     assert!(
-        matches!(r.handle(Request { method: "POST", path: "/subjects/x/versions", query: None, body: &body }).await, Answer::Forward(u) if u == "http://10.0.0.2:8081")
+        matches!(r.handle(Request { method: "POST", path: "/subjects/x/versions", query: None, body: &body, forwarded: false }).await, Answer::Forward(u) if u == "http://10.0.0.2:8081")
     );
     assert_eq!(
         call(&r, "GET", "/subjects", Json::Null).await.1,
@@ -391,6 +394,7 @@ fn handling_is_send() {
         path: "/",
         query: None,
         body: &[],
+        forwarded: false,
     });
     send(&fut);
 }

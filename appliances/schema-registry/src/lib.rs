@@ -8,11 +8,14 @@ pub mod avro;
 pub mod compat;
 pub mod error;
 pub mod records;
+pub mod server;
 pub mod store;
 
 #[cfg(test)]
 mod api_tests;
 #[cfg(test)]
 mod compat_tests;
+#[cfg(test)]
+mod server_tests;
 #[cfg(test)]
 mod store_tests;

@@ -1,0 +1,215 @@
+//! The registry's HTTP listener (:8081): HTTP/1.1 over a stream the caller accepted (plain TCP
+//! today; TLS plugs in as another stream), each request checked by the [`Gate`] with the
+//! caller's identity, answered by [`Registry::handle`], or forwarded to the writer when it is
+//! a write and another broker writes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::api::{Answer, CONTENT_TYPE, Registry, Request};
+use crate::error::RegistryError;
+
+/// Who is calling: the connection's peer and, once the security layer establishes one, its
+/// principal (`None`: anonymous).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub peer: SocketAddr,
+    pub principal: Option<Arc<str>>,
+}
+
+/// The one check every request passes (ACLs per subject plug in here).
+pub trait Gate: Send + Sync {
+    fn allow(&self, caller: &Caller, method: &str, path: &str) -> bool;
+}
+
+/// Everyone may do everything: the registry before the security layer.
+pub struct Open;
+
+impl Gate for Open {
+    fn allow(&self, _: &Caller, _: &str, _: &str) -> bool {
+        true
+    }
+}
+
+/// Limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// The largest request body read (a schema is bounded separately, and smaller).
+    pub body_bytes_max: usize,
+    /// How long a forwarded write may take at the writer.
+    pub forward_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            body_bytes_max: 4 << 20,
+            forward_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve HTTP/1.1 on one accepted connection until it closes.
+pub async fn serve_connection<S>(
+    stream: S,
+    caller: Caller,
+    registry: Arc<Registry>,
+    gate: Arc<dyn Gate>,
+    limits: ServerLimits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let (registry, gate, caller) = (Arc::clone(&registry), Arc::clone(&gate), caller.clone());
+        async move { Ok::<_, Infallible>(answer(req, &caller, &registry, gate.as_ref(), limits).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "registry connection ended");
+    }
+}
+
+async fn answer(
+    req: hyper::Request<Incoming>,
+    caller: &Caller,
+    registry: &Registry,
+    gate: &dyn Gate,
+    limits: ServerLimits,
+) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let parts_headers = req.headers().clone();
+    if !gate.allow(caller, &method, &path) {
+        return json_response(
+            403,
+            &serde_json::json!({"error_code": 40301, "message": "User is denied operation on this resource."}),
+        );
+    }
+    let body = match Limited::new(req.into_body(), limits.body_bytes_max)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let err = RegistryError::BadRequest(format!(
+                "the request body could not be read (limit {} bytes): {e}",
+                limits.body_bytes_max
+            ));
+            return json_response(
+                err.codes().0,
+                &serde_json::to_value(err.body()).expect("error bodies serialize"),
+            );
+        }
+    };
+    let forwarded = headers_forwarded(&parts_headers);
+    let request = Request {
+        method: &method,
+        path: &path,
+        query: query.as_deref(),
+        body: &body,
+        forwarded,
+    };
+    match registry.handle(request).await {
+        Answer::Json(status, json) => json_response(status, &json),
+        Answer::Forward(base) => {
+            let target = match &query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            match tokio::time::timeout(
+                limits.forward_timeout,
+                forward(&base, &method, &target, body),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => error_response(RegistryError::Forwarding(e)),
+                Err(_) => error_response(RegistryError::Forwarding(format!(
+                    "{base} did not answer within {:?}",
+                    limits.forward_timeout
+                ))),
+            }
+        }
+    }
+}
+
+fn error_response(e: RegistryError) -> Response<Full<Bytes>> {
+    json_response(
+        e.codes().0,
+        &serde_json::to_value(e.body()).expect("error bodies serialize"),
+    )
+}
+
+fn json_response(status: u16, json: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", CONTENT_TYPE)
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("a response with a valid status and header")
+}
+
+/// Marks a request one broker forwarded to the writer: it is never forwarded again (two
+/// brokers that each think the other writes would otherwise pass it back and forth).
+const FORWARDED: &str = "x-clk-registry-forwarded";
+
+fn headers_forwarded(h: &hyper::HeaderMap) -> bool {
+    h.contains_key(FORWARDED)
+}
+
+/// Send the request to the writer's registry (`base`: `http://host:port`) and relay its answer.
+async fn forward(
+    base: &str,
+    method: &str,
+    target: &str,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, String> {
+    let authority = base
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", authority)
+        .header("content-type", CONTENT_TYPE)
+        .header(FORWARDED, "1")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("{authority}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", CONTENT_TYPE)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())
+}
