@@ -417,18 +417,16 @@ impl Partition {
         offset: i64,
         epoch: LeaderEpoch,
     ) -> Result<(), PartitionError> {
-        let me = Arc::clone(self);
+        // In memory only, under the replica lock (held briefly, as the flusher holds it): no
+        // blocking-pool round trip for every partition of every follower fetch.
         let now = mono_ms();
-        self.blocking(move || {
-            let mut r = me.replica.lock();
-            if !r.is_leader() || r.leader_epoch() != epoch {
-                return Err(PartitionError::NotLeader(epoch));
-            }
-            r.on_follower_fetch(follower, Offset(offset), now)?;
-            me.publish(&r);
-            Ok(())
-        })
-        .await
+        let mut r = self.replica.lock();
+        if !r.is_leader() || r.leader_epoch() != epoch {
+            return Err(PartitionError::NotLeader(epoch));
+        }
+        r.on_follower_fetch(follower, Offset(offset), now)?;
+        self.publish(&r);
+        Ok(())
     }
 
     /// Append batches fetched from the leader of `epoch` (offsets as they are). Returns the
@@ -617,8 +615,11 @@ impl Partition {
 
     /// The newest epoch in the local log and where it ends (a follower's `last_fetched_epoch`).
     pub async fn last_epoch(self: &Arc<Self>) -> Result<Option<i32>, PartitionError> {
-        self.with_log(|log| log.epochs().latest().map(|e| e.epoch))
-            .await
+        // The epoch cache is in memory: read it under the log lock here rather than on the
+        // blocking pool (followers ask for every partition before every fetch).
+        let guard = self.log.lock();
+        let log = guard.as_ref().ok_or(PartitionError::Deleted)?;
+        Ok(log.epochs().latest().map(|e| e.epoch))
     }
 
     /// DeleteRecords: move the log start offset to `offset` (durable on return).

@@ -30,6 +30,39 @@ pub(super) fn declared_size(content_length: Option<i64>) -> S3Result<u64> {
     Ok(size)
 }
 
+/// How much of a refused upload's body is read before the answer, at most.
+const DRAIN_BYTES_MAX: u64 = 64 << 20;
+const DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuse an upload with `err` only after reading what the client sends, within bounds. An
+/// HTTP/1 server that answers before the body is read closes the connection with the body
+/// still arriving; the client's kernel then sees a reset and drops the answer, so the client
+/// reports "connection reset" instead of the 507 or 404 it was given (what nginx's lingering
+/// close avoids). A client that sent `Expect: 100-continue` has not sent its body: it is
+/// answered at once.
+pub(super) async fn refuse(
+    body: Option<StreamingBlob>,
+    headers: &hyper::HeaderMap,
+    err: S3Error,
+) -> S3Error {
+    let expects_continue = headers
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let (Some(mut body), false) = (body, expects_continue) {
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len() as u64;
+                if read > DRAIN_BYTES_MAX {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME_MAX, drain).await;
+    }
+    err
+}
+
 /// What a request says about its body's integrity, before the body is read.
 pub(super) struct Claims {
     /// Checksums given in headers (trailers are added once the body is read).

@@ -87,11 +87,15 @@ pub(super) async fn upload_part(
     let size = body::declared_size(i.content_length)?;
     let store = g.store.clone();
     let (bucket, key, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
-    let (info, upload) = blocking(move || {
+    let began = blocking(move || {
         let info = store.multipart(&bucket, &key, &id)?;
         Ok((info, store.begin_upload(&bucket, size)?))
     })
-    .await?;
+    .await;
+    let (info, upload) = match began {
+        Ok(began) => began,
+        Err(e) => return Err(body::refuse(i.body, &req.headers, e).await),
+    };
     let mut claims = Claims::new(
         &req.headers,
         i.checksum_algorithm.as_ref(),

@@ -83,7 +83,10 @@ pub(super) async fn put_object(
     )?;
     let store = g.store.clone();
     let bucket = input.bucket.clone();
-    let upload = blocking(move || store.begin_upload(&bucket, size)).await?;
+    let upload = match blocking(move || store.begin_upload(&bucket, size)).await {
+        Ok(upload) => upload,
+        Err(e) => return Err(body::refuse(input.body, &req.headers, e).await),
+    };
     let received = body::receive(input.body, upload, claims).await?;
     let meta = Meta {
         content_type: input.content_type.clone(),
