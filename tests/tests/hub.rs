@@ -25,27 +25,37 @@ fn create_topic(hub: &mut Hub, topic: &str) {
     });
 }
 
+/// confluent-kafka producing `count` records (0: until stopped) to `orders` with idempotence
+/// and acks=all, `rate` per second (0: as fast as it can), appending each acknowledged one to
+/// a file (returned with the directory that holds it).
+fn produce_orders(
+    hub: &mut Hub,
+    count: u32,
+    rate: u32,
+) -> (Producer, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked.txt");
+    let bootstrap = hub.bootstrap();
+    let (count, rate) = (count.to_string(), rate.to_string());
+    let args = [
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--idempotence",
+        "--count",
+        &count,
+        "--rate",
+        &rate,
+    ];
+    (Producer::start(&acked_file, &args), acked_file, dir)
+}
+
 #[test]
 fn a_killed_site_loses_nothing_acknowledged_and_comes_back_in_sync() {
     let mut hub = Hub::start(HubSpec::two_by_two());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--count",
-            "30000",
-            "--rate",
-            "3000",
-        ],
-    );
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 30000, 3000);
     producer.wait_acked(5000, T);
     // Site A dies at once (kill -9 of both brokers; voter 1 with them). The witness and
     // site B's voter fence it; leaders move to site B; the producer goes on there.
@@ -99,23 +109,7 @@ fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
     }
     let mut hub = Hub::start(HubSpec::two_by_two_in_namespaces());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--count",
-            "30000",
-            "--rate",
-            "2500",
-        ],
-    );
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 30000, 2500);
     producer.wait_acked(3000, T);
     let goes_on = survivor(&hub);
     let fenced = other(goes_on);
@@ -151,23 +145,7 @@ fn an_isolated_site_stops_taking_writes_within_its_lease_while_the_others_go_on(
     }
     let mut hub = Hub::start(HubSpec::two_by_two_in_namespaces());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--count",
-            "25000",
-            "--rate",
-            "2500",
-        ],
-    );
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 25000, 2500);
     producer.wait_acked(3000, T);
     // What site A leads before the cut (it keeps believing so: it hears no metadata).
     let bootstrap = hub.bootstrap();
@@ -264,23 +242,7 @@ fn log_times(log: &str, matches: impl Fn(&serde_json::Value) -> bool) -> Vec<Str
 fn losing_the_witness_stops_nothing() {
     let mut hub = Hub::start(HubSpec::two_by_two());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--count",
-            "20000",
-            "--rate",
-            "2500",
-        ],
-    );
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 20000, 2500);
     producer.wait_acked(3000, T);
     hub.witness.as_mut().unwrap().kill9();
     let report = producer.finish(Duration::from_secs(240));
@@ -302,21 +264,7 @@ fn losing_the_witness_stops_nothing() {
 fn a_groups_committed_offsets_and_coordinator_survive_the_loss_of_its_site() {
     let mut hub = Hub::start(HubSpec::two_by_two());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--count",
-            "3000",
-        ],
-    );
+    let (producer, _acked_file, _dir) = produce_orders(&mut hub, 3000, 0);
     let report = producer.finish(T);
     assert_eq!(report["acked"], 3000, "{report}");
     let group = |phase: &str, n: &str, bootstrap: &str| {
@@ -339,7 +287,7 @@ fn a_groups_committed_offsets_and_coordinator_survive_the_loss_of_its_site() {
         ];
         python("ck_group_resume.py", &args, T)
     };
-    let first = group("commit", "1200", &bootstrap);
+    let first = group("commit", "1200", &hub.bootstrap());
     let coordinator = first["coordinator"].as_u64().expect("coordinator id") as u32;
     let committed: u64 = first["committed"]
         .as_object()
@@ -370,21 +318,7 @@ fn a_groups_committed_offsets_and_coordinator_survive_the_loss_of_its_site() {
 fn a_rolling_restart_of_every_broker_loses_nothing() {
     let mut hub = Hub::start(HubSpec::two_by_two());
     create_topic(&mut hub, "orders");
-    let dir = tempfile::tempdir().unwrap();
-    let acked_file = dir.path().join("acked.txt");
-    let bootstrap = hub.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--idempotence",
-            "--rate",
-            "2000",
-        ],
-    );
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 0, 2000);
     producer.wait_acked(2000, T);
     let nodes: Vec<u32> = hub.brokers.keys().copied().collect();
     for n in nodes {
@@ -656,26 +590,27 @@ fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
     let before: Vec<(u32, f64)> = (1..=4)
         .map(|n| (n, hub.metric(n, bytes_out).unwrap_or(0.0)))
         .collect();
-    let read = kcat(
-        &[
-            "-b",
-            &bootstrap,
-            "-C",
-            "-t",
-            "orders",
-            "-p",
-            &p.to_string(),
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-X",
-            "client.rack=site-b",
-        ],
-        None,
-        T,
-    );
-    assert!(read.lines().count() > 0, "partition {p} holds records");
+    // A follower learns the high watermark from its next fetch's answer, so a read from one
+    // may at first find nothing committed yet (as in Kafka): read until records come.
+    let partition = p.to_string();
+    let args = [
+        "-b",
+        &bootstrap,
+        "-C",
+        "-t",
+        "orders",
+        "-p",
+        &partition,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-X",
+        "client.rack=site-b",
+    ];
+    wait_until("records read from a replica in site-b", T, || {
+        (kcat(&args, None, T).lines().count() > 0).then_some(())
+    });
     let served: Vec<(u32, f64)> = before
         .iter()
         .map(|(n, b)| (*n, hub.metric(*n, bytes_out).unwrap_or(0.0) - b))
