@@ -560,9 +560,11 @@ fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
     let mut hub = Hub::start(HubSpec::two_by_two());
     create_topic(&mut hub, "orders");
     let bootstrap = hub.bootstrap();
-    let lines: String = (0..600).map(|i| format!("r{i}\n")).collect();
+    // Keyed, so that every partition gets records (librdkafka's sticky partitioner would put
+    // keyless ones in a few partitions, perhaps none led in site-a).
+    let lines: String = (0..600).map(|i| format!("k{i}:r{i}\n")).collect();
     kcat(
-        &["-b", &bootstrap, "-P", "-t", "orders", "-X", "acks=all"],
+        &["-b", &bootstrap, "-P", "-K:", "-t", "orders", "-X", "acks=all"],
         Some(lines.as_bytes()),
         T,
     );
