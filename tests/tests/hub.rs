@@ -564,7 +564,9 @@ fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
     // keyless ones in a few partitions, perhaps none led in site-a).
     let lines: String = (0..600).map(|i| format!("k{i}:r{i}\n")).collect();
     kcat(
-        &["-b", &bootstrap, "-P", "-K:", "-t", "orders", "-X", "acks=all"],
+        &[
+            "-b", &bootstrap, "-P", "-K:", "-t", "orders", "-X", "acks=all",
+        ],
         Some(lines.as_bytes()),
         T,
     );

@@ -65,6 +65,16 @@ pub struct BrokerConfig {
     pub quorum: quorum::config::QuorumListener,
     #[serde(default)]
     pub replication: ReplicationSettings,
+    /// The Schema Registry's HTTP listener (Confluent's REST API); absent, no registry.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryListener>,
+}
+
+/// Where the broker serves the Schema Registry (`:8081` in the hub's port table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryListener {
+    pub listen: SocketAddr,
 }
 
 /// Partition replication between brokers.
@@ -304,6 +314,7 @@ impl BrokerConfig {
             cluster: None,
             quorum: quorum::config::QuorumListener::default(),
             replication: ReplicationSettings::default(),
+            schema_registry: None,
         }
     }
 

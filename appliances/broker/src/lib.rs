@@ -23,6 +23,7 @@ pub mod partition;
 pub mod producer_ids;
 pub mod replica;
 pub mod replica_manager;
+pub mod schemas;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -47,6 +47,8 @@ pub struct BrokerHandle {
     pub quorum_addr: Option<SocketAddr>,
     /// The replication listener, when one is configured apart from the Kafka listener.
     pub replication_addr: Option<SocketAddr>,
+    /// The Schema Registry's listener, when configured.
+    pub registry_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
     data_dir: DataDir,
     shutdown: CancellationToken,
@@ -71,28 +73,49 @@ fn offsets_topic_configs() -> BTreeMap<String, String> {
 /// Make sure the offsets topic exists: created by whichever broker gets there first, as soon
 /// as enough brokers have registered for its replication factor.
 async fn ensure_offsets_topic(state: Arc<BrokerState>, shutdown: CancellationToken) {
-    let rf = state.config.topics.replication_factor;
     let partitions = state.config.groups.offsets_partitions;
+    ensure_topic(
+        &state,
+        OFFSETS_TOPIC,
+        partitions,
+        offsets_topic_configs(),
+        shutdown,
+    )
+    .await
+}
+
+/// The Schema Registry's topic: one partition (one writer, one order), kept forever.
+async fn ensure_schemas_topic(state: Arc<BrokerState>, shutdown: CancellationToken) {
+    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ensure_topic(&state, crate::schemas::SCHEMAS_TOPIC, 1, configs, shutdown).await
+}
+
+/// Create an internal topic unless it exists, retrying until enough brokers have registered
+/// for the replication factor.
+async fn ensure_topic(
+    state: &BrokerState,
+    name: &str,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+    shutdown: CancellationToken,
+) {
+    let rf = state.config.topics.replication_factor;
     loop {
-        if state.topics.get(OFFSETS_TOPIC).is_some() {
+        if state.topics.get(name).is_some() {
             return;
         }
         let created = state
             .topics
-            .create_unchecked(
-                OFFSETS_TOPIC,
-                None,
-                partitions,
-                rf,
-                offsets_topic_configs(),
-                false,
-            )
+            .create_unchecked(name, None, partitions, rf, configs.clone(), false)
             .await;
         match created {
             Ok(_) => return,
             Err(crate::topics::TopicError::AlreadyExists(_)) => return,
             Err(e) => {
-                tracing::info!(error = %e, "the offsets topic cannot be created yet; retrying")
+                tracing::info!(topic = name, error = %e, "an internal topic cannot be created yet; retrying")
             }
         }
         tokio::select! {
@@ -349,6 +372,10 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         retention_every,
         shutdown.clone(),
     ));
+    let registry_addr = match state.config.schema_registry.clone() {
+        Some(l) => Some(serve_schema_registry(&state, l.listen, &shutdown).await?),
+        None => None,
+    };
     health.set_ok("kafka_listener");
     tracing::info!(
         %kafka_addr, advertised = ?state.advertised, admin = %admin.local_addr,
@@ -360,12 +387,62 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         admin_addr: admin.local_addr,
         quorum_addr: cluster.quorum_addr,
         replication_addr,
+        registry_addr,
         state,
         data_dir,
         shutdown,
         connections,
         health,
     })
+}
+
+/// Start the Schema Registry: its topic, the tail that keeps this broker's copy of the state,
+/// and the HTTP listener. Returns the listener's address.
+async fn serve_schema_registry(
+    state: &Arc<BrokerState>,
+    listen: SocketAddr,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    use schema_registry::server::{Caller, Open, ServerLimits, serve_connection};
+    tokio::spawn(ensure_schemas_topic(Arc::clone(state), shutdown.clone()));
+    let store = Arc::new(parking_lot::RwLock::new(
+        schema_registry::store::Store::new(Default::default()),
+    ));
+    let log = crate::schemas::SchemasLog::new(Arc::clone(state), Arc::clone(&store));
+    tokio::spawn(Arc::clone(&log).tail(shutdown.clone()));
+    let registry = Arc::new(schema_registry::api::Registry::new(store, log));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the schema registry listener {listen}"))?;
+    let addr = listener.local_addr()?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "schema registry accept failed");
+                        continue;
+                    }
+                },
+            };
+            let caller = Caller {
+                peer,
+                principal: None,
+            };
+            tokio::spawn(serve_connection(
+                stream,
+                caller,
+                Arc::clone(&registry),
+                Arc::new(Open),
+                ServerLimits::default(),
+            ));
+        }
+    });
+    tracing::info!(%addr, "schema registry listening");
+    Ok(addr)
 }
 
 /// Whether this broker serves Kafka clients now: only while its lease is valid. A broker cut

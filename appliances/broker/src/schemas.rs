@@ -1,0 +1,209 @@
+//! The Schema Registry's log: the `_schemas` topic (one partition, replicated like any topic)
+//! as the [`schema_registry::api::Backend`] of this broker's registry.
+//!
+//! Every broker that holds a replica of `_schemas` tails it up to the high watermark and
+//! applies each record to its in-memory [`Store`] (so reads never see a record that a leader
+//! change could still remove). The writer is the partition's leader: it appends the planned
+//! records as one batch, waits until they are committed, then until its own tail has applied
+//! them, and only then answers. Brokers without a replica, or while no leader is known,
+//! answer writes with 50003 for now (forwarding to the leader's registry comes with the
+//! registry's address in the broker registration).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
+};
+use parking_lot::RwLock;
+use schema_registry::api::{Backend, Writer};
+use schema_registry::error::RegistryError;
+use schema_registry::records::Record;
+use schema_registry::store::Store;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::partition::{Partition, ReadBound, now_ms};
+use crate::state::BrokerState;
+
+pub const SCHEMAS_TOPIC: &str = "_schemas";
+
+/// How long a write waits to be committed and applied before it answers 50001.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a tail reads at once.
+const READ_BYTES_MAX: usize = 1 << 20;
+
+pub struct SchemasLog {
+    state: Arc<BrokerState>,
+    pub store: Arc<RwLock<Store>>,
+    /// The offset after the last record applied to `store`.
+    applied: watch::Sender<i64>,
+}
+
+impl SchemasLog {
+    pub fn new(state: Arc<BrokerState>, store: Arc<RwLock<Store>>) -> Arc<SchemasLog> {
+        Arc::new(SchemasLog {
+            state,
+            store,
+            applied: watch::channel(0).0,
+        })
+    }
+
+    fn partition(&self) -> Option<Arc<Partition>> {
+        self.state.topics.partition(SCHEMAS_TOPIC, 0)
+    }
+
+    /// Apply committed records as they come, until shutdown.
+    pub async fn tail(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let Some(p) = self.partition() else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            };
+            let from = *self.applied.borrow();
+            let hw = p.offsets().high_watermark;
+            if from < hw {
+                if let Err(e) = self.apply_from(&p, from).await {
+                    tracing::warn!(error = %e, "reading _schemas failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = p.wait_for_data(from.max(hw), Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Read committed batches from `from` and apply their records.
+    async fn apply_from(&self, p: &Arc<Partition>, from: i64) -> Result<(), String> {
+        let read = p
+            .read(from, READ_BYTES_MAX, true, ReadBound::HighWatermark)
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches = durable_log::split_batches(&read.records).map_err(|e| e.to_string())?;
+        let mut next = from;
+        for b in batches {
+            let records =
+                durable_log::records::decode_records(&b.bytes).map_err(|e| e.to_string())?;
+            let mut store = self.store.write();
+            for r in records.into_iter().filter(|r| r.offset >= from) {
+                let Some(key) = r.key.as_ref() else { continue };
+                match Record::decode(key, r.value.as_deref()) {
+                    Ok(record) => store.apply(record),
+                    Err(e) => {
+                        tracing::warn!(offset = r.offset, error = %e, "skipping a _schemas record")
+                    }
+                }
+            }
+            next = b.header.next_offset();
+        }
+        if next == from {
+            // Nothing whole below the high watermark yet (cannot happen for committed data);
+            // wait for the next change instead of spinning.
+            p.wait_for_data(from, Duration::from_millis(100)).await;
+        }
+        self.applied.send_if_modified(|a| {
+            let moved = next > *a;
+            *a = (*a).max(next);
+            moved
+        });
+        Ok(())
+    }
+
+    async fn wait_applied(&self, offset: i64) -> Result<(), RegistryError> {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(WRITE_TIMEOUT, rx.wait_for(|a| *a >= offset))
+            .await
+            .map_err(|_| {
+                RegistryError::Store(format!(
+                    "_schemas was not applied up to {offset} within {WRITE_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|_| RegistryError::Store("the registry is shutting down".into()))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for SchemasLog {
+    fn writer(&self) -> Writer {
+        match self.partition() {
+            Some(p) if p.is_leader() => Writer::Local,
+            _ => Writer::Unknown,
+        }
+    }
+
+    async fn catch_up(&self) -> Result<(), RegistryError> {
+        let p = self
+            .partition()
+            .ok_or_else(|| RegistryError::Forwarding("no replica of _schemas here".into()))?;
+        self.wait_applied(p.offsets().log_end).await
+    }
+
+    async fn write(&self, records: Vec<Record>) -> Result<(), RegistryError> {
+        let p = self
+            .partition()
+            .ok_or_else(|| RegistryError::Forwarding("no replica of _schemas here".into()))?;
+        let batch = encode(&records);
+        let batches =
+            durable_log::split_batches(&batch).map_err(|e| RegistryError::Store(e.to_string()))?;
+        let (result, epoch) = p
+            .append(batches)
+            .await
+            .map_err(|e| RegistryError::Store(e.to_string()))?;
+        let end = result.last_offset + 1;
+        tokio::time::timeout(WRITE_TIMEOUT, p.wait_committed(end, epoch))
+            .await
+            .map_err(|_| {
+                RegistryError::Store(format!(
+                    "_schemas was not committed within {WRITE_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| RegistryError::Store(e.to_string()))?;
+        self.wait_applied(end).await
+    }
+}
+
+/// The records as one uncompressed batch with JSON keys and values.
+fn encode(records: &[Record]) -> Bytes {
+    let now = now_ms();
+    let records: Vec<KRecord> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (key, value) = r.encode();
+            KRecord {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: KTs::Creation,
+                offset: i as i64,
+                sequence: -1 + i as i32,
+                timestamp: now,
+                key: Some(key.into()),
+                value: value.map(Into::into),
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encoding uncompressed records cannot fail");
+    buf.freeze()
+}
