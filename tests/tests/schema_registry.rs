@@ -58,6 +58,10 @@ fn confluent_kafka_avro_serdes_register_evolve_and_are_refused_incompatible_chan
     );
     assert_eq!(new[9]["unit"], "K", "{r}");
 
+    let metric = |name: &str| e2e::clients::metric(&b.metrics_url(), name);
+    assert_eq!(metric("schema_registry_subjects"), Some(1.0));
+    assert_eq!(metric("schema_registry_schemas"), Some(2.0));
+
     // A restart rebuilds the registry from `_schemas`: the same ids and versions.
     b.stop();
     b.restart();

@@ -175,6 +175,11 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     registry.register_collector(Box::new(SharedCollector(Arc::clone(&cluster_metrics))));
     let quorum_metrics = Arc::new(std::sync::OnceLock::new());
     registry.register_collector(Box::new(LateQuorumCollector(Arc::clone(&quorum_metrics))));
+    let registry_metrics = config.schema_registry.is_some().then(|| {
+        Arc::new(schema_registry::metrics::RegistryMetrics::register(
+            &mut registry,
+        ))
+    });
     let health = Arc::new(Health::new());
     health.require("quorum", "joining the cluster");
     health.require("storage", "recovering logs");
@@ -372,9 +377,9 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         retention_every,
         shutdown.clone(),
     ));
-    let registry_addr = match state.config.schema_registry.clone() {
-        Some(l) => Some(serve_schema_registry(&state, l.listen, &shutdown).await?),
-        None => None,
+    let registry_addr = match (state.config.schema_registry.clone(), registry_metrics) {
+        (Some(l), Some(m)) => Some(serve_schema_registry(&state, l.listen, m, &shutdown).await?),
+        _ => None,
     };
     health.set_ok("kafka_listener");
     tracing::info!(
@@ -401,6 +406,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 async fn serve_schema_registry(
     state: &Arc<BrokerState>,
     listen: SocketAddr,
+    metrics: Arc<schema_registry::metrics::RegistryMetrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     use schema_registry::server::{Caller, Open, ServerLimits, serve_connection};
@@ -410,7 +416,7 @@ async fn serve_schema_registry(
     ));
     let log = crate::schemas::SchemasLog::new(Arc::clone(state), Arc::clone(&store));
     tokio::spawn(Arc::clone(&log).tail(shutdown.clone()));
-    let registry = Arc::new(schema_registry::api::Registry::new(store, log));
+    let registry = Arc::new(schema_registry::api::Registry::new(store, log).with_metrics(metrics));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the schema registry listener {listen}"))?;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::error::RegistryError;
+use crate::metrics::{RegistryMetrics, RequestLabels, route_template};
 use crate::records::Record;
 use crate::store::{RegisterRequest, Store, VersionSpec, VersionView};
 
@@ -77,6 +78,7 @@ impl Answer {
 pub struct Registry {
     pub store: Arc<RwLock<Store>>,
     backend: Arc<dyn Backend>,
+    metrics: Option<Arc<RegistryMetrics>>,
     /// Held by the writer from planning to applied: one write at a time, each planned against
     /// the state every earlier write left (no two registrations get one id).
     write_lock: tokio::sync::Mutex<()>,
@@ -89,11 +91,41 @@ impl Registry {
         Registry {
             store,
             backend,
+            metrics: None,
             write_lock: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// Count requests and the store's size in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<RegistryMetrics>) -> Registry {
+        self.metrics = Some(metrics);
+        self
+    }
+
     pub async fn handle(&self, req: Request<'_>) -> Answer {
+        let method = req.method.to_string();
+        let (answer, route) = self.answer(req).await;
+        if let Some(m) = &self.metrics {
+            // 0: forwarded to the writer (its status is counted there).
+            let status = match &answer {
+                Answer::Json(status, _) => *status,
+                Answer::Forward(_) => 0,
+            };
+            let labels = RequestLabels {
+                method,
+                route: route.to_string(),
+                status,
+            };
+            m.requests.get_or_create(&labels).inc();
+            let (subjects, schemas) = self.store.read().counts();
+            m.subjects.set(subjects as i64);
+            m.schemas.set(schemas as i64);
+        }
+        answer
+    }
+
+    /// The answer and the route template it was routed by.
+    async fn answer(&self, req: Request<'_>) -> (Answer, &'static str) {
         let segments: Vec<String> = req
             .path
             .trim_matches('/')
@@ -106,6 +138,7 @@ impl Registry {
             })
             .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let route = route_template(&segs);
         let query = Query::parse(req.query);
         let write = !matches!(req.method, "GET" | "HEAD")
             && !matches!(segs.as_slice(), ["compatibility", ..] | ["subjects", _]);
@@ -113,15 +146,15 @@ impl Registry {
             match self.backend.writer() {
                 Writer::Local => {}
                 Writer::Remote(_) if req.forwarded => {
-                    return Answer::error(&RegistryError::Forwarding(
+                    let e = RegistryError::Forwarding(
                         "the writer moved while the request was forwarded; retry".into(),
-                    ));
+                    );
+                    return (Answer::error(&e), route);
                 }
-                Writer::Remote(url) => return Answer::Forward(url),
+                Writer::Remote(url) => return (Answer::Forward(url), route),
                 Writer::Unknown => {
-                    return Answer::error(&RegistryError::Forwarding(
-                        "no broker leads _schemas yet; retry".into(),
-                    ));
+                    let e = RegistryError::Forwarding("no broker leads _schemas yet; retry".into());
+                    return (Answer::error(&e), route);
                 }
             }
         }
@@ -134,10 +167,11 @@ impl Registry {
         } else {
             self.route(req.method, &segs, &query, req.body).await
         };
-        match result {
+        let answer = match result {
             Ok(body) => Answer::ok(body),
             Err(e) => Answer::error(&e),
-        }
+        };
+        (answer, route)
     }
 
     async fn route(&self, method: &str, segs: &[&str], q: &Query, body: &[u8]) -> Result<Json> {

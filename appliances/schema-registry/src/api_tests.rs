@@ -398,3 +398,24 @@ fn handling_is_send() {
     });
     send(&fut);
 }
+
+/// Requests are counted by route template, never by raw path, with the store's size.
+#[tokio::test]
+async fn requests_are_counted_by_route_template() {
+    let mut prom = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(crate::metrics::RegistryMetrics::register(&mut prom));
+    let (r, _) = registry();
+    let r = r.with_metrics(metrics);
+    call(&r, "POST", "/subjects/a/versions", json!({"schema": V1})).await;
+    call(&r, "POST", "/subjects/b/versions", json!({"schema": V1})).await;
+    call(&r, "GET", "/subjects/zzz/versions/1", Json::Null).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
+    assert!(text.contains(r#"schema_registry_requests_total{method="POST",route="/subjects/{subject}/versions",status="200"} 2"#), "{text}");
+    assert!(
+        text.contains(r#"route="/subjects/{subject}/versions/{version}",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("schema_registry_subjects 2"), "{text}");
+    assert!(text.contains("schema_registry_schemas 1"), "{text}");
+}
