@@ -129,11 +129,19 @@ impl<T: Serialize + DeserializeOwned> InternalLog<T> {
 }
 
 fn encode<T: Serialize>(records: &[T]) -> Bytes {
+    encode_batch(records.iter().map(|r| {
+        let value = serde_json::to_vec(r).expect("internal records serialize");
+        (None, Some(Bytes::from(value)))
+    }))
+}
+
+/// `(key, value)` pairs as one uncompressed batch of an internal topic (offsets from 0, no
+/// producer id; the log assigns the real offsets).
+pub fn encode_batch(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>)>) -> Bytes {
     let now = now_ms();
     let records: Vec<Record> = records
-        .iter()
         .enumerate()
-        .map(|(i, r)| Record {
+        .map(|(i, (key, value))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -145,12 +153,8 @@ fn encode<T: Serialize>(records: &[T]) -> Bytes {
             // The encoder keeps records in one batch while offset - sequence is constant.
             sequence: -1 + i as i32,
             timestamp: now,
-            key: None,
-            value: Some(
-                serde_json::to_vec(r)
-                    .expect("internal records serialize")
-                    .into(),
-            ),
+            key,
+            value,
             headers: Default::default(),
         })
         .collect();

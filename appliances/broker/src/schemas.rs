@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
-};
+use bytes::Bytes;
 use parking_lot::RwLock;
 use schema_registry::api::{Backend, Writer};
 use schema_registry::error::RegistryError;
@@ -25,7 +22,7 @@ use schema_registry::store::Store;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::partition::{Partition, ReadBound, now_ms};
+use crate::partition::{Partition, ReadBound};
 use crate::state::BrokerState;
 
 pub const SCHEMAS_TOPIC: &str = "_schemas";
@@ -172,38 +169,8 @@ impl Backend for SchemasLog {
 
 /// The records as one uncompressed batch with JSON keys and values.
 fn encode(records: &[Record]) -> Bytes {
-    let now = now_ms();
-    let records: Vec<KRecord> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (key, value) = r.encode();
-            KRecord {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: KTs::Creation,
-                offset: i as i64,
-                sequence: -1 + i as i32,
-                timestamp: now,
-                key: Some(key.into()),
-                value: value.map(Into::into),
-                headers: Default::default(),
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encoding uncompressed records cannot fail");
-    buf.freeze()
+    crate::internal_log::encode_batch(records.iter().map(|r| {
+        let (key, value) = r.encode();
+        (Some(Bytes::from(key)), value.map(Bytes::from))
+    }))
 }
