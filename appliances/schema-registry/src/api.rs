@@ -28,7 +28,8 @@ pub enum Writer {
     Local,
     /// Another broker's registry, at this base URL (`http://host:8081`).
     Remote(String),
-    /// Nobody yet (no leader elected): writes answer 50003 and the client retries.
+    /// No writer known here (no leader elected, or one whose registry this broker cannot
+    /// reach yet): writes answer 50003 and the client retries.
     Unknown,
 }
 
@@ -153,7 +154,11 @@ impl Registry {
                 }
                 Writer::Remote(url) => return (Answer::Forward(url), route),
                 Writer::Unknown => {
-                    let e = RegistryError::Forwarding("no broker leads _schemas yet; retry".into());
+                    let e = RegistryError::Forwarding(
+                        "this broker does not lead _schemas and knows no registry that does; \
+                         retry, or send writes to the broker leading _schemas"
+                            .into(),
+                    );
                     return (Answer::error(&e), route);
                 }
             }
