@@ -409,7 +409,7 @@ async fn serve_schema_registry(
     metrics: Arc<schema_registry::metrics::RegistryMetrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    use schema_registry::server::{Caller, Open, ServerLimits, serve_connection};
+    use schema_registry::server::{Open, ServerLimits, serve};
     tokio::spawn(ensure_schemas_topic(Arc::clone(state), shutdown.clone()));
     let store = Arc::new(parking_lot::RwLock::new(
         schema_registry::store::Store::new(Default::default()),
@@ -423,29 +423,15 @@ async fn serve_schema_registry(
     let addr = listener.local_addr()?;
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "schema registry accept failed");
-                        continue;
-                    }
-                },
-            };
-            let caller = Caller {
-                peer,
-                principal: None,
-            };
-            tokio::spawn(serve_connection(
-                stream,
-                caller,
-                Arc::clone(&registry),
-                Arc::new(Open),
-                ServerLimits::default(),
-            ));
-        }
+        let stop = shutdown.cancelled();
+        serve(
+            listener,
+            registry,
+            Arc::new(Open),
+            ServerLimits::default(),
+            stop,
+        )
+        .await
     });
     tracing::info!(%addr, "schema registry listening");
     Ok(addr)

@@ -60,6 +60,41 @@ impl Default for ServerLimits {
     }
 }
 
+/// Accept connections on `listener` and serve each (anonymous callers: TLS and SASL set the
+/// principal later), until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    gate: Arc<dyn Gate>,
+    limits: ServerLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "schema registry accept failed");
+                    continue;
+                }
+            },
+        };
+        let caller = Caller {
+            peer,
+            principal: None,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            caller,
+            Arc::clone(&registry),
+            Arc::clone(&gate),
+            limits,
+        ));
+    }
+}
+
 /// Serve HTTP/1.1 on one accepted connection until it closes.
 pub async fn serve_connection<S>(
     stream: S,

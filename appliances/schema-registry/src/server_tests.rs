@@ -12,28 +12,19 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::{CONTENT_TYPE, Registry, Writer};
 use crate::api_tests::registry;
-use crate::server::{Caller, Gate, Open, ServerLimits, serve_connection};
+use crate::server::{Caller, Gate, Open, ServerLimits, serve};
 
 /// Serve `registry` on a loopback port; returns its address.
 async fn listen(registry: Arc<Registry>, gate: Arc<dyn Gate>, limits: ServerLimits) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = listener.accept().await.unwrap();
-            let caller = Caller {
-                peer,
-                principal: None,
-            };
-            tokio::spawn(serve_connection(
-                stream,
-                caller,
-                Arc::clone(&registry),
-                Arc::clone(&gate),
-                limits,
-            ));
-        }
-    });
+    tokio::spawn(serve(
+        listener,
+        registry,
+        gate,
+        limits,
+        std::future::pending(),
+    ));
     addr
 }
 
