@@ -32,7 +32,10 @@ def done(err, msg):
         return
     acked += 1
     if out:
-        out.write(f"{msg.partition()} {msg.offset()} {msg.value().decode()}\n")
+        # offset() is None when librdkafka acknowledged the record implicitly (a later batch
+        # of the partition succeeded after this one's answer was lost): written as -1.
+        offset = msg.offset()
+        out.write(f"{msg.partition()} {-1 if offset is None else offset} {msg.value().decode()}\n")
 
 conf = {"bootstrap.servers": a.bootstrap, "acks": a.acks, "enable.idempotence": a.idempotence,
         "linger.ms": 2, "message.timeout.ms": 120000}

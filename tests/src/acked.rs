@@ -105,24 +105,58 @@ fn report(child: Child, timeout: Duration) -> serde_json::Value {
 /// How many acknowledgements each partition got (for failure messages).
 pub fn per_partition(file: &Path) -> BTreeMap<i32, usize> {
     let mut out = BTreeMap::new();
-    for (p, _, _) in read_acked(file) {
-        *out.entry(p).or_insert(0) += 1;
+    for ack in read_acked(file) {
+        *out.entry(ack.partition).or_insert(0) += 1;
     }
     out
 }
 
-/// `(partition, offset, value)` for every acknowledgement in `file`.
-pub fn read_acked(file: &Path) -> Vec<(i32, i64, String)> {
+/// One acknowledged record as the producer's delivery report gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub partition: i32,
+    /// `None` when the client acknowledged the record without an offset: librdkafka's
+    /// idempotent producer does so when a later batch of the same partition succeeded after
+    /// this one's answer was lost (an implicit acknowledgement: the broker accepts batches only
+    /// in sequence, so the earlier one is stored). Such a record is still checked, by value.
+    pub offset: Option<i64>,
+    pub value: String,
+}
+
+impl Ack {
+    /// Stored where the acknowledgement said (anywhere in its partition when it had no offset).
+    fn is_in(&self, stored: &BTreeMap<(i32, i64), String>) -> bool {
+        match self.offset {
+            Some(o) => stored.get(&(self.partition, o)) == Some(&self.value),
+            None => stored
+                .range((self.partition, i64::MIN)..=(self.partition, i64::MAX))
+                .any(|(_, v)| *v == self.value),
+        }
+    }
+}
+
+/// Every acknowledgement in `file` (lines `partition offset value`, offset -1 when unknown).
+pub fn read_acked(file: &Path) -> Vec<Ack> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
         .map(|l| {
             let mut it = l.splitn(3, ' ');
-            (
-                it.next().unwrap().parse().unwrap(),
-                it.next().unwrap().parse().unwrap(),
-                it.next().unwrap().to_string(),
-            )
+            let mut field = |name: &str| {
+                it.next()
+                    .unwrap_or_else(|| panic!("acked line {l:?} has no {name}"))
+                    .to_string()
+            };
+            let (p, o, v) = (field("partition"), field("offset"), field("value"));
+            let number = |s: &str| -> i64 {
+                s.parse()
+                    .unwrap_or_else(|e| panic!("acked line {l:?}: {s:?} is not a number: {e}"))
+            };
+            Ack {
+                partition: number(&p) as i32,
+                offset: Some(number(&o)).filter(|o| *o >= 0),
+                value: v,
+            }
         })
         .collect()
 }
@@ -146,15 +180,13 @@ pub fn everything(bootstrap: &str, topic: &str, timeout: Duration) -> BTreeMap<(
 pub fn settled(
     bootstrap: &str,
     topic: &str,
-    acked: &[(i32, i64, String)],
+    acked: &[Ack],
     timeout: Duration,
 ) -> BTreeMap<(i32, i64), String> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let stored = everything(bootstrap, topic, timeout);
-        let complete = acked
-            .iter()
-            .all(|(p, o, v)| stored.get(&(*p, *o)) == Some(v));
+        let complete = acked.iter().all(|a| a.is_in(&stored));
         if complete || std::time::Instant::now() >= deadline {
             return stored;
         }
@@ -171,12 +203,12 @@ fn sequence(value: &str) -> (String, u64) {
 /// Every acknowledged record is stored where its acknowledgement said, exactly once in the
 /// whole topic, each partition's records are in the order they were sent (per producer
 /// prefix), and offsets have no holes. Returns how many records are stored.
-pub fn verify(acked: &[(i32, i64, String)], stored: &BTreeMap<(i32, i64), String>) -> usize {
-    for (p, o, v) in acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "acknowledged record {p}/{o} {v} was lost or changed"
+pub fn verify(acked: &[Ack], stored: &BTreeMap<(i32, i64), String>) -> usize {
+    for a in acked {
+        assert!(
+            a.is_in(stored),
+            "acknowledged record {a:?} was lost or changed: stored there is {:?}",
+            a.offset.map(|o| stored.get(&(a.partition, o)))
         );
     }
     let mut seen: HashMap<&str, (i32, i64)> = HashMap::new();
@@ -212,4 +244,28 @@ pub fn verify(acked: &[(i32, i64, String)], stored: &BTreeMap<(i32, i64), String
         }
     }
     stored.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acknowledgement_without_an_offset_is_found_by_value_in_its_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("acked.txt");
+        std::fs::write(&file, "0 5 v-1\n1 -1 v-2\n").unwrap();
+        let acked = read_acked(&file);
+        assert_eq!(acked[0].offset, Some(5));
+        assert_eq!(acked[1].offset, None);
+        let stored: BTreeMap<(i32, i64), String> =
+            [((0, 5), "v-1".to_string()), ((1, 9), "v-2".to_string())].into();
+        assert!(acked.iter().all(|a| a.is_in(&stored)));
+        // In another partition, or missing: not found.
+        let moved: BTreeMap<(i32, i64), String> =
+            [((0, 5), "v-1".to_string()), ((0, 6), "v-2".to_string())].into();
+        assert!(!acked[1].is_in(&moved));
+        let lost: BTreeMap<(i32, i64), String> = [((0, 4), "v-1".to_string())].into();
+        assert!(!acked[0].is_in(&lost));
+    }
 }
