@@ -74,3 +74,91 @@ fn confluent_kafka_avro_serdes_register_evolve_and_are_refused_incompatible_chan
     let v1 = get(&format!("{url}/schemas/ids/{}", r["v1"]["id"])).unwrap();
     assert!(v1["schema"].as_str().unwrap().contains("Reading"), "{v1}");
 }
+
+/// `curl` with a JSON body; the answer's JSON.
+fn send(method: &str, url: &str, body: &str) -> serde_json::Value {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            url,
+        ])
+        .output()
+        .expect("curl runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{method} {url}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn register(url: &str, subject: &str, record: &str) -> i64 {
+    let schema =
+        format!(r#"{{"type":"record","name":"{record}","fields":[{{"name":"f","type":"long"}}]}}"#);
+    let body = serde_json::json!({ "schema": schema }).to_string();
+    let r = send("POST", &format!("{url}/subjects/{subject}/versions"), &body);
+    r["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("registering {subject}: {r}"))
+}
+
+/// The `_schemas` topic is compacted (small segments here, so that the cleaner gets to it):
+/// superseded records go, every id still resolves after a restart, and the id of a schema
+/// deleted for good is never handed out again.
+#[test]
+fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
+    let registry = free_addr();
+    let mut b = Broker::start_with(&format!(
+        "[schema_registry]\nlisten = \"{registry}\"\n\
+         [topics]\nsegment_bytes = 16384\ncleaner_check_interval = \"200ms\"\n"
+    ));
+    let url = format!("http://{registry}");
+    wait_until("the registry answers", T, || {
+        get(&format!("{url}/subjects"))
+    });
+    // Each round supersedes the global compatibility record and adds a subject.
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let level = if i % 2 == 0 { "FULL" } else { "BACKWARD" };
+        let body = format!(r#"{{"compatibility":"{level}"}}"#);
+        send("PUT", &format!("{url}/config"), &body);
+        ids.push(register(&url, &format!("s{i}"), &format!("R{i}")));
+    }
+    // The superseded compatibility records go (the newest of every key stays).
+    let removed =
+        || e2e::clients::metric(&b.metrics_url(), "broker_log_cleaner_records_removed_total");
+    wait_until("compaction of _schemas", T, || {
+        removed().filter(|r| *r >= 50.0)
+    });
+    // The newest schema is deleted for good: its id must not come back.
+    let last = *ids.last().unwrap();
+    send("DELETE", &format!("{url}/subjects/s119"), "");
+    send("DELETE", &format!("{url}/subjects/s119?permanent=true"), "");
+    b.stop();
+    b.restart();
+    wait_until("the registry answers again", T, || {
+        get(&format!("{url}/schemas/ids/{}", ids[0]))
+    });
+    for (i, id) in ids.iter().enumerate().take(119) {
+        let s = get(&format!("{url}/schemas/ids/{id}")).unwrap_or_else(|| panic!("id {id} lost"));
+        assert!(
+            s["schema"].as_str().unwrap().contains(&format!("\"R{i}\"")),
+            "{s}"
+        );
+    }
+    assert_eq!(
+        get(&format!("{url}/config")).unwrap()["compatibilityLevel"],
+        "BACKWARD"
+    );
+    let fresh = register(&url, "after", "Fresh");
+    assert!(
+        fresh > last,
+        "id {fresh} reused (the deleted schema had {last})"
+    );
+}

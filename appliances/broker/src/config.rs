@@ -223,6 +223,10 @@ pub struct TopicDefaults {
     /// `log.retention.check.interval.ms`.
     #[serde(with = "duration")]
     pub retention_check_interval: Duration,
+    /// `log.cleaner.backoff.ms`: how often the log cleaner looks for compacted partitions
+    /// dirty enough to clean.
+    #[serde(with = "duration")]
+    pub cleaner_check_interval: Duration,
 }
 
 impl Default for TopicDefaults {
@@ -242,6 +246,7 @@ impl Default for TopicDefaults {
             index_interval_bytes: 4096,
             producer_id_expiration: Duration::from_secs(24 * 3600),
             retention_check_interval: Duration::from_secs(300),
+            cleaner_check_interval: Duration::from_secs(15),
         }
     }
 }

@@ -317,7 +317,7 @@ impl Fetcher {
         }
         let mut end = None;
         if let Some(records) = data.records.filter(|r| !r.is_empty()) {
-            let batches = durable_log::split_batches(&records).map_err(|e| e.to_string())?;
+            let batches = durable_log::split_stored_batches(&records).map_err(|e| e.to_string())?;
             if !batches.is_empty() {
                 end = Some(
                     p.append_as_follower(batches, epoch)

@@ -32,6 +32,8 @@ pub fn internal_log_config() -> LogConfig {
         max_message_bytes: 256 << 20,
         timestamp_type: TimestampType::CreateTime,
         producer_id_expiration_ms: i64::MAX,
+        // Compacted by the store itself (a snapshot batch, then the log start moves).
+        compaction: None,
     }
 }
 
@@ -76,9 +78,11 @@ impl<T: Serialize + DeserializeOwned> InternalLog<T> {
             if read.records.is_empty() {
                 return Ok(out);
             }
-            let batches = split_batches(&read.records).map_err(|e| StoreError::Corrupt {
-                offset,
-                message: e.to_string(),
+            let batches = durable_log::split_stored_batches(&read.records).map_err(|e| {
+                StoreError::Corrupt {
+                    offset,
+                    message: e.to_string(),
+                }
             })?;
             for b in batches {
                 let records = durable_log::records::decode_records(&b.bytes).map_err(|e| {

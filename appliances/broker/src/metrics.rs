@@ -49,6 +49,10 @@ pub struct Metrics {
     pub offline_partitions: Gauge,
     pub groups: Gauge,
     pub rebalances: Counter,
+    pub cleaner_passes: Counter,
+    pub cleaner_records_removed: Counter,
+    pub cleaner_bytes_reclaimed: Counter,
+    pub cleaner_failures: Counter,
 }
 
 impl Metrics {
@@ -71,6 +75,10 @@ impl Metrics {
             offline_partitions: Gauge::default(),
             groups: Gauge::default(),
             rebalances: Counter::default(),
+            cleaner_passes: Counter::default(),
+            cleaner_records_removed: Counter::default(),
+            cleaner_bytes_reclaimed: Counter::default(),
+            cleaner_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("broker");
         r.register(
@@ -148,6 +156,26 @@ impl Metrics {
             "rebalances",
             "Consumer group rebalances completed",
             m.rebalances.clone(),
+        );
+        r.register(
+            "log_cleaner_passes",
+            "Compaction passes swapped in (cleanup.policy=compact)",
+            m.cleaner_passes.clone(),
+        );
+        r.register(
+            "log_cleaner_records_removed",
+            "Records removed by compaction (superseded, expired tombstones, keyless)",
+            m.cleaner_records_removed.clone(),
+        );
+        r.register(
+            "log_cleaner_bytes_reclaimed",
+            "Bytes of segment files reclaimed by compaction",
+            m.cleaner_bytes_reclaimed.clone(),
+        );
+        r.register(
+            "log_cleaner_failures",
+            "Compaction passes that failed (the partition is retried at the next check)",
+            m.cleaner_failures.clone(),
         );
         m
     }

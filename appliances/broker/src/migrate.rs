@@ -65,7 +65,7 @@ fn read_legacy_log(dir: &Path) -> anyhow::Result<Vec<LegacyRecord>> {
             break;
         };
         let bytes: Bytes = plan.execute()?;
-        for b in durable_log::split_batches(&bytes)? {
+        for b in durable_log::split_stored_batches(&bytes)? {
             for r in durable_log::records::decode_records(&b.bytes)? {
                 if r.offset >= offset {
                     let value = r.value.unwrap_or_default();

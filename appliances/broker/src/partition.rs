@@ -640,6 +640,28 @@ impl Partition {
             .await??)
     }
 
+    /// One compaction pass over this replica's log, below its high watermark: planned under
+    /// the log's lock, read and written outside it, swapped in under it again (renames only).
+    /// `None` when the log is not compacted, not dirty enough, or changed during the pass.
+    pub async fn compact(
+        self: &Arc<Self>,
+    ) -> Result<Option<durable_log::CleanReport>, PartitionError> {
+        let hw = self.high_watermark();
+        let Some(plan) = self
+            .with_log(move |log| log.clean_plan(hw, now_ms()))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let cleaned = self.blocking(move || Ok(plan.execute()?)).await?;
+        let Some(cleaned) = cleaned else {
+            return Ok(None);
+        };
+        Ok(self
+            .with_log(move |log| log.install_cleaned(cleaned))
+            .await??)
+    }
+
     pub async fn reconfigure(
         self: &Arc<Self>,
         config: LogConfig,

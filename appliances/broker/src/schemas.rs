@@ -83,7 +83,8 @@ impl SchemasLog {
             .read(from, READ_BYTES_MAX, true, ReadBound::HighWatermark)
             .await
             .map_err(|e| e.to_string())?;
-        let batches = durable_log::split_batches(&read.records).map_err(|e| e.to_string())?;
+        let batches =
+            durable_log::split_stored_batches(&read.records).map_err(|e| e.to_string())?;
         let mut next = from;
         for b in batches {
             let records =

@@ -84,9 +84,11 @@ async fn ensure_offsets_topic(state: Arc<BrokerState>, shutdown: CancellationTok
     .await
 }
 
-/// The Schema Registry's topic: one partition (one writer, one order), kept forever.
+/// The Schema Registry's topic: one partition (one writer, one order), compacted (the newest
+/// record per key is kept forever, as Confluent's `_schemas`).
 async fn ensure_schemas_topic(state: Arc<BrokerState>, shutdown: CancellationToken) {
-    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+    // Small segments: only closed segments are compacted, and registry records are small.
+    let configs = [("cleanup.policy", "compact"), ("segment.bytes", "16777216")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -377,6 +379,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         retention_every,
         shutdown.clone(),
     ));
+    tokio::spawn(cleaner_loop(Arc::clone(&state), shutdown.clone()));
     let registry_addr = match (state.config.schema_registry.clone(), registry_metrics) {
         (Some(l), Some(m)) => Some(serve_schema_registry(&state, l.listen, m, &shutdown).await?),
         _ => None,
@@ -522,6 +525,19 @@ async fn accept_loop(
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// The log cleaner: compaction passes over compacted topics, one partition at a time, in
+/// the background (the I/O runs on blocking threads outside the partitions' locks).
+async fn cleaner_loop(state: Arc<BrokerState>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(state.config.topics.cleaner_check_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => state.topics.compact_all(&state.metrics).await,
         }
     }
 }

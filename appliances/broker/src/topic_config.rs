@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use durable_log::{LogConfig, TimestampType};
+use durable_log::{CompactionConfig, LogConfig, TimestampType};
 
 use crate::config::{MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, TopicDefaults};
 
@@ -18,6 +18,7 @@ pub enum ConfigType {
     String = 2,
     Int = 3,
     Long = 5,
+    Double = 6,
     List = 7,
 }
 
@@ -64,8 +65,8 @@ pub static TOPIC_KEYS: &[TopicKey] = &[
         name: "cleanup.policy",
         kind: ConfigType::List,
         broker_synonym: "log.cleanup.policy",
-        doc: "\"delete\" removes old segments by retention. \"compact\" keeps every record \
-              (compaction itself is not implemented: compacted topics are never cleaned).",
+        doc: "\"delete\" removes old segments by retention. \"compact\" keeps the newest record \
+              of every key (the log cleaner); both may be set.",
         read_only: false,
         default: |_| "delete".into(),
         validate: |v| {
@@ -98,6 +99,15 @@ pub static TOPIC_KEYS: &[TopicKey] = &[
         },
     },
     TopicKey {
+        name: "delete.retention.ms",
+        kind: ConfigType::Long,
+        broker_synonym: "log.cleaner.delete.retention.ms",
+        doc: "How long a tombstone of a compacted topic is kept after its segment was written.",
+        read_only: false,
+        default: |_| (24 * 3600 * 1000).to_string(),
+        validate: |v| long_in(v, 0, i64::MAX),
+    },
+    TopicKey {
         name: "flush.messages",
         kind: ConfigType::Long,
         broker_synonym: "log.flush.interval.messages",
@@ -123,6 +133,15 @@ pub static TOPIC_KEYS: &[TopicKey] = &[
         read_only: false,
         default: |d| d.max_message_bytes.to_string(),
         validate: |v| long_in(v, 0, i32::MAX as i64),
+    },
+    TopicKey {
+        name: "max.compaction.lag.ms",
+        kind: ConfigType::Long,
+        broker_synonym: "log.cleaner.max.compaction.lag.ms",
+        doc: "A record stays uncompacted at most this long, whatever the dirty ratio.",
+        read_only: false,
+        default: |_| i64::MAX.to_string(),
+        validate: |v| long_in(v, 1, i64::MAX),
     },
     TopicKey {
         name: "message.timestamp.after.max.ms",
@@ -156,6 +175,27 @@ pub static TOPIC_KEYS: &[TopicKey] = &[
             "CreateTime" | "LogAppendTime" => Ok(()),
             _ => Err(format!("{v:?} is not CreateTime or LogAppendTime")),
         },
+    },
+    TopicKey {
+        name: "min.cleanable.dirty.ratio",
+        kind: ConfigType::Double,
+        broker_synonym: "log.cleaner.min.cleanable.ratio",
+        doc: "Compact when this share of the cleanable log is dirty (not compacted yet).",
+        read_only: false,
+        default: |_| "0.5".into(),
+        validate: |v| match v.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+            _ => Err(format!("{v:?} is not a number in [0, 1]")),
+        },
+    },
+    TopicKey {
+        name: "min.compaction.lag.ms",
+        kind: ConfigType::Long,
+        broker_synonym: "log.cleaner.min.compaction.lag.ms",
+        doc: "A record stays uncompacted at least this long.",
+        read_only: false,
+        default: |_| "0".into(),
+        validate: |v| long_in(v, 0, i64::MAX),
     },
     TopicKey {
         name: "min.insync.replicas",
@@ -285,6 +325,8 @@ fn effective_i64(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicPolicy {
     pub min_insync_replicas: i32,
+    /// `cleanup.policy` includes `compact`: records without a key are refused.
+    pub compacted: bool,
     pub timestamp_before_max_ms: i64,
     pub timestamp_after_max_ms: i64,
 }
@@ -295,10 +337,20 @@ pub fn resolve(
     defaults: &TopicDefaults,
 ) -> (LogConfig, TopicPolicy) {
     let get = |n| effective_i64(overrides, defaults, n);
-    let compact_only = !effective(overrides, defaults, "cleanup.policy")
-        .split(',')
-        .any(|p| p.trim() == "delete");
     let positive = |v: i64| (v >= 0).then_some(v);
+    let cleanup = effective(overrides, defaults, "cleanup.policy");
+    let compact_only = !cleanup.split(',').any(|p| p.trim() == "delete");
+    let compacted = cleanup.split(',').any(|p| p.trim() == "compact");
+    let compaction = compacted.then(|| CompactionConfig {
+        min_cleanable_dirty_ratio: effective(overrides, defaults, "min.cleanable.dirty.ratio")
+            .trim()
+            .parse()
+            .unwrap_or(0.5),
+        min_compaction_lag_ms: get("min.compaction.lag.ms").max(0),
+        max_compaction_lag_ms: positive(get("max.compaction.lag.ms")).filter(|v| *v < i64::MAX),
+        delete_retention_ms: get("delete.retention.ms").max(0),
+        ..CompactionConfig::default()
+    });
     let log = LogConfig {
         segment_bytes: get("segment.bytes") as u64,
         segment_ms: positive(get("segment.ms")),
@@ -319,9 +371,11 @@ pub fn resolve(
             _ => TimestampType::CreateTime,
         },
         producer_id_expiration_ms: defaults.producer_id_expiration.as_millis() as i64,
+        compaction,
     };
     let policy = TopicPolicy {
         min_insync_replicas: get("min.insync.replicas") as i32,
+        compacted,
         timestamp_before_max_ms: get("message.timestamp.before.max.ms"),
         timestamp_after_max_ms: get("message.timestamp.after.max.ms"),
     };
@@ -360,8 +414,17 @@ mod tests {
     fn compact_topics_are_never_deleted_by_retention() {
         let mut o = BTreeMap::new();
         o.insert("cleanup.policy".to_string(), "compact".to_string());
-        let (log, _) = resolve(&o, &TopicDefaults::default());
+        o.insert("min.cleanable.dirty.ratio".to_string(), "0.1".to_string());
+        let (log, policy) = resolve(&o, &TopicDefaults::default());
         assert_eq!((log.retention_ms, log.retention_bytes), (None, None));
+        assert!(policy.compacted);
+        let c = log.compaction.expect("compacted");
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(c.delete_retention_ms, 24 * 3600 * 1000);
+        assert_eq!(c.max_compaction_lag_ms, None);
+        let (log, policy) = resolve(&BTreeMap::new(), &TopicDefaults::default());
+        assert!(log.compaction.is_none() && !policy.compacted);
+        assert!(validate("min.cleanable.dirty.ratio", "1.5").is_err());
     }
 
     #[test]

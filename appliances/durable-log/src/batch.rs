@@ -218,6 +218,52 @@ impl BatchHeader {
         }
         Ok(())
     }
+
+    /// Checks a batch read back from a log: as [`BatchHeader::validate`], except that a
+    /// compacted batch holds fewer records than its offset range, possibly none (the cleaner
+    /// keeps the base offset and `lastOffsetDelta` of a batch whose older records it removed).
+    pub fn validate_stored(&self, bytes: &[u8]) -> Result<(), BatchError> {
+        if bytes.len() != self.total_len() {
+            return Err(BatchError::Truncated("batch shorter than its length field"));
+        }
+        let computed = crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]);
+        if computed != self.crc {
+            return Err(BatchError::CrcMismatch {
+                stored: self.crc,
+                computed,
+            });
+        }
+        self.compression()?;
+        if self.records_count < 0 || self.last_offset_delta < self.records_count - 1 {
+            return Err(BatchError::Invalid(
+                "the record count does not fit the batch's offset range",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A batch rebuilt around new record data: the header of `original` (base offset, leader
+/// epoch, `lastOffsetDelta`, timestamps, producer fields) with `records_count`, the
+/// compression bits of `compression` and `records` (already compressed) as its body; length
+/// and CRC recomputed. The cleaner's output.
+pub fn rebuild(
+    original: &[u8],
+    compression: Compression,
+    records_count: i32,
+    records: &[u8],
+) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER_LEN + records.len());
+    out.extend_from_slice(&original[..HEADER_LEN]);
+    out.extend_from_slice(records);
+    let batch_length = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attrs = (be_i16(original, ATTRIBUTES_OFFSET) & !COMPRESSION_MASK) | compression as i16;
+    out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attrs.to_be_bytes());
+    out[57..61].copy_from_slice(&records_count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    out.into()
 }
 
 /// A batch header rewritten by the broker: a copy of the 61 header bytes to write in place of
@@ -276,6 +322,28 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
     }
     if batches.is_empty() {
         return Err(BatchError::Invalid("no record batch in the request"));
+    }
+    Ok(batches)
+}
+
+/// Split batches read back from a log (a fetch answer, an internal topic's tail): as
+/// [`split_batches`], but compacted batches are accepted ([`BatchHeader::validate_stored`]).
+pub fn split_stored_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
+    let mut batches = Vec::new();
+    let mut at = 0usize;
+    while at < records.len() {
+        let rest = &records[at..];
+        let header = BatchHeader::parse(rest)?;
+        let len = header.total_len();
+        if len > rest.len() {
+            return Err(BatchError::Truncated(
+                "batch extends past the end of the data",
+            ));
+        }
+        let bytes = records.slice(at..at + len);
+        header.validate_stored(&bytes)?;
+        batches.push(RawBatch { header, bytes });
+        at += len;
     }
     Ok(batches)
 }

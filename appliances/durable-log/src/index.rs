@@ -127,6 +127,11 @@ impl<E: Entry> Index<E> {
         &self.path
     }
 
+    /// The file was renamed to `path` (the handle stays valid).
+    pub fn relocate(&mut self, path: PathBuf) {
+        self.path = path;
+    }
+
     /// A handle on the file, to fsync it without holding the log.
     pub fn file(&self) -> Arc<File> {
         Arc::clone(&self.file)

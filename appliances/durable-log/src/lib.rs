@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compaction;
 pub mod epoch;
 pub mod error;
 pub mod index;
@@ -20,6 +21,9 @@ pub mod producer;
 pub mod records;
 pub mod segment;
 
-pub use batch::{BatchError, BatchHeader, RawBatch, TimestampType, split_batches};
+pub use batch::{
+    BatchError, BatchHeader, RawBatch, TimestampType, split_batches, split_stored_batches,
+};
+pub use compaction::{CleanPlan, CleanReport, Cleaned, CompactionConfig};
 pub use error::{AppendError, LogError};
 pub use log::{AppendResult, FlushPlan, Log, LogConfig, OpenReport, ReadPlan, RetentionReport};

@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::batch::{BatchHeader, HEADER_LEN, PatchedHeader, RawBatch, TimestampType};
 use crate::checkpoint;
+use crate::compaction::{self, CleanPlan, CleanReport, Cleaned, CompactionConfig, Source};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{AppendError, IoContext, LogError};
 use crate::producer::{CachedBatch, ProducerTable, SequenceCheck};
@@ -53,6 +54,8 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// `producer.id.expiration.ms`.
     pub producer_id_expiration_ms: i64,
+    /// Set when `cleanup.policy` includes `compact` (see [`crate::compaction`]).
+    pub compaction: Option<CompactionConfig>,
 }
 
 impl Default for LogConfig {
@@ -66,6 +69,7 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             timestamp_type: TimestampType::CreateTime,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            compaction: None,
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct Log {
     epochs: LeaderEpochCache,
     producers: ProducerTable,
     offline: Option<String>,
+    /// First offset not yet compacted (the cleaner checkpoint).
+    cleaner_checkpoint: i64,
 }
 
 fn parse_base(name: &str, ext: &str) -> Option<i64> {
@@ -213,6 +219,7 @@ impl Log {
         now_ms: i64,
     ) -> Result<(Log, OpenReport), LogError> {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        compaction::recover_interrupted(dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
@@ -307,6 +314,8 @@ impl Log {
             epochs,
             producers: ProducerTable::default(),
             offline: None,
+            cleaner_checkpoint: read_i64_checkpoint(&dir.join(compaction::CHECKPOINT_FILE))?
+                .unwrap_or(0),
         };
         let leo = log.log_end_offset();
         if log.log_start_offset > leo {
@@ -585,8 +594,8 @@ impl Log {
         }
     }
 
-    /// Append batches copied from the leader, offsets and epochs as they are. They must start
-    /// at the log end offset.
+    /// Append batches copied from the leader, offsets and epochs as they are. They start at
+    /// or after the log end offset: after it where the leader's compaction removed batches.
     pub fn append_as_follower(
         &mut self,
         batches: &[RawBatch],
@@ -596,7 +605,8 @@ impl Log {
         let mut next = first_offset;
         let mut pending = Vec::with_capacity(batches.len());
         for b in batches {
-            if b.header.base_offset != next {
+            // A compacted leader log has gaps between batches: offsets must only grow.
+            if b.header.base_offset < next {
                 return Err(AppendError::OffsetMismatch {
                     expected: next,
                     got: b.header.base_offset,
@@ -884,6 +894,7 @@ impl Log {
     fn after_truncation(&mut self, now_ms: i64) -> Result<(), LogError> {
         self.generation += 1;
         let leo = self.log_end_offset();
+        self.cleaner_checkpoint = self.cleaner_checkpoint.min(leo);
         self.flushed_offset = self.flushed_offset.min(leo);
         // Sealed segments that survived must be durable before the recovery point moves.
         for f in std::mem::take(&mut self.unflushed_sealed) {
@@ -994,6 +1005,112 @@ impl Log {
             self.dir_dirty = true;
         }
         Ok(report)
+    }
+
+    /// The next compaction pass, or `None` when the log is not compacted or not dirty enough.
+    /// Only sealed, durable segments below `high_watermark` whose records are all older than
+    /// `min.compaction.lag.ms` take part. Cheap: run it under the caller's lock.
+    pub fn clean_plan(&self, high_watermark: i64, now_ms: i64) -> Option<CleanPlan> {
+        let config = self.config.compaction.clone()?;
+        if self.offline.is_some() {
+            return None;
+        }
+        let limit = high_watermark
+            .min(self.flushed_offset)
+            .min(self.active().base_offset());
+        let lag_cutoff = now_ms.saturating_sub(config.min_compaction_lag_ms);
+        let sources: Vec<Source> = self
+            .segments
+            .values()
+            .take_while(|s| {
+                s.is_sealed() && s.next_offset() <= limit && s.max_timestamp() <= lag_cutoff
+            })
+            .map(|s| {
+                let file = s.log_file();
+                let modified = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                Source {
+                    base: s.base_offset(),
+                    next_offset: s.next_offset(),
+                    size: s.size(),
+                    file,
+                    modified,
+                }
+            })
+            .collect();
+        let first_dirty = self.cleaner_checkpoint.max(self.log_start_offset);
+        let total: u64 = sources.iter().map(|s| s.size).sum();
+        let dirty: Vec<&Source> = sources.iter().filter(|s| s.base >= first_dirty).collect();
+        let dirty_bytes: u64 = dirty.iter().map(|s| s.size).sum();
+        if dirty_bytes == 0 {
+            return None;
+        }
+        let ratio = dirty_bytes as f64 / total as f64;
+        let overdue = config.max_compaction_lag_ms.is_some_and(|max| {
+            let oldest = self.segments[&dirty[0].base].max_timestamp();
+            oldest < now_ms.saturating_sub(max)
+        });
+        if ratio < config.min_cleanable_dirty_ratio && !overdue {
+            return None;
+        }
+        Some(CleanPlan {
+            dir: self.dir.clone(),
+            sources,
+            first_dirty,
+            generation: self.generation,
+            protected: self.producers.last_batch_offsets().collect(),
+            now: std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(now_ms.max(0) as u64),
+            config,
+            index_interval_bytes: self.config.index_interval_bytes,
+        })
+    }
+
+    /// Swap in the segments a pass wrote, if the log did not change underneath (truncated,
+    /// segments deleted by retention or DeleteRecords); otherwise discard them and return
+    /// `None`. The renames and two directory fsyncs run here, under the caller's lock.
+    pub fn install_cleaned(&mut self, cleaned: Cleaned) -> Result<Option<CleanReport>, LogError> {
+        self.check_online()?;
+        let staging = self.dir.join(compaction::STAGING_DIR);
+        let current = cleaned.generation == self.generation
+            && cleaned.segments.iter().all(|(base, size, _)| {
+                self.segments
+                    .get(base)
+                    .is_some_and(|s| s.is_sealed() && s.size() == *size)
+                    && *base != self.active().base_offset()
+            });
+        if !current {
+            let _ = fs::remove_dir_all(&staging);
+            return Ok(None);
+        }
+        if !cleaned.segments.is_empty() {
+            let swap = self.dir.join(compaction::SWAP_DIR);
+            fs::rename(&staging, &swap).ctx(|| format!("renaming {}", staging.display()))?;
+            // The commit point: from here a crash finishes the swap at the next open.
+            checkpoint::sync_dir(&self.dir).ctx(|| "fsync of the log directory".into())?;
+            if let Err(e) = compaction::finish_swap(&self.dir) {
+                return Err(self.fail(e));
+            }
+            for (base, _, mut seg) in cleaned.segments {
+                seg.relocate(&self.dir);
+                // The old segment's files were replaced by the renames: dropping it closes them.
+                self.segments.insert(base, seg);
+            }
+        }
+        self.cleaner_checkpoint = cleaned.end;
+        checkpoint::write_atomic(
+            &self.dir.join(compaction::CHECKPOINT_FILE),
+            cleaned.end.to_string().as_bytes(),
+        )
+        .ctx(|| "writing the cleaner checkpoint".into())?;
+        Ok(Some(cleaned.report))
+    }
+
+    /// The cleaner checkpoint: offsets below it were compacted.
+    pub fn cleaner_checkpoint(&self) -> i64 {
+        self.cleaner_checkpoint
     }
 
     /// What to fsync to make the whole log durable, or `None` if it already is.

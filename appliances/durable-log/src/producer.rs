@@ -83,6 +83,14 @@ impl ProducerTable {
         self.producers.get(&producer_id)
     }
 
+    /// The base offset of every producer's newest batch (the log cleaner keeps these whole:
+    /// the table is rebuilt from them after a crash).
+    pub fn last_batch_offsets(&self) -> impl Iterator<Item = i64> + '_ {
+        self.producers
+            .values()
+            .filter_map(|e| e.batches.back().map(|b| b.first_offset))
+    }
+
     /// A copy of the entries of the given producers, to check a request against without
     /// touching the table.
     pub fn clone_subset(&self, producer_ids: impl Iterator<Item = i64>) -> ProducerTable {

@@ -77,6 +77,22 @@ fn decompress(data: &mut Bytes, codec: KCompression) -> anyhow::Result<Bytes> {
     }
 }
 
+/// Decompress a batch's record data (`body`: the bytes after its header).
+pub fn decompress_body(
+    body: &mut Bytes,
+    codec: crate::batch::Compression,
+) -> anyhow::Result<Bytes> {
+    use crate::batch::Compression as C;
+    let codec = match codec {
+        C::None => KCompression::None,
+        C::Gzip => KCompression::Gzip,
+        C::Snappy => KCompression::Snappy,
+        C::Lz4 => KCompression::Lz4,
+        C::Zstd => KCompression::Zstd,
+    };
+    decompress(body, codec)
+}
+
 /// Decode every record of one batch (header included in `batch`).
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, RecordsError> {
     let mut buf = batch.clone();

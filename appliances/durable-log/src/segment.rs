@@ -130,7 +130,7 @@ impl Segment {
     }
 
     /// Rebuild a segment that may have a torn tail: validate every batch (header, CRC,
-    /// contiguous offsets), rebuild both indexes, and cut the file after the last valid batch.
+    /// growing offsets), rebuild both indexes, and cut the file after the last valid batch.
     /// `on_batch` sees every valid batch in order. The result is an active (unsealed) segment.
     pub fn recover(
         dir: &Path,
@@ -164,7 +164,8 @@ impl Segment {
             read_in_chunk(&seg.log, &mut chunk, &mut chunk_start, pos, HEADER_LEN)?
                 .and_then(|b| BatchHeader::parse(b).ok())
         {
-            if header.base_offset != seg.next_offset {
+            // Offsets only grow; a compacted segment has gaps between batches.
+            if header.base_offset < seg.next_offset {
                 break;
             }
             let len = header.total_len();
@@ -172,7 +173,7 @@ impl Segment {
             else {
                 break;
             };
-            if header.validate(bytes).is_err() {
+            if header.validate_stored(bytes).is_err() {
                 break;
             }
             seg.index_batch(&header, pos, len as u64, index_interval)?;
@@ -449,6 +450,20 @@ impl Segment {
             self.sealed = false;
         }
         Ok(())
+    }
+
+    /// The segment's files were moved (same names) into `dir`: the log cleaner builds a
+    /// segment in a staging directory and swaps it in.
+    pub fn relocate(&mut self, dir: &Path) {
+        self.log_path = dir.join(file_name(self.base_offset, "log"));
+        self.index
+            .relocate(dir.join(file_name(self.base_offset, "index")));
+        self.time_index
+            .relocate(dir.join(file_name(self.base_offset, "timeindex")));
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
     }
 
     /// Remove the segment's files.

@@ -84,6 +84,11 @@ fn broker_entries(c: &BrokerConfig) -> Vec<(&'static str, String, ConfigType)> {
             ConfigType::Int,
         ),
         (
+            "log.cleaner.backoff.ms",
+            ms(t.cleaner_check_interval),
+            ConfigType::Long,
+        ),
+        (
             "log.dirs",
             c.data_dir.display().to_string(),
             ConfigType::String,

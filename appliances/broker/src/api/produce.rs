@@ -13,7 +13,9 @@ use durable_log::{AppendError, AppendResult, BatchError, RawBatch, TimestampType
 use futures::future::join_all;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
@@ -25,6 +27,8 @@ use quorum::ids::LeaderEpoch;
 /// The outcome of the ordered phase for one partition.
 enum Appended {
     Failed(i16, String),
+    /// INVALID_RECORD naming the records at fault (their index in the request's records).
+    InvalidRecords(String, Vec<(i32, String)>),
     Done(Arc<Partition>, AppendResult, LeaderEpoch),
 }
 
@@ -54,6 +58,36 @@ fn append_error(e: &AppendError) -> i16 {
         AppendError::OffsetMismatch { .. } => err(ResponseError::UnknownServerError),
         AppendError::Storage(_) => err(ResponseError::KafkaStorageError),
     }
+}
+
+/// A compacted topic keeps the newest record per key, so a record without a key has no
+/// place in it: refused, as Kafka refuses it, naming each such record.
+fn keyless_records(topic: &str, index: i32, batches: &[RawBatch]) -> Result<(), Appended> {
+    let mut keyless = Vec::new();
+    let mut at = 0i32;
+    for b in batches {
+        let refused = |why: String| Appended::Failed(err(ResponseError::CorruptMessage), why);
+        let data = durable_log::compaction::record_data(&b.bytes, &b.header).map_err(refused)?;
+        let records = durable_log::compaction::split_records(&data, b.header.records_count)
+            .map_err(refused)?;
+        for r in records {
+            if r.key.is_none() {
+                keyless.push((
+                    at,
+                    format!("Compacted topic cannot accept message without key in topic partition {topic}-{index}."),
+                ));
+            }
+            at += 1;
+        }
+    }
+    if keyless.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "{} record(s) without a key: {topic} is compacted (cleanup.policy=compact)",
+        keyless.len()
+    );
+    Err(Appended::InvalidRecords(message, keyless))
 }
 
 /// CreateTime timestamps must lie within the topic's allowed window around now.
@@ -125,6 +159,11 @@ async fn append_one(
         now_ms(),
     ) {
         return Appended::Failed(err(ResponseError::InvalidTimestamp), m);
+    }
+    if policy.compacted
+        && let Err(refused) = keyless_records(topic, data.index, &batches)
+    {
+        return refused;
     }
     match partition.append(batches).await {
         Ok((result, epoch)) => {
@@ -258,6 +297,25 @@ async fn complete(
             let resp = resp.with_error_code(code).with_base_offset(-1);
             return if version >= 8 {
                 resp.with_error_message(Some(StrBytes::from_string(message)))
+            } else {
+                resp
+            };
+        }
+        Appended::InvalidRecords(message, records) => {
+            let code = err(ResponseError::InvalidRecord);
+            s.metrics.note_error("Produce", code);
+            let resp = resp.with_error_code(code).with_base_offset(-1);
+            return if version >= 8 {
+                let errors = records
+                    .into_iter()
+                    .map(|(i, m)| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(i)
+                            .with_batch_index_error_message(Some(StrBytes::from_string(m)))
+                    })
+                    .collect();
+                resp.with_error_message(Some(StrBytes::from_string(message)))
+                    .with_record_errors(errors)
             } else {
                 resp
             };
