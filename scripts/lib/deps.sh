@@ -125,6 +125,24 @@ require_python_modules() {
     fi
 }
 
+# ensure_npm_packages DIR MODULE...: the npm clients of DIR (package.json with its lockfile),
+# installed with the machine's own Node.js and npm (Debian's nodejs package would replace the
+# machine's: never installed here), `npm ci` only when the lockfile changed since the last
+# install; then fail, naming every MODULE that Node.js cannot load from DIR.
+ensure_npm_packages() {
+    local dir=$1; shift
+    require_commands node npm
+    if [[ ! -f $dir/node_modules/.package-lock.json || $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    local missing=() m
+    for m in "$@"; do (cd "$dir" && node -e "require('$m')" 2>/dev/null) || missing+=("$m"); done
+    if ((${#missing[@]})); then
+        echo "FATAL: npm packages missing in $dir after installation: ${missing[*]}" >&2
+        return 1
+    fi
+}
+
 # require_commands CMD...: fail, naming every command not on PATH.
 require_commands() {
     local missing=() c

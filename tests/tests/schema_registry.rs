@@ -162,3 +162,44 @@ fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
         "id {fresh} reused (the deleted schema had {last})"
     );
 }
+
+/// The npm client `@kafkajs/confluent-schema-registry`, with kafkajs carrying the records
+/// (`tests/node`, installed by scripts/test with `npm ci`).
+#[test]
+fn the_npm_client_registers_encodes_and_decodes_through_kafkajs() {
+    let registry = free_addr();
+    let b = Broker::start_with(&format!("[schema_registry]\nlisten = \"{registry}\"\n"));
+    let url = format!("http://{registry}");
+    wait_until("the registry answers", T, || {
+        get(&format!("{url}/subjects"))
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&dir).args([
+        "sr_client.js",
+        "--registry",
+        &url,
+        "--bootstrap",
+        &b.bootstrap(),
+        "--topic",
+        "node-readings",
+    ]);
+    let out = e2e::clients::run(cmd, None, T);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sr_client.js failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(r["again"], r["id"], "the same schema keeps its id: {r}");
+    assert_eq!(
+        r["decoded"],
+        serde_json::json!({"site": "A", "value": 1.5}),
+        "{r}"
+    );
+    assert_eq!(r["refused"], 409, "{r}");
+    assert_eq!(r["latest"], r["v2"], "{r}");
+    assert_ne!(r["v2"], r["id"], "{r}");
+    assert_eq!(r["decoded_after_evolution"], r["decoded"], "{r}");
+}
