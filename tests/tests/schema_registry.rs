@@ -142,8 +142,14 @@ fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
     send("DELETE", &format!("{url}/subjects/s119?permanent=true"), "");
     b.stop();
     b.restart();
-    wait_until("the registry answers again", T, || {
-        get(&format!("{url}/schemas/ids/{}", ids[0]))
+    // Ready means the registry has read `_schemas` back: every id resolves at once.
+    let ready = b.metrics_url().replace("/metrics", "/ready");
+    wait_until("the broker is ready", T, || {
+        std::process::Command::new("curl")
+            .args(["-fsS", &ready])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
     });
     for (i, id) in ids.iter().enumerate().take(119) {
         let s = get(&format!("{url}/schemas/ids/{id}")).unwrap_or_else(|| panic!("id {id} lost"));

@@ -114,6 +114,44 @@ impl SchemasLog {
         Ok(())
     }
 
+    /// Keep the broker's `schema_registry` health condition true to what the registry can
+    /// answer: ready once the store has applied `_schemas` up to its high watermark (so a
+    /// restarted broker does not answer from a half-read store), failing while this broker
+    /// holds no replica of `_schemas`.
+    pub async fn readiness(
+        self: Arc<Self>,
+        health: Arc<telemetry::Health>,
+        shutdown: CancellationToken,
+    ) {
+        let mut ready = false;
+        loop {
+            match self.partition() {
+                None => {
+                    ready = false;
+                    health.set_failing("schema_registry", "no replica of _schemas on this broker");
+                }
+                Some(p) => {
+                    let (applied, hw) = (*self.applied.borrow(), p.offsets().high_watermark);
+                    // Once caught up, a replica that falls behind for a moment (a burst of
+                    // writes) stays ready: its reads are committed state, only a little older.
+                    if !ready && applied >= hw {
+                        ready = true;
+                        health.set_ok("schema_registry");
+                    } else if !ready {
+                        health.set_failing(
+                            "schema_registry",
+                            format!("reading _schemas: {applied} of {hw} applied"),
+                        );
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
     async fn wait_applied(&self, offset: i64) -> Result<(), RegistryError> {
         let mut rx = self.applied.subscribe();
         tokio::time::timeout(WRITE_TIMEOUT, rx.wait_for(|a| *a >= offset))

@@ -381,7 +381,9 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     ));
     tokio::spawn(cleaner_loop(Arc::clone(&state), shutdown.clone()));
     let registry_addr = match (state.config.schema_registry.clone(), registry_metrics) {
-        (Some(l), Some(m)) => Some(serve_schema_registry(&state, l.listen, m, &shutdown).await?),
+        (Some(l), Some(m)) => {
+            Some(serve_schema_registry(&state, l.listen, m, Arc::clone(&health), &shutdown).await?)
+        }
         _ => None,
     };
     health.set_ok("kafka_listener");
@@ -410,6 +412,7 @@ async fn serve_schema_registry(
     state: &Arc<BrokerState>,
     listen: SocketAddr,
     metrics: Arc<schema_registry::metrics::RegistryMetrics>,
+    health: Arc<Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     use schema_registry::server::{Open, ServerLimits, serve};
@@ -419,6 +422,8 @@ async fn serve_schema_registry(
     ));
     let log = crate::schemas::SchemasLog::new(Arc::clone(state), Arc::clone(&store));
     tokio::spawn(Arc::clone(&log).tail(shutdown.clone()));
+    health.require("schema_registry", "reading _schemas");
+    tokio::spawn(Arc::clone(&log).readiness(health, shutdown.clone()));
     let registry = Arc::new(schema_registry::api::Registry::new(store, log).with_metrics(metrics));
     let listener = tokio::net::TcpListener::bind(listen)
         .await

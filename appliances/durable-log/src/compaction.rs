@@ -306,6 +306,9 @@ impl CleanPlan {
             let head = Segment::read_at(&src.file, pos, HEADER_LEN)
                 .ctx(|| format!("reading a batch header at {pos} of segment {}", src.base))?;
             let h = BatchHeader::parse(&head).map_err(|e| corrupt(src, pos, e.to_string()))?;
+            if h.total_len() as u64 > src.size - pos {
+                return Err(corrupt(src, pos, "batch runs past the end".into()));
+            }
             let bytes = Segment::read_at(&src.file, pos, h.total_len())
                 .ctx(|| format!("reading a batch at {pos} of segment {}", src.base))?;
             if bytes.len() != h.total_len() {
@@ -317,36 +320,39 @@ impl CleanPlan {
         Ok(())
     }
 
-    /// Scan the dirty segments (from the checkpoint) into the key map, stopping at a segment
-    /// boundary when the map is full. Returns the map and the end of what it covers.
+    /// Scan the dirty segments (from the checkpoint) into the key map until it holds
+    /// `key_map_bytes_max` bytes of keys. Returns the map and the end of the last segment it
+    /// covers whole: the pass cleans up to there. Keys of a segment read only in part stay in
+    /// the map: their offsets are newer records that exist, so older ones may go. The first
+    /// segment is always read whole, so that every pass progresses.
     fn build_key_map(&self) -> Result<(KeyMap, i64), LogError> {
         let mut map = KeyMap {
             offsets: HashMap::new(),
             bytes: 0,
         };
+        let max = self.config.key_map_bytes_max;
         let mut end = self.first_dirty;
         for src in self.sources.iter().filter(|s| s.base >= self.first_dirty) {
-            let mut seg_keys: Vec<(Vec<u8>, i64)> = Vec::new();
-            let mut seg_bytes = 0usize;
+            let first = end == self.first_dirty;
+            let mut full = false;
             Self::each_batch(src, |pos, h, bytes| {
+                if full {
+                    return Ok(());
+                }
                 let data = record_data(bytes, h).map_err(|e| corrupt(src, pos, e))?;
                 for r in split_records(&data, h.records_count).map_err(|e| corrupt(src, pos, e))? {
                     if let Some(k) = r.key {
-                        seg_bytes += k.len();
-                        seg_keys.push((k.to_vec(), h.base_offset + r.offset_delta));
+                        let offset = h.base_offset + r.offset_delta;
+                        if map.offsets.insert(k.to_vec(), offset).is_none() {
+                            map.bytes += k.len();
+                        }
                     }
                 }
+                full = !first && map.bytes > max;
                 Ok(())
             })?;
-            // The first dirty segment always goes in, so that a pass always progresses.
-            if end > self.first_dirty && map.bytes + seg_bytes > self.config.key_map_bytes_max {
+            if full {
                 break;
-            }
-            for (k, o) in seg_keys {
-                let len = k.len();
-                if map.offsets.insert(k, o).is_none() {
-                    map.bytes += len;
-                }
             }
             end = src.next_offset;
         }

@@ -486,3 +486,28 @@ fn a_deleted_key_does_not_come_back_when_its_tombstone_expires() {
     let log = open(dir.path(), false);
     assert_eq!((log.log_end_offset(), contents(&log)), (leo, after));
 }
+
+#[test]
+fn a_small_key_map_cleans_in_several_passes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), true);
+    let newest = write_versions(&mut log);
+    let before = contents(&log);
+    let mut small = config();
+    small.compaction.as_mut().unwrap().key_map_bytes_max = 1;
+    log.set_config(small);
+    let mut passes = 0;
+    let mut checkpoints = vec![];
+    while let Some(r) = clean(&mut log, NOW) {
+        passes += 1;
+        checkpoints.push(log.cleaner_checkpoint());
+        assert!(r.segments_read >= 1 && passes < 100, "{r:?}");
+    }
+    assert!(passes >= 5, "{passes} passes: one segment's keys each");
+    assert!(
+        checkpoints.windows(2).all(|w| w[0] < w[1]),
+        "{checkpoints:?}"
+    );
+    let after = contents(&log);
+    check_compacted(&before, &after, &newest, true);
+}

@@ -3,6 +3,7 @@
 
 mod kafka;
 mod machine;
+mod registry;
 mod report;
 mod s3;
 
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     },
     /// S3 load against any S3 endpoint: PUT and GET MB/s for large objects, ops/s for small.
     S3(s3::S3Args),
+    /// Schema Registry load: registrations and id look-ups per second, with latencies.
+    Registry(registry::RegistryArgs),
     /// Sequential write throughput of a directory's disk: buffered + fdatasync, O_DIRECT,
     /// and the latency of a small write + fdatasync.
     Disk(machine::DiskArgs),
@@ -28,6 +31,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kafka { what } => kafka::run(what).await,
         BenchCommand::S3(a) => s3::run(a).await,
+        BenchCommand::Registry(a) => registry::run(a).await,
         BenchCommand::Disk(a) => machine::disk(a).await,
         BenchCommand::Loopback(a) => machine::loopback(a).await,
     }
