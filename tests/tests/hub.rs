@@ -647,3 +647,108 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `curl` a registry: the status and the JSON answer.
+fn registry_call(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Every broker of the hub serves the Schema Registry: writes sent to any of them reach the
+/// one writer (the leader of `_schemas`, at the address it announced in the metadata), and the
+/// broker that holds no replica of `_schemas` forwards reads too, and says it is ready.
+#[test]
+fn every_broker_serves_the_schema_registry_through_the_one_writer() {
+    let mut spec = HubSpec::two_by_two();
+    spec.broker_extra
+        .push_str("[schema_registry]\nlisten = \"127.0.0.1:0\"\n");
+    let mut hub = Hub::start(spec);
+    let nodes: Vec<u32> = hub.brokers.keys().copied().collect();
+    let urls: Vec<(u32, String)> = nodes
+        .iter()
+        .map(|n| {
+            let addr = wait_until("the registry's listener", T, || {
+                hub.brokers[n].log().lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    (v["message"] == "schema registry listening")
+                        .then(|| v["addr"].as_str().map(str::to_string))
+                        .flatten()
+                })
+            });
+            (*n, format!("http://{addr}"))
+        })
+        .collect();
+    // RF 3 over four brokers: one holds no replica of _schemas.
+    let bootstrap = hub.bootstrap();
+    let replicas: Vec<u32> = wait_until("_schemas and its replicas", T, || {
+        let listing = kcat(&["-b", &bootstrap, "-L", "-J", "-t", "_schemas"], None, T);
+        let v: serde_json::Value = serde_json::from_str(&listing).ok()?;
+        let r = v["topics"][0]["partitions"][0]["replicas"]
+            .as_array()?
+            .clone();
+        Some(
+            r.iter()
+                .filter_map(|x| x["id"].as_u64())
+                .map(|x| x as u32)
+                .collect(),
+        )
+    });
+    let outsider = *nodes
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("a broker without a replica");
+    // A write through each broker (50003 while a writer is being elected or announced).
+    let mut ids = vec![];
+    for (n, url) in &urls {
+        let schema = format!(
+            r#"{{"schema":"{{\"type\":\"record\",\"name\":\"ViaBroker{n}\",\"fields\":[{{\"name\":\"f\",\"type\":\"long\"}}]}}"}}"#
+        );
+        let id = wait_until(&format!("a registration through broker {n}"), T, || {
+            let (code, v) = registry_call(
+                "POST",
+                &format!("{url}/subjects/via-{n}/versions"),
+                Some(&schema),
+            );
+            (code == 200).then(|| v["id"].as_i64()).flatten()
+        });
+        ids.push(id);
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "one id per schema: {ids:?}");
+    // Every id reads back through every broker, the outsider included.
+    for (n, url) in &urls {
+        for id in &ids {
+            wait_until(&format!("id {id} through broker {n}"), T, || {
+                let (code, v) = registry_call("GET", &format!("{url}/schemas/ids/{id}"), None);
+                (code == 200 && v["schema"].is_string()).then_some(())
+            });
+        }
+        let (code, subjects) = registry_call("GET", &format!("{url}/subjects"), None);
+        assert_eq!(code, 200);
+        assert_eq!(
+            subjects.as_array().map(Vec::len),
+            Some(urls.len()),
+            "{n}: {subjects}"
+        );
+    }
+    let ready = hub.brokers[&outsider]
+        .metrics_url()
+        .replace("/metrics", "/ready");
+    let (code, _) = registry_call("GET", &ready, None);
+    assert_eq!(
+        code, 200,
+        "broker {outsider} (no replica of _schemas) forwards, so it is ready"
+    );
+}

@@ -311,6 +311,49 @@ impl Cluster {
         }
     }
 
+    /// Announce `services` for every incarnation of this broker (after each registration),
+    /// until they are in the applied metadata, so that other brokers know where to send what
+    /// only this one can answer (Schema Registry writes while it leads `_schemas`).
+    pub async fn announce_services(
+        self: Arc<Self>,
+        services: quorum::metadata::Services,
+        shutdown: CancellationToken,
+    ) {
+        let mut epochs = self.epoch.subscribe();
+        loop {
+            let epoch = *epochs.borrow_and_update();
+            let announced = self.state().services.get(&self.me) == Some(&services);
+            if let (Some(epoch), false) = (epoch, announced) {
+                let request = ControllerRequest::AnnounceServices {
+                    node: self.me,
+                    epoch,
+                    services: services.clone(),
+                };
+                match self.call(request).await {
+                    Ok(ControllerResponse::Applied { index }) => {
+                        self.node.wait_applied(index, CONTROLLER_TIMEOUT).await;
+                        tracing::info!(?services, "services announced");
+                    }
+                    Ok(other) => {
+                        tracing::warn!(?other, "unexpected answer to a services announcement")
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "services not announced yet; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms)) => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = epochs.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     /// Keep the lease: a heartbeat every `heartbeat_ms` (with who this broker could not reach
     /// lately); a fenced answer ends this incarnation, and a new registration starts another.
     pub async fn heartbeats(self: Arc<Self>, shutdown: CancellationToken) {

@@ -75,6 +75,11 @@ pub struct BrokerConfig {
 #[serde(deny_unknown_fields)]
 pub struct SchemaRegistryListener {
     pub listen: SocketAddr,
+    /// `host:port` other brokers forward registry requests to (this broker's registry
+    /// writes while it leads `_schemas`). Default: the Kafka advertised host with the
+    /// listener's port.
+    #[serde(default)]
+    pub advertised: Option<String>,
 }
 
 /// Partition replication between brokers.

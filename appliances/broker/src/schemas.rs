@@ -5,9 +5,9 @@
 //! applies each record to its in-memory [`Store`] (so reads never see a record that a leader
 //! change could still remove). The writer is the partition's leader: it appends the planned
 //! records as one batch, waits until they are committed, then until its own tail has applied
-//! them, and only then answers. Brokers without a replica, or while no leader is known,
-//! answer writes with 50003 for now (forwarding to the leader's registry comes with the
-//! registry's address in the broker registration).
+//! them, and only then answers. Other brokers forward writes to the leader's registry, at the
+//! address it announced in the metadata ([`quorum::metadata::Services`]); brokers without a
+//! replica forward reads too. With no leader known, they answer 50003 and clients retry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,9 +115,9 @@ impl SchemasLog {
     }
 
     /// Keep the broker's `schema_registry` health condition true to what the registry can
-    /// answer: ready once the store has applied `_schemas` up to its high watermark (so a
-    /// restarted broker does not answer from a half-read store), failing while this broker
-    /// holds no replica of `_schemas`.
+    /// answer: with a replica of `_schemas`, ready once the store has applied it up to its
+    /// high watermark (so a restarted broker does not answer from a half-read store); without
+    /// one, ready while the writer's registry is known (every request is forwarded there).
     pub async fn readiness(
         self: Arc<Self>,
         health: Arc<telemetry::Health>,
@@ -126,9 +126,16 @@ impl SchemasLog {
         let mut ready = false;
         loop {
             match self.partition() {
+                // No replica here: ready while there is a registry to forward to.
                 None => {
                     ready = false;
-                    health.set_failing("schema_registry", "no replica of _schemas on this broker");
+                    match self.writer() {
+                        Writer::Remote(_) => health.set_ok("schema_registry"),
+                        _ => health.set_failing(
+                            "schema_registry",
+                            "no replica of _schemas on this broker, and no writer known to forward to",
+                        ),
+                    }
                 }
                 Some(p) => {
                     let (applied, hw) = (*self.applied.borrow(), p.offsets().high_watermark);
@@ -168,11 +175,30 @@ impl SchemasLog {
 
 #[async_trait]
 impl Backend for SchemasLog {
+    /// This broker while it leads `_schemas`; else the leader's registry, as the leader
+    /// announced it in the metadata.
     fn writer(&self) -> Writer {
-        match self.partition() {
-            Some(p) if p.is_leader() => Writer::Local,
-            _ => Writer::Unknown,
+        if self.partition().is_some_and(|p| p.is_leader()) {
+            return Writer::Local;
         }
+        let state = self.state.metadata();
+        let leader = state
+            .topic_names
+            .get(SCHEMAS_TOPIC)
+            .and_then(|id| state.topics.get(id))
+            .and_then(|t| t.partitions.first())
+            .and_then(|p| p.leader)
+            .filter(|l| *l != self.state.cluster.me);
+        match leader.and_then(|l| state.services.get(&l)?.schema_registry.clone()) {
+            Some(url) => Writer::Remote(url),
+            None => Writer::Unknown,
+        }
+    }
+
+    /// Only a broker with a replica of `_schemas` has the registry's state; another one
+    /// forwards every request to the writer.
+    fn reads_here(&self) -> bool {
+        self.partition().is_some()
     }
 
     async fn catch_up(&self) -> Result<(), RegistryError> {

@@ -87,11 +87,16 @@ async fn ensure_offsets_topic(state: Arc<BrokerState>, shutdown: CancellationTok
 /// The Schema Registry's topic: one partition (one writer, one order), compacted (the newest
 /// record per key is kept forever, as Confluent's `_schemas`).
 async fn ensure_schemas_topic(state: Arc<BrokerState>, shutdown: CancellationToken) {
-    // Small segments: only closed segments are compacted, and registry records are small.
-    let configs = [("cleanup.policy", "compact"), ("segment.bytes", "16777216")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    // Small segments (16 MiB, or the broker's default when smaller): only closed segments
+    // are compacted, and registry records are small.
+    let segment_bytes = state.config.topics.segment_bytes.min(16 << 20).to_string();
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", segment_bytes.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     ensure_topic(&state, crate::schemas::SCHEMAS_TOPIC, 1, configs, shutdown).await
 }
 
@@ -382,7 +387,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     tokio::spawn(cleaner_loop(Arc::clone(&state), shutdown.clone()));
     let registry_addr = match (state.config.schema_registry.clone(), registry_metrics) {
         (Some(l), Some(m)) => {
-            Some(serve_schema_registry(&state, l.listen, m, Arc::clone(&health), &shutdown).await?)
+            Some(serve_schema_registry(&state, &l, m, Arc::clone(&health), &shutdown).await?)
         }
         _ => None,
     };
@@ -410,7 +415,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 /// and the HTTP listener. Returns the listener's address.
 async fn serve_schema_registry(
     state: &Arc<BrokerState>,
-    listen: SocketAddr,
+    config: &crate::config::SchemaRegistryListener,
     metrics: Arc<schema_registry::metrics::RegistryMetrics>,
     health: Arc<Health>,
     shutdown: &CancellationToken,
@@ -425,10 +430,19 @@ async fn serve_schema_registry(
     health.require("schema_registry", "reading _schemas");
     tokio::spawn(Arc::clone(&log).readiness(health, shutdown.clone()));
     let registry = Arc::new(schema_registry::api::Registry::new(store, log).with_metrics(metrics));
+    let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the schema registry listener {listen}"))?;
     let addr = listener.local_addr()?;
+    let advertised = config
+        .advertised
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", state.advertised.0, addr.port()));
+    let services = quorum::metadata::Services {
+        schema_registry: Some(format!("http://{advertised}")),
+    };
+    tokio::spawn(Arc::clone(&state.cluster).announce_services(services, shutdown.clone()));
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         let stop = shutdown.cancelled();

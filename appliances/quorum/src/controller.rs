@@ -124,6 +124,12 @@ pub enum ControllerRequest {
     ChangeVoters {
         voters: BTreeMap<NodeId, String>,
     },
+    /// A registered incarnation announces its services (after each registration).
+    AnnounceServices {
+        node: NodeId,
+        epoch: BrokerEpoch,
+        services: crate::metadata::Services,
+    },
 }
 
 /// At most this many voters (each one more is a copy of every metadata write to wait for).

@@ -102,7 +102,26 @@ pub enum MetadataRecord {
         first: i64,
         count: i64,
     },
+    /// The services an incarnation runs beside Kafka (its Schema Registry's address), so that
+    /// other brokers can send it what only it can answer. A record of its own, appended to
+    /// this enum: `Endpoints` is part of `BrokerRegistered`, whose encoding metadata logs on
+    /// disk already hold.
+    BrokerServices {
+        node: NodeId,
+        epoch: BrokerEpoch,
+        services: Services,
+    },
 }
+
+/// See [`MetadataRecord::BrokerServices`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Services {
+    /// The registry's base URL (`http://host:8081`).
+    pub schema_registry: Option<String>,
+}
+
+/// The longest service address accepted.
+pub const SERVICE_ADDRESS_BYTES_MAX: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokerInfo {
@@ -150,6 +169,9 @@ pub struct ClusterState {
     pub next_producer_id: i64,
     /// Log index of the last record applied (0 before the first).
     pub applied_index: u64,
+    /// What each broker announced last (kept across its restarts until it announces again).
+    #[serde(default)]
+    pub services: BTreeMap<NodeId, Services>,
 }
 
 /// Why a record was skipped when applied (the same on every node).
@@ -273,6 +295,25 @@ impl ClusterState {
                     self.next_producer_id
                 );
                 self.next_producer_id = first + count;
+                Ok(())
+            }
+            MetadataRecord::BrokerServices {
+                node,
+                epoch,
+                services,
+            } => {
+                self.brokers
+                    .get(node)
+                    .filter(|b| b.epoch == *epoch)
+                    .ok_or(Skipped::StaleBroker(*node))?;
+                let long = services
+                    .schema_registry
+                    .as_ref()
+                    .is_some_and(|u| u.len() > SERVICE_ADDRESS_BYTES_MAX);
+                if long {
+                    return Err(Skipped::Limit("bytes in a service address".into()));
+                }
+                self.services.insert(*node, services.clone());
                 Ok(())
             }
         }

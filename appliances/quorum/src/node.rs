@@ -694,6 +694,28 @@ async fn serve<T: Transport>(
         ControllerRequest::ChangeVoters { .. } => Err(ControllerError::Invalid(
             "voter changes are served beside the controller service".into(),
         )),
+        ControllerRequest::AnnounceServices {
+            node: n,
+            epoch,
+            services,
+        } => {
+            // Checked again when applied; refused here so that a stale incarnation learns it.
+            if state.brokers.get(&n).is_none_or(|b| b.epoch != epoch) {
+                Err(ControllerError::Invalid(format!(
+                    "broker {n} is not registered in epoch {epoch}"
+                )))
+            } else {
+                applied(
+                    node,
+                    vec![crate::metadata::MetadataRecord::BrokerServices {
+                        node: n,
+                        epoch,
+                        services,
+                    }],
+                )
+                .await
+            }
+        }
         ControllerRequest::AllocateProducerIds { node: n, epoch } => {
             match ctl.allocate_producer_ids(&state, n, epoch) {
                 Ok(records) => match propose(node, records).await {

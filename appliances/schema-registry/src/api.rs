@@ -37,6 +37,11 @@ pub enum Writer {
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     fn writer(&self) -> Writer;
+    /// Whether this broker's store holds the registry's state (a replica of its log); if
+    /// not, reads are forwarded to the writer too.
+    fn reads_here(&self) -> bool {
+        true
+    }
     /// As the writer: make sure the store has applied the whole log (after this broker became
     /// the writer, its log may hold records the store has not applied yet).
     async fn catch_up(&self) -> Result<()>;
@@ -143,7 +148,7 @@ impl Registry {
         let query = Query::parse(req.query);
         let write = !matches!(req.method, "GET" | "HEAD")
             && !matches!(segs.as_slice(), ["compatibility", ..] | ["subjects", _]);
-        if write {
+        if write || !self.backend.reads_here() {
             match self.backend.writer() {
                 Writer::Local => {}
                 Writer::Remote(_) if req.forwarded => {
@@ -155,8 +160,8 @@ impl Registry {
                 Writer::Remote(url) => return (Answer::Forward(url), route),
                 Writer::Unknown => {
                     let e = RegistryError::Forwarding(
-                        "this broker does not lead _schemas and knows no registry that does; \
-                         retry, or send writes to the broker leading _schemas"
+                        "this broker cannot answer this itself (it does not lead _schemas, or \
+                         holds no replica of it) and knows no registry that can; retry"
                             .into(),
                     );
                     return (Answer::error(&e), route);

@@ -16,12 +16,16 @@ pub(crate) struct MemLog {
     store: Arc<RwLock<Store>>,
     records: Mutex<Vec<RawRecord>>,
     pub(crate) writer: Mutex<Writer>,
+    pub(crate) reads_here: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl Backend for MemLog {
     fn writer(&self) -> Writer {
         self.writer.lock().clone()
+    }
+    fn reads_here(&self) -> bool {
+        self.reads_here.load(std::sync::atomic::Ordering::Relaxed)
     }
     async fn catch_up(&self) -> Result<(), RegistryError> {
         Ok(())
@@ -44,6 +48,7 @@ pub(crate) fn registry() -> (Registry, Arc<MemLog>) {
         store: Arc::clone(&store),
         records: Mutex::new(vec![]),
         writer: Mutex::new(Writer::Local),
+        reads_here: true.into(),
     });
     (
         Registry::new(store, Arc::clone(&log) as Arc<dyn Backend>),
@@ -381,6 +386,20 @@ async fn deletes_and_bad_requests() {
         call(&r, "GET", "/subjects", Json::Null).await.1,
         json!(["a/b"])
     );
+    // Without a replica of the log here, reads are forwarded too; with no writer known they
+    // answer 50003.
+    log.reads_here
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let get = || Request {
+        method: "GET",
+        path: "/subjects",
+        query: None,
+        body: &[],
+        forwarded: false,
+    };
+    assert!(matches!(r.handle(get()).await, Answer::Forward(u) if u == "http://10.0.0.2:8081"));
+    *log.writer.lock() = Writer::Unknown;
+    assert!(matches!(r.handle(get()).await, Answer::Json(_, j) if j["error_code"] == 50003));
 }
 
 /// The server spawns `handle` on the runtime: its future must be `Send` (no store guard held

@@ -137,11 +137,16 @@ pub async fn run(a: RegistryArgs) -> anyhow::Result<()> {
     .await?;
     // Clean up: soft delete, then permanent.
     for permanent in [false, true] {
-        phase(&a.addr, a.concurrency, a.schemas, move |mut c: Conn, i| async move {
-            let path = format!("/subjects/{}?permanent={permanent}", subject(run, i));
-            c.call(Method::DELETE, &path, String::new()).await?;
-            Ok(c)
-        })
+        phase(
+            &a.addr,
+            a.concurrency,
+            a.schemas,
+            move |mut c: Conn, i| async move {
+                let path = format!("/subjects/{}?permanent={permanent}", subject(run, i));
+                c.call(Method::DELETE, &path, String::new()).await?;
+                Ok(c)
+            },
+        )
         .await?;
     }
     let report = RegistryReport {
