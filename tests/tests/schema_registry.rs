@@ -115,7 +115,7 @@ fn register(url: &str, subject: &str, record: &str) -> i64 {
 fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
     let registry = free_addr();
     let mut b = Broker::start_with(&format!(
-        "[schema_registry]\nlisten = \"{registry}\"\n\
+        "[schema_registry]\nlisten = \"{registry}\"\nschema_bytes_max = 4096\n\
          [topics]\nsegment_bytes = 16384\ncleaner_check_interval = \"200ms\"\n"
     ));
     let url = format!("http://{registry}");
@@ -167,6 +167,17 @@ fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
         fresh > last,
         "id {fresh} reused (the deleted schema had {last})"
     );
+    // A schema over the configured limit (schema_bytes_max = 4096) is refused as invalid.
+    let fields: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"name":"field_number_{i}","type":"long"}}"#))
+        .collect();
+    let huge = format!(
+        r#"{{"type":"record","name":"Huge","fields":[{}]}}"#,
+        fields.join(",")
+    );
+    let body = serde_json::json!({ "schema": huge }).to_string();
+    let r = send("POST", &format!("{url}/subjects/huge/versions"), &body);
+    assert_eq!(r["error_code"], 42201, "{r}");
 }
 
 /// The npm client `@kafkajs/confluent-schema-registry`, with kafkajs carrying the records

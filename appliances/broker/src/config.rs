@@ -80,6 +80,32 @@ pub struct SchemaRegistryListener {
     /// listener's port.
     #[serde(default)]
     pub advertised: Option<String>,
+    /// The largest schema accepted (its JSON text); a larger one answers 42201. Enforced by
+    /// the writer (the leader of `_schemas`): keep it the same on every broker.
+    #[serde(default = "default_schema_bytes_max", with = "size")]
+    pub schema_bytes_max: u64,
+    /// Subjects the registry may hold; one more is refused (42205).
+    #[serde(default = "default_subjects_max")]
+    pub subjects_max: usize,
+}
+
+fn default_schema_bytes_max() -> u64 {
+    1 << 20
+}
+
+fn default_subjects_max() -> usize {
+    100_000
+}
+
+impl SchemaRegistryListener {
+    /// The registry's limits from these settings.
+    pub fn limits(&self) -> schema_registry::store::Limits {
+        schema_registry::store::Limits {
+            schema_bytes_max: self.schema_bytes_max as usize,
+            subjects_max: self.subjects_max,
+            ..Default::default()
+        }
+    }
 }
 
 /// Partition replication between brokers.

@@ -423,7 +423,7 @@ async fn serve_schema_registry(
     use schema_registry::server::{Open, ServerLimits, serve};
     tokio::spawn(ensure_schemas_topic(Arc::clone(state), shutdown.clone()));
     let store = Arc::new(parking_lot::RwLock::new(
-        schema_registry::store::Store::new(Default::default()),
+        schema_registry::store::Store::new(config.limits()),
     ));
     let log = crate::schemas::SchemasLog::new(Arc::clone(state), Arc::clone(&store));
     tokio::spawn(Arc::clone(&log).tail(shutdown.clone()));
@@ -431,6 +431,8 @@ async fn serve_schema_registry(
     tokio::spawn(Arc::clone(&log).readiness(health, shutdown.clone()));
     let registry = Arc::new(schema_registry::api::Registry::new(store, log).with_metrics(metrics));
     let listen = config.listen;
+    // A registration's body is the schema escaped into JSON, with its references.
+    let body_bytes_max = (4 << 20).max(2 * config.schema_bytes_max as usize + (64 << 10));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the schema registry listener {listen}"))?;
@@ -450,7 +452,10 @@ async fn serve_schema_registry(
             listener,
             registry,
             Arc::new(Open),
-            ServerLimits::default(),
+            ServerLimits {
+                body_bytes_max,
+                ..ServerLimits::default()
+            },
             stop,
         )
         .await
