@@ -111,6 +111,9 @@ pub struct Store {
     global_mode: Option<Mode>,
     subject_mode: BTreeMap<String, Mode>,
     limits: Limits,
+    /// Subjects with a live (not soft-deleted) version, kept as records apply: metrics read
+    /// it on every request, and counting would walk every subject.
+    live_subjects: usize,
 }
 
 impl Store {
@@ -169,6 +172,31 @@ impl Store {
     }
 
     fn apply_schema(&mut self, subject: String, version: i32, value: Option<SchemaValue>) {
+        let was_live = self
+            .subjects
+            .get(&subject)
+            .is_some_and(|s| s.live().next().is_some());
+        self.apply_schema_version(&subject, version, value);
+        let is_live = self
+            .subjects
+            .get(&subject)
+            .is_some_and(|s| s.live().next().is_some());
+        match (was_live, is_live) {
+            (false, true) => self.live_subjects += 1,
+            (true, false) => self.live_subjects -= 1,
+            _ => {}
+        }
+        debug_assert_eq!(
+            self.live_subjects,
+            self.subjects
+                .values()
+                .filter(|s| s.live().next().is_some())
+                .count()
+        );
+    }
+
+    fn apply_schema_version(&mut self, subject: &str, version: i32, value: Option<SchemaValue>) {
+        let subject = subject.to_string();
         let entry = self.subjects.entry(subject.clone()).or_default();
         if let Some(old) = entry.versions.remove(&version)
             && let Some(carriers) = self.ids.get_mut(&old.id)
@@ -732,13 +760,7 @@ impl Store {
 
     /// Counts for metrics: (subjects with a live version, distinct schema ids).
     pub fn counts(&self) -> (usize, usize) {
-        (
-            self.subjects
-                .values()
-                .filter(|s| s.live().next().is_some())
-                .count(),
-            self.ids.len(),
-        )
+        (self.live_subjects, self.ids.len())
     }
 }
 
