@@ -1,5 +1,5 @@
 """confluent-kafka against a compacted topic. Subcommands print one JSON object:
-  create  --topic T --config k=v ...   AdminClient.create_topics, one partition
+  create  --topic T [--rf N] --config k=v ...   AdminClient.create_topics, one partition
   produce --topic T --keys K --rounds R --tombstones N
           R rounds over keys k0..k(K-1) (acks=all), then tombstones for the first N keys, then
           one record without a key (a compacted topic must refuse it): every acknowledgement
@@ -15,6 +15,7 @@ ap.add_argument("command", choices=["create", "produce", "read"])
 ap.add_argument("--bootstrap", required=True)
 ap.add_argument("--topic", required=True)
 ap.add_argument("--config", action="append", default=[])
+ap.add_argument("--rf", type=int, default=1)
 ap.add_argument("--keys", type=int, default=50)
 ap.add_argument("--rounds", type=int, default=20)
 ap.add_argument("--tombstones", type=int, default=0)
@@ -31,7 +32,7 @@ def text(b):
 if a.command == "create":
     admin = AdminClient({"bootstrap.servers": a.bootstrap})
     configs = dict(c.split("=", 1) for c in a.config)
-    futures = admin.create_topics([NewTopic(a.topic, 1, 1, config=configs)])
+    futures = admin.create_topics([NewTopic(a.topic, 1, a.rf, config=configs)])
     futures[a.topic].result(30)
     print(json.dumps({"created": a.topic}))
 

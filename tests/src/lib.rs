@@ -7,6 +7,7 @@
 pub mod acked;
 pub mod broker;
 pub mod clients;
+pub mod compacted;
 pub mod hub;
 pub mod netns;
 pub mod process;

@@ -3,72 +3,21 @@
 //! without a key are refused as Kafka refuses them, and kill -9 while the cleaner runs loses
 //! no acknowledged newest record.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use e2e::Broker;
 use e2e::acked::{Producer, read_acked};
-use e2e::clients::{metric, python};
+use e2e::clients::metric;
+use e2e::compacted::{Records, check_compacted, keyed_records, newest};
 
 const T: Duration = Duration::from_secs(120);
 
-/// `offset -> (key, value)` (a `None` value is a tombstone).
-type Records = BTreeMap<i64, (String, Option<String>)>;
-
-fn records(v: &serde_json::Value) -> Records {
-    v.as_array()
-        .expect("a list of records")
-        .iter()
-        .map(|r| {
-            let key = r[1].as_str().expect("keyed").to_string();
-            (
-                r[0].as_i64().unwrap(),
-                (key, r[2].as_str().map(str::to_string)),
-            )
-        })
-        .collect()
-}
-
 fn create_compacted(b: &Broker, topic: &str) {
-    let bootstrap = b.bootstrap();
-    python(
-        "ck_compacted.py",
-        &[
-            "create",
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            topic,
-            "--config",
-            "cleanup.policy=compact",
-            "--config",
-            "segment.bytes=16384",
-            "--config",
-            "min.cleanable.dirty.ratio=0.01",
-        ],
-        T,
-    );
+    e2e::compacted::create(&b.bootstrap(), topic, 1);
 }
 
 fn read(b: &Broker, topic: &str, from: i64, max: usize) -> Records {
-    let bootstrap = b.bootstrap();
-    let (from, max) = (from.to_string(), max.to_string());
-    let out = python(
-        "ck_compacted.py",
-        &[
-            "read",
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            topic,
-            "--from",
-            &from,
-            "--max",
-            &max,
-        ],
-        T,
-    );
-    records(&out["records"])
+    e2e::compacted::read(&b.bootstrap(), topic, from, max)
 }
 
 fn passes(b: &Broker) -> f64 {
@@ -108,43 +57,17 @@ fn wait_passes(b: &Broker, n: f64) {
     }
 }
 
-/// The newest acknowledged record of every key, by offset.
-fn newest(acked: &Records) -> BTreeMap<String, (i64, Option<String>)> {
-    let mut out = BTreeMap::new();
-    for (o, (k, v)) in acked {
-        out.insert(k.clone(), (*o, v.clone()));
-    }
-    out
-}
-
 #[test]
 fn a_compacted_topic_keeps_the_newest_record_per_key_at_its_offset_while_consumers_read() {
     let mut b = Broker::start_with("[topics]\ncleaner_check_interval = \"200ms\"\n");
     create_compacted(&b, "changelog");
     let bootstrap = b.bootstrap();
-    let out = python(
-        "ck_compacted.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "changelog",
-            "--keys",
-            "50",
-            "--rounds",
-            "20",
-            "--tombstones",
-            "5",
-        ],
-        T,
-    );
+    let out = e2e::compacted::produce(&bootstrap, "changelog", 50, 20, 5);
     assert_eq!(out["errors"], serde_json::json!([]), "{out}");
     // Kafka's answer to a record without a key on a compacted topic.
     assert_eq!(out["keyless"], "INVALID_RECORD", "{out}");
-    let acked = records(&out["acked"]);
+    let acked = keyed_records(&out["acked"]);
     assert_eq!(acked.len(), 50 * 20 + 5);
-    let newest = newest(&acked);
 
     // A consumer starts reading, the cleaner runs, the consumer goes on where it was.
     let first = read(&b, "changelog", 0, 200);
@@ -152,36 +75,14 @@ fn a_compacted_topic_keeps_the_newest_record_per_key_at_its_offset_while_consume
     let next = first.keys().next_back().map_or(0, |o| o + 1);
     let rest = read(&b, "changelog", next, 0);
     let seen: Records = first.into_iter().chain(rest).collect();
-    for (o, rec) in &seen {
-        assert_eq!(
-            acked.get(o),
-            Some(rec),
-            "offset {o} does not hold what was written there"
-        );
-    }
-    for (k, (o, v)) in &newest {
-        assert_eq!(
-            seen.get(o),
-            Some(&(k.clone(), v.clone())),
-            "{k}'s newest record"
-        );
-    }
+    check_compacted(&acked, &seen);
 
     // Read from the start after compaction: only a subset remains, at the same offsets, with
     // every key's newest record (the five deletions still there as tombstones: consumers
     // must see them for delete.retention.ms).
     let check = |b: &Broker| {
         let all = read(b, "changelog", 0, 0);
-        for (o, rec) in &all {
-            assert_eq!(acked.get(o), Some(rec), "offset {o} changed");
-        }
-        for (k, (o, v)) in &newest {
-            assert_eq!(
-                all.get(o),
-                Some(&(k.clone(), v.clone())),
-                "{k}'s newest record"
-            );
-        }
+        check_compacted(&acked, &all);
         all
     };
     let all = check(&b);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use e2e::acked::{Producer, everything, read_acked, settled, verify};
 use e2e::clients::{kcat, python};
+use e2e::compacted::{check_compacted, keyed_records};
 use e2e::hub::{Hub, HubSpec};
 use e2e::wait_until;
 
@@ -751,4 +752,41 @@ fn every_broker_serves_the_schema_registry_through_the_one_writer() {
         code, 200,
         "broker {outsider} (no replica of _schemas) forwards, so it is ready"
     );
+}
+
+/// A compacted topic at RF 3: every replica compacts its own log below its high watermark;
+/// when the leader's site dies a follower that compacted on its own leads, serving the
+/// newest record of every key at its offset; the site comes back and its replicas rejoin.
+#[test]
+fn a_compacted_topic_keeps_every_keys_newest_record_through_the_loss_of_a_site() {
+    let mut spec = HubSpec::two_by_two();
+    spec.broker_extra
+        .push_str("cleaner_check_interval = \"200ms\"\n");
+    let mut hub = Hub::start(spec);
+    let bootstrap = hub.bootstrap();
+    e2e::compacted::create(&bootstrap, "changelog", 3);
+    let out = e2e::compacted::produce(&bootstrap, "changelog", 50, 20, 5);
+    assert_eq!(out["errors"], serde_json::json!([]), "{out}");
+    let acked = keyed_records(&out["acked"]);
+    // Every replica compacts (three passes at least over the four brokers).
+    let nodes: Vec<u32> = hub.brokers.keys().copied().collect();
+    wait_until("every replica compacted", T, || {
+        let passes: f64 = nodes
+            .iter()
+            .filter_map(|n| hub.metric(*n, "broker_log_cleaner_passes_total"))
+            .sum();
+        (passes >= 3.0).then_some(())
+    });
+    let check = |bootstrap: &str| {
+        let all = e2e::compacted::read(bootstrap, "changelog", 0, 0);
+        check_compacted(&acked, &all);
+        assert!(all.len() < acked.len(), "nothing was compacted");
+    };
+    hub.kill_site("site-a");
+    let survivors = hub.bootstrap();
+    check(&survivors);
+    hub.restart_site("site-a");
+    hub.wait_healthy(1, T);
+    hub.wait_healthy(3, T);
+    check(&hub.bootstrap());
 }

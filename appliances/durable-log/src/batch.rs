@@ -197,18 +197,8 @@ impl BatchHeader {
     /// Checks a producer-written batch: the CRC over `bytes` (the whole batch) and the
     /// consistency of header fields that a broker relies on.
     pub fn validate(&self, bytes: &[u8]) -> Result<(), BatchError> {
-        if bytes.len() != self.total_len() {
-            return Err(BatchError::Truncated("batch shorter than its length field"));
-        }
-        let computed = crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]);
-        if computed != self.crc {
-            return Err(BatchError::CrcMismatch {
-                stored: self.crc,
-                computed,
-            });
-        }
-        self.compression()?;
-        if self.records_count <= 0 {
+        self.validate_stored(bytes)?;
+        if self.records_count == 0 {
             return Err(BatchError::Invalid("a batch must hold at least one record"));
         }
         if self.last_offset_delta != self.records_count - 1 {
@@ -304,22 +294,7 @@ pub struct RawBatch {
 /// Split a buffer of concatenated batches (a Produce request's `records`) into batches,
 /// validating each. Fails on the first bad batch: a producer's request is all or nothing.
 pub fn split_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
-    let mut batches = Vec::new();
-    let mut at = 0usize;
-    while at < records.len() {
-        let rest = &records[at..];
-        let header = BatchHeader::parse(rest)?;
-        let len = header.total_len();
-        if len > rest.len() {
-            return Err(BatchError::Truncated(
-                "batch extends past the end of the request",
-            ));
-        }
-        let bytes = records.slice(at..at + len);
-        header.validate(&bytes)?;
-        batches.push(RawBatch { header, bytes });
-        at += len;
-    }
+    let batches = split(records, BatchHeader::validate)?;
     if batches.is_empty() {
         return Err(BatchError::Invalid("no record batch in the request"));
     }
@@ -327,8 +302,16 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
 }
 
 /// Split batches read back from a log (a fetch answer, an internal topic's tail): as
-/// [`split_batches`], but compacted batches are accepted ([`BatchHeader::validate_stored`]).
+/// [`split_batches`], but compacted batches are accepted ([`BatchHeader::validate_stored`])
+/// and an empty buffer is no batch.
 pub fn split_stored_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
+    split(records, BatchHeader::validate_stored)
+}
+
+fn split(
+    records: &Bytes,
+    validate: fn(&BatchHeader, &[u8]) -> Result<(), BatchError>,
+) -> Result<Vec<RawBatch>, BatchError> {
     let mut batches = Vec::new();
     let mut at = 0usize;
     while at < records.len() {
@@ -341,7 +324,7 @@ pub fn split_stored_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError
             ));
         }
         let bytes = records.slice(at..at + len);
-        header.validate_stored(&bytes)?;
+        validate(&header, &bytes)?;
         batches.push(RawBatch { header, bytes });
         at += len;
     }

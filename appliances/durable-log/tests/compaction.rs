@@ -2,16 +2,15 @@
 //! offset, tombstones go after `delete.retention.ms`, reads and followers cope with the gaps,
 //! and a crash at any point of the swap leaves either the old or the new segments.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use durable_log::batch::{self, Compression as Codec};
 use durable_log::compaction::{self, CompactionConfig};
 use durable_log::{Log, LogConfig, RawBatch, split_batches, split_stored_batches};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
-};
 
 const NOW: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -26,37 +25,9 @@ fn keyed_at(
     producer: Option<(i64, i16, i32)>,
     ts: i64,
 ) -> Vec<RawBatch> {
-    let (pid, epoch, seq) = producer.unwrap_or((-1, -1, -1));
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: KTs::Creation,
-            offset: i as i64,
-            sequence: seq.wrapping_add(i as i32),
-            timestamp: ts + i as i64,
-            key: Some(Bytes::copy_from_slice(k.as_bytes())),
-            value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    split_batches(&buf.freeze()).unwrap()
+    let records: Vec<(Option<&str>, Option<&str>)> =
+        records.iter().map(|(k, v)| (Some(*k), *v)).collect();
+    common::encode(&records, producer, ts)
 }
 
 /// The same batch with its records compressed by `codec`.

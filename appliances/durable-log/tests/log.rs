@@ -1,52 +1,22 @@
 //! Behaviour of a partition log through its public API: appends, reads, restarts (clean and
 //! after simulated crashes), idempotence, truncation and retention.
 
+mod common;
+
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
 use durable_log::{
     AppendError, BatchHeader, Log, LogConfig, LogError, RawBatch, TimestampType, split_batches,
 };
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType as KTs,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 
 const NOW: i64 = 1_700_000_000_000;
 
 fn batch(values: &[&str], ts: i64, producer: Option<(i64, i16, i32)>) -> Vec<RawBatch> {
-    let (pid, epoch, seq) = producer.unwrap_or((-1, -1, -1));
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: KTs::Creation,
-            offset: i as i64,
-            sequence: seq.wrapping_add(i as i32),
-            timestamp: ts + i as i64,
-            key: None,
-            value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    split_batches(&buf.freeze()).unwrap()
+    let records: Vec<(Option<&str>, Option<&str>)> =
+        values.iter().map(|v| (None, Some(*v))).collect();
+    common::encode(&records, producer, ts)
 }
 
 fn small_segments() -> LogConfig {
