@@ -101,6 +101,11 @@ pub struct ProduceArgs {
     /// Offered load in MB/s of record values; without it, as fast as possible.
     #[arg(long)]
     rate_mb: Option<f64>,
+    /// Key the records `k0`..`k<N-1>` (record i of every batch gets key `i % N`), so that
+    /// every batch supersedes the last one: load for a compacted topic. Without it records
+    /// have no key.
+    #[arg(long)]
+    keys: Option<usize>,
 }
 
 #[derive(Args)]
@@ -261,10 +266,11 @@ struct ProduceReport {
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let leaders = leaders(&a.common.bootstrap, &a.common.topic, Some(a.partitions)).await?;
     let records: Vec<(Option<Bytes>, Option<Bytes>)> = (0..a.batch_records)
-        .map(|_| {
+        .map(|i| {
             let mut v = vec![0u8; a.record_size];
             rand::fill(&mut v[..]);
-            (None, Some(Bytes::from(v)))
+            let key = a.keys.map(|n| Bytes::from(format!("k{}", i % n.max(1))));
+            (key, Some(Bytes::from(v)))
         })
         .collect();
     let now_ms = std::time::SystemTime::now()
