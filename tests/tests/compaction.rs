@@ -85,13 +85,11 @@ fn a_compacted_topic_keeps_the_newest_record_per_key_at_its_offset_while_consume
         check_compacted(&acked, &all);
         all
     };
-    let all = check(&b);
-    assert!(
-        all.len() < acked.len() / 2,
-        "{} of {} records remain",
-        all.len(),
-        acked.len()
-    );
+    // The cleaner gets to every closed segment within a few passes: most records go.
+    let all = e2e::wait_until("compaction of most records", T, || {
+        let all = check(&b);
+        (all.len() < acked.len() / 2).then_some(all)
+    });
     assert_eq!(all.values().filter(|(_, v)| v.is_none()).count(), 5);
     let removed = metric(&b.metrics_url(), "broker_log_cleaner_records_removed_total").unwrap();
     assert!(removed >= (acked.len() - all.len()) as f64, "{removed}");
