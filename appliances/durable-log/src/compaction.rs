@@ -269,18 +269,14 @@ impl CleanPlan {
         for src in self.sources.iter().take_while(|s| s.next_offset <= end) {
             report.segments_read += 1;
             report.bytes_before += src.size;
-            let fates = self.fates(src, &map, &mut report)?;
-            if fates.iter().all(|(_, _, f)| matches!(f, Fate::Keep)) {
-                report.bytes_after += src.size;
-                continue;
+            match self.clean_segment(&staging, src, &map, &mut report)? {
+                None => report.bytes_after += src.size,
+                Some(seg) => {
+                    report.bytes_after += seg.size();
+                    report.segments_rewritten += 1;
+                    segments.push((src.base, src.size, seg));
+                }
             }
-            if segments.is_empty() {
-                fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
-            }
-            let seg = self.write_segment(&staging, src, &fates)?;
-            report.bytes_after += seg.size();
-            report.segments_rewritten += 1;
-            segments.push((src.base, src.size, seg));
         }
         if segments.is_empty() && end <= self.first_dirty {
             return Ok(None);
@@ -296,13 +292,14 @@ impl CleanPlan {
         }))
     }
 
-    /// Every batch of `src` with its position and fate.
+    /// Every batch of `src` that starts before byte `end`, with its position, one at a time.
     fn each_batch(
         src: &Source,
+        end: u64,
         mut f: impl FnMut(u64, &BatchHeader, &Bytes) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
         let mut pos = 0u64;
-        while pos < src.size {
+        while pos < end.min(src.size) {
             let head = Segment::read_at(&src.file, pos, HEADER_LEN)
                 .ctx(|| format!("reading a batch header at {pos} of segment {}", src.base))?;
             let h = BatchHeader::parse(&head).map_err(|e| corrupt(src, pos, e.to_string()))?;
@@ -335,7 +332,7 @@ impl CleanPlan {
         for src in self.sources.iter().filter(|s| s.base >= self.first_dirty) {
             let first = end == self.first_dirty;
             let mut full = false;
-            Self::each_batch(src, |pos, h, bytes| {
+            Self::each_batch(src, src.size, |pos, h, bytes| {
                 if full {
                     return Ok(());
                 }
@@ -359,85 +356,72 @@ impl CleanPlan {
         Ok((map, end))
     }
 
-    /// Decide every batch of `src`.
-    fn fates(
+    /// What becomes of one batch: its records filtered against the key map and the
+    /// tombstone horizon.
+    #[allow(clippy::too_many_arguments)]
+    fn fate(
         &self,
+        src: &Source,
+        pos: u64,
+        h: &BatchHeader,
+        bytes: &Bytes,
+        map: &KeyMap,
+        horizon_passed: bool,
+        report: &mut CleanReport,
+    ) -> Result<Fate, LogError> {
+        // Its header must stay even when no record does (see the module's doc).
+        let header_stays =
+            pos + h.total_len() as u64 >= src.size || self.protected.contains(&h.base_offset);
+        let data = record_data(bytes, h).map_err(|e| corrupt(src, pos, e))?;
+        let records = split_records(&data, h.records_count).map_err(|e| corrupt(src, pos, e))?;
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(records.len());
+        for r in &records {
+            let offset = h.base_offset + r.offset_delta;
+            match r.key {
+                None => report.keyless_removed += 1,
+                Some(k) if map.offsets.get(k).is_some_and(|newest| offset < *newest) => {
+                    report.records_removed += 1
+                }
+                Some(_) if r.tombstone && horizon_passed => report.tombstones_removed += 1,
+                Some(_) => kept.push(r.raw),
+            }
+        }
+        Ok(if kept.len() == records.len() {
+            Fate::Keep
+        } else if kept.is_empty() && !header_stays {
+            Fate::Drop
+        } else if kept.is_empty() {
+            Fate::Rewrite(batch::rebuild(bytes, Compression::None, 0, &[]))
+        } else {
+            let codec = h
+                .compression()
+                .map_err(|e| corrupt(src, pos, e.to_string()))?;
+            let body = compress(codec, &kept.concat()).map_err(|e| corrupt(src, pos, e))?;
+            Fate::Rewrite(batch::rebuild(bytes, codec, kept.len() as i32, &body))
+        })
+    }
+
+    /// Filter `src` into a cleaned copy in the staging directory, one batch in memory at a
+    /// time: the copy starts at the first batch that changes (the unchanged ones before it are
+    /// copied then). Sealed and fsynced, with the source's modification time (the tombstone
+    /// clock must not restart at every pass). `None` when nothing in `src` changes.
+    fn clean_segment(
+        &self,
+        staging: &Path,
         src: &Source,
         map: &KeyMap,
         report: &mut CleanReport,
-    ) -> Result<Vec<(u64, BatchHeader, Fate)>, LogError> {
+    ) -> Result<Option<Segment>, LogError> {
         let horizon_passed = self
             .now
             .duration_since(src.modified)
             .is_ok_and(|age| age.as_millis() as i64 > self.config.delete_retention_ms);
-        let mut out = Vec::new();
-        Self::each_batch(src, |pos, h, bytes| {
-            // Its header must stay even when no record does (see the module's doc).
-            let header_stays =
-                pos + h.total_len() as u64 >= src.size || self.protected.contains(&h.base_offset);
-            let data = record_data(bytes, h).map_err(|e| corrupt(src, pos, e))?;
-            let records =
-                split_records(&data, h.records_count).map_err(|e| corrupt(src, pos, e))?;
-            let mut kept: Vec<&[u8]> = Vec::with_capacity(records.len());
-            for r in &records {
-                let offset = h.base_offset + r.offset_delta;
-                let keep = match r.key {
-                    None => {
-                        report.keyless_removed += 1;
-                        false
-                    }
-                    Some(k) => map.offsets.get(k).is_none_or(|newest| offset >= *newest),
-                };
-                if !keep {
-                    if r.key.is_some() {
-                        report.records_removed += 1;
-                    }
-                } else if r.tombstone && horizon_passed {
-                    report.tombstones_removed += 1;
-                } else {
-                    kept.push(r.raw);
-                }
-            }
-            let fate = if kept.len() == records.len() {
-                Fate::Keep
-            } else if kept.is_empty() && !header_stays {
-                Fate::Drop
-            } else if kept.is_empty() {
-                Fate::Rewrite(batch::rebuild(bytes, Compression::None, 0, &[]))
-            } else {
-                let codec = h
-                    .compression()
-                    .map_err(|e| corrupt(src, pos, e.to_string()))?;
-                let body = compress(codec, &kept.concat()).map_err(|e| corrupt(src, pos, e))?;
-                Fate::Rewrite(batch::rebuild(bytes, codec, kept.len() as i32, &body))
-            };
-            out.push((pos, *h, fate));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Write the cleaned copy of `src` into the staging directory, sealed and fsynced, with
-    /// the source's modification time (the tombstone clock must not restart at every pass).
-    fn write_segment(
-        &self,
-        staging: &Path,
-        src: &Source,
-        fates: &[(u64, BatchHeader, Fate)],
-    ) -> Result<Segment, LogError> {
         let ctx = || format!("writing the cleaned segment {}", src.base);
-        let mut seg = Segment::create(staging, src.base, 0).ctx(ctx)?;
-        for (pos, h, fate) in fates {
-            let bytes = match fate {
-                Fate::Drop => continue,
-                Fate::Rewrite(b) => b.clone(),
-                Fate::Keep => Segment::read_at(&src.file, *pos, h.total_len()).ctx(ctx)?,
-            };
-            let parsed =
-                BatchHeader::parse(&bytes).map_err(|e| corrupt(src, *pos, e.to_string()))?;
+        let append = |seg: &mut Segment, bytes: &Bytes, pos: u64| -> Result<(), LogError> {
+            let parsed = BatchHeader::parse(bytes).map_err(|e| corrupt(src, pos, e.to_string()))?;
             let pending = PendingBatch {
                 header: PatchedHeader::new(
-                    &bytes,
+                    bytes,
                     parsed.base_offset,
                     parsed.partition_leader_epoch,
                 ),
@@ -445,13 +429,30 @@ impl CleanPlan {
                 parsed,
             };
             seg.append(std::slice::from_ref(&pending), self.index_interval_bytes)
-                .ctx(ctx)?;
-        }
-        debug_assert_eq!(
-            seg.next_offset(),
-            src.next_offset,
-            "a segment keeps its end"
-        );
+                .ctx(ctx)
+        };
+        let mut out: Option<Segment> = None;
+        Self::each_batch(src, src.size, |pos, h, bytes| {
+            let fate = self.fate(src, pos, h, bytes, map, horizon_passed, report)?;
+            if out.is_none() {
+                if matches!(fate, Fate::Keep) {
+                    return Ok(());
+                }
+                fs::create_dir_all(staging).ctx(|| format!("creating {}", staging.display()))?;
+                let mut seg = Segment::create(staging, src.base, 0).ctx(ctx)?;
+                Self::each_batch(src, pos, |p, _, b| append(&mut seg, b, p))?;
+                out = Some(seg);
+            }
+            let seg = out.as_mut().expect("the copy has started");
+            match fate {
+                Fate::Keep => append(seg, bytes, pos),
+                Fate::Drop => Ok(()),
+                Fate::Rewrite(b) => append(seg, &b, pos),
+            }
+        })?;
+        let Some(mut seg) = out else {
+            return Ok(None);
+        };
         if seg.next_offset() != src.next_offset {
             return Err(corrupt(
                 src,
@@ -464,7 +465,7 @@ impl CleanPlan {
             f.sync_data().ctx(ctx)?;
         }
         seg.log_file().set_modified(src.modified).ctx(ctx)?;
-        Ok(seg)
+        Ok(Some(seg))
     }
 }
 
