@@ -153,6 +153,19 @@ impl Broker {
         records: bytes::Bytes,
         acks: i16,
     ) -> anyhow::Result<i16> {
+        Ok(self
+            .produce_raw_answer(topic, partition, records, acks)?
+            .error_code)
+    }
+
+    /// [`Broker::produce_raw_to`], with the partition's whole answer (its `record_errors`...).
+    pub fn produce_raw_answer(
+        &self,
+        topic: &'static str,
+        partition: i32,
+        records: bytes::Bytes,
+        acks: i16,
+    ) -> anyhow::Result<kafka_protocol::messages::produce_response::PartitionProduceResponse> {
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
         use kafka_protocol::messages::{ProduceRequest, TopicName};
         use kafka_protocol::protocol::StrBytes;
@@ -172,8 +185,8 @@ impl Broker {
                         ]),
                 ]);
             // A bounded wait: a leader that lost its site waits for followers that never come.
-            let resp = c.request(req.with_timeout_ms(5_000), 9).await?;
-            Ok(resp.responses[0].partition_responses[0].error_code)
+            let mut resp = c.request(req.with_timeout_ms(5_000), 9).await?;
+            Ok(resp.responses.remove(0).partition_responses.remove(0))
         })
     }
 

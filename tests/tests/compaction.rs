@@ -64,8 +64,25 @@ fn a_compacted_topic_keeps_the_newest_record_per_key_at_its_offset_while_consume
     let bootstrap = b.bootstrap();
     let out = e2e::compacted::produce(&bootstrap, "changelog", 50, 20, 5);
     assert_eq!(out["errors"], serde_json::json!([]), "{out}");
-    // Kafka's answer to a record without a key on a compacted topic.
+    // Kafka's answer to a record without a key on a compacted topic: INVALID_RECORD, naming
+    // each keyless record by its index.
     assert_eq!(out["keyless"], "INVALID_RECORD", "{out}");
+    let key = |k: &str| Some(bytes::Bytes::from(k.to_string()));
+    let value = Some(bytes::Bytes::from_static(b"v"));
+    let batch = kafka_client::encode_batch(
+        &[
+            (key("a"), value.clone()),
+            (None, value.clone()),
+            (key("b"), value.clone()),
+            (None, value),
+        ],
+        0,
+        None,
+    );
+    let answer = b.produce_raw_answer("changelog", 0, batch, -1).unwrap();
+    assert_eq!(answer.error_code, 87, "{answer:?}");
+    let indexes: Vec<i32> = answer.record_errors.iter().map(|e| e.batch_index).collect();
+    assert_eq!(indexes, vec![1, 3], "{answer:?}");
     let acked = keyed_records(&out["acked"]);
     assert_eq!(acked.len(), 50 * 20 + 5);
 
