@@ -120,6 +120,26 @@ fn a_compacted_topic_keeps_the_newest_record_per_key_at_its_offset_while_consume
     assert_eq!(check(&b), all);
 }
 
+/// confluent-kafka writing keyed values `<prefix>-<i>` (key `i % 64`) to `churn`, 2000/s,
+/// with idempotence, recording every acknowledgement in `acked_file`.
+fn churn(b: &Broker, acked_file: &std::path::Path, prefix: &str) -> Producer {
+    let bootstrap = b.bootstrap();
+    Producer::start(
+        acked_file,
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "churn",
+            "--idempotence",
+            "--prefix",
+            prefix,
+            "--rate",
+            "2000",
+        ],
+    )
+}
+
 #[test]
 fn kill_9_while_the_cleaner_runs_loses_no_acknowledged_newest_record() {
     let mut b = Broker::start_with("[topics]\ncleaner_check_interval = \"50ms\"\n");
@@ -128,21 +148,7 @@ fn kill_9_while_the_cleaner_runs_loses_no_acknowledged_newest_record() {
     let acked_file = dir.path().join("acked.txt");
     for round in 0..3 {
         let prefix = format!("r{round}");
-        let bootstrap = b.bootstrap();
-        let producer = Producer::start(
-            &acked_file,
-            &[
-                "--bootstrap",
-                &bootstrap,
-                "--topic",
-                "churn",
-                "--idempotence",
-                "--prefix",
-                &prefix,
-                "--rate",
-                "2000",
-            ],
-        );
+        let producer = churn(&b, &acked_file, &prefix);
         let before = passes(&b);
         // Killed while the producer writes and the cleaner swaps segments, both steadily.
         wait_passes(&b, before + 3.0);
@@ -187,21 +193,7 @@ fn kill_9_while_the_cleaner_runs_loses_no_acknowledged_newest_record() {
     assert!(stored.len() < acked.len(), "compaction removed nothing");
     // The cleaner goes on after the crashes (no swap left half done).
     let before = passes(&b);
-    let bootstrap = b.bootstrap();
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "churn",
-            "--idempotence",
-            "--prefix",
-            "last",
-            "--rate",
-            "2000",
-        ],
-    );
+    let producer = churn(&b, &acked_file, "last");
     wait_passes(&b, before + 1.0);
     producer.stop(T);
 }
