@@ -121,3 +121,27 @@ pub fn read(bootstrap: &str, topic: &str, from: i64, max: usize) -> Records {
     );
     keyed_records(&out["records"])
 }
+
+/// Read `topic` until every key's newest acknowledged record is there (a leader elected
+/// a moment ago answers only up to its high watermark, which catches up with its followers
+/// shortly), or `timeout` passes; what was read last. [`check_compacted`] then says what
+/// is missing, if anything.
+pub fn read_settled(
+    bootstrap: &str,
+    topic: &str,
+    acked: &Records,
+    timeout: std::time::Duration,
+) -> Records {
+    let deadline = std::time::Instant::now() + timeout;
+    let newest = newest(acked);
+    loop {
+        let all = read(bootstrap, topic, 0, 0);
+        let complete = newest
+            .iter()
+            .all(|(k, (o, v))| all.get(o) == Some(&(k.clone(), v.clone())));
+        if complete || std::time::Instant::now() >= deadline {
+            return all;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -169,11 +169,15 @@ impl Fetcher {
             tokio::time::sleep(RETRY).await;
             return Ok(());
         };
+        // A partition whose log went offline (a storage error) is left out, as Kafka's fetcher
+        // marks it failed: its appends would fail the whole answer, and with it the
+        // replication of every other partition this leader serves.
         let followed: Vec<(Arc<Partition>, LeaderEpoch)> = self
             .set
             .partitions
             .lock()
             .values()
+            .filter(|f| !f.partition.is_offline())
             .map(|f| (Arc::clone(&f.partition), f.epoch))
             .collect();
         if followed.is_empty() {
