@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use e2e::acked::{Producer, everything, read_acked, settled, verify};
-use e2e::clients::{kcat, python};
+use e2e::clients::{http_json, kcat, python};
 use e2e::compacted::{check_compacted, keyed_records};
 use e2e::hub::{Hub, HubSpec};
 use e2e::wait_until;
@@ -649,22 +649,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `curl` a registry: the status and the JSON answer.
-fn registry_call(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 /// Every broker of the hub serves the Schema Registry: writes sent to any of them reach the
 /// one writer (the leader of `_schemas`, at the address it announced in the metadata), and the
 /// broker that holds no replica of `_schemas` forwards reads too, and says it is ready.
@@ -715,7 +699,7 @@ fn every_broker_serves_the_schema_registry_through_the_one_writer() {
             r#"{{"schema":"{{\"type\":\"record\",\"name\":\"ViaBroker{n}\",\"fields\":[{{\"name\":\"f\",\"type\":\"long\"}}]}}"}}"#
         );
         let id = wait_until(&format!("a registration through broker {n}"), T, || {
-            let (code, v) = registry_call(
+            let (code, v) = http_json(
                 "POST",
                 &format!("{url}/subjects/via-{n}/versions"),
                 Some(&schema),
@@ -732,11 +716,11 @@ fn every_broker_serves_the_schema_registry_through_the_one_writer() {
     for (n, url) in &urls {
         for id in &ids {
             wait_until(&format!("id {id} through broker {n}"), T, || {
-                let (code, v) = registry_call("GET", &format!("{url}/schemas/ids/{id}"), None);
+                let (code, v) = http_json("GET", &format!("{url}/schemas/ids/{id}"), None);
                 (code == 200 && v["schema"].is_string()).then_some(())
             });
         }
-        let (code, subjects) = registry_call("GET", &format!("{url}/subjects"), None);
+        let (code, subjects) = http_json("GET", &format!("{url}/subjects"), None);
         assert_eq!(code, 200);
         assert_eq!(
             subjects.as_array().map(Vec::len),
@@ -747,7 +731,7 @@ fn every_broker_serves_the_schema_registry_through_the_one_writer() {
     let ready = hub.brokers[&outsider]
         .metrics_url()
         .replace("/metrics", "/ready");
-    let (code, _) = registry_call("GET", &ready, None);
+    let (code, _) = http_json("GET", &ready, None);
     assert_eq!(
         code, 200,
         "broker {outsider} (no replica of _schemas) forwards, so it is ready"

@@ -5,21 +5,16 @@
 
 use std::time::Duration;
 
-use e2e::clients::python;
+use e2e::clients::{http_json, python};
 use e2e::hub::free_addr;
 use e2e::{Broker, wait_until};
 
 const T: Duration = Duration::from_secs(120);
 
+/// A successful answer's JSON.
 fn get(url: &str) -> Option<serde_json::Value> {
-    let out = std::process::Command::new("curl")
-        .args(["-fsS", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
+    let (code, v) = http_json("GET", url, None);
+    ((200..400).contains(&code) && !v.is_null()).then_some(v)
 }
 
 #[test]
@@ -75,27 +70,11 @@ fn confluent_kafka_avro_serdes_register_evolve_and_are_refused_incompatible_chan
     assert!(v1["schema"].as_str().unwrap().contains("Reading"), "{v1}");
 }
 
-/// `curl` with a JSON body; the answer's JSON.
+/// `method` with a JSON body; the answer's JSON (which it must be).
 fn send(method: &str, url: &str, body: &str) -> serde_json::Value {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            method,
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
-            url,
-        ])
-        .output()
-        .expect("curl runs");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{method} {url}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let (code, v) = http_json(method, url, Some(body));
+    assert!(!v.is_null(), "{method} {url}: {code} and no JSON answer");
+    v
 }
 
 fn register(url: &str, subject: &str, record: &str) -> i64 {
@@ -145,11 +124,7 @@ fn ids_survive_compaction_of_the_schemas_topic_and_are_never_reused() {
     // Ready means the registry has read `_schemas` back: every id resolves at once.
     let ready = b.metrics_url().replace("/metrics", "/ready");
     wait_until("the broker is ready", T, || {
-        std::process::Command::new("curl")
-            .args(["-fsS", &ready])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
+        (http_json("GET", &ready, None).0 == 200).then_some(())
     });
     for (i, id) in ids.iter().enumerate().take(119) {
         let s = get(&format!("{url}/schemas/ids/{id}")).unwrap_or_else(|| panic!("id {id} lost"));

@@ -183,9 +183,7 @@ impl Backend for SchemasLog {
         }
         let state = self.state.metadata();
         let leader = state
-            .topic_names
-            .get(SCHEMAS_TOPIC)
-            .and_then(|id| state.topics.get(id))
+            .topic_by_name(SCHEMAS_TOPIC)
             .and_then(|t| t.partitions.first())
             .and_then(|p| p.leader)
             .filter(|l| *l != self.state.cluster.me);

@@ -379,12 +379,17 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             shutdown.clone(),
         ));
     }
-    tokio::spawn(retention_loop(
-        Arc::clone(&state),
-        retention_every,
-        shutdown.clone(),
-    ));
-    tokio::spawn(cleaner_loop(Arc::clone(&state), shutdown.clone()));
+    let st = Arc::clone(&state);
+    tokio::spawn(every(retention_every, shutdown.clone(), move || {
+        let st = Arc::clone(&st);
+        async move { st.topics.enforce_retention().await }
+    }));
+    let st = Arc::clone(&state);
+    let cleaner_every = state.config.topics.cleaner_check_interval;
+    tokio::spawn(every(cleaner_every, shutdown.clone(), move || {
+        let st = Arc::clone(&st);
+        async move { st.topics.compact_all(&st.metrics).await }
+    }));
     let registry_addr = match (state.config.schema_registry.clone(), registry_metrics) {
         (Some(l), Some(m)) => {
             Some(serve_schema_registry(&state, &l, m, Arc::clone(&health), &shutdown).await?)
@@ -553,26 +558,20 @@ async fn accept_loop(
     }
 }
 
-/// The log cleaner: compaction passes over compacted topics, one partition at a time, in
-/// the background (the I/O runs on blocking threads outside the partitions' locks).
-async fn cleaner_loop(state: Arc<BrokerState>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(state.config.topics.cleaner_check_interval);
+/// Run `round` every `period` until shutdown, one round at a time (a round that overruns
+/// delays the next). Retention and the log cleaner (compaction passes, one partition at a
+/// time, their I/O on blocking threads outside the partitions' locks) run this way.
+async fn every<F, Fut>(period: Duration, shutdown: CancellationToken, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = interval.tick() => state.topics.compact_all(&state.metrics).await,
-        }
-    }
-}
-
-async fn retention_loop(state: Arc<BrokerState>, every: Duration, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => state.topics.enforce_retention().await,
+            _ = interval.tick() => round().await,
         }
     }
 }

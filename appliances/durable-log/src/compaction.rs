@@ -105,8 +105,8 @@ pub struct CleanPlan {
 /// A finished pass, ready to be swapped in.
 pub struct Cleaned {
     pub(crate) generation: u64,
-    /// `(base, size of the segment it replaces, the new segment in the staging directory)`.
-    pub(crate) segments: Vec<(i64, u64, Segment)>,
+    /// `(size of the segment it replaces, the new segment in the staging directory)`.
+    pub(crate) segments: Vec<(u64, Segment)>,
     /// The new cleaner checkpoint.
     pub(crate) end: i64,
     pub report: CleanReport,
@@ -274,7 +274,7 @@ impl CleanPlan {
                 Some(seg) => {
                     report.bytes_after += seg.size();
                     report.segments_rewritten += 1;
-                    segments.push((src.base, src.size, seg));
+                    segments.push((src.size, seg));
                 }
             }
         }

@@ -1075,11 +1075,11 @@ impl Log {
         self.check_online()?;
         let staging = self.dir.join(compaction::STAGING_DIR);
         let current = cleaned.generation == self.generation
-            && cleaned.segments.iter().all(|(base, size, _)| {
+            && cleaned.segments.iter().all(|(size, new)| {
                 self.segments
-                    .get(base)
+                    .get(&new.base_offset())
                     .is_some_and(|s| s.is_sealed() && s.size() == *size)
-                    && *base != self.active().base_offset()
+                    && new.base_offset() != self.active().base_offset()
             });
         if !current {
             let _ = fs::remove_dir_all(&staging);
@@ -1093,10 +1093,10 @@ impl Log {
             if let Err(e) = compaction::finish_swap(&self.dir) {
                 return Err(self.fail(e));
             }
-            for (base, _, mut seg) in cleaned.segments {
+            for (_, mut seg) in cleaned.segments {
                 seg.relocate(&self.dir);
                 // The old segment's files were replaced by the renames: dropping it closes them.
-                self.segments.insert(base, seg);
+                self.segments.insert(seg.base_offset(), seg);
             }
         }
         self.cleaner_checkpoint = cleaned.end;
