@@ -187,7 +187,7 @@ impl Fetcher {
         let mut topics: BTreeMap<uuid::Uuid, Vec<FetchPartition>> = BTreeMap::new();
         for (p, leader_epoch) in &followed {
             let offsets = p.offsets();
-            let last_epoch = p.last_epoch().await.map_err(|e| e.to_string())?;
+            let last_epoch = p.last_epoch().map_err(|e| e.to_string())?;
             topics.entry(p.topic_id).or_default().push(
                 FetchPartition::default()
                     .with_partition(p.index)
@@ -306,10 +306,7 @@ impl Fetcher {
             // the leader's end would keep our records of the later epoch under the leader's
             // offsets, and meet the same divergence at every fetch.
             let theirs = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
-            let (_, ours_end) = p
-                .epoch_end_offset(theirs.0)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (_, ours_end) = p.epoch_end_offset(theirs.0).map_err(|e| e.to_string())?;
             let cut = if ours_end >= 0 {
                 theirs.1.min(ours_end)
             } else {

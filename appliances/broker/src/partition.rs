@@ -32,6 +32,17 @@ use crate::metrics::Metrics;
 use crate::replica::{Assignment, FetchRefusal, Replica, Role, Transition};
 use crate::topic_config::TopicPolicy;
 
+/// Appends and reads up to this size run on the calling task; larger ones on the blocking
+/// pool. Below it, the page-cache copy costs less than a hand-off to another thread and back
+/// (each a futex wake-up, and contention on the pool's lock: profiles of the stretched hub
+/// showed more CPU in those than in the copies). Above it, a copy could hold a runtime
+/// worker for milliseconds.
+const INLINE_IO_BYTES_MAX: usize = 1 << 20;
+
+fn bytes_of(batches: &[RawBatch]) -> usize {
+    batches.iter().map(|b| b.bytes.len()).sum()
+}
+
 /// Current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -335,32 +346,44 @@ impl Partition {
         self: &Arc<Self>,
         batches: Vec<RawBatch>,
     ) -> Result<(AppendResult, LeaderEpoch), ProduceError> {
+        if bytes_of(&batches) <= INLINE_IO_BYTES_MAX {
+            return self.append_now(&batches);
+        }
         let me = Arc::clone(self);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut r = me.replica.lock();
+        tokio::task::spawn_blocking(move || me.append_now(&batches))
+            .await
+            .map_err(|e| AppendError::Storage(LogError::Offline(e.to_string())))?
+    }
+
+    /// [`Partition::append`] on this thread: a page-cache write under the replica and log
+    /// locks (a segment roll creates files but fsyncs nothing: the flusher does).
+    fn append_now(
+        &self,
+        batches: &[RawBatch],
+    ) -> Result<(AppendResult, LeaderEpoch), ProduceError> {
+        let result = {
+            let mut r = self.replica.lock();
             if !r.is_leader() {
                 return Err(ProduceError::NotLeader);
             }
             let epoch = r.leader_epoch();
-            let mut guard = me.log.lock();
+            let mut guard = self.log.lock();
             let log = guard.as_mut().ok_or_else(|| {
                 AppendError::Storage(LogError::Offline("partition deleted".into()))
             })?;
-            let result = log.append_as_leader(&batches, epoch.0, now_ms());
-            me.after_log_change(log);
+            let result = log.append_as_leader(batches, epoch.0, now_ms());
+            self.after_log_change(log);
             let result = result?;
             if !result.duplicate {
                 r.on_append(Offset(log.log_end_offset()));
-                if matches!(me.durability, Durability::Interval { .. }) {
+                if matches!(self.durability, Durability::Interval { .. }) {
                     r.on_flush(Offset(log.log_end_offset()));
                 }
                 drop(guard);
-                me.publish(&r);
+                self.publish(&r);
             }
-            Ok((result, epoch))
-        })
-        .await
-        .map_err(|e| AppendError::Storage(LogError::Offline(e.to_string())))??;
+            (result, epoch)
+        };
         if !result.0.duplicate && self.durability == Durability::Sync {
             self.flush_wanted.notify_one();
         }
@@ -436,31 +459,42 @@ impl Partition {
         batches: Vec<RawBatch>,
         epoch: LeaderEpoch,
     ) -> Result<i64, PartitionError> {
+        if bytes_of(&batches) <= INLINE_IO_BYTES_MAX {
+            return self.append_as_follower_now(&batches, epoch);
+        }
         let me = Arc::clone(self);
-        let end = self
-            .blocking(move || {
-                let mut r = me.replica.lock();
-                if !matches!(r.role(), Role::Follower { .. }) || r.leader_epoch() != epoch {
-                    return Err(PartitionError::NotFollower);
-                }
-                let mut guard = me.log.lock();
-                let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
-                let appended = log.append_as_follower(&batches);
-                me.after_log_change(log);
-                appended.map_err(|e| match e {
-                    AppendError::Storage(l) => PartitionError::Log(l),
-                    other => PartitionError::Log(LogError::Offline(other.to_string())),
-                })?;
-                let end = log.log_end_offset();
-                r.on_append(Offset(end));
-                if matches!(me.durability, Durability::Interval { .. }) {
-                    r.on_flush(Offset(end));
-                }
-                drop(guard);
-                me.publish(&r);
-                Ok(end)
-            })
-            .await?;
+        self.blocking(move || me.append_as_follower_now(&batches, epoch))
+            .await
+    }
+
+    /// [`Partition::append_as_follower`] on this thread, as [`Partition::append_now`].
+    fn append_as_follower_now(
+        &self,
+        batches: &[RawBatch],
+        epoch: LeaderEpoch,
+    ) -> Result<i64, PartitionError> {
+        let end = {
+            let mut r = self.replica.lock();
+            if !matches!(r.role(), Role::Follower { .. }) || r.leader_epoch() != epoch {
+                return Err(PartitionError::NotFollower);
+            }
+            let mut guard = self.log.lock();
+            let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
+            let appended = log.append_as_follower(batches);
+            self.after_log_change(log);
+            appended.map_err(|e| match e {
+                AppendError::Storage(l) => PartitionError::Log(l),
+                other => PartitionError::Log(LogError::Offline(other.to_string())),
+            })?;
+            let end = log.log_end_offset();
+            r.on_append(Offset(end));
+            if matches!(self.durability, Durability::Interval { .. }) {
+                r.on_flush(Offset(end));
+            }
+            drop(guard);
+            self.publish(&r);
+            end
+        };
         if self.durability == Durability::Sync {
             self.flush_wanted.notify_one();
         }
@@ -542,6 +576,12 @@ impl Partition {
     }
 
     /// Read up to `max_bytes` of whole batches from `offset`, below `bound`.
+    ///
+    /// A read that starts in the active segment (every follower fetch, every tailing
+    /// consumer) is planned from that segment's in-memory index and copies bytes written a
+    /// moment ago, still in the page cache: it runs on the calling task. An older segment may
+    /// need the disk for its index and data: that read goes to the blocking pool, plan and
+    /// copy in one trip. Either way the copy runs without the log lock.
     pub async fn read(
         self: &Arc<Self>,
         offset: i64,
@@ -554,14 +594,21 @@ impl Partition {
             ReadBound::HighWatermark => visible.high_watermark,
             ReadBound::LogEnd => visible.log_end,
         };
-        let plan = self
-            .with_log(move |log| log.read_plan(offset, max_bytes, limit, min_one_batch))
-            .await??;
-        let records = match plan {
-            Some(plan) => tokio::task::spawn_blocking(move || plan.execute())
-                .await
-                .map_err(|e| PartitionError::Task(e.to_string()))??,
-            None => Bytes::new(),
+        let plan = move |log: &Log| log.read_plan(offset, max_bytes, limit, min_one_batch);
+        // `Some(plan)`: planned here, in the active segment; `None`: an older segment.
+        let here = self.with_log_now(|log| log.in_active_segment(offset).then(|| plan(log)))?;
+        let records = match here.transpose()? {
+            Some(None) => Bytes::new(),
+            Some(Some(p)) if p.len() <= INLINE_IO_BYTES_MAX => p.execute()?,
+            Some(Some(p)) => self.blocking(move || Ok(p.execute()?)).await?,
+            None => {
+                let me = Arc::clone(self);
+                self.blocking(move || match me.with_log_now(plan)?? {
+                    Some(p) => Ok(p.execute()?),
+                    None => Ok(Bytes::new()),
+                })
+                .await?
+            }
         };
         Ok(ReadResult {
             records,
@@ -595,31 +642,27 @@ impl Partition {
         Ok(found.filter(|(o, _)| *o < hw))
     }
 
-    /// The leader epoch that covers `offset`.
-    pub async fn epoch_for_offset(
-        self: &Arc<Self>,
-        offset: i64,
-    ) -> Result<Option<i32>, PartitionError> {
-        self.with_log(move |log| log.epochs().epoch_for_offset(offset))
-            .await
+    /// The leader epoch that covers `offset`. The epoch cache is in memory: read under the
+    /// log lock, here, not on the blocking pool (a leader answers this for every partition
+    /// of every follower fetch that says which epoch it last fetched).
+    pub fn epoch_for_offset(&self, offset: i64) -> Result<Option<i32>, PartitionError> {
+        self.with_log_now(|log| log.epochs().epoch_for_offset(offset))
     }
 
     /// OffsetForLeaderEpoch: `(epoch, end offset)` of the largest epoch `<= epoch`.
-    pub async fn epoch_end_offset(
-        self: &Arc<Self>,
-        epoch: i32,
-    ) -> Result<(i32, i64), PartitionError> {
-        self.with_log(move |log| log.epochs().end_offset_for(epoch, log.log_end_offset()))
-            .await
+    pub fn epoch_end_offset(&self, epoch: i32) -> Result<(i32, i64), PartitionError> {
+        self.with_log_now(|log| log.epochs().end_offset_for(epoch, log.log_end_offset()))
     }
 
-    /// The newest epoch in the local log and where it ends (a follower's `last_fetched_epoch`).
-    pub async fn last_epoch(self: &Arc<Self>) -> Result<Option<i32>, PartitionError> {
-        // The epoch cache is in memory: read it under the log lock here rather than on the
-        // blocking pool (followers ask for every partition before every fetch).
+    /// The newest epoch in the local log (a follower's `last_fetched_epoch`).
+    pub fn last_epoch(&self) -> Result<Option<i32>, PartitionError> {
+        self.with_log_now(|log| log.epochs().latest().map(|e| e.epoch))
+    }
+
+    /// Run `f` on the log here, under its lock: for what the log keeps in memory.
+    fn with_log_now<T>(&self, f: impl FnOnce(&Log) -> T) -> Result<T, PartitionError> {
         let guard = self.log.lock();
-        let log = guard.as_ref().ok_or(PartitionError::Deleted)?;
-        Ok(log.epochs().latest().map(|e| e.epoch))
+        guard.as_ref().map(f).ok_or(PartitionError::Deleted)
     }
 
     /// DeleteRecords: move the log start offset to `offset` (durable on return).

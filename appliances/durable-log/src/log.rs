@@ -148,18 +148,29 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    /// Read the bytes. Call without holding the log's lock.
-    pub fn execute(&self) -> Result<Bytes, LogError> {
+    /// How many bytes [`ReadPlan::execute`] reads (it may return fewer: whole batches only).
+    pub fn len(&self) -> usize {
         let available = (self.end - self.start) as usize;
         let want = available.min(self.max_bytes);
-        let want = if want < self.first_batch_len {
-            if !self.min_one_batch {
-                return Ok(Bytes::new());
-            }
+        if want >= self.first_batch_len {
+            want
+        } else if self.min_one_batch {
             self.first_batch_len
         } else {
-            want
-        };
+            0
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Read the bytes. Call without holding the log's lock.
+    pub fn execute(&self) -> Result<Bytes, LogError> {
+        let want = self.len();
+        if want == 0 {
+            return Ok(Bytes::new());
+        }
         let mut buf = Segment::read_at(&self.file, self.start, want)
             .ctx(|| format!("reading {want} bytes at {}", self.start))?;
         let (whole, _) = crate::batch::whole_batches_prefix(&buf);
@@ -463,6 +474,12 @@ impl Log {
 
     pub fn is_offline(&self) -> bool {
         self.offline.is_some()
+    }
+
+    /// Whether `offset` lies in the active segment, whose index is in memory and whose bytes
+    /// were written recently: a read from there needs no disk I/O in the common case.
+    pub fn in_active_segment(&self, offset: i64) -> bool {
+        offset >= self.active().base_offset()
     }
 
     fn active(&self) -> &Segment {

@@ -263,7 +263,7 @@ async fn read_one(
             .with_log_start_offset(offsets.log_start)
     };
     if w.last_fetched_epoch >= 0 {
-        match partition.epoch_end_offset(w.last_fetched_epoch).await {
+        match partition.epoch_end_offset(w.last_fetched_epoch) {
             Ok((epoch, end)) if epoch < 0 || end < 0 => {
                 return with_offsets(failed(err(ResponseError::OffsetOutOfRange)));
             }

@@ -92,7 +92,7 @@ pub async fn list_offsets(
                         let epoch = if p.timestamp == LATEST {
                             Some(partition.leader_epoch().0)
                         } else {
-                            partition.epoch_for_offset(offset).await.ok().flatten()
+                            partition.epoch_for_offset(offset).ok().flatten()
                         };
                         resp.with_leader_epoch(epoch.unwrap_or(-1))
                     } else {
@@ -136,7 +136,7 @@ pub async fn offset_for_leader_epoch(
                 partitions.push(resp.with_error_code(code));
                 continue;
             }
-            partitions.push(match partition.epoch_end_offset(p.leader_epoch).await {
+            partitions.push(match partition.epoch_end_offset(p.leader_epoch) {
                 Ok((epoch, end)) => resp.with_leader_epoch(epoch).with_end_offset(end),
                 Err(e) => resp.with_error_code(storage_error(&e)),
             });
