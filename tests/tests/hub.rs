@@ -555,10 +555,17 @@ fn the_lab_hub_of_the_main_job_starts_healthy_serves_and_stops_cleanly() {
 }
 
 /// KIP-392: a consumer that says which site it is in (`client.rack`) is sent to a replica
-/// there, so a site reads locally instead of across the WAN.
+/// there, so a site reads locally instead of across the WAN. Followers' fetches wait up to
+/// 300 s here, longer than the test's deadlines: the first produce is acknowledged only if a
+/// follower whose set of partitions grows (the new topic) does not wait behind the fetch it
+/// had at the leader, and the reads end only if a leader answers a waiting fetch with the
+/// high watermark that moved (the follower learns what is committed without new data).
 #[test]
 fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
-    let mut hub = Hub::start(HubSpec::two_by_two());
+    let mut spec = HubSpec::two_by_two();
+    spec.broker_extra
+        .push_str("[replication]\nfetch_wait = \"300s\"\nlag_time = \"600s\"\n");
+    let mut hub = Hub::start(spec);
     create_topic(&mut hub, "orders");
     let bootstrap = hub.bootstrap();
     // Keyed, so that every partition gets records (librdkafka's sticky partitioner would put
@@ -633,6 +640,20 @@ fn a_consumer_with_client_rack_reads_from_a_replica_in_its_own_site() {
         by_site_b > 0.0 && by_leader == 0.0,
         "bytes served per broker: {served:?} (leader {leader})"
     );
+    // Once the followers wait with nothing to fetch, one more record: it is committed when
+    // both sites have it, and the site-b replica's consumers see it without new traffic.
+    kcat(
+        &[
+            "-b", &bootstrap, "-P", "-t", "orders", "-p", &partition, "-X", "acks=all",
+        ],
+        Some(b"the-last-record\n"),
+        T,
+    );
+    wait_until("the last record read from a replica in site-b", T, || {
+        kcat(&args, None, T)
+            .contains("the-last-record")
+            .then_some(())
+    });
 }
 
 /// A child process (and, through its SIGTERM handling, its own children) stopped when the

@@ -499,6 +499,15 @@ impl Validate for BrokerConfig {
         if r.lag_time < Duration::from_millis(100) {
             return Err("replication.lag_time must be at least 100ms".into());
         }
+        // A caught-up follower's fetch waits this long for data: were it as long as the lag
+        // time, an idle follower would look lagging and leave the in-sync set (Kafka checks
+        // the same of replica.fetch.wait.max.ms).
+        if r.fetch_wait >= r.lag_time {
+            return Err(format!(
+                "replication.fetch_wait ({:?}) must be shorter than replication.lag_time ({:?})",
+                r.fetch_wait, r.lag_time
+            ));
+        }
         if let Some(listen) = r.listen
             && listen.ip().is_unspecified()
             && r.advertised.is_none()
@@ -622,5 +631,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("must be host:port"), "{e}");
+        let e = appconfig::parse_str::<BrokerConfig>(
+            "data_dir = \"/d\"\n[replication]\nfetch_wait = \"10s\"\n",
+            "f",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("fetch_wait (10s) must be shorter than replication.lag_time (10s)"),
+            "{e}"
+        );
     }
 }

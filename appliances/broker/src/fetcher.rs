@@ -116,6 +116,13 @@ impl Fetchers {
     }
 }
 
+/// What a fetcher does after a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    SameConnection,
+    NewConnection,
+}
+
 struct Fetcher {
     leader: NodeId,
     set: Arc<Set>,
@@ -132,16 +139,17 @@ impl Fetcher {
             }
             let session = async {
                 let conn = self.connect().await?;
-                loop {
-                    self.fetch_once(&conn).await?;
-                }
-                #[allow(unreachable_code)]
+                while self.fetch_once(&conn).await? == Next::SameConnection {}
                 Ok::<(), String>(())
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                r = session => if let Err(e) = r {
-                    tracing::debug!(leader = %self.leader, error = %e, "fetching from the leader failed; retrying");
+                r = session => match r {
+                    // The followed set changed while a fetch waited at the leader: a fresh
+                    // connection at once (the waiting fetch would hold up every answer
+                    // behind it on this one, for up to the whole fetch wait).
+                    Ok(()) => continue,
+                    Err(e) => tracing::debug!(leader = %self.leader, error = %e, "fetching from the leader failed; retrying"),
                 }
             }
             tokio::select! {
@@ -164,10 +172,10 @@ impl Fetcher {
     }
 
     /// One fetch for every followed partition, then apply the answers.
-    async fn fetch_once(&self, conn: &Connection) -> Result<(), String> {
+    async fn fetch_once(&self, conn: &Connection) -> Result<Next, String> {
         let Some(epoch) = self.cluster.epoch() else {
             tokio::time::sleep(RETRY).await;
-            return Ok(());
+            return Ok(Next::SameConnection);
         };
         // A partition whose log went offline (a storage error) is left out, as Kafka's fetcher
         // marks it failed: its appends would fail the whole answer, and with it the
@@ -182,7 +190,7 @@ impl Fetcher {
             .collect();
         if followed.is_empty() {
             self.set.changed.notified().await;
-            return Ok(());
+            return Ok(Next::SameConnection);
         }
         let mut topics: BTreeMap<uuid::Uuid, Vec<FetchPartition>> = BTreeMap::new();
         for (p, leader_epoch) in &followed {
@@ -226,8 +234,8 @@ impl Fetcher {
                 r.map_err(|_| "fetch timed out".to_string())?.map_err(|e| e.to_string())?
             }
             // A partition was added or removed: this answer is dropped (the request is
-            // abandoned) and the next one covers the new set.
-            _ = self.set.changed.notified() => return Ok(()),
+            // abandoned, with its connection) and the next one covers the new set.
+            _ = self.set.changed.notified() => return Ok(Next::NewConnection),
         };
         if response.error_code != 0 {
             return Err(format!("leader answered error {}", response.error_code));
@@ -264,7 +272,7 @@ impl Fetcher {
                 tracing::warn!(topic = %a.partition.topic, partition = a.partition.index, error = %err, "finishing fetched data failed");
             }
         }
-        Ok(())
+        Ok(Next::SameConnection)
     }
 
     /// Apply one partition's answer: truncate on divergence or append. What is appended is

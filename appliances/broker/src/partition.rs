@@ -551,6 +551,18 @@ impl Partition {
         .await
     }
 
+    /// (Leader) an answer told `follower` the high watermark `hw`.
+    pub fn high_watermark_sent(&self, follower: NodeId, hw: i64) {
+        self.replica
+            .lock()
+            .on_high_watermark_sent(follower, Offset(hw));
+    }
+
+    /// (Leader) whether the high watermark moved past what `follower` was last told.
+    pub fn high_watermark_news(&self, follower: NodeId) -> bool {
+        self.replica.lock().high_watermark_news(follower)
+    }
+
     /// A follower learned its leader's high watermark.
     pub fn leader_high_watermark(&self, hw: i64) {
         let mut r = self.replica.lock();

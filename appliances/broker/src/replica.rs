@@ -63,6 +63,8 @@ struct Progress {
     last_caught_up_ms: u64,
     /// The leader's log end when the previous fetch was served.
     leader_end_at_last_fetch: Offset,
+    /// The high watermark in the last answer it was sent (what it knows of it).
+    high_watermark_sent: Offset,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,6 +240,7 @@ impl Replica {
                         // In-sync replicas get a full lag time to show up.
                         last_caught_up_ms: if self.isr.contains(n) { now_ms } else { 0 },
                         leader_end_at_last_fetch: self.log_end,
+                        high_watermark_sent: Offset(-1),
                     },
                 )
             })
@@ -301,6 +304,23 @@ impl Replica {
         p.last_fetch_ms = now_ms;
         p.leader_end_at_last_fetch = end;
         Ok(self.advance_high_watermark())
+    }
+
+    /// (Leader) an answer told `follower` the high watermark `hw`.
+    pub fn on_high_watermark_sent(&mut self, follower: NodeId, hw: Offset) {
+        if let Some(p) = self.followers.get_mut(&follower) {
+            p.high_watermark_sent = p.high_watermark_sent.max(hw);
+        }
+    }
+
+    /// (Leader) whether the high watermark moved past what `follower` was last told: news
+    /// that consumers reading from that follower (KIP-392) wait for.
+    pub fn high_watermark_news(&self, follower: NodeId) -> bool {
+        self.role == Role::Leader
+            && self
+                .followers
+                .get(&follower)
+                .is_some_and(|p| self.high_watermark > p.high_watermark_sent)
     }
 
     /// A follower learned its leader's high watermark.

@@ -114,8 +114,8 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> Fetc
     } else {
         r.max_bytes as usize
     };
-    let deadline =
-        Instant::now() + Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let parked = Instant::now();
+    let deadline = parked + Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     loop {
         // Subscribe before reading, so that data arriving in between wakes the wait below.
         let mut watchers: Vec<_> = wanted
@@ -123,15 +123,64 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> Fetc
             .filter_map(|w| w.partition.as_ref().ok().map(|p| p.watch()))
             .collect();
         let (results, bytes, any_error) = read_all(s, version, &wanted, max_bytes, &fetcher).await;
-        if bytes >= min_bytes || any_error || Instant::now() >= deadline || watchers.is_empty() {
-            return build(version, &wanted, results);
+        let now = Instant::now();
+        // A follower with no data to fetch still needs the moved high watermark, or the
+        // consumers reading from it (KIP-392) wait up to its whole fetch wait.
+        let news_at =
+            high_watermark_news(&fetcher, &wanted).then_some(parked + HIGH_WATERMARK_NEWS_WAIT);
+        if bytes >= min_bytes
+            || any_error
+            || now >= deadline
+            || watchers.is_empty()
+            || news_at.is_some_and(|t| now >= t)
+        {
+            return answer(version, &wanted, results, &fetcher);
         }
+        let wake_at = news_at.map_or(deadline, |t| t.min(deadline));
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+        if tokio::time::timeout_at(wake_at, changed).await.is_err() {
             let (results, _, _) = read_all(s, version, &wanted, max_bytes, &fetcher).await;
-            return build(version, &wanted, results);
+            return answer(version, &wanted, results, &fetcher);
         }
     }
+}
+
+/// How long a follower's fetch with nothing to read is held, at most, once the high
+/// watermark of one of its partitions moved past what it was told. Under load an answer
+/// with data comes sooner and carries the news; when the load stops, the last records reach
+/// the follower's consumers this much later, not a whole fetch wait (500 ms by default).
+/// Answering at once instead would add an empty round trip per commit under load.
+const HIGH_WATERMARK_NEWS_WAIT: Duration = Duration::from_millis(50);
+
+/// Whether a follower's fetch has a partition whose high watermark it has not been told.
+fn high_watermark_news(fetcher: &Fetcher, wanted: &[Wanted]) -> bool {
+    let Fetcher::Replica { id, .. } = fetcher else {
+        return false;
+    };
+    wanted
+        .iter()
+        .filter_map(|w| w.partition.as_ref().ok())
+        .any(|p| p.high_watermark_news(*id))
+}
+
+/// Build the answer; a leader notes the high watermarks it tells a follower.
+fn answer(
+    version: i16,
+    wanted: &[Wanted],
+    results: Vec<PartitionData>,
+    fetcher: &Fetcher,
+) -> FetchResponse {
+    if let Fetcher::Replica { id, .. } = fetcher {
+        for (w, data) in wanted.iter().zip(&results) {
+            if let Ok(p) = &w.partition
+                && data.error_code == 0
+                && data.high_watermark >= 0
+            {
+                p.high_watermark_sent(*id, data.high_watermark);
+            }
+        }
+    }
+    build(version, wanted, results)
 }
 
 fn resolve(s: &BrokerState, version: i16, r: &FetchRequest) -> Vec<Wanted> {

@@ -178,3 +178,30 @@ fn a_replica_not_heard_from_lately_is_not_taken_back() {
         "silent for longer than the lag time"
     );
 }
+
+#[test]
+fn a_follower_has_high_watermark_news_until_an_answer_tells_it() {
+    let mut r = leader(0);
+    r.on_append(Offset(10));
+    r.on_flush(Offset(10));
+    r.on_follower_fetch(B, Offset(10), 1).unwrap();
+    r.on_high_watermark_sent(B, r.high_watermark());
+    r.on_high_watermark_sent(C, r.high_watermark());
+    assert!(
+        !r.high_watermark_news(B),
+        "nothing committed yet, B knows 0"
+    );
+    // C's fetch (the one reporting offset 10) commits the records: B has not been told.
+    assert!(r.on_follower_fetch(C, Offset(10), 2).unwrap());
+    assert!(r.high_watermark_news(B));
+    assert!(r.high_watermark_news(C), "C was not told either");
+    r.on_high_watermark_sent(B, Offset(10));
+    assert!(!r.high_watermark_news(B));
+    // An older answer arriving late does not take back what B was told.
+    r.on_high_watermark_sent(B, Offset(3));
+    assert!(!r.high_watermark_news(B));
+    // A follower never has news from a replica that does not lead.
+    let mut f = Replica::new(ME, Offset(0), Offset(0), Offset(0));
+    f.assign(&assignment(B, 1, &[ME, B, C]), 0);
+    assert!(!f.high_watermark_news(C));
+}
