@@ -671,7 +671,9 @@ impl Partition {
         self.with_log_now(|log| log.epochs().latest().map(|e| e.epoch))
     }
 
-    /// Run `f` on the log here, under its lock: for what the log keeps in memory.
+    /// Run `f` on the log on this thread, under its lock. On the runtime, only for what the
+    /// log keeps in memory (the epoch cache, a plan in the active segment); a read plan of an
+    /// older segment uses it on a blocking thread.
     fn with_log_now<T>(&self, f: impl FnOnce(&Log) -> T) -> Result<T, PartitionError> {
         let guard = self.log.lock();
         guard.as_ref().map(f).ok_or(PartitionError::Deleted)
