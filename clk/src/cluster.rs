@@ -180,6 +180,14 @@ pub fn render(s: &ClusterStatus) -> String {
             );
         }
     }
+    if s.configured_policy_differs {
+        let _ = writeln!(
+            out,
+            "note: node {}'s [cluster] data_sites / preferred_site differ from the cluster's \
+             site policy (fixed when it formed): the cluster's applies",
+            s.answered_by
+        );
+    }
     let p = &s.partitions;
     let _ = writeln!(
         out,

@@ -167,6 +167,7 @@ impl<T: Transport> QuorumNode<T> {
             leader_hint: parking_lot::Mutex::new(None),
         });
         tokio::spawn(controller_service(Arc::clone(&node), queue));
+        tokio::spawn(warn_of_another_policy(Arc::clone(&node)));
         Ok(node)
     }
 
@@ -244,6 +245,7 @@ impl<T: Transport> QuorumNode<T> {
             self.config.node,
             &self.state(),
             quorum,
+            &self.config.policy,
         )
     }
 
@@ -802,6 +804,33 @@ async fn register<T: Transport>(
 }
 
 /// The envelope this node puts around its requests.
+/// The site policy is fixed when the cluster forms (`ClusterFormed`, from the configuration of
+/// the voter that formed it); a node's `[cluster]` `data_sites` and `preferred_site` matter
+/// only then. A node configured otherwise says so in its log, once per policy it sees, and in
+/// its status: an operator who edits them expecting a change would otherwise see nothing.
+async fn warn_of_another_policy<T: Transport>(node: Arc<QuorumNode<T>>) {
+    let mut states = node.subscribe();
+    let mut told: Option<SitePolicy> = None;
+    loop {
+        let formed = states.borrow_and_update().policy.clone();
+        if let Some(formed) = formed
+            && formed != node.config.policy
+            && told.as_ref() != Some(&formed)
+        {
+            tracing::warn!(
+                configured = ?node.config.policy,
+                cluster = ?formed,
+                "this node's [cluster] data_sites / preferred_site differ from the site policy the cluster was formed with; the cluster's policy applies"
+            );
+            told = Some(formed);
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 pub fn envelope<B>(config: &NodeConfig, body: B) -> Envelope<B> {
     Envelope {
         version: PROTOCOL_VERSION,

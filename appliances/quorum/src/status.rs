@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::ids::{NodeId, SiteId};
 use crate::metadata::ClusterState;
+use crate::policy::SitePolicy;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -24,6 +25,11 @@ pub struct ClusterStatus {
     /// Sites the controller fenced: degraded mode while not empty.
     pub fenced_sites: Vec<SiteId>,
     pub preferred_site: Option<SiteId>,
+    /// The answering node's `[cluster]` `data_sites` / `preferred_site` differ from the
+    /// cluster's site policy, which was fixed when the cluster formed (the configuration of
+    /// the voter that formed it): editing them later changes nothing.
+    #[serde(default)]
+    pub configured_policy_differs: bool,
     pub partitions: PartitionStatus,
     /// A site is fenced, or an in-sync set misses a data site its replicas span
     /// (acknowledged writes of such a partition are on disk in one site only).
@@ -67,12 +73,14 @@ pub struct PartitionStatus {
 }
 
 impl ClusterStatus {
-    /// `state` as applied on `node`, with its view of the quorum.
+    /// `state` as applied on `node`, with its view of the quorum and the site policy its
+    /// configuration names.
     pub fn of(
         cluster_name: &str,
         node: NodeId,
         state: &ClusterState,
         quorum: QuorumStatus,
+        configured: &SitePolicy,
     ) -> ClusterStatus {
         let partitions = partition_status(state);
         let fenced_sites: Vec<SiteId> = state.fenced_sites.iter().cloned().collect();
@@ -86,6 +94,7 @@ impl ClusterStatus {
             degraded: !fenced_sites.is_empty() || partitions.degraded > 0,
             fenced_sites,
             preferred_site: state.policy.as_ref().map(|p| p.preferred_site.clone()),
+            configured_policy_differs: state.policy.as_ref().is_some_and(|p| p != configured),
             partitions,
         }
     }

@@ -325,6 +325,7 @@ async fn a_restarted_witness_keeps_its_vote_and_log_and_catches_up() {
         w.metrics()
     };
     let formed = hub.witness().node().state();
+    assert!(!hub.witness().node().status().configured_policy_differs);
     let quorum_addr = hub.witness().quorum_addr;
     hub.witness.take().unwrap().shutdown().await.unwrap();
     // What it voted and logged is on its disk.
@@ -341,8 +342,11 @@ async fn a_restarted_witness_keeps_its_vote_and_log_and_catches_up() {
     // The data sites go on without it, and commit something it has not seen.
     let index = register_through(hub.voter(1), 11).await;
 
+    // Restarted with another preferred site in its file: the site policy was fixed when the
+    // cluster formed, and the witness says that its file differs rather than applying it.
     let mut config = hub.witness_config.clone();
     config.quorum.listen = quorum_addr;
+    config.cluster.preferred_site = Some("site-b".into());
     let restarted = witness::start(config).await.expect("the witness restarts");
     let w = Arc::clone(restarted.node());
     hub.witness = Some(restarted);
@@ -365,6 +369,9 @@ async fn a_restarted_witness_keeps_its_vote_and_log_and_catches_up() {
     let state = w.state();
     assert!(state.brokers.contains_key(&NodeId(11)), "{state:?}");
     assert_eq!(state.cluster_id, formed.cluster_id, "the same cluster");
+    let status = w.status();
+    assert!(status.configured_policy_differs, "{status:?}");
+    assert_eq!(status.preferred_site, Some(SiteId::new("site-a")));
     wait_metrics(&w, "a leader", |m| m.current_leader.is_some()).await;
     hub.stop().await;
 }
