@@ -247,3 +247,59 @@ fn a_claimed_huge_frame_does_not_allocate_it() {
     }
     still_serves(&b);
 }
+
+/// A client that closes its connection while its Fetch waits for data (a follower moving to a
+/// new connection, a consumer going away) frees the connection at once, not when the long
+/// poll's wait (two minutes here, longer than the deadline below) would have ended.
+#[test]
+fn a_fetch_waiting_for_data_ends_with_its_connection() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let b = Broker::start_with(LIMITS.replace("1s", "300s").as_str());
+    let bootstrap = b.bootstrap();
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "idle", "-X", "acks=all"],
+        Some(b"one\n"),
+        Duration::from_secs(30),
+    );
+    let connections = || metric(&b.metrics_url(), "broker_connections").unwrap_or(-1.0);
+    wait_until(
+        "kcat's connections to close",
+        Duration::from_secs(20),
+        || (connections() == 0.0).then_some(()),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let conn = kafka_client::Connection::connect(&b.kafka.to_string(), "leaver")
+            .await
+            .expect("connect");
+        let partition = FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(1)
+            .with_partition_max_bytes(1 << 20);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(120_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("idle")))
+                    .with_partitions(vec![partition]),
+            ]);
+        let waiting = conn.send_at(request, 4).await.expect("send the fetch");
+        wait_until("the fetch's connection", Duration::from_secs(20), || {
+            (connections() == 1.0).then_some(())
+        });
+        drop(waiting);
+        drop(conn);
+    });
+    wait_until(
+        "the connection of the waiting fetch to close",
+        Duration::from_secs(30),
+        || (connections() == 0.0).then_some(()),
+    );
+    still_serves(&b);
+}

@@ -68,7 +68,11 @@ pub async fn serve<S: Stream>(
         let writer = tokio::spawn(
             write_responses(Arc::clone(&state), wr, rx, closing.clone()).in_current_span(),
         );
+        let peer_gone = session.peer_gone.clone();
         let end = read_requests(&state, rd, session, tx, &memory, &closing).await;
+        if matches!(end, ReadEnd::Closed | ReadEnd::Io(_)) {
+            peer_gone.cancel();
+        }
         match &end {
             ReadEnd::Closed | ReadEnd::Shutdown => {
                 tracing::debug!(reason = ?end, "connection closed")

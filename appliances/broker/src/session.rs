@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The kind of a listener, which decides what may be asked on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +52,9 @@ pub struct Session {
     pub principal: Principal,
     /// The client id of the request being handled (Kafka sends it in every header).
     pub client_id: String,
+    /// Cancelled when the peer closed the connection: requests that only wait (a Fetch's
+    /// long poll) stop waiting, since no one will read their answer.
+    pub peer_gone: CancellationToken,
 }
 
 impl Session {
@@ -60,6 +64,7 @@ impl Session {
             peer,
             principal: Principal::Anonymous,
             client_id: String::new(),
+            peer_gone: CancellationToken::new(),
         }
     }
 

@@ -24,6 +24,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use quorum::ids::{LeaderEpoch, NodeId};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{check_leader_epoch, err};
@@ -89,7 +90,14 @@ pub fn is_replica_fetch(version: i16, r: &FetchRequest) -> bool {
     }
 }
 
-pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> FetchResponse {
+/// `peer_gone`: the connection's peer closed it; a long poll stops at once (its answer
+/// goes nowhere), as a follower's fetch does when the follower moved to a new connection.
+pub async fn handle(
+    s: &Arc<BrokerState>,
+    version: i16,
+    r: FetchRequest,
+    peer_gone: CancellationToken,
+) -> FetchResponse {
     if version >= 7 {
         if r.session_id != 0 {
             return FetchResponse::default()
@@ -138,7 +146,11 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: FetchRequest) -> Fetc
         }
         let wake_at = news_at.map_or(deadline, |t| t.min(deadline));
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-        if tokio::time::timeout_at(wake_at, changed).await.is_err() {
+        let woken = tokio::select! {
+            r = tokio::time::timeout_at(wake_at, changed) => r.is_ok(),
+            _ = peer_gone.cancelled() => return build(version, &wanted, results),
+        };
+        if !woken {
             let (results, _, _) = read_all(s, version, &wanted, max_bytes, &fetcher).await;
             return answer(version, &wanted, results, &fetcher);
         }

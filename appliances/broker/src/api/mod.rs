@@ -72,7 +72,10 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         RequestKind::Produce(r) => produce::handle(s, v, r).await,
         RequestKind::Fetch(r) => {
             let s = Arc::clone(s);
-            Box::pin(async move { Reply::Send(ResponseKind::Fetch(fetch::handle(&s, v, r).await)) })
+            let gone = client.peer_gone.clone();
+            Box::pin(async move {
+                Reply::Send(ResponseKind::Fetch(fetch::handle(&s, v, r, gone).await))
+            })
         }
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(cluster::api_versions())),
         RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(s, v, r).await)),
