@@ -66,10 +66,23 @@ pub struct Hub {
     pub net: Option<Sites>,
 }
 
+/// A free loopback address for a node to bind later. Taken below the kernel's ephemeral
+/// range (32768 and up by default): a port from there can be handed, between this check and
+/// the node's bind, to any process's outgoing connection or `bind(0)` (a hub test lost its
+/// quorum port so). Each test process starts at its own place in the range.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("a bound address");
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 impl Hub {
