@@ -257,7 +257,8 @@ fn a_fetch_waiting_for_data_ends_with_its_connection() {
     use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
-    let b = Broker::start_with(LIMITS.replace("1s", "300s").as_str());
+    // No idle timeout within the test: only the client's leaving may end the connection.
+    let b = Broker::start_with("[kafka]\nidle_timeout = \"300s\"\n");
     let bootstrap = b.bootstrap();
     kcat(
         &["-b", &bootstrap, "-P", "-t", "idle", "-X", "acks=all"],

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 /// The kind of a listener, which decides what may be asked on it.

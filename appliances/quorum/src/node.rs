@@ -803,7 +803,6 @@ async fn register<T: Transport>(
     })
 }
 
-/// The envelope this node puts around its requests.
 /// The site policy is fixed when the cluster forms (`ClusterFormed`, from the configuration of
 /// the voter that formed it); a node's `[cluster]` `data_sites` and `preferred_site` matter
 /// only then. A node configured otherwise says so in its log, once per policy it sees, and in
@@ -831,6 +830,7 @@ async fn warn_of_another_policy<T: Transport>(node: Arc<QuorumNode<T>>) {
     }
 }
 
+/// The envelope this node puts around its requests.
 pub fn envelope<B>(config: &NodeConfig, body: B) -> Envelope<B> {
     Envelope {
         version: PROTOCOL_VERSION,
