@@ -186,8 +186,18 @@ impl Hub {
     }
 
     fn broker_config(&self, n: u32, extra: &str) -> String {
+        // In namespaces, followers fetch over the replication network (which a test may cut
+        // alone); the extra configuration then has no `[replication]` section of its own.
+        let replication = match &self.net {
+            Some(_) => format!(
+                "[replication]\nlisten = \"{}:{}\"\n",
+                Sites::replication_addr(letter(self.sites[&n])),
+                19100 + n
+            ),
+            None => String::new(),
+        };
         format!(
-            "rack = \"{}\"\n[quorum]\nlisten = \"{}\"\n[groups]\ninitial_rebalance_delay = \"0s\"\n{extra}\n{}",
+            "rack = \"{}\"\n[quorum]\nlisten = \"{}\"\n[groups]\ninitial_rebalance_delay = \"0s\"\n{replication}{extra}\n{}",
             self.sites[&n], self.quorum_ports[&n], self.cluster
         )
     }

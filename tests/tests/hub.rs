@@ -11,6 +11,7 @@ use e2e::acked::{Producer, everything, read_acked, settled, verify};
 use e2e::clients::{http_json, kcat, python};
 use e2e::compacted::{check_compacted, keyed_records};
 use e2e::hub::{Hub, HubSpec};
+use e2e::netns::Sites;
 use e2e::wait_until;
 
 const T: Duration = Duration::from_secs(120);
@@ -104,7 +105,21 @@ fn site_bootstrap(hub: &mut Hub, site: &str) -> String {
 
 #[test]
 fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
-    if !e2e::netns::Sites::available() {
+    one_site_goes_on_through(Sites::cut, Sites::heal);
+}
+
+/// Only the replication network between the data sites fails: quorum and heartbeats still get
+/// through, so only the brokers' probes of each other's replication listeners can tell the
+/// controller that acks=all writes are stalled.
+#[test]
+fn a_cut_of_only_the_replication_network_lets_one_site_go_on_and_loses_nothing() {
+    one_site_goes_on_through(Sites::cut_replication, Sites::heal_replication);
+}
+
+/// Under acks=all load, `cut` sites a and b apart: one site is fenced and the other goes on
+/// with every acknowledged record; after `heal`, the fenced site catches up with it.
+fn one_site_goes_on_through(cut: fn(&Sites, &str, &str), heal: fn(&Sites, &str, &str)) {
+    if !Sites::available() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
@@ -114,7 +129,7 @@ fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
     producer.wait_acked(3000, T);
     let goes_on = survivor(&hub);
     let fenced = other(goes_on);
-    hub.net.as_ref().unwrap().cut("a", "b");
+    cut(hub.net.as_ref().unwrap(), "a", "b");
     let watcher = hub.site(goes_on)[0];
     hub.wait_metric(watcher, "broker_cluster_fenced_sites", T, |v| v == 1.0);
     let at_fence = e2e::acked::per_partition(&acked_file);
@@ -130,7 +145,7 @@ fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
     let stored = settled(&site_bootstrap(&mut hub, goes_on), "orders", &acked, T);
     assert_eq!(verify(&acked, &stored), 30000);
     // Healed: the fenced site truncates to the survivors' history and catches up.
-    hub.net.as_ref().unwrap().heal("a", "b");
+    heal(hub.net.as_ref().unwrap(), "a", "b");
     for n in hub.site(fenced) {
         hub.wait_healthy(n, Duration::from_secs(180));
     }
@@ -140,7 +155,7 @@ fn a_cut_between_the_data_sites_lets_one_site_go_on_and_loses_nothing() {
 
 #[test]
 fn an_isolated_site_stops_taking_writes_within_its_lease_while_the_others_go_on() {
-    if !e2e::netns::Sites::available() {
+    if !Sites::available() {
         eprintln!("skipped: network namespaces need root");
         return;
     }

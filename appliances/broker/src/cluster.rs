@@ -3,8 +3,9 @@
 //! and the reachability probes that let the controller tell a site cut from a dead site.
 //!
 //! **Lease.** A broker leads partitions only while its last successful heartbeat was sent
-//! less than `lease` ago (3/4 of the controller's session timeout). The controller fences a
-//! broker only after a full session without hearing from it, so a broker cut off from the
+//! less than `lease` ago (3/4 of its session timeout). The controller fences a broker only
+//! after a full session without hearing from it (the broker's own session timeout, recorded
+//! at registration, when it is longer than the controller's), so a broker cut off from the
 //! controller majority has stopped taking writes (of every acks level) before its partitions
 //! get new leaders elsewhere: no split brain, whatever the network does.
 //!
@@ -17,8 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use kafka_client::Connection;
+use kafka_protocol::messages::ApiVersionsRequest;
 use parking_lot::Mutex;
-use quorum::controller::{ControllerError, ControllerRequest, ControllerResponse, Timing};
+use quorum::controller::{
+    ControllerError, ControllerRequest, ControllerResponse, Registration, Timing,
+};
 use quorum::ids::{BrokerEpoch, NodeId, SiteId};
 use quorum::metadata::{ClusterState, Endpoints};
 use quorum::node::{NodeConfig, QuorumNode, RaftTiming};
@@ -62,6 +67,9 @@ pub struct Cluster {
     leaving: std::sync::atomic::AtomicBool,
     /// Connections for reachability probes.
     probe: TcpTransport,
+    /// Kafka connections to other brokers' replication endpoints, for the same probes (at
+    /// most one per registered broker).
+    replication_probes: Mutex<BTreeMap<NodeId, (String, Arc<Connection>)>>,
     pub quorum_addr: Option<std::net::SocketAddr>,
 }
 
@@ -163,6 +171,7 @@ impl Cluster {
             alone: config.cluster.is_none(),
             leaving: std::sync::atomic::AtomicBool::new(false),
             probe: TcpTransport::new(&cluster_name, me),
+            replication_probes: Mutex::new(BTreeMap::new()),
             quorum_addr,
         }))
     }
@@ -266,12 +275,13 @@ impl Cluster {
     /// registration is applied here. Returns the new epoch.
     pub async fn register(&self, endpoints: Endpoints) -> anyhow::Result<BrokerEpoch> {
         *self.endpoints.lock() = endpoints.clone();
-        let request = ControllerRequest::Register {
+        let request = ControllerRequest::Register(Registration {
             node: self.me,
             site: self.site.clone(),
             endpoints,
             storage_id: self.storage_id,
-        };
+            session_timeout_ms: self.timing.session_timeout_ms,
+        });
         loop {
             if self.leaving.load(Ordering::Acquire) {
                 anyhow::bail!("not registering: this broker is stopping");
@@ -433,8 +443,12 @@ impl Cluster {
             .collect()
     }
 
-    /// Probe every other broker's quorum endpoint each heartbeat: what the controller needs
-    /// to tell a cut between sites from a lost site.
+    /// Probe every other broker each heartbeat, on its quorum endpoint (a Ping) and on its
+    /// replication endpoint (see [`Cluster::replication_reachable`]): what the controller needs to tell a cut between
+    /// sites from a lost site. A broker counts as reached only when both answer: followers
+    /// fetch on the replication endpoint, so a cut of that link alone (a separate
+    /// inter-site network, a firewall rule) stalls acks=all writes exactly as a full cut
+    /// does, and must be resolved the same way (one site fenced by the policy).
     pub async fn probes(self: Arc<Self>, shutdown: CancellationToken) {
         if self.alone {
             return;
@@ -446,26 +460,65 @@ impl Cluster {
                 _ = tokio::time::sleep(every) => {}
             }
             let state = self.state();
-            let targets: Vec<(NodeId, String)> = state
+            let targets: Vec<(NodeId, Endpoints)> = state
                 .brokers
                 .values()
                 .filter(|b| b.node != self.me)
-                .map(|b| (b.node, b.endpoints.quorum.clone()))
+                .map(|b| (b.node, b.endpoints.clone()))
                 .collect();
-            let probes = targets.into_iter().map(|(n, addr)| {
+            self.replication_probes
+                .lock()
+                .retain(|n, _| targets.iter().any(|(t, _)| t == n));
+            let probes = targets.into_iter().map(|(n, endpoints)| {
                 let me = Arc::clone(&self);
                 async move {
-                    let ok = matches!(
-                        me.probe.call(n, &addr, Request::Ping, every).await,
-                        Ok(Response::Pong)
+                    let (quorum, replication) = tokio::join!(
+                        me.probe.call(n, &endpoints.quorum, Request::Ping, every),
+                        me.replication_reachable(n, &endpoints.replication, every),
                     );
-                    if ok {
+                    if matches!(quorum, Ok(Response::Pong)) && replication {
                         me.reached_ms.lock().insert(n, mono_ms());
                     }
                 }
             });
             futures::future::join_all(probes).await;
         }
+    }
+
+    /// Whether the network path to `n`'s replication listener works: an ApiVersions answered
+    /// within `within` on a connection kept from probe to probe, or else a new connection's
+    /// TCP handshake completed. The second case counts because a broker without a lease (a
+    /// fenced site's) closes Kafka connections as soon as it accepts them, yet must be seen
+    /// as reachable to have its site restored.
+    async fn replication_reachable(&self, n: NodeId, addr: &str, within: Duration) -> bool {
+        let kept = self
+            .replication_probes
+            .lock()
+            .get(&n)
+            .filter(|(a, _)| a == addr)
+            .map(|(_, c)| Arc::clone(c));
+        let attempt = async {
+            if let Some(c) = kept
+                && c.request(ApiVersionsRequest::default(), 3).await.is_ok()
+            {
+                return (true, Some(c));
+            }
+            match Connection::connect(addr, &format!("probe-{}", self.me)).await {
+                Ok(c) => (true, Some(Arc::new(c))),
+                Err(kafka_client::Error::Connect { .. }) => (false, None),
+                // Connected, then closed or refused at the Kafka level.
+                Err(_) => (true, None),
+            }
+        };
+        let (reached, keep) = tokio::time::timeout(within, attempt)
+            .await
+            .unwrap_or((false, None));
+        let mut probes = self.replication_probes.lock();
+        match keep {
+            Some(c) => probes.insert(n, (addr.to_string(), c)),
+            None => probes.remove(&n),
+        };
+        reached
     }
 }
 

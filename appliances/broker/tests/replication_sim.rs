@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 
 use broker::replica::{Assignment, Replica, Role};
-use quorum::controller::{Controller, Timing};
+use quorum::controller::{Controller, Registration, Timing};
 use quorum::ids::{BrokerEpoch, LeaderEpoch, NodeId, Offset, PartitionKey, SiteId};
 use quorum::metadata::{ClusterState, Endpoints, MetadataRecord};
 use quorum::policy::SitePolicy;
@@ -368,10 +368,14 @@ impl Sim {
                     replication: format!("b{id}:9092"),
                     quorum: format!("b{id}:9190"),
                 };
-                match self
-                    .ctl
-                    .register(&self.state, now, id, &site, &endpoints, storage)
-                {
+                let registration = Registration {
+                    node: id,
+                    site: site.clone(),
+                    endpoints,
+                    storage_id: storage,
+                    session_timeout_ms: TIMING.session_timeout_ms,
+                };
+                match self.ctl.register(&self.state, now, &registration) {
                     Ok(records) => {
                         self.apply(records);
                         let epoch = self.state.brokers[&id].epoch;

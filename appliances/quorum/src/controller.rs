@@ -13,10 +13,11 @@
 //!   fenced. Brokers stop leading on their own after their lease, which is shorter, so a fenced
 //!   broker has already stopped when others take over.
 //! - **Sites.** When every broker of a data site is fenced, the site is fenced (degraded mode).
-//!   When the two data sites both reach the controller but not each other for
-//!   `site_cut_timeout_ms`, one of them is fenced: the controller's own site if it is a data
-//!   site, else the policy's preferred site goes on. A fenced site is restored when one of its
-//!   brokers is alive again and reaches the other site.
+//!   When the two data sites both reach the controller but one does not reach the other (its
+//!   quorum or replication endpoints, as brokers probe them) for `site_cut_timeout_ms`, one
+//!   of them is fenced: the controller's own site if it is a data site, else the policy's
+//!   preferred site goes on. A fenced site is restored when one of its brokers is alive
+//!   again and the two sites reach each other both ways.
 //! - **Leaders and in-sync sets.** Fenced brokers leave in-sync sets (the policy allows it);
 //!   a partition whose leader is fenced gets a new leader among its unfenced in-sync replicas,
 //!   or stays offline until one returns: never an unclean election. A leader's request to
@@ -29,7 +30,7 @@ use uuid::Uuid;
 
 use crate::ids::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionKey, SiteId};
 use crate::metadata::{
-    ClusterState, Endpoints, MAX_BROKERS, MetadataRecord, PRODUCER_ID_BLOCK, PartitionState,
+    BrokerInfo, ClusterState, Endpoints, MAX_BROKERS, MetadataRecord, PRODUCER_ID_BLOCK, PartitionState,
 };
 use crate::policy::{PolicyError, SitePolicy};
 
@@ -66,12 +67,7 @@ impl Default for Timing {
 /// A broker's request to the controller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControllerRequest {
-    Register {
-        node: NodeId,
-        site: SiteId,
-        endpoints: Endpoints,
-        storage_id: Uuid,
-    },
+    Register(Registration),
     /// Alive; `unreachable` are the brokers it could not reach lately.
     Heartbeat {
         node: NodeId,
@@ -130,6 +126,17 @@ pub enum ControllerRequest {
         epoch: BrokerEpoch,
         services: crate::metadata::Services,
     },
+}
+
+/// A broker (re)starting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub node: NodeId,
+    pub site: SiteId,
+    pub endpoints: Endpoints,
+    pub storage_id: Uuid,
+    /// The broker's own session timeout, from which it derives its lease.
+    pub session_timeout_ms: u64,
 }
 
 /// At most this many voters (each one more is a copy of every metadata write to wait for).
@@ -268,10 +275,19 @@ impl Controller {
         self.timing
     }
 
-    fn alive(&self, node: NodeId, now_ms: u64) -> bool {
-        self.liveness.get(&node).is_some_and(|l| {
-            now_ms.saturating_sub(l.last_heard_ms) < self.timing.session_timeout_ms
-        })
+    /// How long `b` may go unheard before it is fenced: its own session timeout when that is
+    /// longer than the controller's. A broker leads for at most [`Timing::lease_ms`] of its
+    /// own session after a heartbeat, so waiting out the longer of the two ends its lease
+    /// before anyone takes over, whatever either configuration says (and whichever voter
+    /// is the controller: the broker's value is in the replicated metadata).
+    fn session_ms(&self, b: &BrokerInfo) -> u64 {
+        self.timing.session_timeout_ms.max(b.session_timeout_ms)
+    }
+
+    fn alive(&self, b: &BrokerInfo, now_ms: u64) -> bool {
+        self.liveness
+            .get(&b.node)
+            .is_some_and(|l| now_ms.saturating_sub(l.last_heard_ms) < self.session_ms(b))
     }
 
     /// The first records of a cluster, when the quorum has none.
@@ -284,11 +300,9 @@ impl Controller {
         &mut self,
         state: &ClusterState,
         now_ms: u64,
-        node: NodeId,
-        site: &SiteId,
-        endpoints: &Endpoints,
-        storage_id: Uuid,
+        r: &Registration,
     ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let (node, site, storage_id) = (r.node, &r.site, r.storage_id);
         let policy = state.policy.as_ref().ok_or(ControllerError::NotFormed)?;
         if !policy.is_data_site(site) {
             return Err(ControllerError::UnknownSite(site.clone()));
@@ -304,16 +318,29 @@ impl Controller {
         }
         if let Some(p) = previous
             && p.storage_id != storage_id
-            && self.alive(node, now_ms)
+            && self.alive(p, now_ms)
             && self.liveness.get(&node).is_some_and(|l| l.epoch == p.epoch)
         {
             return Err(ControllerError::DuplicateNode(node));
         }
+        if r.session_timeout_ms == 0 {
+            return Err(ControllerError::Invalid("a session timeout of 0".into()));
+        }
+        if r.session_timeout_ms != self.timing.session_timeout_ms {
+            tracing::warn!(
+                %node,
+                broker_session_timeout_ms = r.session_timeout_ms,
+                controller_session_timeout_ms = self.timing.session_timeout_ms,
+                "cluster.timing.session_timeout differs between this broker and the \
+                 controller: fencing waits for the longer one; configure every node alike"
+            );
+        }
         let mut records = vec![MetadataRecord::BrokerRegistered {
             node,
             site: site.clone(),
-            endpoints: endpoints.clone(),
+            endpoints: r.endpoints.clone(),
             storage_id,
+            session_timeout_ms: r.session_timeout_ms,
         }];
         let new_disk = previous.is_some_and(|p| p.storage_id != storage_id);
         records.extend(self.restarted(state, node, new_disk)?);
@@ -423,7 +450,7 @@ impl Controller {
                     .get(&b.node)
                     .filter(|l| l.epoch == b.epoch)
                     .map_or(self.started_ms, |l| l.last_heard_ms);
-                now_ms.saturating_sub(last) >= self.timing.session_timeout_ms
+                now_ms.saturating_sub(last) >= self.session_ms(b)
             })
             .map(|b| MetadataRecord::BrokerFenced {
                 node: b.node,
@@ -443,7 +470,7 @@ impl Controller {
                     .get(&b.node)
                     .is_some_and(|l| l.epoch == b.epoch)
             })
-            .filter(|b| self.alive(b.node, now_ms))
+            .filter(|b| self.alive(b, now_ms))
             .map(|b| b.node)
             .collect()
     }
@@ -477,7 +504,10 @@ impl Controller {
                 .data_sites
                 .iter()
                 .filter(|s| *s != site)
-                .all(|other| !self.looks_cut(state, site, other, now_ms));
+                .all(|other| {
+                    !self.looks_cut(state, site, other, now_ms)
+                        && !self.looks_cut(state, other, site, now_ms)
+                });
             if !live.is_empty() && others_fine {
                 let live = live
                     .into_iter()
@@ -505,8 +535,11 @@ impl Controller {
             })
     }
 
-    /// Two unfenced data sites that both reach the controller but not each other, both ways,
-    /// for `site_cut_timeout_ms`: fence the one that does not go on.
+    /// Two unfenced data sites that both reach the controller while one of them has not
+    /// reached the other for `site_cut_timeout_ms`: fence the one that does not go on. One
+    /// way is enough: followers of the site that cannot reach the other stop copying its
+    /// leaders' writes, and acks=all waits for a copy in each site (a firewall that lets
+    /// connections through only one way is a cut too).
     fn site_cut(
         &mut self,
         state: &ClusterState,
@@ -522,7 +555,7 @@ impl Controller {
             for b in &sites[i + 1..] {
                 let key = ((*a).clone(), (*b).clone());
                 let cut =
-                    self.looks_cut(state, a, b, now_ms) && self.looks_cut(state, b, a, now_ms);
+                    self.looks_cut(state, a, b, now_ms) || self.looks_cut(state, b, a, now_ms);
                 if !cut {
                     self.cut_since_ms.remove(&key);
                     continue;

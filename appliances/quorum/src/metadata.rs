@@ -49,6 +49,11 @@ pub enum MetadataRecord {
         endpoints: Endpoints,
         /// Identifies the data directory: a different disk under the same id is refused.
         storage_id: Uuid,
+        /// The broker's own `cluster.timing.session_timeout`, from which it derives its lease:
+        /// controllers wait at least this long before fencing it (see
+        /// [`crate::controller::Controller`]), so a configuration that differs between nodes
+        /// slows fencing but never lets two leaders overlap.
+        session_timeout_ms: u64,
     },
     /// The controller stopped hearing from this incarnation (or it cannot reach the other
     /// site): it leads nothing until it registers again.
@@ -131,6 +136,9 @@ pub struct BrokerInfo {
     pub storage_id: Uuid,
     pub epoch: BrokerEpoch,
     pub fenced: bool,
+    /// As registered (0 in snapshots written before it was recorded).
+    #[serde(default)]
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,7 +238,19 @@ impl ClusterState {
                 site,
                 endpoints,
                 storage_id,
-            } => self.register(index, *node, site, endpoints, *storage_id),
+                session_timeout_ms,
+            } => self.register(
+                index,
+                BrokerInfo {
+                    node: *node,
+                    site: site.clone(),
+                    endpoints: endpoints.clone(),
+                    storage_id: *storage_id,
+                    epoch: BrokerEpoch(index),
+                    fenced: self.fenced_sites.contains(site),
+                    session_timeout_ms: *session_timeout_ms,
+                },
+            ),
             MetadataRecord::BrokerFenced { node, epoch } => {
                 let b = self
                     .brokers
@@ -319,26 +339,11 @@ impl ClusterState {
         }
     }
 
-    fn register(
-        &mut self,
-        index: u64,
-        node: NodeId,
-        site: &SiteId,
-        endpoints: &Endpoints,
-        storage_id: Uuid,
-    ) -> Result<(), Skipped> {
-        if !self.brokers.contains_key(&node) && self.brokers.len() >= MAX_BROKERS {
+    fn register(&mut self, index: u64, info: BrokerInfo) -> Result<(), Skipped> {
+        if !self.brokers.contains_key(&info.node) && self.brokers.len() >= MAX_BROKERS {
             return Err(Skipped::Limit("brokers".into()));
         }
-        let info = BrokerInfo {
-            node,
-            site: site.clone(),
-            endpoints: endpoints.clone(),
-            storage_id,
-            epoch: BrokerEpoch(index),
-            fenced: self.fenced_sites.contains(site),
-        };
-        if let Some(old) = self.brokers.insert(node, info) {
+        if let Some(old) = self.brokers.insert(info.node, info) {
             assert!(old.epoch.0 < index, "broker epochs only grow");
         }
         Ok(())
@@ -525,6 +530,7 @@ mod tests {
                     site: SiteId::new(site),
                     endpoints: endpoints(i),
                     storage_id: Uuid::nil(),
+                    session_timeout_ms: 6000,
                 },
             )
             .unwrap();
@@ -604,6 +610,7 @@ mod tests {
                 site: SiteId::new("b"),
                 endpoints: endpoints(5),
                 storage_id: Uuid::nil(),
+                session_timeout_ms: 6000,
             },
         )
         .unwrap();
@@ -638,6 +645,7 @@ mod tests {
                 site: SiteId::new("b"),
                 endpoints: endpoints(5),
                 storage_id: Uuid::nil(),
+                session_timeout_ms: 6000,
             },
         )
         .unwrap();

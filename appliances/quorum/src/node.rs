@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{
-    Controller, ControllerError, ControllerRequest, ControllerResponse, Timing,
+    Controller, ControllerError, ControllerRequest, ControllerResponse, Registration, Timing,
 };
 use crate::ids::{NodeId, SiteId};
 use crate::metadata::ClusterState;
@@ -610,12 +610,7 @@ async fn serve<T: Transport>(
                 index: state.applied_index,
             };
         }
-        ControllerRequest::Register {
-            node: n,
-            site,
-            endpoints,
-            storage_id,
-        } => register(node, ctl, &state, now, n, site, endpoints, storage_id).await,
+        ControllerRequest::Register(r) => register(node, ctl, &state, now, r).await,
         ControllerRequest::AlterIsr {
             node: n,
             epoch,
@@ -756,12 +751,10 @@ async fn register<T: Transport>(
     ctl: &mut Controller,
     state: &ClusterState,
     now: u64,
-    n: NodeId,
-    site: SiteId,
-    endpoints: crate::metadata::Endpoints,
-    storage_id: uuid::Uuid,
+    r: Registration,
 ) -> Result<ControllerResponse, ControllerError> {
-    let records = ctl.register(state, now, n, &site, &endpoints, storage_id)?;
+    let records = ctl.register(state, now, &r)?;
+    let (n, endpoints) = (r.node, r.endpoints);
     let a = propose(node, records).await?;
     if let Some(why) = a.skipped.first().cloned().flatten() {
         return Err(ControllerError::Invalid(why.to_string()));

@@ -22,7 +22,8 @@ use crate::raft::{TypeConfig, frames};
 /// [`Refusal::Version`].
 /// 2: heartbeat answers carry the controller's applied index; controlled shutdown; voter
 /// changes.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: a registration carries the broker's session timeout (and so does its metadata record).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {

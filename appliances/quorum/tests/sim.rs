@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use quorum::controller::{ControllerRequest, ControllerResponse, Timing};
+use quorum::controller::{ControllerRequest, ControllerResponse, Registration, Timing};
 use quorum::ids::{BrokerEpoch, NodeId, SiteId};
 use quorum::metadata::{ClusterState, Endpoints};
 use quorum::node::{NodeConfig, QuorumNode, RaftTiming};
@@ -307,12 +307,13 @@ async fn run_seed(seed: u64) {
             };
             let epoch = epochs.lock().get(&broker).copied();
             let request = match epoch {
-                None => ControllerRequest::Register {
+                None => ControllerRequest::Register(Registration {
                     node: broker,
                     site: node.config().site.clone(),
                     endpoints: endpoints(broker),
                     storage_id: uuid::Uuid::from_u128(broker.0 as u128),
-                },
+                    session_timeout_ms: node.config().timing.session_timeout_ms,
+                }),
                 Some(epoch) if step % 7 == 0 => ControllerRequest::AllocateProducerIds {
                     node: broker,
                     epoch,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
 use quorum::config::ClusterConfig;
-use quorum::controller::{ControllerRequest, ControllerResponse};
+use quorum::controller::{ControllerRequest, ControllerResponse, Registration};
 use quorum::ids::{NodeId, SiteId};
 use quorum::metadata::{ClusterState, Endpoints};
 use quorum::node::QuorumNode;
@@ -232,7 +232,7 @@ fn metric(text: &str, name: &str) -> Option<i64> {
 }
 
 fn register(node: u32) -> ControllerRequest {
-    ControllerRequest::Register {
+    ControllerRequest::Register(Registration {
         node: NodeId(node),
         site: SiteId::new("site-a"),
         // Nothing listens there: the controller adds it as a learner that never answers,
@@ -243,7 +243,8 @@ fn register(node: u32) -> ControllerRequest {
             quorum: "127.0.0.1:1".into(),
         },
         storage_id: uuid::Uuid::from_u128(u128::from(node)),
-    }
+        session_timeout_ms: 6000,
+    })
 }
 
 /// Register broker `broker` through `via`; the index its registration was applied at.

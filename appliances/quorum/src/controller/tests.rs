@@ -14,6 +14,16 @@ fn endpoints(n: u32) -> Endpoints {
     }
 }
 
+fn registration(n: u32, s: &str, storage: u128) -> Registration {
+    Registration {
+        node: NodeId(n),
+        site: site(s),
+        endpoints: endpoints(n),
+        storage_id: Uuid::from_u128(storage),
+        session_timeout_ms: SESSION,
+    }
+}
+
 /// A cluster being driven: the applied state and a controller, with records applied as they
 /// would be after commit.
 struct Harness {
@@ -40,14 +50,7 @@ impl Harness {
         for (n, s) in [(1, "a"), (2, "a"), (5, "b"), (6, "b")] {
             let records = h
                 .ctl
-                .register(
-                    &h.state,
-                    0,
-                    NodeId(n),
-                    &site(s),
-                    &endpoints(n),
-                    Uuid::from_u128(n as u128),
-                )
+                .register(&h.state, 0, &registration(n, s, n as u128))
                 .unwrap();
             h.apply(&records);
         }
@@ -133,6 +136,45 @@ fn a_silent_broker_is_fenced_and_its_partitions_move_to_in_sync_replicas() {
 }
 
 #[test]
+fn a_broker_with_a_longer_session_than_the_controllers_is_fenced_only_after_its_own() {
+    let mut h = Harness::new();
+    // Broker 2 registers again configured with twice the controller's session: its lease
+    // runs 3/4 of that after each heartbeat.
+    let long = SESSION * 2;
+    let r = h
+        .ctl
+        .register(
+            &h.state,
+            h.now,
+            &Registration {
+                session_timeout_ms: long,
+                ..registration(2, "a", 2)
+            },
+        )
+        .unwrap();
+    h.apply(&r);
+    assert_eq!(h.state.brokers[&NodeId(2)].session_timeout_ms, long);
+    let heard = h.now;
+    let mut fenced_at = None;
+    for _ in 0..60 {
+        let r = h.step(500, &[1, 5, 6], &[]);
+        if r.iter().any(|r| {
+            matches!(r, MetadataRecord::BrokerFenced { node: NodeId(2), .. })
+        }) {
+            fenced_at = Some(h.now);
+        }
+    }
+    let lease_end = heard + Timing { session_timeout_ms: long, ..Timing::default() }.lease_ms();
+    assert!(
+        fenced_at.is_some_and(|t| t >= heard + long && t > lease_end),
+        "fenced at {fenced_at:?}, heard at {heard}, its lease ran to {lease_end}"
+    );
+    // A new controller (another voter) knows it from the metadata alone.
+    let ctl = Controller::new(Timing::default(), site("c"), &h.state, 0);
+    assert_eq!(ctl.session_ms(&h.state.brokers[&NodeId(2)]), long);
+}
+
+#[test]
 fn a_lost_site_is_fenced_and_the_survivor_leads_every_partition() {
     let mut h = Harness::new();
     let t = h.topic(6, 3);
@@ -151,14 +193,7 @@ fn a_lost_site_is_fenced_and_the_survivor_leads_every_partition() {
     for n in [1, 2] {
         let r = h
             .ctl
-            .register(
-                &h.state,
-                h.now,
-                NodeId(n),
-                &site("a"),
-                &endpoints(n),
-                Uuid::from_u128(n as u128),
-            )
+            .register(&h.state, h.now, &registration(n, "a", n as u128))
             .unwrap();
         h.apply(&r);
         assert!(
@@ -199,6 +234,47 @@ fn a_cut_between_sites_fences_the_site_that_does_not_go_on() {
     let (at, loser) = &fenced[0];
     assert_eq!(loser, &site("b"), "the preferred site goes on");
     assert!(*at >= Timing::default().site_cut_timeout_ms);
+}
+
+#[test]
+fn a_one_way_cut_fences_a_site_which_returns_only_once_both_ways_work() {
+    let mut h = Harness::new();
+    h.topic(2, 3);
+    // Site b's brokers cannot reach site a's (its followers cannot fetch from a's leaders);
+    // site a reaches b. Both reach the controller.
+    let mut fenced_at = None;
+    for _ in 0..40 {
+        h.now += 250;
+        for (n, unreach) in [(1, vec![]), (2, vec![]), (5, vec![1, 2]), (6, vec![1, 2])] {
+            let epoch = h.state.brokers[&NodeId(n)].epoch;
+            let u: Vec<NodeId> = unreach.into_iter().map(NodeId).collect();
+            h.ctl.heartbeat(&h.state, h.now, NodeId(n), epoch, &u);
+        }
+        let r = h.ctl.tick(&h.state, h.now);
+        h.apply(&r);
+        if fenced_at.is_none() && !h.state.fenced_sites.is_empty() {
+            fenced_at = Some(h.now);
+        }
+    }
+    assert!(h.state.fenced_sites.contains(&site("b")), "the preferred site goes on");
+    assert!(fenced_at.is_some_and(|t| t >= Timing::default().site_cut_timeout_ms));
+    // Now b reaches a, but a no longer reaches b: still cut, b stays fenced.
+    for _ in 0..20 {
+        h.now += 250;
+        for (n, unreach) in [(1, vec![5, 6]), (2, vec![5, 6]), (5, vec![]), (6, vec![])] {
+            let epoch = h.state.brokers[&NodeId(n)].epoch;
+            let u: Vec<NodeId> = unreach.into_iter().map(NodeId).collect();
+            h.ctl.heartbeat(&h.state, h.now, NodeId(n), epoch, &u);
+        }
+        let r = h.ctl.tick(&h.state, h.now);
+        h.apply(&r);
+    }
+    assert!(h.state.fenced_sites.contains(&site("b")));
+    // Healed both ways: restored.
+    for _ in 0..4 {
+        h.step(250, &[1, 2, 5, 6], &[]);
+    }
+    assert!(h.state.fenced_sites.is_empty());
 }
 
 #[test]
@@ -279,14 +355,7 @@ fn a_restarted_leader_gets_a_new_epoch_and_a_new_disk_leaves_the_in_sync_sets() 
     // Same disk: it may lead again, but with a new epoch.
     let r = h
         .ctl
-        .register(
-            &h.state,
-            h.now,
-            NodeId(1),
-            &site("a"),
-            &endpoints(1),
-            Uuid::from_u128(1),
-        )
+        .register(&h.state, h.now, &registration(1, "a", 1))
         .unwrap();
     h.apply(&r);
     let q = h.partition(t, i);
@@ -296,14 +365,7 @@ fn a_restarted_leader_gets_a_new_epoch_and_a_new_disk_leaves_the_in_sync_sets() 
     h.now += SESSION * 2; // its previous life is long silent
     let r = h
         .ctl
-        .register(
-            &h.state,
-            h.now,
-            NodeId(1),
-            &site("a"),
-            &endpoints(1),
-            Uuid::from_u128(99),
-        )
+        .register(&h.state, h.now, &registration(1, "a", 99))
         .unwrap();
     h.apply(&r);
     for j in 0..4 {
@@ -317,26 +379,12 @@ fn a_second_live_process_with_the_same_id_is_refused() {
     h.step(500, &[1, 2, 5, 6], &[]);
     let err = h
         .ctl
-        .register(
-            &h.state,
-            h.now,
-            NodeId(2),
-            &site("a"),
-            &endpoints(2),
-            Uuid::from_u128(42),
-        )
+        .register(&h.state, h.now, &registration(2, "a", 42))
         .unwrap_err();
     assert_eq!(err, ControllerError::DuplicateNode(NodeId(2)));
     let err = h
         .ctl
-        .register(
-            &h.state,
-            h.now,
-            NodeId(9),
-            &site("z"),
-            &endpoints(9),
-            Uuid::nil(),
-        )
+        .register(&h.state, h.now, &registration(9, "z", 0))
         .unwrap_err();
     assert_eq!(err, ControllerError::UnknownSite(site("z")));
 }
@@ -360,10 +408,7 @@ fn a_partition_whose_in_sync_replicas_are_all_gone_stays_offline_until_one_retur
         .register(
             &h.state,
             h.now,
-            back,
-            &s,
-            &endpoints(back.0),
-            Uuid::from_u128(back.0 as u128),
+            &registration(back.0, s.as_str(), back.0 as u128),
         )
         .unwrap();
     h.apply(&r);
