@@ -206,7 +206,14 @@ impl Sites {
     }
 
     fn link_down(&self, net: Net, x: &str, y: &str) {
-        ip(&["-n", &self.ns(x), "link", "set", &self.dev(net, x, y), "down"]);
+        ip(&[
+            "-n",
+            &self.ns(x),
+            "link",
+            "set",
+            &self.dev(net, x, y),
+            "down",
+        ]);
     }
 
     fn link_up(&self, net: Net, x: &str, y: &str) {

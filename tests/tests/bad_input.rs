@@ -304,3 +304,193 @@ fn a_fetch_waiting_for_data_ends_with_its_connection() {
     );
     still_serves(&b);
 }
+
+/// A connection to `to` from the loopback address `src` (a client address of its own, for the
+/// per-address limits).
+fn connect_from(src: [u8; 4], to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((src, 0))).unwrap();
+        s.connect(to).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Whether the broker closed `s` (a read ends with EOF or a reset, not a timeout).
+fn closed_by_broker(s: &mut TcpStream) -> bool {
+    match s.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn request_memory(b: &Broker, pool: &str) -> f64 {
+    metric(
+        &b.metrics_url(),
+        &format!("broker_request_memory_bytes{{pool=\"{pool}\"}}"),
+    )
+    .unwrap_or(-1.0)
+}
+
+/// The attack the security issue reports: six connections each announce a 90 MiB request
+/// and send 1 MiB of it. Reserving announced sizes from the 512 MiB budget made the sixth wait,
+/// and every later request behind it, until the idle timeout. Memory is now taken as bytes
+/// arrive: the six hold their 6 MiB (with no deadline within the test), and everyone else is
+/// served as usual.
+#[test]
+fn announced_sizes_cost_nothing_until_the_bytes_arrive() {
+    let b = Broker::start_with("[kafka]\nidle_timeout = \"300s\"\nrequest_timeout = \"300s\"\n");
+    let chunk = vec![0u8; 1 << 20];
+    let attackers: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(b.kafka).unwrap();
+            s.write_all(&(90i32 << 20).to_be_bytes()).unwrap();
+            s.write_all(&chunk).unwrap();
+            s
+        })
+        .collect();
+    wait_until(
+        "the broker to read what the six sent",
+        Duration::from_secs(20),
+        || (request_memory(&b, "large") >= 6.0 * f64::from(1 << 20)).then_some(()),
+    );
+    let held = request_memory(&b, "large");
+    assert!(held < 6.0 * 2.0 * f64::from(1 << 20), "{held} bytes held");
+    still_serves(&b);
+    // A record large enough to need the large budget goes through too.
+    let bootstrap = b.bootstrap();
+    let mut record = vec![b'x'; 200 << 10];
+    record.push(b'\n');
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", "served", "-X", "acks=all"],
+        Some(&record),
+        Duration::from_secs(30),
+    );
+    drop(attackers);
+}
+
+/// Large requests that fill the whole budget (one that sends all but a byte of it and stalls)
+/// keep no small request waiting: those draw from a reserve of their own.
+#[test]
+fn small_requests_are_served_while_large_ones_fill_the_budget() {
+    let b = Broker::start_with(
+        "[kafka]\nmax_request_size = \"4MiB\"\nmax_inflight_request_bytes = \"4MiB\"\nidle_timeout = \"300s\"\nrequest_timeout = \"300s\"\n",
+    );
+    let mut filler = TcpStream::connect(b.kafka).unwrap();
+    filler.write_all(&(4i32 << 20).to_be_bytes()).unwrap();
+    filler.write_all(&vec![0u8; (4 << 20) - 1]).unwrap();
+    wait_until(
+        "the large budget to be full",
+        Duration::from_secs(20),
+        || (request_memory(&b, "large") == f64::from(4 << 20)).then_some(()),
+    );
+    still_serves(&b);
+    drop(filler);
+}
+
+/// A request that does not arrive whole within `request_timeout` closes its connection and
+/// gives its memory back; a large request waiting for that memory then goes through.
+#[test]
+fn a_request_not_received_in_time_closes_its_connection_and_frees_its_memory() {
+    let b = Broker::start_with(
+        "[kafka]\nmax_request_size = \"2MiB\"\nmax_inflight_request_bytes = \"2MiB\"\nidle_timeout = \"300s\"\nrequest_timeout = \"2s\"\n",
+    );
+    let mut slow = TcpStream::connect(b.kafka).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(&(2i32 << 20).to_be_bytes()).unwrap();
+    slow.write_all(&vec![0u8; (2 << 20) - 1]).unwrap();
+    wait_until("the budget to be full", Duration::from_secs(20), || {
+        (request_memory(&b, "large") == f64::from(2 << 20)).then_some(())
+    });
+    // A 600 KiB record needs the large budget: it waits until the slow request is dropped.
+    let bootstrap = b.bootstrap();
+    let mut big = vec![b'x'; 600 << 10];
+    big.push(b'\n');
+    kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-P",
+            "-t",
+            "big",
+            "-X",
+            "acks=all",
+            "-X",
+            "message.max.bytes=2000000",
+        ],
+        Some(&big),
+        Duration::from_secs(60),
+    );
+    assert!(
+        closed_by_broker(&mut slow),
+        "the slow request's connection is closed"
+    );
+    let closed = metric(
+        &b.metrics_url(),
+        "broker_connections_closed_total{listener=\"clients\",reason=\"request_timeout\"}",
+    );
+    assert_eq!(closed, Some(1.0));
+    wait_until(
+        "the memory to be given back",
+        Duration::from_secs(20),
+        || (request_memory(&b, "large") == 0.0).then_some(()),
+    );
+    still_serves(&b);
+}
+
+/// No one address takes every connection: past `max_connections_per_ip` its connections are
+/// closed as they arrive, past `max_connections` everyone's are, and other clients are served.
+#[test]
+fn connections_past_the_per_address_and_listener_limits_are_refused() {
+    let b = Broker::start_with(
+        "[kafka]\nmax_connections = 12\nmax_connections_per_ip = 8\nidle_timeout = \"300s\"\n",
+    );
+    let open = || metric(&b.metrics_url(), "broker_connections").unwrap_or(-1.0);
+    let mut from_2: Vec<TcpStream> = (0..8)
+        .map(|_| connect_from([127, 0, 0, 2], b.kafka))
+        .collect();
+    wait_until("eight connections", Duration::from_secs(20), || {
+        (open() == 8.0).then_some(())
+    });
+    assert!(closed_by_broker(&mut connect_from([127, 0, 0, 2], b.kafka)));
+    still_serves(&b);
+    let from_3: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from([127, 0, 0, 3], b.kafka))
+        .collect();
+    wait_until("twelve connections", Duration::from_secs(20), || {
+        (open() == 12.0).then_some(())
+    });
+    assert!(closed_by_broker(&mut connect_from([127, 0, 0, 4], b.kafka)));
+    let refused = |reason: &str| {
+        metric(
+            &b.metrics_url(),
+            &format!(
+                "broker_connections_refused_total{{listener=\"clients\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(refused("max_connections_per_ip"), Some(1.0));
+    assert_eq!(refused("max_connections"), Some(1.0));
+    // Places come back as connections close.
+    from_2.truncate(4);
+    drop(from_3);
+    wait_until("four connections", Duration::from_secs(20), || {
+        (open() == 4.0).then_some(())
+    });
+    let mut again = connect_from([127, 0, 0, 2], b.kafka);
+    again.write_all(&frame(18, 0, 7, &[])).unwrap();
+    let mut size = [0u8; 4];
+    again.read_exact(&mut size).unwrap();
+    still_serves(&b);
+}

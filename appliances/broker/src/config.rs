@@ -156,7 +156,10 @@ pub struct KafkaListener {
     /// `socket.request.max.bytes`: larger requests close the connection.
     #[serde(with = "size")]
     pub max_request_size: u64,
-    /// Bytes of requests held in memory across all connections before reading pauses.
+    /// Bytes of requests held in memory across all connections before reading pauses. Taken
+    /// as request bytes arrive, not as sizes are announced; requests of at most 64 KiB
+    /// (metadata, heartbeats, offsets, small produces) draw from a reserve of their own
+    /// instead, so that large requests filling this budget never keep them waiting.
     #[serde(with = "size")]
     pub max_inflight_request_bytes: u64,
     /// Requests read ahead on one connection while earlier ones complete.
@@ -164,6 +167,27 @@ pub struct KafkaListener {
     /// `connections.max.idle.ms`.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// A request must arrive whole within this time of its first byte, or its connection is
+    /// closed (and the memory it held is given back): a client that announces a large
+    /// request and trickles it, or stalls, cannot hold memory or a connection for long.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Kafka connections open at once on each listener (`max.connections`).
+    pub max_connections: usize,
+    /// Kafka connections open at once from one client address (`max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
+    /// `max.connections.per.ip.overrides`: `{ "10.1.7.1" = 4000 }`.
+    pub max_connections_per_ip_overrides: std::collections::BTreeMap<std::net::IpAddr, usize>,
+}
+
+impl KafkaListener {
+    pub fn connection_limits(&self) -> admission::ConnectionLimits {
+        admission::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connections_per_ip_overrides: self.max_connections_per_ip_overrides.clone(),
+        }
+    }
 }
 
 impl Default for KafkaListener {
@@ -175,6 +199,10 @@ impl Default for KafkaListener {
             max_inflight_request_bytes: 512 << 20,
             pipeline_depth: 16,
             idle_timeout: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(30),
+            max_connections: admission::ConnectionLimits::default().max_connections,
+            max_connections_per_ip: admission::ConnectionLimits::default().max_connections_per_ip,
+            max_connections_per_ip_overrides: Default::default(),
         }
     }
 }
@@ -431,6 +459,10 @@ impl Validate for BrokerConfig {
         if self.kafka.max_request_size < 1024 || self.kafka.max_request_size > i32::MAX as u64 {
             return Err("kafka.max_request_size must be between 1KiB and 2GiB".into());
         }
+        self.kafka.connection_limits().check("kafka")?;
+        if self.kafka.request_timeout < Duration::from_millis(100) {
+            return Err("kafka.request_timeout must be at least 100ms".into());
+        }
         if self.kafka.max_inflight_request_bytes < self.kafka.max_request_size {
             return Err(
                 "kafka.max_inflight_request_bytes must be >= kafka.max_request_size".into(),
@@ -584,6 +616,9 @@ mod tests {
             listen = "127.0.0.1:19092"
             advertised = "b3.hub:9093"
             max_request_size = "50MiB"
+            request_timeout = "10s"
+            max_connections_per_ip = 50
+            max_connections_per_ip_overrides = { "10.1.7.1" = 400 }
             [durability]
             mode = "interval"
             interval = "200ms"
@@ -601,6 +636,13 @@ mod tests {
             Durability::Interval {
                 interval: Duration::from_millis(200)
             }
+        );
+        assert_eq!(c.kafka.request_timeout, Duration::from_secs(10));
+        let limits = c.kafka.connection_limits();
+        assert_eq!(limits.max_connections_per_ip, 50);
+        assert_eq!(
+            limits.max_connections_per_ip_overrides,
+            [("10.1.7.1".parse().unwrap(), 400)].into()
         );
         assert_eq!(c.topics.retention, None);
         assert_eq!(c.topics.retention_bytes, Some(10 << 30));

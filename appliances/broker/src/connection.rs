@@ -4,14 +4,21 @@
 //! The stream is generic (plain TCP today, TLS with the security layer) and the connection
 //! carries a [`Session`] (listener, peer, principal) that the dispatch point checks.
 //!
-//! Limits: a request larger than `max_request_size` closes the connection (as Kafka does);
-//! request bytes held across all connections are bounded by a semaphore so that many large
-//! requests wait instead of exhausting memory; an idle connection is closed after
-//! `idle_timeout`; at most `pipeline_depth` requests are in flight per connection.
+//! Limits (see also the listener's [`admission`] of connections per listener and address):
+//! - a request larger than `max_request_size` closes the connection (as Kafka does);
+//! - request bytes held across all connections are bounded ([`RequestMemory`]) so that many
+//!   large requests wait instead of exhausting memory. The budget is taken as bytes arrive,
+//!   never as sizes are announced (an announced size costs nothing until it is sent), and
+//!   small requests draw from a reserve of their own, so large ones filling the budget never
+//!   keep a metadata request or a heartbeat waiting;
+//! - a request must arrive whole within `request_timeout` of its first byte, so a client
+//!   that trickles or stalls gives back what it holds;
+//! - an idle connection is closed after `idle_timeout`; at most `pipeline_depth` requests
+//!   are in flight per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
@@ -31,6 +38,77 @@ use crate::state::BrokerState;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// Requests of at most this many bytes draw from [`RequestMemory::small`].
+pub const SMALL_REQUEST_BYTES: usize = 64 << 10;
+/// The reserve for small requests, beside the configured budget for large ones.
+pub const SMALL_REQUESTS_RESERVE_BYTES: usize = 32 << 20;
+/// Memory is taken at most this far ahead of the bytes that arrived.
+const READ_CHUNK_BYTES: usize = 256 << 10;
+
+/// The memory budget of requests being read or handled, across all connections: one pool for
+/// large requests (`max_inflight_request_bytes`) and a reserve for small ones.
+#[derive(Debug)]
+pub struct RequestMemory {
+    large: Arc<Semaphore>,
+    large_bytes: usize,
+    small: Arc<Semaphore>,
+}
+
+impl RequestMemory {
+    pub fn new(large_bytes: usize) -> Arc<RequestMemory> {
+        Arc::new(RequestMemory {
+            large: Arc::new(Semaphore::new(large_bytes)),
+            large_bytes,
+            small: Arc::new(Semaphore::new(SMALL_REQUESTS_RESERVE_BYTES)),
+        })
+    }
+
+    /// Bytes held now by requests being read or handled: (large, small).
+    pub fn used_bytes(&self) -> (usize, usize) {
+        (
+            self.large_bytes - self.large.available_permits(),
+            SMALL_REQUESTS_RESERVE_BYTES - self.small.available_permits(),
+        )
+    }
+
+    fn pool_for(&self, size: usize) -> &Arc<Semaphore> {
+        if size <= SMALL_REQUEST_BYTES {
+            &self.small
+        } else {
+            &self.large
+        }
+    }
+}
+
+/// `broker_request_memory_bytes{pool}`: what [`RequestMemory`] holds at scrape time.
+#[derive(Debug)]
+pub struct MemoryCollector(pub Arc<RequestMemory>);
+
+impl prometheus_client::collector::Collector for MemoryCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        let family = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        let (large, small) = self.0.used_bytes();
+        family
+            .get_or_create(&vec![("pool", "large")])
+            .set(large as i64);
+        family
+            .get_or_create(&vec![("pool", "small")])
+            .set(small as i64);
+        family.encode(encoder.encode_descriptor(
+            "broker_request_memory_bytes",
+            "Bytes of Kafka requests held in memory (being read, or waiting for their answer), by pool: large requests (max_inflight_request_bytes) and the reserve for requests of at most 64 KiB",
+            None,
+            family.metric_type(),
+        )?)
+    }
+}
+
 struct Pending {
     api_key: ApiKey,
     version: i16,
@@ -45,6 +123,8 @@ enum ReadEnd {
     Closed,
     Idle,
     Shutdown,
+    /// A request did not arrive whole within `request_timeout`.
+    TooSlow,
     Refused(String),
     Io(std::io::Error),
 }
@@ -53,7 +133,7 @@ pub async fn serve<S: Stream>(
     state: Arc<BrokerState>,
     stream: S,
     session: Session,
-    memory: Arc<Semaphore>,
+    memory: Arc<RequestMemory>,
     shutdown: CancellationToken,
 ) {
     state.metrics.connections.inc();
@@ -69,16 +149,37 @@ pub async fn serve<S: Stream>(
             write_responses(Arc::clone(&state), wr, rx, closing.clone()).in_current_span(),
         );
         let peer_gone = session.peer_gone.clone();
+        let listener = session.listener.name.to_string();
         let end = read_requests(&state, rd, session, tx, &memory, &closing).await;
         if matches!(end, ReadEnd::Closed | ReadEnd::Io(_)) {
             peer_gone.cancel();
         }
+        let closed = |reason| {
+            state
+                .metrics
+                .connections_closed
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    listener: listener.clone(),
+                    reason,
+                })
+                .inc();
+        };
         match &end {
             ReadEnd::Closed | ReadEnd::Shutdown => {
                 tracing::debug!(reason = ?end, "connection closed")
             }
             ReadEnd::Idle => tracing::info!("closing idle connection"),
-            ReadEnd::Refused(why) => tracing::warn!(reason = %why, "closing connection"),
+            ReadEnd::TooSlow => {
+                closed("request_timeout");
+                tracing::warn!(
+                    timeout = ?state.config.kafka.request_timeout,
+                    "closing connection: a request did not arrive whole within request_timeout"
+                )
+            }
+            ReadEnd::Refused(why) => {
+                closed("bad_request");
+                tracing::warn!(reason = %why, "closing connection")
+            }
             ReadEnd::Io(e) => tracing::debug!(error = %e, "connection read failed"),
         }
         let _ = writer.await;
@@ -93,7 +194,7 @@ async fn read_requests<S: Stream>(
     mut rd: ReadHalf<S>,
     mut session: Session,
     tx: mpsc::Sender<Pending>,
-    memory: &Arc<Semaphore>,
+    memory: &RequestMemory,
     shutdown: &CancellationToken,
 ) -> ReadEnd {
     let limits = &state.config.kafka;
@@ -113,14 +214,13 @@ async fn read_requests<S: Stream>(
                 limits.max_request_size
             ));
         }
-        let Ok(permit) = Arc::clone(memory)
-            .acquire_many_owned(size.max(1) as u32)
-            .await
-        else {
-            return ReadEnd::Shutdown;
+        let deadline = tokio::time::Instant::now() + limits.request_timeout;
+        let body = tokio::select! {
+            _ = shutdown.cancelled() => return ReadEnd::Shutdown,
+            b = read_body(&mut rd, size as usize, memory.pool_for(size as usize), deadline, limits.idle_timeout) => b,
         };
-        let frame = match read_body(&mut rd, size as usize, limits.idle_timeout).await {
-            Ok(f) => f,
+        let (frame, permit) = match body {
+            Ok(b) => b,
             Err(end) => return end,
         };
         let pending = match frame::decode(frame.freeze()) {
@@ -161,26 +261,51 @@ async fn read_requests<S: Stream>(
     }
 }
 
-/// Read a request body of `size` bytes, growing the buffer as data arrives rather than
-/// trusting the size field up front.
+/// Read a request body of `size` bytes by `deadline`, taking memory from `pool` as the bytes
+/// arrive (at most a chunk ahead of them), never the announced size up front: a client that
+/// announces a large request and sends part of it holds only that part, and only until the
+/// deadline. Waiting for memory counts against the deadline too, so requests that each hold
+/// part of the budget and wait for more cannot wait on each other for ever. A connection
+/// silent for `idle` is closed as idle, inside a request too.
 async fn read_body<S: Stream>(
     rd: &mut ReadHalf<S>,
     size: usize,
-    idle: Duration,
-) -> Result<BytesMut, ReadEnd> {
-    let mut buf = BytesMut::with_capacity(size.min(64 * 1024));
+    pool: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+    idle: std::time::Duration,
+) -> Result<(BytesMut, OwnedSemaphorePermit), ReadEnd> {
+    let take = |n: usize| {
+        let pool = Arc::clone(pool);
+        async move {
+            match tokio::time::timeout_at(deadline, pool.acquire_many_owned(n as u32)).await {
+                Err(_) => Err(ReadEnd::TooSlow),
+                Ok(Err(_)) => Err(ReadEnd::Shutdown),
+                Ok(Ok(p)) => Ok(p),
+            }
+        }
+    };
+    let mut held = take(0).await?;
+    let mut buf = BytesMut::new();
     while buf.len() < size {
-        buf.reserve((size - buf.len()).min(1 << 20));
-        let want = size - buf.len();
-        let mut limited = (&mut *rd).take(want as u64);
-        match tokio::time::timeout(idle, limited.read_buf(&mut buf)).await {
-            Err(_) => return Err(ReadEnd::Idle),
+        let chunk = (size - buf.len()).min(READ_CHUNK_BYTES);
+        let need = buf.len() + chunk;
+        if held.num_permits() < need {
+            held.merge(take(need - held.num_permits()).await?);
+        }
+        buf.reserve(chunk);
+        let mut limited = (&mut *rd).take(chunk as u64);
+        let silent_until = tokio::time::Instant::now() + idle;
+        match tokio::time::timeout_at(deadline.min(silent_until), limited.read_buf(&mut buf)).await
+        {
+            Err(_) if silent_until < deadline => return Err(ReadEnd::Idle),
+            Err(_) => return Err(ReadEnd::TooSlow),
             Ok(Ok(0)) => return Err(ReadEnd::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(ReadEnd::Io(e)),
         }
     }
-    Ok(buf)
+    debug_assert!(held.num_permits() >= size);
+    Ok((buf, held))
 }
 
 async fn write_responses<S: Stream>(

@@ -20,6 +20,13 @@ pub struct ApiLabel {
     pub api: &'static str,
 }
 
+/// Why a connection was refused or closed by the broker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub api: &'static str,
@@ -45,6 +52,11 @@ pub struct Metrics {
     pub commit_wait: Histogram,
     pub connections: Gauge,
     pub connections_accepted: Counter,
+    /// Refused at accept (`max_connections`, `max_connections_per_ip`).
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Closed for what the client did (a request not received within `request_timeout`,
+    /// larger than allowed, malformed).
+    pub connections_closed: Family<ReasonLabel, Counter>,
     pub partitions: Gauge,
     pub offline_partitions: Gauge,
     pub groups: Gauge,
@@ -71,6 +83,8 @@ impl Metrics {
             commit_wait: latency_histogram(),
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
             partitions: Gauge::default(),
             offline_partitions: Gauge::default(),
             groups: Gauge::default(),
@@ -140,6 +154,16 @@ impl Metrics {
             "connections_accepted",
             "Kafka connections accepted",
             m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Kafka connections refused at accept, by listener and limit",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Kafka connections closed by the broker for the client's behaviour, by listener and reason",
+            m.connections_closed.clone(),
         );
         r.register("partitions", "Partitions hosted", m.partitions.clone());
         r.register(

@@ -12,17 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admission::{Admission, Refused};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use quorum::metadata::Endpoints;
 use telemetry::{DiskCollector, Health, ProcessCollector};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, cluster_uuid, kafka_cluster_id};
 use crate::config::BrokerConfig;
+use crate::connection::RequestMemory;
 use crate::data_dir::DataDir;
 use crate::groups::{self, GroupCoordinator};
 use crate::metrics::Metrics;
@@ -177,6 +178,10 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     registry.register_collector(Box::new(ProcessCollector));
+    let memory = RequestMemory::new(config.kafka.max_inflight_request_bytes as usize);
+    registry.register_collector(Box::new(crate::connection::MemoryCollector(Arc::clone(
+        &memory,
+    ))));
     registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
     let cluster_metrics = Arc::new(crate::cluster_metrics::ClusterCollector::default());
     registry.register_collector(Box::new(SharedCollector(Arc::clone(&cluster_metrics))));
@@ -313,9 +318,6 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         config.topics.clone(),
     );
 
-    let memory = Arc::new(Semaphore::new(
-        config.kafka.max_inflight_request_bytes as usize,
-    ));
     let retention_every = config.topics.retention_check_interval;
     let topics = Topics::new(
         Arc::clone(&cluster),
@@ -354,9 +356,11 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         role: ListenerRole::Clients,
         serves_replication: replication.is_none(),
     });
+    // Each listener counts its own connections: a flood of clients never takes the places
+    // followers need on the replication listener.
+    let limits = state.config.kafka.connection_limits();
     tokio::spawn(accept_loop(
-        listener,
-        clients,
+        (listener, clients, Admission::new(limits.clone())),
         Arc::clone(&state),
         Arc::clone(&memory),
         connections.clone(),
@@ -370,8 +374,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             serves_replication: true,
         });
         tokio::spawn(accept_loop(
-            l,
-            info,
+            (l, info, Admission::new(limits)),
             Arc::clone(&state),
             Arc::clone(&memory),
             connections.clone(),
@@ -519,10 +522,9 @@ impl Gate {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
-    listener_info: Arc<Listener>,
+    (listener, listener_info, admission): (TcpListener, Arc<Listener>, Arc<Admission>),
     state: Arc<BrokerState>,
-    memory: Arc<Semaphore>,
+    memory: Arc<RequestMemory>,
     connections: TaskTracker,
     gate: Arc<Gate>,
     shutdown: CancellationToken,
@@ -539,6 +541,14 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 };
+                let admitted = match admission.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        refused(&state, &listener_info, peer, why);
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = crate::connection::serve(
                     Arc::clone(&state),
@@ -547,7 +557,10 @@ async fn accept_loop(
                     Arc::clone(&memory),
                     serving,
                 );
-                connections.spawn(conn);
+                connections.spawn(async move {
+                    conn.await;
+                    drop(admitted);
+                });
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -556,6 +569,20 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Count and log a connection refused at accept. The log line is at debug level: a flood
+/// would otherwise flood the log too; the counter shows it.
+fn refused(state: &BrokerState, listener: &Listener, peer: SocketAddr, why: Refused) {
+    state
+        .metrics
+        .connections_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            listener: listener.name.to_string(),
+            reason: why.reason(),
+        })
+        .inc();
+    tracing::debug!(%peer, listener = %listener.name, reason = %why, "refusing a connection");
 }
 
 /// Run `round` every `period` until shutdown, one round at a time (a round that overruns

@@ -30,7 +30,8 @@ use uuid::Uuid;
 
 use crate::ids::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionKey, SiteId};
 use crate::metadata::{
-    BrokerInfo, ClusterState, Endpoints, MAX_BROKERS, MetadataRecord, PRODUCER_ID_BLOCK, PartitionState,
+    BrokerInfo, ClusterState, Endpoints, MAX_BROKERS, MetadataRecord, PRODUCER_ID_BLOCK,
+    PartitionState,
 };
 use crate::policy::{PolicyError, SitePolicy};
 

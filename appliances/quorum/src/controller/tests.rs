@@ -159,12 +159,23 @@ fn a_broker_with_a_longer_session_than_the_controllers_is_fenced_only_after_its_
     for _ in 0..60 {
         let r = h.step(500, &[1, 5, 6], &[]);
         if r.iter().any(|r| {
-            matches!(r, MetadataRecord::BrokerFenced { node: NodeId(2), .. })
+            matches!(
+                r,
+                MetadataRecord::BrokerFenced {
+                    node: NodeId(2),
+                    ..
+                }
+            )
         }) {
             fenced_at = Some(h.now);
         }
     }
-    let lease_end = heard + Timing { session_timeout_ms: long, ..Timing::default() }.lease_ms();
+    let lease_end = heard
+        + Timing {
+            session_timeout_ms: long,
+            ..Timing::default()
+        }
+        .lease_ms();
     assert!(
         fenced_at.is_some_and(|t| t >= heard + long && t > lease_end),
         "fenced at {fenced_at:?}, heard at {heard}, its lease ran to {lease_end}"
@@ -256,7 +267,10 @@ fn a_one_way_cut_fences_a_site_which_returns_only_once_both_ways_work() {
             fenced_at = Some(h.now);
         }
     }
-    assert!(h.state.fenced_sites.contains(&site("b")), "the preferred site goes on");
+    assert!(
+        h.state.fenced_sites.contains(&site("b")),
+        "the preferred site goes on"
+    );
     assert!(fenced_at.is_some_and(|t| t >= Timing::default().site_cut_timeout_ms));
     // Now b reaches a, but a no longer reaches b: still cut, b stays fenced.
     for _ in 0..20 {
