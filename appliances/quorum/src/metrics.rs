@@ -4,6 +4,7 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 
@@ -67,6 +68,15 @@ impl Collector for QuorumCollector {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        let refused = ConstCounter::new(
+            crate::transport::CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        refused.encode(encoder.encode_descriptor(
+            "quorum_connections_refused",
+            "Connections to the quorum listener closed at accept: past 256 open, or 64 from one address.",
+            None,
+            refused.metric_type(),
+        )?)?;
         Ok(())
     }
 }

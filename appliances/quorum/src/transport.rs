@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use admission::{Admission, ConnectionLimits};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::NodeId;
@@ -18,9 +20,19 @@ use crate::raft::frames::{self, HEADER_BYTES};
 use crate::raft::network::{Transport, TransportError};
 use crate::rpc::{self, Envelope, PROTOCOL_VERSION, Request, Response};
 
-/// At most this many connections served at once; more wait in the accept queue. A quorum has
-/// a handful of members, each with a few connections.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once, and from one address. A quorum has a handful of members, each
+/// with a few connections (all on one address in a lab on loopback); past these limits a
+/// connection is closed as it is accepted, so a stranger opening sockets can take at most its
+/// address's share, never the places the members need.
+const CONNECTIONS_MAX: usize = 256;
+const CONNECTIONS_PER_IP_MAX: usize = 64;
+/// Bytes of incoming frames held at once across connections, taken as the bytes arrive: a
+/// frame may be up to 64 MiB (a snapshot), but a peer that announces one and sends little
+/// holds little, and only until `FRAME_TIMEOUT`.
+const FRAMES_IN_FLIGHT_BYTES_MAX: usize = 128 << 20;
+
+/// Quorum connections refused at accept by this process (`quorum_connections_refused_total`).
+pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Idle connections kept per peer.
 const IDLE_PER_PEER: usize = 4;
 /// A connection that sends nothing for this long is closed (peers keep theirs for less).
@@ -68,6 +80,16 @@ impl TcpTransport {
 /// with the bytes that arrive, not with what the header claims, and a frame whose header
 /// arrived must arrive whole within [`FRAME_TIMEOUT`].
 async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    Ok(read_frame_within(stream, None).await?.0)
+}
+
+/// Read one frame; with a `budget`, take memory from it as the bytes arrive (at most 1 MiB
+/// ahead of them) and hand it back with the frame. The frame, waiting for memory included,
+/// must arrive within `FRAME_TIMEOUT` of its header.
+async fn read_frame_within(
+    stream: &mut TcpStream,
+    budget: Option<&Arc<Semaphore>>,
+) -> std::io::Result<(Vec<u8>, Option<OwnedSemaphorePermit>)> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await?;
     let len = frames::payload_len(&header).ok_or_else(|| {
@@ -77,20 +99,38 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         )
     })?;
     let body = async {
+        let mut held = match budget {
+            Some(b) => Some(Arc::clone(b).acquire_many_owned(0).await.map_err(closed)?),
+            None => None,
+        };
         let mut frame = Vec::with_capacity(HEADER_BYTES + len.min(64 << 10));
         frame.extend_from_slice(&header);
         let mut limited = (&mut *stream).take(len as u64);
         while frame.len() < HEADER_BYTES + len {
-            frame.reserve((HEADER_BYTES + len - frame.len()).min(1 << 20));
+            let chunk = (HEADER_BYTES + len - frame.len()).min(1 << 20);
+            if let (Some(b), Some(h)) = (budget, held.as_mut()) {
+                let need = (frame.len() - HEADER_BYTES + chunk).saturating_sub(h.num_permits());
+                h.merge(
+                    Arc::clone(b)
+                        .acquire_many_owned(need as u32)
+                        .await
+                        .map_err(closed)?,
+                );
+            }
+            frame.reserve(chunk);
             if limited.read_buf(&mut frame).await? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
             }
         }
-        Ok(frame)
+        Ok((frame, held))
     };
     tokio::time::timeout(FRAME_TIMEOUT, body)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "frame too slow"))?
+}
+
+fn closed(_: tokio::sync::AcquireError) -> std::io::Error {
+    std::io::Error::other("shutting down")
 }
 
 impl TcpTransport {
@@ -175,25 +215,34 @@ pub async fn serve<T: Transport>(
         });
         both
     };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: CONNECTIONS_MAX,
+        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
+        max_connections_per_ip_overrides: Default::default(),
+    });
+    let budget = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT_BYTES_MAX));
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = Arc::clone(&slots).acquire_owned() => p.expect("never closed"),
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let node = Arc::clone(&node);
-                let shutdown = shutdown.clone();
+                let admitted = match admission.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, reason = %why, "refusing a quorum connection");
+                        continue;
+                    }
+                };
+                let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
+                let budget = Arc::clone(&budget);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, &node, &shutdown).await {
+                    if let Err(e) = connection(stream, &node, &budget, &shutdown).await {
                         tracing::debug!(%peer, error = %e, "quorum connection closed");
                     }
-                    drop(permit);
+                    drop(admitted);
                 });
             }
             Err(e) => {
@@ -207,17 +256,25 @@ pub async fn serve<T: Transport>(
 async fn connection<T: Transport>(
     mut stream: TcpStream,
     node: &QuorumNode<T>,
+    budget: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     loop {
-        let frame = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            f = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)) => match f {
-                Ok(f) => f?,
+            f = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()) => match f {
+                Ok(r) => r?,
                 Err(_) => return Ok(()),
             },
         };
+        // From its first byte, a frame (its header too) must arrive within FRAME_TIMEOUT.
+        let (frame, _memory) =
+            tokio::time::timeout(FRAME_TIMEOUT, read_frame_within(&mut stream, Some(budget)))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "frame too slow")
+                })??;
         let envelope = match rpc::decode_request(&frame) {
             Ok(e) => e,
             Err(e) => {

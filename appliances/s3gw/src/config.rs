@@ -55,6 +55,9 @@ pub struct S3Listener {
     /// Uploads that would leave less than this much free space on the data disk are refused
     /// (507 InsufficientStorage), so that deletes and completions still find room.
     pub keep_free_mib: u64,
+    /// Connections at once, and from one address (`[s3.connections]`: `max_connections`,
+    /// `max_connections_per_ip`, `max_connections_per_ip_overrides`).
+    pub connections: admission::ConnectionLimits,
 }
 
 impl Default for S3Listener {
@@ -64,6 +67,7 @@ impl Default for S3Listener {
             domains: vec![],
             incomplete_upload_expiry_hours: 7 * 24,
             keep_free_mib: 256,
+            connections: admission::ConnectionLimits::default(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl S3gwConfig {
     /// Everything but the presence of access keys: what an image's baked configuration must
     /// satisfy (its keys come per VM).
     pub fn validate_baked(&self) -> Result<(), String> {
+        self.s3.connections.check("s3.connections")?;
         for c in &self.credentials {
             if c.access_key.is_empty() || c.secret_key.len() < 8 {
                 return Err(format!(

@@ -98,7 +98,9 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     tracing::info!(s3 = %s3_addr, admin = %admin.local_addr, "s3gw ready");
 
     let stop = shutdown.clone();
+    let connection_limits = config.s3.connections.clone();
     let task = tokio::spawn(async move {
+        let admission = admission::Admission::new(connection_limits);
         let mut http = ConnBuilder::new(TokioExecutor::new());
         // A client that connects and never finishes its request head (or goes silent between
         // requests on a kept-alive connection) is dropped instead of holding a connection
@@ -108,7 +110,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let (socket, _) = tokio::select! {
+            let (socket, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -117,6 +119,13 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                         continue;
                     }
                 },
+            };
+            let admitted = match admission.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::debug!(%peer, reason = %why, "refusing an S3 connection");
+                    continue;
+                }
             };
             // hyper writes a response head and a small body separately: with Nagle on, the
             // body waits for the client's delayed ACK (40 ms per small GET).
@@ -163,6 +172,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
+                drop(admitted);
             });
         }
         tokio::select! {

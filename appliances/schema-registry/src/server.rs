@@ -8,14 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use admission::{Admission, ConnectionLimits};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{Answer, CONTENT_TYPE, Registry, Request};
 use crate::error::RegistryError;
@@ -47,17 +49,38 @@ impl Gate for Open {
 pub struct ServerLimits {
     /// The largest request body read (a schema is bounded separately, and smaller).
     pub body_bytes_max: usize,
+    /// Bytes of request bodies held at once across connections, taken as the bytes arrive.
+    pub bodies_bytes_max: usize,
     /// How long a forwarded write may take at the writer.
     pub forward_timeout: Duration,
+    /// A request's head, and then its body, must arrive within this; a connection silent
+    /// this long between requests is closed.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             body_bytes_max: 4 << 20,
+            bodies_bytes_max: 64 << 20,
             forward_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Connections served at once, and from one address (serializers cache schemas: a client
+/// needs few); past these, a connection is closed as it is accepted.
+const CONNECTIONS_MAX: usize = 1024;
+const CONNECTIONS_PER_IP_MAX: usize = 128;
+
+/// What every connection of one listener shares.
+struct Served {
+    registry: Arc<Registry>,
+    gate: Arc<dyn Gate>,
+    limits: ServerLimits,
+    /// The budget of [`ServerLimits::bodies_bytes_max`].
+    bodies: Arc<Semaphore>,
 }
 
 /// Accept connections on `listener` and serve each (anonymous callers: TLS and SASL set the
@@ -70,6 +93,17 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: CONNECTIONS_MAX,
+        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
+        max_connections_per_ip_overrides: Default::default(),
+    });
+    let served = Arc::new(Served {
+        registry,
+        gate,
+        limits,
+        bodies: Arc::new(Semaphore::new(limits.bodies_bytes_max)),
+    });
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => return,
@@ -81,35 +115,38 @@ pub async fn serve(
                 }
             },
         };
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(%peer, reason = %why, "refusing a schema registry connection");
+                continue;
+            }
+        };
         let caller = Caller {
             peer,
             principal: None,
         };
-        tokio::spawn(serve_connection(
-            stream,
-            caller,
-            Arc::clone(&registry),
-            Arc::clone(&gate),
-            limits,
-        ));
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            serve_connection(stream, caller, served).await;
+            drop(admitted);
+        });
     }
 }
 
 /// Serve HTTP/1.1 on one accepted connection until it closes.
-pub async fn serve_connection<S>(
-    stream: S,
-    caller: Caller,
-    registry: Arc<Registry>,
-    gate: Arc<dyn Gate>,
-    limits: ServerLimits,
-) where
+async fn serve_connection<S>(stream: S, caller: Caller, served: Arc<Served>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let timeout = served.limits.request_timeout;
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let (registry, gate, caller) = (Arc::clone(&registry), Arc::clone(&gate), caller.clone());
-        async move { Ok::<_, Infallible>(answer(req, &caller, &registry, gate.as_ref(), limits).await) }
+        let (served, caller) = (Arc::clone(&served), caller.clone());
+        async move { Ok::<_, Infallible>(answer(req, &caller, &served).await) }
     });
     if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
@@ -117,13 +154,46 @@ pub async fn serve_connection<S>(
     }
 }
 
+/// Read a body of at most `max` bytes within `within`, taking memory from `bodies` as its
+/// bytes arrive (never as a length is announced).
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    bodies: &Arc<Semaphore>,
+    within: Duration,
+) -> Result<(Bytes, OwnedSemaphorePermit), String> {
+    let take = |n: usize| async move {
+        Arc::clone(bodies)
+            .acquire_many_owned(n as u32)
+            .await
+            .map_err(|_| "the server is stopping".to_string())
+    };
+    let read = async {
+        let mut held = take(0).await?;
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(format!("the body is larger than {max} bytes"));
+            }
+            held.merge(take(data.len()).await?);
+            buf.extend_from_slice(&data);
+        }
+        Ok((Bytes::from(buf), held))
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| format!("the body did not arrive within {within:?}"))?
+}
+
 async fn answer(
     req: hyper::Request<Incoming>,
     caller: &Caller,
-    registry: &Registry,
-    gate: &dyn Gate,
-    limits: ServerLimits,
+    served: &Served,
 ) -> Response<Full<Bytes>> {
+    let (registry, gate, limits) = (&served.registry, served.gate.as_ref(), served.limits);
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -134,11 +204,14 @@ async fn answer(
             &serde_json::json!({"error_code": 40301, "message": "User is denied operation on this resource."}),
         );
     }
-    let body = match Limited::new(req.into_body(), limits.body_bytes_max)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let read = read_body(
+        req.into_body(),
+        limits.body_bytes_max,
+        &served.bodies,
+        limits.request_timeout,
+    );
+    let (body, _memory) = match read.await {
+        Ok(b) => b,
         Err(e) => {
             let err = RegistryError::BadRequest(format!(
                 "the request body could not be read (limit {} bytes): {e}",

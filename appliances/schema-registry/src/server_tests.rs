@@ -135,3 +135,50 @@ async fn a_write_to_a_follower_is_forwarded_to_the_writer_once() {
         50003
     );
 }
+
+/// What the server does with a connection: closes it (EOF or reset), or answers with a status
+/// line, within ten seconds.
+async fn outcome(stream: &mut TcpStream) -> Result<String, &'static str> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256];
+    match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await {
+        Err(_) => Err("neither answered nor closed"),
+        Ok(Ok(0)) | Ok(Err(_)) => Err("closed"),
+        Ok(Ok(n)) => Ok(String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()),
+    }
+}
+
+/// Slow senders hold nothing for long: a head or a body not received within the request
+/// timeout ends the request (the connection closed, or 400), while others are served.
+#[tokio::test]
+async fn a_head_or_body_not_received_in_time_ends_its_request() {
+    use tokio::io::AsyncWriteExt;
+    let (r, _) = registry();
+    let limits = ServerLimits {
+        request_timeout: std::time::Duration::from_millis(500),
+        ..ServerLimits::default()
+    };
+    let addr = listen(Arc::new(r), Arc::new(Open), limits).await;
+    let mut head = TcpStream::connect(addr).await.unwrap();
+    head.write_all(b"GET /subjects HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut body = TcpStream::connect(addr).await.unwrap();
+    body.write_all(
+        b"POST /subjects/s/versions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"schema\":",
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = http(addr, "GET", "/subjects", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome(&mut head).await, Err("closed"));
+    let answer = outcome(&mut body).await;
+    assert!(
+        answer == Err("closed") || answer.as_ref().is_ok_and(|l| l.contains(" 400 ")),
+        "{answer:?}"
+    );
+}

@@ -12,13 +12,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use admission::{Admission, ConnectionLimits};
 use anyhow::Context;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -28,6 +29,13 @@ use crate::health::Health;
 
 /// The largest request body an admin route reads.
 const BODY_MAX_BYTES: usize = 64 * 1024;
+/// A request's head, and its body, must arrive within this; a connection silent this long
+/// between requests is closed too.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once, and from one address (a Prometheus server, probes, `clk`):
+/// past these, a connection is closed as it is accepted.
+const CONNECTIONS_MAX: usize = 256;
+const CONNECTIONS_PER_IP_MAX: usize = 64;
 
 /// What an added route answers: a status and a JSON body.
 pub struct AdminReply {
@@ -132,15 +140,24 @@ async fn route(
         }
     }
     if let Some(extra) = extra {
-        let body = match Limited::new(req.into_body(), BODY_MAX_BYTES)
-            .collect()
-            .await
+        let body = match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Limited::new(req.into_body(), BODY_MAX_BYTES).collect(),
+        )
+        .await
         {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(_) => {
+                return respond(
+                    StatusCode::REQUEST_TIMEOUT,
+                    TEXT,
+                    "the body came too slowly\n",
+                );
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return respond(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "body too large\n");
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 return respond(
                     StatusCode::BAD_REQUEST,
                     TEXT,
@@ -183,9 +200,14 @@ pub async fn serve_admin_with(
     let token: Option<Arc<str>> = token.map(Into::into);
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: CONNECTIONS_MAX,
+        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
+        max_connections_per_ip_overrides: Default::default(),
+    });
     let task = tokio::spawn(async move {
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -195,11 +217,19 @@ pub async fn serve_admin_with(
                     }
                 },
             };
+            let admitted = match admission.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::debug!(%peer, reason = %why, "refusing an admin connection");
+                    continue;
+                }
+            };
             let registry = Arc::clone(&registry);
             let health = Arc::clone(&health);
             let extra = extra.clone();
             let token = token.clone();
             tokio::spawn(async move {
+                let _admitted = admitted;
                 let service = service_fn(move |req| {
                     let registry = Arc::clone(&registry);
                     let health = Arc::clone(&health);
@@ -212,6 +242,8 @@ pub async fn serve_admin_with(
                     }
                 });
                 let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(REQUEST_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

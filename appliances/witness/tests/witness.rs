@@ -512,3 +512,39 @@ async fn strangers_are_refused_and_the_witness_still_serves() {
     assert_eq!(http_get(w.admin_addr, "/ready").await.0, 200);
     w.shutdown().await.unwrap();
 }
+
+/// A stranger opening idle sockets from one address takes at most that address's share of
+/// the quorum listener's connections (64): the rest are closed as they arrive, and members
+/// (from another address) are served. (Connections used to wait for one of 64 slots, so 64
+/// idle sockets locked the members out until their idle timeout, two minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_one_address_never_lock_members_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = lonely_witness(dir.path(), CLUSTER).await.unwrap();
+    let addr = w.quorum_addr;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(s.connect(addr).await.unwrap());
+    }
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut one_more = s.connect(addr).await.unwrap();
+    assert!(
+        closed_by_peer(&mut one_more).await,
+        "the 65th from one address"
+    );
+    let member = TcpTransport::new(CLUSTER, NodeId(1));
+    let pong = member
+        .call(WITNESS, &addr.to_string(), Request::Ping, DEADLINE)
+        .await;
+    assert!(matches!(pong, Ok(Response::Pong)), "{pong:?}");
+    let metrics = http_get(w.admin_addr, "/metrics").await.1;
+    assert!(
+        metrics.contains("quorum_connections_refused_total 1"),
+        "{metrics}"
+    );
+    drop(idle);
+    w.shutdown().await.unwrap();
+}
