@@ -12,14 +12,17 @@ ap.add_argument("--count", type=int, default=2000)
 ap.add_argument("--partitions", type=int, default=3)
 ap.add_argument("--acks", default="all")
 ap.add_argument("--idempotence", action="store_true")
+ap.add_argument("--config", action="append", default=[],
+                help="KEY=VALUE for every client (security.protocol=ssl...)")
 a = ap.parse_args()
+extra = dict(kv.split("=", 1) for kv in a.config)
 
-admin = AdminClient({"bootstrap.servers": a.bootstrap})
+admin = AdminClient({"bootstrap.servers": a.bootstrap, **extra})
 for f in admin.create_topics([NewTopic(a.topic, a.partitions, 1)]).values():
     f.result()
 
 p = Producer({"bootstrap.servers": a.bootstrap, "compression.type": a.codec, "acks": a.acks,
-              "enable.idempotence": a.idempotence, "linger.ms": 5})
+              "enable.idempotence": a.idempotence, "linger.ms": 5, **extra})
 acked, errors = {}, []
 def done(err, msg):
     if err:
@@ -34,7 +37,7 @@ for i in range(a.count):
 left = p.flush(60)
 
 c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"rt-{a.topic}", "auto.offset.reset": "earliest",
-              "enable.auto.commit": False})
+              "enable.auto.commit": False, **extra})
 c.assign([TopicPartition(a.topic, i, 0) for i in range(a.partitions)])
 seen, in_order, headers_ok = {}, True, True
 last = {}

@@ -162,6 +162,7 @@ impl Cluster {
                 kafka: String::new(),
                 replication: String::new(),
                 quorum: String::new(),
+                listeners: Default::default(),
             }),
             storage_id,
             timing,

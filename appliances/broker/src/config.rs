@@ -68,7 +68,38 @@ pub struct BrokerConfig {
     /// The Schema Registry's HTTP listener (Confluent's REST API); absent, no registry.
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryListener>,
+    /// Certificates of the listeners whose `security` is `SSL` (needed when one is).
+    #[serde(default)]
+    pub tls: Option<tls::TlsSettings>,
 }
+
+/// How a Kafka listener secures its connections (Kafka's `security.protocol` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SecurityProtocol {
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS with `[tls]`'s certificate; client certificates as `[tls] client_auth` says.
+    #[serde(rename = "SSL")]
+    Ssl,
+}
+
+/// A Kafka listener beside the default one (`[[kafka.listeners]]`), e.g. mTLS for branches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedListener {
+    /// Its name (`branches`): clients that came in on it are told its addresses.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// `host:port` given to its clients; default: the bound address.
+    #[serde(default)]
+    pub advertised: Option<String>,
+    #[serde(default)]
+    pub security: SecurityProtocol,
+}
+
+/// The name of the default Kafka listener (`[kafka] listen`).
+pub const DEFAULT_LISTENER: &str = "clients";
 
 /// Where the broker serves the Schema Registry (`:8081` in the hub's port table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +209,10 @@ pub struct KafkaListener {
     pub max_connections_per_ip: usize,
     /// `max.connections.per.ip.overrides`: `{ "10.1.7.1" = 4000 }`.
     pub max_connections_per_ip_overrides: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    /// This listener's security protocol (`PLAINTEXT` or `SSL`).
+    pub security: SecurityProtocol,
+    /// More listeners, each with its own port, advertised address and security.
+    pub listeners: Vec<NamedListener>,
 }
 
 impl KafkaListener {
@@ -203,6 +238,8 @@ impl Default for KafkaListener {
             max_connections: admission::ConnectionLimits::default().max_connections,
             max_connections_per_ip: admission::ConnectionLimits::default().max_connections_per_ip,
             max_connections_per_ip_overrides: Default::default(),
+            security: SecurityProtocol::Plaintext,
+            listeners: Vec::new(),
         }
     }
 }
@@ -365,6 +402,7 @@ impl BrokerConfig {
     /// A configuration with defaults, for tests and the in-process lab.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         BrokerConfig {
+            tls: None,
             node_id: default_node_id(),
             data_dir: data_dir.into(),
             rack: None,
@@ -382,9 +420,51 @@ impl BrokerConfig {
         }
     }
 
+    /// Listener names unique and plain, `[tls]` present (and sound) when a listener uses it.
+    fn check_listeners(&self) -> Result<(), String> {
+        let mut names = vec![DEFAULT_LISTENER, "replication"];
+        for l in &self.kafka.listeners {
+            let plain = !l.name.is_empty()
+                && l.name.len() <= 64
+                && l.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !plain {
+                return Err(format!(
+                    "kafka.listeners: name {:?} must be 1 to 64 letters, digits, '_' or '-'",
+                    l.name
+                ));
+            }
+            if names.contains(&l.name.as_str()) {
+                return Err(format!("kafka.listeners: the name {:?} is taken", l.name));
+            }
+            names.push(&l.name);
+            if let Some(a) = &l.advertised {
+                check_host_port(&format!("kafka.listeners.{}.advertised", l.name), a)?;
+            }
+        }
+        let ssl = std::iter::once(self.kafka.security)
+            .chain(self.kafka.listeners.iter().map(|l| l.security))
+            .any(|s| s == SecurityProtocol::Ssl);
+        match &self.tls {
+            None if ssl => {
+                Err("a listener has security = \"SSL\": [tls] needs certificate and key".into())
+            }
+            Some(t) => t.check("tls"),
+            None => Ok(()),
+        }
+    }
+
     /// The `(host, port)` clients are told to connect to.
     pub fn advertised_endpoint(&self, bound: SocketAddr) -> (String, u16) {
-        if let Some(adv) = &self.kafka.advertised
+        advertised_endpoint(self.kafka.advertised.as_deref(), bound)
+    }
+}
+
+/// The `(host, port)` a listener bound at `bound` is advertised as.
+pub fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> (String, u16) {
+    {
+        if let Some(adv) = advertised
             && let Some((host, port)) = adv.rsplit_once(':')
             && let Ok(port) = port.parse()
         {
@@ -410,6 +490,17 @@ impl TopicDefaults {
             min_insync_replicas: not_set_i32(),
             ..TopicDefaults::default()
         }
+    }
+}
+
+fn check_host_port(what: &str, value: &str) -> Result<(), String> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} = {value:?} must be host:port"))
     }
 }
 
@@ -449,17 +540,13 @@ impl Validate for BrokerConfig {
             return Err("data_dir must not be empty".into());
         }
         if let Some(adv) = &self.kafka.advertised {
-            let ok = adv
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !ok {
-                return Err(format!("kafka.advertised = {adv:?} must be host:port"));
-            }
+            check_host_port("kafka.advertised", adv)?;
         }
         if self.kafka.max_request_size < 1024 || self.kafka.max_request_size > i32::MAX as u64 {
             return Err("kafka.max_request_size must be between 1KiB and 2GiB".into());
         }
         self.kafka.connection_limits().check("kafka")?;
+        self.check_listeners()?;
         if self.kafka.request_timeout < Duration::from_millis(100) {
             return Err("kafka.request_timeout must be at least 100ms".into());
         }

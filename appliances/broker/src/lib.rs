@@ -17,6 +17,7 @@ pub mod fetcher;
 pub mod frame;
 pub mod groups;
 pub mod internal_log;
+mod listeners;
 pub mod metrics;
 pub mod migrate;
 pub mod partition;

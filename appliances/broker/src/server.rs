@@ -12,12 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admission::{Admission, Refused};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use quorum::metadata::Endpoints;
 use telemetry::{DiskCollector, Health, ProcessCollector};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,7 +27,7 @@ use crate::groups::{self, GroupCoordinator};
 use crate::metrics::Metrics;
 use crate::producer_ids::ProducerIds;
 use crate::replica_manager::{ManagerSettings, OFFSETS_TOPIC, ReplicaManager};
-use crate::session::{Listener, ListenerRole, Session};
+use crate::session::ListenerRole;
 use crate::state::BrokerState;
 use crate::topics::Topics;
 
@@ -48,6 +46,8 @@ pub struct BrokerHandle {
     pub quorum_addr: Option<SocketAddr>,
     /// The replication listener, when one is configured apart from the Kafka listener.
     pub replication_addr: Option<SocketAddr>,
+    /// Every Kafka listener's bound address by name (`clients`, named ones, `replication`).
+    pub listener_addrs: BTreeMap<String, SocketAddr>,
     /// The Schema Registry's listener, when configured.
     pub registry_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
@@ -162,13 +162,6 @@ impl prometheus_client::collector::Collector for LateQuorumCollector {
     }
 }
 
-/// Bind a Kafka listener.
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} listener {addr}"))
-}
-
 /// Start a broker: recover storage, join the cluster, then serve Kafka and admin HTTP.
 pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     // Settings left for the topology resolved, however the configuration was built (a file
@@ -234,21 +227,22 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     ));
     cluster_routes.attach(Arc::clone(&cluster.node));
 
-    let listener = bind(config.kafka.listen, "Kafka").await?;
-    let kafka_addr = listener.local_addr()?;
+    let bound = crate::listeners::bind_all(&config).await?;
+    let kafka_addr = bound[0].addr;
+    let listener_addrs: BTreeMap<String, SocketAddr> = bound
+        .iter()
+        .map(|b| (b.info.name.to_string(), b.addr))
+        .collect();
+    let replication_addr = listener_addrs.get("replication").copied();
     let advertised = config.advertised_endpoint(kafka_addr);
-    let replication = match config.replication.listen {
-        Some(addr) => Some(bind(addr, "replication").await?),
-        None => None,
-    };
-    let replication_addr = replication.as_ref().map(|l| l.local_addr()).transpose()?;
+    let replication = bound
+        .iter()
+        .find(|b| b.info.role == ListenerRole::Replication)
+        .map_or_else(|| bound[0].advertised.clone(), |b| b.advertised.clone());
     let endpoints = Endpoints {
-        kafka: format!("{}:{}", advertised.0, advertised.1),
-        replication: match (&config.replication.advertised, replication_addr) {
-            (Some(a), _) => a.clone(),
-            (None, Some(a)) => a.to_string(),
-            (None, None) => format!("{}:{}", advertised.0, advertised.1),
-        },
+        kafka: bound[0].advertised.clone(),
+        listeners: crate::listeners::advertised(&bound),
+        replication,
         quorum: cluster.node.config().advertised.clone(),
     };
     cluster.register(endpoints).await?;
@@ -351,37 +345,16 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         *gate.open.lock() = Some(shutdown.child_token());
     }
     tokio::spawn(Arc::clone(&gate).follow(Arc::clone(&cluster), shutdown.clone()));
-    let clients = Arc::new(Listener {
-        name: "clients".into(),
-        role: ListenerRole::Clients,
-        serves_replication: replication.is_none(),
-    });
-    // Each listener counts its own connections: a flood of clients never takes the places
-    // followers need on the replication listener.
-    let limits = state.config.kafka.connection_limits();
-    tokio::spawn(accept_loop(
-        (listener, clients, Admission::new(limits.clone())),
-        Arc::clone(&state),
-        Arc::clone(&memory),
-        connections.clone(),
-        Arc::clone(&gate),
-        shutdown.clone(),
-    ));
-    if let Some(l) = replication {
-        let info = Arc::new(Listener {
-            name: "replication".into(),
-            role: ListenerRole::Replication,
-            serves_replication: true,
-        });
-        tokio::spawn(accept_loop(
-            (l, info, Admission::new(limits)),
-            Arc::clone(&state),
-            Arc::clone(&memory),
-            connections.clone(),
-            Arc::clone(&gate),
-            shutdown.clone(),
-        ));
-    }
+    crate::listeners::serve_all(
+        bound,
+        Arc::new(crate::listeners::Serving {
+            state: Arc::clone(&state),
+            memory: Arc::clone(&memory),
+            connections: connections.clone(),
+            gate: Arc::clone(&gate),
+            shutdown: shutdown.clone(),
+        }),
+    );
     let st = Arc::clone(&state);
     tokio::spawn(every(retention_every, shutdown.clone(), move || {
         let st = Arc::clone(&st);
@@ -410,6 +383,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         admin_addr: admin.local_addr,
         quorum_addr: cluster.quorum_addr,
         replication_addr,
+        listener_addrs,
         registry_addr,
         state,
         data_dir,
@@ -488,7 +462,7 @@ impl Gate {
     }
 
     /// The token connections accepted now hold: cancelled when the gate closes.
-    fn current(&self) -> Option<CancellationToken> {
+    pub fn current(&self) -> Option<CancellationToken> {
         self.open.lock().clone()
     }
 
@@ -519,70 +493,6 @@ impl Gate {
             }
         }
     }
-}
-
-async fn accept_loop(
-    (listener, listener_info, admission): (TcpListener, Arc<Listener>, Arc<Admission>),
-    state: Arc<BrokerState>,
-    memory: Arc<RequestMemory>,
-    connections: TaskTracker,
-    gate: Arc<Gate>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Some(serving) = gate.current() else {
-                    tracing::debug!(%peer, "refusing a connection: no lease");
-                    drop(stream);
-                    continue;
-                };
-                let admitted = match admission.admit(peer.ip()) {
-                    Ok(a) => a,
-                    Err(why) => {
-                        refused(&state, &listener_info, peer, why);
-                        drop(stream);
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = crate::connection::serve(
-                    Arc::clone(&state),
-                    stream,
-                    Session::new(Arc::clone(&listener_info), peer),
-                    Arc::clone(&memory),
-                    serving,
-                );
-                connections.spawn(async move {
-                    conn.await;
-                    drop(admitted);
-                });
-            }
-            Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Count and log a connection refused at accept. The log line is at debug level: a flood
-/// would otherwise flood the log too; the counter shows it.
-fn refused(state: &BrokerState, listener: &Listener, peer: SocketAddr, why: Refused) {
-    state
-        .metrics
-        .connections_refused
-        .get_or_create(&crate::metrics::ReasonLabel {
-            listener: listener.name.to_string(),
-            reason: why.reason(),
-        })
-        .inc();
-    tracing::debug!(%peer, listener = %listener.name, reason = %why, "refusing a connection");
 }
 
 /// Run `round` every `period` until shutdown, one round at a time (a round that overruns

@@ -42,6 +42,18 @@ pub fn host_port(endpoint: &str) -> (String, i32) {
     }
 }
 
+/// Where a broker serves clients of `listener`: that listener's advertised address, or its
+/// default listener's when it has no listener of that name (as Kafka answers on listeners a
+/// broker lacks, clients then reach its default one).
+pub fn client_endpoint(b: &BrokerInfo, listener: &str) -> (String, i32) {
+    host_port(
+        b.endpoints
+            .listeners
+            .get(listener)
+            .unwrap_or(&b.endpoints.kafka),
+    )
+}
+
 impl BrokerState {
     pub fn me(&self) -> NodeId {
         self.cluster.me
@@ -53,7 +65,11 @@ impl BrokerState {
 
     /// The broker a Kafka client should talk to for group `group`: the leader of the group's
     /// offsets partition, with its client endpoint.
-    pub fn coordinator_for(&self, group: &str) -> Result<(NodeId, String, i32), i16> {
+    pub fn coordinator_for(
+        &self,
+        group: &str,
+        listener: &str,
+    ) -> Result<(NodeId, String, i32), i16> {
         let state = self.metadata();
         let unavailable = ResponseError::CoordinatorNotAvailable.code();
         let topic = state.topic_by_name(OFFSETS_TOPIC).ok_or(unavailable)?;
@@ -66,7 +82,7 @@ impl BrokerState {
             .and_then(|p| p.leader)
             .ok_or(unavailable)?;
         let b = state.brokers.get(&leader).ok_or(unavailable)?;
-        let (host, port) = host_port(&b.endpoints.kafka);
+        let (host, port) = client_endpoint(b, listener);
         Ok((leader, host, port))
     }
 

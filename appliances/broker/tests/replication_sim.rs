@@ -367,6 +367,7 @@ impl Sim {
                     kafka: format!("b{id}:9092"),
                     replication: format!("b{id}:9092"),
                     quorum: format!("b{id}:9190"),
+                    listeners: Default::default(),
                 };
                 let registration = Registration {
                     node: id,

@@ -25,8 +25,12 @@ pub const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Where a node serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
-    /// Kafka clients (advertised `host:port`).
+    /// Kafka clients (advertised `host:port`) of the default listener.
     pub kafka: String,
+    /// Every Kafka listener by name (`clients`, `branches`...), advertised `host:port`: a
+    /// client is told the addresses of the listener it came in on, as Kafka does.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, String>,
     /// Followers fetch here (Kafka's inter-broker listener).
     pub replication: String,
     /// Quorum and controller RPCs.
@@ -497,6 +501,7 @@ mod tests {
             kafka: format!("b{n}:9092"),
             replication: format!("b{n}:9092"),
             quorum: format!("b{n}:9190"),
+            listeners: Default::default(),
         }
     }
 

@@ -22,7 +22,8 @@ use crate::raft::{TypeConfig, frames};
 /// [`Refusal::Version`].
 /// 2: heartbeat answers carry the controller's applied index; controlled shutdown; voter
 /// changes.
-/// 3: a registration carries the broker's session timeout (and so does its metadata record).
+/// 3: a registration carries the broker's session timeout (and so does its metadata record);
+/// a broker's endpoints name every Kafka listener.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

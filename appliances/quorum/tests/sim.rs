@@ -246,6 +246,7 @@ fn endpoints(n: NodeId) -> Endpoints {
         kafka: format!("sim:{n}"),
         replication: format!("sim:{n}"),
         quorum: format!("sim:{n}"),
+        listeners: Default::default(),
     }
 }
 

@@ -241,6 +241,7 @@ fn register(node: u32) -> ControllerRequest {
             kafka: "127.0.0.1:1".into(),
             replication: "127.0.0.1:1".into(),
             quorum: "127.0.0.1:1".into(),
+            listeners: Default::default(),
         },
         storage_id: uuid::Uuid::from_u128(u128::from(node)),
         session_timeout_ms: 6000,

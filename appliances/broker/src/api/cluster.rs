@@ -32,6 +32,7 @@ pub fn api_versions_too_new() -> ApiVersionsResponse {
 
 pub fn describe_cluster(
     s: &BrokerState,
+    listener: &str,
     version: i16,
     r: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
@@ -40,7 +41,7 @@ pub fn describe_cluster(
         .live_brokers(&state)
         .into_iter()
         .map(|b| {
-            let (host, port) = crate::state::host_port(&b.endpoints.kafka);
+            let (host, port) = crate::state::client_endpoint(&b, listener);
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(b.node.kafka()))
                 .with_host(StrBytes::from_string(host))

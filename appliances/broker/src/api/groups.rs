@@ -42,6 +42,7 @@ fn s(v: impl Into<String>) -> StrBytes {
 /// FindCoordinator: the leader of the group's offsets partition.
 pub fn find_coordinator(
     st: &BrokerState,
+    listener: &str,
     version: i16,
     r: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -49,7 +50,7 @@ pub fn find_coordinator(
     let answer = |key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
         match r.key_type {
             GROUP_KEY => st
-                .coordinator_for(key)
+                .coordinator_for(key, listener)
                 .map(|(n, host, port)| (n.kafka(), host, port))
                 .map_err(|code| (code, "the group's coordinator is not available yet")),
             1 => Err((

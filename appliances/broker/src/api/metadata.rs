@@ -17,7 +17,7 @@ use quorum::metadata::ClusterState;
 
 use super::err;
 use crate::replica_manager::OFFSETS_TOPIC;
-use crate::state::{BrokerState, host_port};
+use crate::state::{BrokerState, client_endpoint};
 use crate::topics::{NewTopic, TopicError, TopicInfo};
 
 /// Every operation, for clients that ask for authorized operations (no ACLs yet).
@@ -85,7 +85,12 @@ fn error_entry(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic
         .with_topic_id(id)
 }
 
-pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    s: &Arc<BrokerState>,
+    listener: &str,
+    version: i16,
+    r: MetadataRequest,
+) -> MetadataResponse {
     let with_ops = version >= 8 && r.include_topic_authorized_operations;
     // v0 asks for all topics with an empty list; later versions with null.
     let requested = match r.topics {
@@ -125,18 +130,22 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: MetadataRequest) -> M
     };
     let state = s.metadata();
     MetadataResponse::default()
-        .with_brokers(brokers(s, &state))
+        .with_brokers(brokers(s, &state, listener))
         .with_cluster_id(Some(StrBytes::from_string(s.cluster_id.clone())))
         .with_controller_id(BrokerId(controller_id(s)))
         .with_topics(topics)
 }
 
-/// Live brokers with their client endpoint and site.
-pub fn brokers(s: &BrokerState, state: &ClusterState) -> Vec<MetadataResponseBroker> {
+/// Live brokers with their endpoint on `listener` and their site.
+pub fn brokers(
+    s: &BrokerState,
+    state: &ClusterState,
+    listener: &str,
+) -> Vec<MetadataResponseBroker> {
     s.live_brokers(state)
         .into_iter()
         .map(|b| {
-            let (host, port) = host_port(&b.endpoints.kafka);
+            let (host, port) = client_endpoint(&b, listener);
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.node.kafka()))
                 .with_host(StrBytes::from_string(host))

@@ -78,9 +78,11 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
             })
         }
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(cluster::api_versions())),
-        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(s, v, r).await)),
+        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(
+            metadata::handle(s, &client.listener.name, v, r).await,
+        )),
         RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
-            cluster::describe_cluster(s, v, r),
+            cluster::describe_cluster(s, &client.listener.name, v, r),
         )),
         RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(
             cluster::init_producer_id(s, r).await,
@@ -113,7 +115,7 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
             configs::incremental_alter(s, r).await,
         )),
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
-            groups::find_coordinator(s, v, r),
+            groups::find_coordinator(s, &client.listener.name, v, r),
         )),
         RequestKind::JoinGroup(r) => {
             ready(ResponseKind::JoinGroup(groups::join(s, client, v, r).await))

@@ -11,6 +11,7 @@ fn endpoints(n: u32) -> Endpoints {
         kafka: format!("b{n}:9092"),
         replication: format!("b{n}:9092"),
         quorum: format!("b{n}:9190"),
+        listeners: Default::default(),
     }
 }
 

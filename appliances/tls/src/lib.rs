@@ -1,0 +1,318 @@
+//! TLS for every appliance's listeners: rustls on the `ring` provider (the static musl images
+//! carry no C crypto), TLS 1.3 unless 1.2 is allowed in the configuration, certificates and
+//! keys read from PEM files and reloaded when the files change (new handshakes use the new
+//! ones; connections already made keep theirs, so a renewal drops nothing), and client
+//! certificates (mTLS) verified against the configured CA and mapped to a principal by
+//! Kafka's `ssl.principal.mapping.rules`.
+//!
+//! A handshake that fails (plain text on a TLS port, a client certificate of another CA,
+//! expired, not yet valid, or not for client authentication) is refused by rustls; the
+//! listener logs why ([`TlsServer::accept`] returns the reason).
+
+mod principal;
+#[cfg(feature = "test-pki")]
+pub mod test_pki;
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+pub use principal::{PrincipalRules, dn_of};
+pub use tokio_rustls::server::TlsStream;
+
+/// Whether a listener asks for client certificates (Kafka's `ssl.client.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one is anonymous, one with a bad one is refused.
+    Requested,
+    /// A client without a valid certificate is refused at the handshake.
+    Required,
+}
+
+/// The oldest protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MinVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// A TLS listener's configuration (`[tls]` in each appliance's file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM, leaf first).
+    pub certificate: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) client certificates must chain to; needed unless `client_auth`
+    /// is `none`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub min_version: MinVersion,
+    /// Kafka's `ssl.principal.mapping.rules`, applied to the client certificate's subject
+    /// (RFC 2253: `CN=branch-017,O=Hub`). Default: the subject's CN.
+    #[serde(default = "principal::default_rules")]
+    pub principal_mapping_rules: Vec<String>,
+    /// How often the files are checked for a change.
+    #[serde(default = "default_reload_check", with = "appconfig::duration")]
+    pub reload_check: Duration,
+    /// A handshake must complete within this.
+    #[serde(default = "default_handshake_timeout", with = "appconfig::duration")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_reload_check() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl TlsSettings {
+    /// The configuration errors that do not need the files (`what` names the section).
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        if self.client_auth != ClientAuth::None && self.client_ca.is_none() {
+            return Err(format!(
+                "{what}.client_auth = \"{:?}\" needs {what}.client_ca",
+                self.client_auth
+            )
+            .to_lowercase());
+        }
+        PrincipalRules::parse(&self.principal_mapping_rules)
+            .map_err(|e| format!("{what}.principal_mapping_rules: {e}"))?;
+        if self.reload_check < Duration::from_millis(100) {
+            return Err(format!("{what}.reload_check must be at least 100ms"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Content { path: PathBuf, what: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    Verifier(String),
+    #[error("{0}")]
+    Rules(String),
+}
+
+/// Why a handshake did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Refused(std::io::Error),
+    #[error("the client certificate maps to no principal: {0}")]
+    Principal(String),
+}
+
+/// A TLS-accepted connection: the stream, and the principal its client certificate maps to
+/// (`None`: no certificate given).
+pub struct Accepted<S> {
+    pub stream: TlsStream<S>,
+    pub principal: Option<String>,
+}
+
+/// Modification time and length of each file, to notice a change.
+type Stamps = Vec<Option<(SystemTime, u64)>>;
+
+/// A listener's TLS: the current server configuration, reloaded when its files change.
+pub struct TlsServer {
+    settings: TlsSettings,
+    rules: PrincipalRules,
+    current: RwLock<Arc<ServerConfig>>,
+    stamps: Mutex<Stamps>,
+}
+
+impl TlsServer {
+    /// Read the files and build the configuration.
+    pub fn load(settings: TlsSettings) -> Result<Arc<TlsServer>, TlsError> {
+        let rules =
+            PrincipalRules::parse(&settings.principal_mapping_rules).map_err(TlsError::Rules)?;
+        let stamps = stamps(&settings);
+        let config = build(&settings)?;
+        Ok(Arc::new(TlsServer {
+            settings,
+            rules,
+            current: RwLock::new(config),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
+    }
+
+    /// The TLS handshake on `stream`, within the handshake timeout, and the principal of the
+    /// client certificate.
+    pub async fn accept<S>(&self, stream: S) -> Result<Accepted<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.read()));
+        let within = self.settings.handshake_timeout;
+        let stream = tokio::time::timeout(within, acceptor.accept(stream))
+            .await
+            .map_err(|_| HandshakeError::Timeout(within))?
+            .map_err(HandshakeError::Refused)?;
+        let principal = match stream.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => Some(
+                self.rules
+                    .principal_of(leaf)
+                    .map_err(HandshakeError::Principal)?,
+            ),
+            _ => None,
+        };
+        Ok(Accepted { stream, principal })
+    }
+
+    /// Reload when a file changed. A configuration that does not load is logged and the
+    /// previous one kept: a half-written renewal never takes a listener down.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.settings);
+        if *self.stamps.lock() == now {
+            return Ok(false);
+        }
+        let config = build(&self.settings)?;
+        *self.current.write() = config;
+        *self.stamps.lock() = now;
+        Ok(true)
+    }
+
+    /// Check the files every `reload_check` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, what: String, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.reload_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
+                Ok(Ok(true)) => tracing::info!(listener = %what, "TLS certificate reloaded"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    listener = %what,
+                    error = %e,
+                    "TLS files changed but do not load; keeping the previous certificate"
+                ),
+                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
+fn stamps(s: &TlsSettings) -> Stamps {
+    [Some(&s.certificate), Some(&s.key), s.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match s.min_version {
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)?;
+    let builder = match (&s.client_ca, s.client_auth) {
+        (_, ClientAuth::None) => builder.with_no_client_auth(),
+        (None, _) => return Err(TlsError::Verifier("client_auth needs client_ca".into())),
+        (Some(ca), auth) => {
+            let mut roots = RootCertStore::empty();
+            for c in certificates(ca)? {
+                roots.add(c).map_err(|e| TlsError::Content {
+                    path: ca.clone(),
+                    what: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match auth {
+                ClientAuth::Requested => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
+    Ok(Arc::new(config))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = read(path)?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_reader_iter(&mut BufReader::new(&bytes[..]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Content {
+                path: path.to_path_buf(),
+                what: format!("not PEM certificates: {e}"),
+            })?;
+    if certs.is_empty() {
+        return Err(TlsError::Content {
+            path: path.to_path_buf(),
+            what: "holds no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Content {
+        path: path.to_path_buf(),
+        what: format!("no private key: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! A throw-away private CA for tests: server certificates for loopback addresses and client
+//! certificates with a given CN, validity and key usage, written as PEM files. (`clk pki` is
+//! the operator's PKI; this only serves tests.)
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+pub struct TestPki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate (PEM) clients and servers trust.
+    pub ca: PathBuf,
+}
+
+/// A certificate and its key, as files.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a client certificate may be used for (its extended key usage).
+#[derive(Debug, Clone, Copy)]
+pub enum Usage {
+    ClientAuth,
+    ServerAuth,
+}
+
+/// How long an issued certificate is valid, relative to now.
+#[derive(Debug, Clone, Copy)]
+pub enum Validity {
+    Current,
+    Expired,
+    NotYetValid,
+}
+
+impl TestPki {
+    /// A new CA named `name`, its files in `dir`.
+    pub fn new(dir: &Path, name: &str) -> TestPki {
+        let key = KeyPair::generate().expect("a CA key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).expect("a CA certificate");
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, cert.pem()).expect("write the CA");
+        TestPki {
+            dir: dir.to_path_buf(),
+            issuer: Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, file: &str, names: &[&str]) -> Issued {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*n).try_into().expect("a DNS name")),
+            })
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(file, params)
+    }
+
+    /// A client certificate with `cn` (and `O=Hub`), valid as `validity` says, for client
+    /// authentication unless `usage` says otherwise.
+    pub fn client(&self, file: &str, cn: &str, validity: Validity, usage: Usage) -> Issued {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Hub");
+        params.extended_key_usages = vec![match usage {
+            Usage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            Usage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+        }];
+        let now = time_now();
+        let day = 86_400;
+        let (from, to) = match validity {
+            Validity::Current => (now - day, now + 30 * day),
+            Validity::Expired => (now - 30 * day, now - day),
+            Validity::NotYetValid => (now + day, now + 30 * day),
+        };
+        let at = |t| time::OffsetDateTime::from_unix_timestamp(t).expect("a time");
+        (params.not_before, params.not_after) = (at(from), at(to));
+        self.issue(file, params)
+    }
+
+    fn issue(&self, file: &str, params: CertificateParams) -> Issued {
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        let issued = Issued {
+            certificate: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&issued.certificate, cert.pem()).expect("write a certificate");
+        std::fs::write(&issued.key, key.serialize_pem()).expect("write a key");
+        issued
+    }
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}

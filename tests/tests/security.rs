@@ -1,0 +1,215 @@
+//! Zero trust on the Kafka listeners: a branch listener with TLS 1.3 and client certificates
+//! from the hub's CA (mTLS) beside the plain-text one, with real clients (kcat,
+//! confluent-kafka) reading and writing over it, and every other client refused at the
+//! handshake, with the reason in the broker's log.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::Broker;
+use e2e::clients::{kcat, metric, python, run};
+use e2e::hub::free_addr;
+use tls::test_pki::{Issued, TestPki, Usage, Validity};
+
+const T: Duration = Duration::from_secs(60);
+
+struct TlsBroker {
+    broker: Broker,
+    pki: TestPki,
+    /// The mTLS listener `branches`.
+    ssl: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn tls_broker() -> TlsBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("broker", &["127.0.0.1", "localhost"]);
+    let ssl = free_addr();
+    let extra = format!(
+        "[[kafka.listeners]]\nname = \"branches\"\nlisten = \"{ssl}\"\nsecurity = \"SSL\"\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        pki.ca.display()
+    );
+    TlsBroker {
+        broker: Broker::start_with(&extra),
+        pki,
+        ssl,
+        _dir: dir,
+    }
+}
+
+/// librdkafka settings for TLS with `cert` (none: no client certificate).
+fn ssl_config(ca: &Path, cert: Option<&Issued>) -> Vec<String> {
+    let mut c = vec![
+        "security.protocol=ssl".to_string(),
+        format!("ssl.ca.location={}", ca.display()),
+    ];
+    if let Some(cert) = cert {
+        c.push(format!(
+            "ssl.certificate.location={}",
+            cert.certificate.display()
+        ));
+        c.push(format!("ssl.key.location={}", cert.key.display()));
+    }
+    c
+}
+
+fn kcat_args(bootstrap: &str, config: &[String], rest: &[&str]) -> Vec<String> {
+    let mut a = vec!["-b".to_string(), bootstrap.to_string()];
+    for c in config {
+        a.push("-X".into());
+        a.push(c.clone());
+    }
+    a.extend(rest.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn kcat_and_confluent_kafka_read_and_write_over_mtls_with_their_branch_certificate() {
+    let b = tls_broker();
+    let branch = b.pki.client(
+        "branch-017",
+        "branch-017",
+        Validity::Current,
+        Usage::ClientAuth,
+    );
+    let config = ssl_config(&b.pki.ca, Some(&branch));
+    let bootstrap = b.ssl.to_string();
+
+    // Metadata over the TLS listener names the TLS listener's address, not the plain one.
+    let args = kcat_args(&bootstrap, &config, &["-L"]);
+    let listed = kcat(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+        T,
+    );
+    assert!(listed.contains(&format!("at {}", b.ssl)), "{listed}");
+    assert!(!listed.contains(&b.broker.kafka.to_string()), "{listed}");
+
+    let args = kcat_args(
+        &bootstrap,
+        &config,
+        &["-P", "-t", "orders", "-X", "acks=all"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    kcat(&args, Some(b"one\ntwo\nthree\n"), T);
+    let args = kcat_args(
+        &bootstrap,
+        &config,
+        &["-C", "-t", "orders", "-e", "-o", "beginning"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(kcat(&args, None, T), "one\ntwo\nthree\n");
+
+    let mut py = vec![
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "ck-tls",
+        "--count",
+        "500",
+    ];
+    let flags: Vec<String> = config.iter().map(|c| format!("--config={c}")).collect();
+    py.extend(flags.iter().map(String::as_str));
+    let r = python("ck_roundtrip.py", &py, T);
+    assert_eq!(r["acked"], 500, "{r}");
+    assert_eq!(r["consumed"], 500, "{r}");
+    assert_eq!(r["positions_match"], true, "{r}");
+
+    // The plain listener serves on beside it.
+    let plain = b.broker.bootstrap();
+    let out = kcat(
+        &["-b", &plain, "-C", "-t", "orders", "-e", "-o", "beginning"],
+        None,
+        T,
+    );
+    assert_eq!(out, "one\ntwo\nthree\n");
+}
+
+/// A client the listener must refuse: kcat fails, and the broker says why.
+fn refused(b: &TlsBroker, what: &str, config: &[String], reason: &str) {
+    let args = kcat_args(&b.ssl.to_string(), config, &["-L", "-m", "5"]);
+    let mut cmd = Command::new("kcat");
+    cmd.args(&args);
+    let out = run(cmd, None, T);
+    assert!(
+        !out.status.success(),
+        "{what}: kcat was served:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    e2e::wait_until(
+        &format!("the broker to log why it refused {what}"),
+        T,
+        || {
+            b.broker
+                .log()
+                .lines()
+                .any(|l| l.contains("TLS handshake refused") && l.contains(reason))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn strangers_are_refused_at_the_handshake_and_the_log_says_why() {
+    let b = tls_broker();
+    let ca = &b.pki.ca;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::new(other_dir.path(), "other");
+    let cases = [
+        (
+            "a certificate of another CA",
+            Some(other.client("o", "branch-017", Validity::Current, Usage::ClientAuth)),
+            "UnknownIssuer",
+        ),
+        (
+            "an expired certificate",
+            Some(
+                b.pki
+                    .client("e", "branch-017", Validity::Expired, Usage::ClientAuth),
+            ),
+            "expired",
+        ),
+        (
+            "a certificate for servers only",
+            Some(
+                b.pki
+                    .client("s", "branch-017", Validity::Current, Usage::ServerAuth),
+            ),
+            "extended key usage",
+        ),
+        ("no certificate", None, "peer sent no certificates"),
+    ];
+    for (what, cert, reason) in &cases {
+        refused(&b, what, &ssl_config(ca, cert.as_ref()), reason);
+    }
+
+    // Plain text on the TLS port: no Kafka answer, the connection ends.
+    let mut s = TcpStream::connect(b.ssl).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // ApiVersions v0, correlation 1, client id "t".
+    s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "a TLS alert or nothing, not a Kafka answer: {answer:?}"
+    );
+
+    let closed = metric(
+        &b.broker.metrics_url(),
+        "broker_connections_closed_total{listener=\"branches\",reason=\"tls_handshake\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(closed >= 5.0, "{closed} handshakes counted as refused");
+    // The plain listener and good clients are served throughout.
+    let out = kcat(&["-b", &b.broker.bootstrap(), "-L"], None, T);
+    assert!(out.contains("1 brokers"), "{out}");
+}
