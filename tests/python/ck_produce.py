@@ -15,6 +15,8 @@ ap.add_argument("--acked-file")
 ap.add_argument("--prefix", default="v")
 ap.add_argument("--rate", type=float, default=0, help="records per second (0: as fast as possible)")
 ap.add_argument("--fast-reconnect", action="store_true", help="cap reconnect backoff (for flaky-link tests)")
+ap.add_argument("--config", action="append", default=[],
+                help="KEY=VALUE for the producer (security.protocol=ssl...)")
 a = ap.parse_args()
 
 stopping = False
@@ -43,6 +45,7 @@ if os.environ.get("CK_DEBUG"):
     conf["debug"] = os.environ["CK_DEBUG"]
 if a.fast_reconnect:
     conf.update({"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 200})
+conf.update(dict(kv.split("=", 1) for kv in a.config))
 p = Producer(conf)
 t0 = time.time()
 i = 0

@@ -10,15 +10,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::Broker;
+use e2e::acked::Producer;
 use e2e::clients::{kcat, metric, python, run};
 use e2e::hub::free_addr;
-use tls::test_pki::{Issued, TestPki, Usage, Validity};
+use tls::test_pki::{Issued, TestPki, Usage, Validity, presented_certificate};
 
 const T: Duration = Duration::from_secs(60);
 
 struct TlsBroker {
     broker: Broker,
     pki: TestPki,
+    /// The broker's certificate and key files.
+    server: Issued,
     /// The mTLS listener `branches`.
     ssl: SocketAddr,
     _dir: tempfile::TempDir,
@@ -31,7 +34,7 @@ fn tls_broker() -> TlsBroker {
     let ssl = free_addr();
     let extra = format!(
         "[[kafka.listeners]]\nname = \"branches\"\nlisten = \"{ssl}\"\nsecurity = \"SSL\"\n\
-         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\nreload_check = \"200ms\"\n",
         server.certificate.display(),
         server.key.display(),
         pki.ca.display()
@@ -39,6 +42,7 @@ fn tls_broker() -> TlsBroker {
     TlsBroker {
         broker: Broker::start_with(&extra),
         pki,
+        server,
         ssl,
         _dir: dir,
     }
@@ -212,4 +216,61 @@ fn strangers_are_refused_at_the_handshake_and_the_log_says_why() {
     // The plain listener and good clients are served throughout.
     let out = kcat(&["-b", &b.broker.bootstrap(), "-L"], None, T);
     assert!(out.contains("1 brokers"), "{out}");
+}
+
+/// A renewed certificate (new key, written over the files as a renewal would) reaches new
+/// connections within the reload check, while a producer over mTLS goes on without an error
+/// and without reconnecting.
+#[test]
+fn a_renewed_certificate_reaches_new_connections_while_clients_go_on_undisturbed() {
+    let b = tls_broker();
+    let branch = b.pki.client(
+        "branch-017",
+        "branch-017",
+        Validity::Current,
+        Usage::ClientAuth,
+    );
+    let before = presented_certificate(b.ssl, &b.pki.ca);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = b.ssl.to_string();
+    let mut args = vec![
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "rotating",
+        "--rate",
+        "200",
+    ];
+    let flags: Vec<String> = ssl_config(&b.pki.ca, Some(&branch))
+        .iter()
+        .map(|c| format!("--config={c}"))
+        .collect();
+    args.extend(flags.iter().map(String::as_str));
+    let producer = Producer::start(&dir.path().join("acked"), &args);
+    producer.wait_acked(200, T);
+    let accepted = || metric(&b.broker.metrics_url(), "broker_connections_accepted_total").unwrap();
+    let accepted_before = accepted();
+
+    let renewed = b.pki.server("renewed", &["127.0.0.1", "localhost"]);
+    std::fs::rename(&renewed.key, &b.server.key).unwrap();
+    std::fs::rename(&renewed.certificate, &b.server.certificate).unwrap();
+    let new_leaf = tls::certificates(&b.server.certificate).unwrap()[0].to_vec();
+    let mut probes = 0.0;
+    e2e::wait_until("new connections to get the renewed certificate", T, || {
+        probes += 1.0;
+        (presented_certificate(b.ssl, &b.pki.ca) == new_leaf).then_some(())
+    });
+    assert_ne!(before, new_leaf);
+    assert!(b.broker.log().contains("TLS certificate reloaded"));
+
+    let acked_at_renewal = producer.acked_count();
+    producer.wait_acked(acked_at_renewal + 400, T);
+    let report = producer.stop(T);
+    assert_eq!(report["error_count"], 0, "{report}");
+    // Only the test's own probes connected meanwhile: the producer kept its connections.
+    assert!(
+        accepted() - accepted_before <= probes,
+        "{} connections accepted during the renewal",
+        accepted() - accepted_before
+    );
 }

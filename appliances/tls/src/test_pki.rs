@@ -117,3 +117,37 @@ fn time_now() -> i64 {
         .expect("after 1970")
         .as_secs() as i64
 }
+
+/// The leaf certificate (DER) the TLS server at `addr` presents to a client trusting `ca`
+/// (no client certificate: the handshake may then be refused, after the server's certificate
+/// was seen).
+pub fn presented_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::certificates(ca).expect("the CA") {
+        roots.add(c).expect("a CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+    )
+    .expect("a client");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a timeout");
+    while conn.peer_certificates().is_none() {
+        if conn.complete_io(&mut sock).is_err() {
+            break;
+        }
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .expect("the server presented a certificate")
+        .to_vec()
+}
