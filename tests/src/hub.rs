@@ -24,6 +24,9 @@ pub struct HubSpec {
     pub broker_extra: String,
     /// Each site in a network namespace of its own (links between sites can be cut).
     pub netns: bool,
+    /// A `[tls]` section for every broker: followers then fetch over mTLS from a replication
+    /// listener of each broker's own.
+    pub replication_tls: Option<String>,
 }
 
 impl HubSpec {
@@ -35,6 +38,7 @@ impl HubSpec {
             broker_extra:
                 "[topics]\npartitions = 6\nreplication_factor = 3\nmin_insync_replicas = 2\n".into(),
             netns: false,
+            replication_tls: None,
         }
     }
 
@@ -64,6 +68,9 @@ pub struct Hub {
     cluster: String,
     quorum_ports: BTreeMap<u32, SocketAddr>,
     pub net: Option<Sites>,
+    replication_tls: Option<String>,
+    /// Each broker's replication listener, when it has one of its own.
+    pub replication_addrs: BTreeMap<u32, String>,
 }
 
 /// A free loopback address for a node to bind later. Taken below the kernel's ephemeral
@@ -144,7 +151,21 @@ impl Hub {
             cluster,
             quorum_ports,
             net,
+            replication_tls: spec.replication_tls.clone(),
+            replication_addrs: BTreeMap::new(),
         };
+        for (n, site) in &spec.brokers {
+            let listen = match &hub.net {
+                Some(_) => Some(format!(
+                    "{}:{}",
+                    Sites::replication_addr(letter(site)),
+                    19100 + n
+                )),
+                None if spec.replication_tls.is_some() => Some(free_addr().to_string()),
+                None => None,
+            };
+            hub.replication_addrs.extend(listen.map(|l| (*n, l)));
+        }
         // Brokers become ready only with a quorum: start them together.
         let extras: Vec<(u32, String)> = spec
             .brokers
@@ -188,13 +209,12 @@ impl Hub {
     fn broker_config(&self, n: u32, extra: &str) -> String {
         // In namespaces, followers fetch over the replication network (which a test may cut
         // alone); the extra configuration then has no `[replication]` section of its own.
-        let replication = match &self.net {
-            Some(_) => format!(
-                "[replication]\nlisten = \"{}:{}\"\n",
-                Sites::replication_addr(letter(self.sites[&n])),
-                19100 + n
-            ),
-            None => String::new(),
+        let replication = match (self.replication_addrs.get(&n), &self.replication_tls) {
+            (Some(l), Some(tls)) => {
+                format!("[replication]\nlisten = \"{l}\"\nsecurity = \"SSL\"\n{tls}\n")
+            }
+            (Some(l), None) => format!("[replication]\nlisten = \"{l}\"\n"),
+            (None, _) => String::new(),
         };
         format!(
             "rack = \"{}\"\n[quorum]\nlisten = \"{}\"\n[groups]\ninitial_rebalance_delay = \"0s\"\n{replication}{extra}\n{}",

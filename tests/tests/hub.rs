@@ -810,3 +810,43 @@ fn a_compacted_topic_keeps_every_keys_newest_record_through_the_loss_of_a_site()
     hub.wait_healthy(3, T);
     check(&hub.bootstrap());
 }
+
+/// Followers fetch over mTLS from each broker's replication listener (the inter-site zone):
+/// acks=all writes, which need a copy in each site, go through, and a plain-text client on a
+/// replication listener gets no Kafka answer.
+#[test]
+fn followers_replicate_over_mtls_and_the_replication_listener_refuses_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::test_pki::TestPki::new(dir.path(), "hub");
+    let node = pki.node("brokers", &["127.0.0.1", "localhost"]);
+    let mut spec = HubSpec::two_by_two();
+    spec.replication_tls = Some(format!(
+        "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
+        node.certificate.display(),
+        node.key.display(),
+        pki.ca.display()
+    ));
+    let mut hub = Hub::start(spec);
+    create_topic(&mut hub, "orders");
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 3000, 3000);
+    let report = producer.finish(Duration::from_secs(300));
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["acked"], 3000, "{report}");
+    let acked = read_acked(&acked_file);
+    for site in ["site-a", "site-b"] {
+        let stored = settled(&site_bootstrap(&mut hub, site), "orders", &acked, T);
+        assert_eq!(verify(&acked, &stored), 3000);
+    }
+    let replication = hub.replication_addrs[&1].clone();
+    let mut s = std::net::TcpStream::connect(&replication).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "a TLS alert or nothing, not a Kafka answer: {answer:?}"
+    );
+}

@@ -70,6 +70,8 @@ pub struct Cluster {
     /// Kafka connections to other brokers' replication endpoints, for the same probes (at
     /// most one per registered broker).
     replication_probes: Mutex<BTreeMap<NodeId, (String, Arc<Connection>)>>,
+    /// How to reach peers' replication endpoints over TLS (`[replication] security = "SSL"`).
+    pub peer_tls: Option<Arc<tls::TlsClient>>,
     pub quorum_addr: Option<std::net::SocketAddr>,
 }
 
@@ -129,6 +131,15 @@ impl Cluster {
     ) -> anyhow::Result<Arc<Cluster>> {
         let me = NodeId(u32::try_from(config.node_id).context("node_id")?);
         let site = config.rack.clone().unwrap_or_else(|| DEFAULT_SITE.into());
+        let peer_tls = match (&config.tls, config.replication.security) {
+            (Some(settings), crate::config::SecurityProtocol::Ssl) => {
+                let client = tls::TlsClient::load(settings.clone())
+                    .context("loading [tls] for connections to other brokers")?;
+                tokio::spawn(Arc::clone(&client).watch(shutdown.clone()));
+                Some(client)
+            }
+            _ => None,
+        };
         let (mut node_config, listener) = quorum_setup(config, me, &site).await?;
         node_config.formation_cluster_id = cluster_id;
         let dir = data_dir.join("quorum");
@@ -173,6 +184,7 @@ impl Cluster {
             leaving: std::sync::atomic::AtomicBool::new(false),
             probe: TcpTransport::new(&cluster_name, me),
             replication_probes: Mutex::new(BTreeMap::new()),
+            peer_tls,
             quorum_addr,
         }))
     }
@@ -504,7 +516,8 @@ impl Cluster {
             {
                 return (true, Some(c));
             }
-            match Connection::connect(addr, &format!("probe-{}", self.me)).await {
+            let id = format!("probe-{}", self.me);
+            match Connection::connect_with(addr, &id, self.peer_tls.as_deref()).await {
                 Ok(c) => (true, Some(Arc::new(c))),
                 Err(kafka_client::Error::Connect { .. }) => (false, None),
                 // Connected, then closed or refused at the Kafka level.

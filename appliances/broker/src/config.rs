@@ -148,6 +148,11 @@ pub struct ReplicationSettings {
     pub listen: Option<SocketAddr>,
     /// `host:port` followers use for the replication listener.
     pub advertised: Option<String>,
+    /// Kafka's `security.inter.broker.protocol`: the security of the listener followers
+    /// fetch from (this one, or `[kafka]`'s when there is no separate one), and so how this
+    /// broker connects to its peers. With `SSL`, followers present `[tls] certificate` as
+    /// their client certificate and check the leader's against `[tls] server_ca`.
+    pub security: SecurityProtocol,
     /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the in-sync
     /// set (unless it is the last copy in its site: then writes wait for it).
     #[serde(with = "duration")]
@@ -163,6 +168,7 @@ pub struct ReplicationSettings {
 impl Default for ReplicationSettings {
     fn default() -> Self {
         ReplicationSettings {
+            security: SecurityProtocol::Plaintext,
             listen: None,
             advertised: None,
             lag_time: Duration::from_secs(10),
@@ -443,9 +449,22 @@ impl BrokerConfig {
                 check_host_port(&format!("kafka.listeners.{}.advertised", l.name), a)?;
             }
         }
-        let ssl = std::iter::once(self.kafka.security)
+        if self.replication.listen.is_none() && self.replication.security != self.kafka.security {
+            return Err(
+                "replication.security must be kafka.security when followers fetch on the [kafka] listener (no replication.listen)".into(),
+            );
+        }
+        let ssl = [self.kafka.security, self.replication.security]
+            .into_iter()
             .chain(self.kafka.listeners.iter().map(|l| l.security))
             .any(|s| s == SecurityProtocol::Ssl);
+        if let Some(t) = &self.tls
+            && self.replication.security == SecurityProtocol::Ssl
+            && t.server_ca.is_none()
+            && t.client_ca.is_none()
+        {
+            return Err("replication.security = \"SSL\": [tls] needs server_ca (or client_ca) to check other brokers".into());
+        }
         match &self.tls {
             None if ssl => {
                 Err("a listener has security = \"SSL\": [tls] needs certificate and key".into())

@@ -166,7 +166,8 @@ impl Fetcher {
             .get(&self.leader)
             .map(|b| b.endpoints.replication.clone())
             .ok_or_else(|| format!("leader {} is not registered", self.leader))?;
-        Connection::connect(&addr, &format!("replica-{}", self.cluster.me))
+        let id = format!("replica-{}", self.cluster.me);
+        Connection::connect_with(&addr, &id, self.cluster.peer_tls.as_deref())
             .await
             .map_err(|e| e.to_string())
     }

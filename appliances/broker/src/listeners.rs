@@ -76,17 +76,16 @@ pub async fn bind_all(config: &BrokerConfig) -> anyhow::Result<Vec<Bound>> {
     }
     if let Some(addr) = config.replication.listen {
         let advertised = config.replication.advertised.as_deref();
-        bound.push(
-            bind(
-                "replication",
-                ListenerRole::Replication,
-                true,
-                addr,
-                advertised,
-                None,
-            )
-            .await?,
+        let tls = tls_for(config.replication.security)?;
+        let b = bind(
+            "replication",
+            ListenerRole::Replication,
+            true,
+            addr,
+            advertised,
+            tls,
         );
+        bound.push(b.await?);
     }
     Ok(bound)
 }

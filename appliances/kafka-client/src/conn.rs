@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex, oneshot};
@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
     #[error("connection closed before the response arrived")]
     Closed,
     #[error("the broker does not support {0:?}")]
@@ -48,8 +50,27 @@ struct Pending {
     closed: bool,
 }
 
+/// The sending half: plain TCP (split without a lock), or TLS.
+enum Writer {
+    Tcp(OwnedWriteHalf),
+    Tls(WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Writer {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(buf).await,
+            Writer::Tls(w) => {
+                w.write_all(buf).await?;
+                // TLS buffers records: push them out now.
+                w.flush().await
+            }
+        }
+    }
+}
+
 pub struct Connection {
-    writer: Mutex<(OwnedWriteHalf, BytesMut)>,
+    writer: Mutex<(Writer, BytesMut)>,
     in_flight: Arc<std::sync::Mutex<Pending>>,
     correlation: AtomicI32,
     client_id: String,
@@ -59,6 +80,16 @@ pub struct Connection {
 impl Connection {
     /// Connect and negotiate versions with ApiVersions.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Connection, Error> {
+        Connection::connect_with(addr, client_id, None).await
+    }
+
+    /// [`Connection::connect`], over TLS when `tls` is given (the server's certificate must
+    /// name the host of `addr`).
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        tls: Option<&tls::TlsClient>,
+    ) -> Result<Connection, Error> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| Error::Connect {
@@ -66,48 +97,24 @@ impl Connection {
                 source,
             })?;
         stream.set_nodelay(true)?;
-        let (mut rd, wr) = stream.into_split();
         let in_flight: Arc<std::sync::Mutex<Pending>> = Default::default();
         let queue = Arc::clone(&in_flight);
-        tokio::spawn(async move {
-            let result: Result<(), Error> = async {
-                loop {
-                    let size = rd.read_i32().await?;
-                    if size < 4 {
-                        return Err(Error::Protocol(format!("response size {size}")));
-                    }
-                    let mut buf = vec![0u8; size as usize];
-                    rd.read_exact(&mut buf).await?;
-                    let correlation = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                    let next = queue.lock().expect("queue lock").queue.pop_front();
-                    match next {
-                        Some(w) if w.correlation_id == correlation => {
-                            let _ = w.waiter.send(Ok(Bytes::from(buf)));
-                        }
-                        Some(w) => {
-                            let _ = w.waiter.send(Err(Error::Protocol(format!(
-                                "response for correlation id {correlation}, expected {}",
-                                w.correlation_id
-                            ))));
-                        }
-                        None => {
-                            return Err(Error::Protocol(format!(
-                                "unexpected response {correlation}"
-                            )));
-                        }
-                    }
-                }
+        let writer = match tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                tokio::spawn(read_responses(rd, queue));
+                Writer::Tcp(wr)
             }
-            .await;
-            let _ = result;
-            let mut pending = queue.lock().expect("queue lock");
-            pending.closed = true;
-            for w in pending.queue.drain(..) {
-                let _ = w.waiter.send(Err(Error::Closed));
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let stream = tls.connect(host, stream).await.map_err(Error::Tls)?;
+                let (rd, wr) = tokio::io::split(stream);
+                tokio::spawn(read_responses(rd, queue));
+                Writer::Tls(wr)
             }
-        });
+        };
         let mut conn = Connection {
-            writer: Mutex::new((wr, BytesMut::new())),
+            writer: Mutex::new((writer, BytesMut::new())),
             in_flight,
             correlation: AtomicI32::new(0),
             client_id: client_id.to_string(),
@@ -200,6 +207,46 @@ impl Connection {
             <R::Response as Decodable>::decode(&mut bytes, v)
                 .map_err(|e| Error::Protocol(e.to_string()))
         })
+    }
+}
+
+/// Match responses to requests in order and hand each to its waiter, until the connection
+/// ends; then fail every request still waiting (and any sent later).
+async fn read_responses<R: AsyncRead + Unpin>(mut rd: R, queue: Arc<std::sync::Mutex<Pending>>) {
+    let result: Result<(), Error> = async {
+        loop {
+            let size = rd.read_i32().await?;
+            if size < 4 {
+                return Err(Error::Protocol(format!("response size {size}")));
+            }
+            let mut buf = vec![0u8; size as usize];
+            rd.read_exact(&mut buf).await?;
+            let correlation = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let next = queue.lock().expect("queue lock").queue.pop_front();
+            match next {
+                Some(w) if w.correlation_id == correlation => {
+                    let _ = w.waiter.send(Ok(Bytes::from(buf)));
+                }
+                Some(w) => {
+                    let _ = w.waiter.send(Err(Error::Protocol(format!(
+                        "response for correlation id {correlation}, expected {}",
+                        w.correlation_id
+                    ))));
+                }
+                None => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected response {correlation}"
+                    )));
+                }
+            }
+        }
+    }
+    .await;
+    let _ = result;
+    let mut pending = queue.lock().expect("queue lock");
+    pending.closed = true;
+    for w in pending.queue.drain(..) {
+        let _ = w.waiter.send(Err(Error::Closed));
     }
 }
 

@@ -66,6 +66,11 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// CA certificates (PEM) the servers this node connects to as a client (other brokers'
+    /// replication listeners) chain to; default: `client_ca`. This node then presents
+    /// `certificate` as its client certificate, which must allow client authentication too.
+    #[serde(default)]
+    pub server_ca: Option<PathBuf>,
     #[serde(default)]
     pub min_version: MinVersion,
     /// Kafka's `ssl.principal.mapping.rules`, applied to the client certificate's subject
@@ -232,26 +237,132 @@ impl TlsServer {
     }
 }
 
+/// This node as a TLS client of its peers (a follower fetching from another broker's
+/// replication listener): it trusts `server_ca` (or `client_ca`) and presents its own
+/// certificate. Reloaded like [`TlsServer`].
+pub struct TlsClient {
+    settings: TlsSettings,
+    current: RwLock<Arc<rustls::ClientConfig>>,
+    stamps: Mutex<Stamps>,
+}
+
+impl TlsClient {
+    pub fn load(settings: TlsSettings) -> Result<Arc<TlsClient>, TlsError> {
+        let stamps = stamps(&settings);
+        let config = build_client(&settings)?;
+        Ok(Arc::new(TlsClient {
+            settings,
+            current: RwLock::new(config),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// The handshake on `stream` with the server named `host` (a DNS name or an IP address,
+    /// which its certificate must carry), within the handshake timeout.
+    pub async fn connect<S>(
+        &self,
+        host: &str,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+            .to_owned();
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.current.read()));
+        let within = self.settings.handshake_timeout;
+        tokio::time::timeout(within, connector.connect(name, stream))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
+    }
+
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.settings);
+        if *self.stamps.lock() == now {
+            return Ok(false);
+        }
+        *self.current.write() = build_client(&self.settings)?;
+        *self.stamps.lock() = now;
+        Ok(true)
+    }
+
+    /// Check the files every `reload_check` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.reload_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
+                Ok(Ok(true)) => tracing::info!("TLS client certificate reloaded"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "TLS files changed but do not load; keeping the previous client certificate"
+                ),
+                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
+fn build_client(s: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let ca = s
+        .server_ca
+        .as_ref()
+        .or(s.client_ca.as_ref())
+        .ok_or_else(|| TlsError::Verifier("a TLS client needs server_ca (or client_ca)".into()))?;
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca)? {
+        roots.add(c).map_err(|e| TlsError::Content {
+            path: ca.clone(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(s.min_version))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
+    Ok(Arc::new(config))
+}
+
+static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    match min {
+        MinVersion::Tls13 => TLS13,
+        MinVersion::Tls12 => TLS12_AND_13,
+    }
+}
+
 fn stamps(s: &TlsSettings) -> Stamps {
-    [Some(&s.certificate), Some(&s.key), s.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
+    [
+        Some(&s.certificate),
+        Some(&s.key),
+        s.client_ca.as_ref(),
+        s.server_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
 }
 
 fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match s.min_version {
-        MinVersion::Tls13 => &[&rustls::version::TLS13],
-        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-    };
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(versions)?;
+        .with_protocol_versions(versions(s.min_version))?;
     let builder = match (&s.client_ca, s.client_auth) {
         (_, ClientAuth::None) => builder.with_no_client_auth(),
         (None, _) => return Err(TlsError::Verifier("client_auth needs client_ca".into())),

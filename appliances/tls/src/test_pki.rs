@@ -58,19 +58,19 @@ impl TestPki {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, file: &str, names: &[&str]) -> Issued {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().copied().unwrap_or("server"),
-        );
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*n).try_into().expect("a DNS name")),
-            })
-            .collect();
+        let mut params = server_params(names);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(file, params)
+    }
+
+    /// A node's certificate for `names`, good for serving and for connecting to its peers
+    /// (a broker's, whose followers present it to other brokers).
+    pub fn node(&self, file: &str, names: &[&str]) -> Issued {
+        let mut params = server_params(names);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.issue(file, params)
     }
 
@@ -109,6 +109,22 @@ impl TestPki {
         std::fs::write(&issued.key, key.serialize_pem()).expect("write a key");
         issued
     }
+}
+
+fn server_params(names: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("server"),
+    );
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*n).try_into().expect("a DNS name")),
+        })
+        .collect();
+    params
 }
 
 fn time_now() -> i64 {

@@ -12,6 +12,7 @@ fn settings(server: &Issued, ca: Option<&Path>, auth: ClientAuth) -> TlsSettings
         key: server.key.clone(),
         client_ca: ca.map(Path::to_path_buf),
         client_auth: auth,
+        server_ca: None,
         min_version: MinVersion::Tls13,
         principal_mapping_rules: principal::default_rules(),
         reload_check: Duration::from_secs(1),
