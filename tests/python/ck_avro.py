@@ -13,6 +13,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--bootstrap", required=True)
 ap.add_argument("--registry", required=True)
 ap.add_argument("--topic", required=True)
+ap.add_argument("--registry-ca", help="CA file for an HTTPS registry")
 a = ap.parse_args()
 
 V1 = json.dumps({"type": "record", "name": "Reading", "namespace": "scada", "fields": [
@@ -24,7 +25,7 @@ BAD = json.dumps({"type": "record", "name": "Reading", "namespace": "scada", "fi
     {"name": "sensor", "type": "string"}, {"name": "value", "type": "double"},
     {"name": "site", "type": "string"}]})
 
-client = SchemaRegistryClient({"url": a.registry})
+client = SchemaRegistryClient({"url": a.registry, **({"ssl.ca.location": a.registry_ca} if a.registry_ca else {})})
 subject = f"{a.topic}-value"
 ctx = SerializationContext(a.topic, MessageField.VALUE)
 producer = Producer({"bootstrap.servers": a.bootstrap, "acks": "all"})

@@ -274,3 +274,54 @@ fn a_renewed_certificate_reaches_new_connections_while_clients_go_on_undisturbed
         accepted() - accepted_before
     );
 }
+
+/// The Schema Registry over HTTPS: confluent-kafka's SchemaRegistryClient (trusting the hub's
+/// CA) registers, evolves and reads schemas; plain HTTP on that port gets no answer.
+#[test]
+fn the_schema_registry_serves_confluent_kafkas_client_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("broker", &["127.0.0.1", "localhost"]);
+    let registry = free_addr();
+    let b = Broker::start_with(&format!(
+        "[schema_registry]\nlisten = \"{registry}\"\nsecurity = \"SSL\"\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nserver_ca = \"{}\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        pki.ca.display()
+    ));
+    let url = format!("https://{registry}");
+    let ca = pki.ca.display().to_string();
+    e2e::wait_until("the registry to answer over HTTPS", T, || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail", "--cacert", &ca, &format!("{url}/subjects")]);
+        run(cmd, None, T).status.success().then_some(())
+    });
+    let r = python(
+        "ck_avro.py",
+        &[
+            "--bootstrap",
+            &b.bootstrap(),
+            "--registry",
+            &url,
+            "--registry-ca",
+            &ca,
+            "--topic",
+            "readings",
+        ],
+        T,
+    );
+    assert_eq!(r["v1"]["version"], 1, "{r}");
+    assert_eq!(r["v2"]["version"], 2, "{r}");
+    assert_eq!(r["refused"]["status"], 409, "{r}");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        &format!("http://{registry}/subjects"),
+    ]);
+    let out = run(cmd, None, T);
+    assert!(!out.status.success(), "plain HTTP was answered: {out:?}");
+    assert!(b.log().contains("schema registry: TLS handshake refused"));
+}

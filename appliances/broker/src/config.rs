@@ -118,6 +118,10 @@ pub struct SchemaRegistryListener {
     /// Subjects the registry may hold; one more is refused (42205).
     #[serde(default = "default_subjects_max")]
     pub subjects_max: usize,
+    /// `SSL`: HTTPS with `[tls]` (client certificates as `[tls] client_auth` says); writes
+    /// forwarded to the writer go over HTTPS too, checked against `[tls] server_ca`.
+    #[serde(default)]
+    pub security: SecurityProtocol,
 }
 
 fn default_schema_bytes_max() -> u64 {
@@ -454,8 +458,10 @@ impl BrokerConfig {
                 "replication.security must be kafka.security when followers fetch on the [kafka] listener (no replication.listen)".into(),
             );
         }
+        let registry = self.schema_registry.as_ref().map(|r| r.security);
         let ssl = [self.kafka.security, self.replication.security]
             .into_iter()
+            .chain(registry)
             .chain(self.kafka.listeners.iter().map(|l| l.security))
             .any(|s| s == SecurityProtocol::Ssl);
         if let Some(t) = &self.tls

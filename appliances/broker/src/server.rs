@@ -402,7 +402,7 @@ async fn serve_schema_registry(
     health: Arc<Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    use schema_registry::server::{Open, ServerLimits, serve};
+    use schema_registry::server::{Open, RegistryTls, ServerLimits, serve};
     tokio::spawn(ensure_schemas_topic(Arc::clone(state), shutdown.clone()));
     let store = Arc::new(parking_lot::RwLock::new(
         schema_registry::store::Store::new(config.limits()),
@@ -423,8 +423,25 @@ async fn serve_schema_registry(
         .advertised
         .clone()
         .unwrap_or_else(|| format!("{}:{}", state.advertised.0, addr.port()));
+    let tls = match (config.security, &state.config.tls) {
+        (crate::config::SecurityProtocol::Ssl, Some(settings)) => Some(RegistryTls {
+            server: tls::TlsServer::load(settings.clone())
+                .context("loading [tls] for the schema registry")?,
+            // Forwarding checks the writer's certificate; without a CA it cannot.
+            client: tls::TlsClient::load(settings.clone()).ok(),
+        }),
+        _ => None,
+    };
+    if let Some(t) = &tls {
+        let what = "schema registry [tls]".to_string();
+        tokio::spawn(Arc::clone(&t.server).watch(what, shutdown.clone()));
+        if let Some(c) = &t.client {
+            tokio::spawn(Arc::clone(c).watch(shutdown.clone()));
+        }
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let services = quorum::metadata::Services {
-        schema_registry: Some(format!("http://{advertised}")),
+        schema_registry: Some(format!("{scheme}://{advertised}")),
     };
     tokio::spawn(Arc::clone(&state.cluster).announce_services(services, shutdown.clone()));
     let shutdown = shutdown.clone();
@@ -438,6 +455,7 @@ async fn serve_schema_registry(
                 body_bytes_max,
                 ..ServerLimits::default()
             },
+            tls,
             stop,
         )
         .await

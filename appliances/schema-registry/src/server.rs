@@ -74,6 +74,14 @@ impl Default for ServerLimits {
 const CONNECTIONS_MAX: usize = 1024;
 const CONNECTIONS_PER_IP_MAX: usize = 128;
 
+/// HTTPS for the listener: the server side, and the client side for forwarding writes to
+/// the writer's HTTPS listener.
+#[derive(Clone)]
+pub struct RegistryTls {
+    pub server: Arc<tls::TlsServer>,
+    pub client: Option<Arc<tls::TlsClient>>,
+}
+
 /// What every connection of one listener shares.
 struct Served {
     registry: Arc<Registry>,
@@ -81,6 +89,7 @@ struct Served {
     limits: ServerLimits,
     /// The budget of [`ServerLimits::bodies_bytes_max`].
     bodies: Arc<Semaphore>,
+    tls: Option<RegistryTls>,
 }
 
 /// Accept connections on `listener` and serve each (anonymous callers: TLS and SASL set the
@@ -90,6 +99,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     gate: Arc<dyn Gate>,
     limits: ServerLimits,
+    tls: Option<RegistryTls>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -103,6 +113,7 @@ pub async fn serve(
         gate,
         limits,
         bodies: Arc::new(Semaphore::new(limits.bodies_bytes_max)),
+        tls,
     });
     loop {
         let (stream, peer) = tokio::select! {
@@ -128,7 +139,23 @@ pub async fn serve(
         };
         let served = Arc::clone(&served);
         tokio::spawn(async move {
-            serve_connection(stream, caller, served).await;
+            match served.tls.clone() {
+                None => serve_connection(stream, caller, served).await,
+                Some(tls) => match tls.server.accept(stream).await {
+                    Ok(a) => {
+                        let caller = Caller {
+                            principal: a.principal.map(Into::into),
+                            ..caller
+                        };
+                        serve_connection(a.stream, caller, served).await
+                    }
+                    Err(e) => tracing::warn!(
+                        %peer,
+                        reason = %e,
+                        "schema registry: TLS handshake refused"
+                    ),
+                },
+            }
             drop(admitted);
         });
     }
@@ -152,6 +179,20 @@ where
     {
         tracing::debug!(error = %e, "registry connection ended");
     }
+}
+
+/// An HTTP/1.1 client connection over `stream` (its driver runs on its own task).
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// Read a body of at most `max` bytes within `within`, taking memory from `bodies` as its
@@ -238,9 +279,10 @@ async fn answer(
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
             };
+            let client = served.tls.as_ref().and_then(|t| t.client.as_deref());
             match tokio::time::timeout(
                 limits.forward_timeout,
-                forward(&base, &method, &target, body),
+                forward(&base, &method, &target, body, client),
             )
             .await
             {
@@ -284,18 +326,28 @@ async fn forward(
     method: &str,
     target: &str,
     body: Bytes,
+    tls: Option<&tls::TlsClient>,
 ) -> Result<Response<Full<Bytes>>, String> {
-    let authority = base
-        .strip_prefix("http://")
-        .unwrap_or(base)
-        .trim_end_matches('/');
+    let (https, authority) = match base.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, base.strip_prefix("http://").unwrap_or(base)),
+    };
+    let authority = authority.trim_end_matches('/');
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("connecting to {authority}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let mut sender = match (https, tls) {
+        (false, _) => handshake(stream).await?,
+        (true, Some(tls)) => {
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            let stream = tls
+                .connect(host, stream)
+                .await
+                .map_err(|e| format!("TLS to {authority}: {e}"))?;
+            handshake(stream).await?
+        }
+        (true, None) => return Err(format!("{base} needs TLS, and [tls] has no CA to check it")),
+    };
     let request = hyper::Request::builder()
         .method(method)
         .uri(target)

@@ -23,6 +23,7 @@ async fn listen(registry: Arc<Registry>, gate: Arc<dyn Gate>, limits: ServerLimi
         registry,
         gate,
         limits,
+        None,
         std::future::pending(),
     ));
     addr
