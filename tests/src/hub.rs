@@ -24,9 +24,9 @@ pub struct HubSpec {
     pub broker_extra: String,
     /// Each site in a network namespace of its own (links between sites can be cut).
     pub netns: bool,
-    /// A `[tls]` section for every broker: followers then fetch over mTLS from a replication
-    /// listener of each broker's own.
-    pub replication_tls: Option<String>,
+    /// A `[tls]` section for every node: followers then fetch over mTLS from a replication
+    /// listener of each broker's own, and the quorum's members talk over mTLS.
+    pub tls: Option<String>,
 }
 
 impl HubSpec {
@@ -38,7 +38,7 @@ impl HubSpec {
             broker_extra:
                 "[topics]\npartitions = 6\nreplication_factor = 3\nmin_insync_replicas = 2\n".into(),
             netns: false,
-            replication_tls: None,
+            tls: None,
         }
     }
 
@@ -68,7 +68,7 @@ pub struct Hub {
     cluster: String,
     quorum_ports: BTreeMap<u32, SocketAddr>,
     pub net: Option<Sites>,
-    replication_tls: Option<String>,
+    tls: Option<String>,
     /// Each broker's replication listener, when it has one of its own.
     pub replication_addrs: BTreeMap<u32, String>,
 }
@@ -136,12 +136,13 @@ impl Hub {
         );
         let witness = spec.witness.then(|| {
             let ns = net.as_ref().map(|n| n.ns("c"));
-            Witness::start_in(
+            Witness::start_with_tls(
                 ns.as_deref(),
                 WITNESS_ID,
                 "site-c",
                 quorum_ports[&WITNESS_ID],
                 &cluster,
+                spec.tls.as_deref(),
             )
         });
         let mut hub = Hub {
@@ -151,7 +152,7 @@ impl Hub {
             cluster,
             quorum_ports,
             net,
-            replication_tls: spec.replication_tls.clone(),
+            tls: spec.tls.clone(),
             replication_addrs: BTreeMap::new(),
         };
         for (n, site) in &spec.brokers {
@@ -161,7 +162,7 @@ impl Hub {
                     Sites::replication_addr(letter(site)),
                     19100 + n
                 )),
-                None if spec.replication_tls.is_some() => Some(free_addr().to_string()),
+                None if spec.tls.is_some() => Some(free_addr().to_string()),
                 None => None,
             };
             hub.replication_addrs.extend(listen.map(|l| (*n, l)));
@@ -209,7 +210,11 @@ impl Hub {
     fn broker_config(&self, n: u32, extra: &str) -> String {
         // In namespaces, followers fetch over the replication network (which a test may cut
         // alone); the extra configuration then has no `[replication]` section of its own.
-        let replication = match (self.replication_addrs.get(&n), &self.replication_tls) {
+        let quorum_security = match &self.tls {
+            Some(_) => "security = \"SSL\"\n",
+            None => "",
+        };
+        let replication = match (self.replication_addrs.get(&n), &self.tls) {
             (Some(l), Some(tls)) => {
                 format!("[replication]\nlisten = \"{l}\"\nsecurity = \"SSL\"\n{tls}\n")
             }
@@ -217,9 +222,14 @@ impl Hub {
             (None, _) => String::new(),
         };
         format!(
-            "rack = \"{}\"\n[quorum]\nlisten = \"{}\"\n[groups]\ninitial_rebalance_delay = \"0s\"\n{replication}{extra}\n{}",
+            "rack = \"{}\"\n[quorum]\nlisten = \"{}\"\n{quorum_security}[groups]\ninitial_rebalance_delay = \"0s\"\n{replication}{extra}\n{}",
             self.sites[&n], self.quorum_ports[&n], self.cluster
         )
+    }
+
+    /// Where node `n` (a broker or the witness) serves the quorum protocol.
+    pub fn quorum_addr(&self, n: u32) -> SocketAddr {
+        self.quorum_ports[&n]
     }
 
     /// The `[cluster]` section every node of this hub shares (for a node added later).

@@ -37,12 +37,28 @@ impl Witness {
         quorum: SocketAddr,
         cluster: &str,
     ) -> Witness {
+        Witness::start_with_tls(netns, node_id, site, quorum, cluster, None)
+    }
+
+    /// [`Witness::start_in`]; with `tls` (a `[tls]` section), the quorum listener on mTLS.
+    pub fn start_with_tls(
+        netns: Option<&str>,
+        node_id: u32,
+        site: &str,
+        quorum: SocketAddr,
+        cluster: &str,
+        tls: Option<&str>,
+    ) -> Witness {
         let dir = tempfile::Builder::new()
             .prefix("witness-test")
             .tempdir()
             .expect("temp dir");
+        let (security, tls) = match tls {
+            Some(t) => ("security = \"SSL\"\n", t),
+            None => ("", ""),
+        };
         let config = format!(
-            "node_id = {node_id}\nsite = \"{site}\"\ndata_dir = \"{}\"\n[quorum]\nlisten = \"{quorum}\"\n[admin]\nlisten = \"{}:0\"\ntoken = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n{cluster}\n",
+            "node_id = {node_id}\nsite = \"{site}\"\ndata_dir = \"{}\"\n[quorum]\nlisten = \"{quorum}\"\n{security}[admin]\nlisten = \"{}:0\"\ntoken = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n{cluster}\n{tls}\n",
             dir.path().join("data").display(),
             quorum.ip(),
             crate::ADMIN_TOKEN,

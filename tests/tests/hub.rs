@@ -10,7 +10,7 @@ use std::time::Duration;
 use e2e::acked::{Producer, everything, read_acked, settled, verify};
 use e2e::clients::{http_json, kcat, python};
 use e2e::compacted::{check_compacted, keyed_records};
-use e2e::hub::{Hub, HubSpec};
+use e2e::hub::{Hub, HubSpec, WITNESS_ID};
 use e2e::netns::Sites;
 use e2e::wait_until;
 
@@ -811,16 +811,17 @@ fn a_compacted_topic_keeps_every_keys_newest_record_through_the_loss_of_a_site()
     check(&hub.bootstrap());
 }
 
-/// Followers fetch over mTLS from each broker's replication listener (the inter-site zone):
-/// acks=all writes, which need a copy in each site, go through, and a plain-text client on a
-/// replication listener gets no Kafka answer.
+/// The inter-site and witness zones over mTLS: the quorum's members (brokers and the witness)
+/// talk over it, and followers fetch over it from each broker's replication listener, so
+/// acks=all writes, which need a copy in each site, go through; a plain-text client gets no
+/// answer on a replication or a quorum listener.
 #[test]
-fn followers_replicate_over_mtls_and_the_replication_listener_refuses_plain_text() {
+fn the_quorum_and_replication_run_over_mtls_and_refuse_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::test_pki::TestPki::new(dir.path(), "hub");
     let node = pki.node("brokers", &["127.0.0.1", "localhost"]);
     let mut spec = HubSpec::two_by_two();
-    spec.replication_tls = Some(format!(
+    spec.tls = Some(format!(
         "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
         node.certificate.display(),
         node.key.display(),
@@ -838,15 +839,18 @@ fn followers_replicate_over_mtls_and_the_replication_listener_refuses_plain_text
         assert_eq!(verify(&acked, &stored), 3000);
     }
     let replication = hub.replication_addrs[&1].clone();
-    let mut s = std::net::TcpStream::connect(&replication).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    use std::io::{Read, Write};
-    s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty() || answer[0] == 0x15,
-        "a TLS alert or nothing, not a Kafka answer: {answer:?}"
-    );
+    let quorum = hub.quorum_addr(WITNESS_ID).to_string();
+    for addr in [replication, quorum] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty() || answer[0] == 0x15,
+            "{addr}: a TLS alert or nothing, not an answer: {answer:?}"
+        );
+    }
 }

@@ -148,7 +148,13 @@ impl Cluster {
         let snapshot =
             FsFile::open(&dir.join("snapshot")).context("opening the quorum snapshot")?;
         let cluster_name = node_config.cluster_name.clone();
-        let transport = Arc::new(TcpTransport::new(&cluster_name, me));
+        let quorum_tls = quorum::config::QuorumTls::load(&config.quorum, config.tls.as_ref())
+            .map_err(anyhow::Error::msg)?;
+        if let Some(t) = &quorum_tls {
+            t.watch(shutdown);
+        }
+        let tls_client = quorum_tls.as_ref().map(|t| Arc::clone(&t.client));
+        let transport = Arc::new(TcpTransport::new(&cluster_name, me).with_tls(tls_client.clone()));
         let timing = node_config.timing;
         let node = QuorumNode::start(node_config, Box::new(log), Box::new(snapshot), transport)
             .await
@@ -159,6 +165,7 @@ impl Cluster {
                 tokio::spawn(quorum::transport::serve(
                     l,
                     Arc::clone(&node),
+                    quorum_tls.as_ref().map(|t| Arc::clone(&t.server)),
                     shutdown.clone(),
                 ));
                 Some(addr)
@@ -182,7 +189,7 @@ impl Cluster {
             reached_ms: Mutex::new(BTreeMap::new()),
             alone: config.cluster.is_none(),
             leaving: std::sync::atomic::AtomicBool::new(false),
-            probe: TcpTransport::new(&cluster_name, me),
+            probe: TcpTransport::new(&cluster_name, me).with_tls(tls_client),
             replication_probes: Mutex::new(BTreeMap::new()),
             peer_tls,
             quorum_addr,

@@ -73,16 +73,8 @@ pub struct BrokerConfig {
     pub tls: Option<tls::TlsSettings>,
 }
 
-/// How a Kafka listener secures its connections (Kafka's `security.protocol` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum SecurityProtocol {
-    #[default]
-    #[serde(rename = "PLAINTEXT")]
-    Plaintext,
-    /// TLS with `[tls]`'s certificate; client certificates as `[tls] client_auth` says.
-    #[serde(rename = "SSL")]
-    Ssl,
-}
+/// How a Kafka listener secures its connections (`PLAINTEXT` or `SSL`).
+pub use tls::SecurityProtocol;
 
 /// A Kafka listener beside the default one (`[[kafka.listeners]]`), e.g. mTLS for branches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -96,6 +96,12 @@ pub struct QuorumListener {
     pub listen: SocketAddr,
     /// `host:port` other nodes use; defaults to the bound address.
     pub advertised: Option<String>,
+    /// `SSL`: mTLS between the quorum's members with the node's `[tls]` certificate, which
+    /// must name the host of `advertised` and allow client authentication too; peers must
+    /// present a certificate chaining to `[tls] client_ca` (whatever `client_auth` says for
+    /// other listeners), and are checked against `server_ca` (default `client_ca`). Every
+    /// node of a cluster must agree.
+    pub security: tls::SecurityProtocol,
 }
 
 impl Default for QuorumListener {
@@ -103,7 +109,50 @@ impl Default for QuorumListener {
         QuorumListener {
             listen: SocketAddr::from(([0, 0, 0, 0], QUORUM_PORT)),
             advertised: None,
+            security: tls::SecurityProtocol::Plaintext,
         }
+    }
+}
+
+/// The quorum listener's TLS, both ways: as the server of its peers' calls, and as their
+/// client.
+#[derive(Clone)]
+pub struct QuorumTls {
+    pub server: std::sync::Arc<tls::TlsServer>,
+    pub client: std::sync::Arc<tls::TlsClient>,
+}
+
+impl QuorumTls {
+    /// The TLS `listener` asks for (none for `PLAINTEXT`), from the node's `[tls]`.
+    pub fn load(
+        listener: &QuorumListener,
+        settings: Option<&tls::TlsSettings>,
+    ) -> Result<Option<QuorumTls>, String> {
+        if listener.security == tls::SecurityProtocol::Plaintext {
+            return Ok(None);
+        }
+        let settings = settings.ok_or("quorum.security = \"SSL\" needs [tls]")?;
+        if settings.client_ca.is_none() {
+            return Err(
+                "quorum.security = \"SSL\" needs [tls] client_ca: every member proves itself"
+                    .into(),
+            );
+        }
+        let server = tls::TlsServer::load(tls::TlsSettings {
+            client_auth: tls::ClientAuth::Required,
+            ..settings.clone()
+        })
+        .map_err(|e| format!("[tls] for the quorum: {e}"))?;
+        let client = tls::TlsClient::load(settings.clone())
+            .map_err(|e| format!("[tls] for the quorum: {e}"))?;
+        Ok(Some(QuorumTls { server, client }))
+    }
+
+    /// Reload the certificate files when they change, until `shutdown`.
+    pub fn watch(&self, shutdown: &tokio_util::sync::CancellationToken) {
+        let what = "quorum [tls]".to_string();
+        tokio::spawn(std::sync::Arc::clone(&self.server).watch(what, shutdown.clone()));
+        tokio::spawn(std::sync::Arc::clone(&self.client).watch(shutdown.clone()));
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use admission::{Admission, ConnectionLimits};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -43,10 +43,17 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled connections unused for this long are not reused (the peer may have closed them).
 const POOL_MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// A connection to a peer: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
 pub struct TcpTransport {
     cluster: String,
     from: NodeId,
-    idle: Mutex<HashMap<String, Vec<(TcpStream, tokio::time::Instant)>>>,
+    idle: Mutex<HashMap<String, Vec<(Conn, tokio::time::Instant)>>>,
+    /// mTLS to peers (`[quorum] security = "SSL"`).
+    tls: Option<Arc<tls::TlsClient>>,
 }
 
 impl TcpTransport {
@@ -55,17 +62,26 @@ impl TcpTransport {
             cluster: cluster.to_string(),
             from,
             idle: Mutex::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// Connect to peers over TLS with `tls` (their certificates must name the host of their
+    /// quorum address).
+    pub fn with_tls(mut self, tls: Option<Arc<tls::TlsClient>>) -> TcpTransport {
+        self.tls = tls;
+        self
     }
 
     async fn exchange(
         &self,
         to: NodeId,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         request: &[u8],
     ) -> Result<Response, TransportError> {
         let broken = |e: std::io::Error| TransportError::Unreachable(to, e.to_string());
         stream.write_all(request).await.map_err(broken)?;
+        stream.flush().await.map_err(broken)?;
         let frame = read_frame(stream).await.map_err(broken)?;
         let envelope: Envelope<Response> =
             rpc::decode(&frame).map_err(|e| TransportError::Protocol(to, e.to_string()))?;
@@ -79,19 +95,28 @@ impl TcpTransport {
 /// Read one frame (header and payload), refusing lengths over the limit. The buffer grows
 /// with the bytes that arrive, not with what the header claims, and a frame whose header
 /// arrived must arrive whole within [`FRAME_TIMEOUT`].
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    Ok(read_frame_within(stream, None).await?.0)
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    Ok(read_frame_within(stream, None, None).await?.0)
 }
 
 /// Read one frame; with a `budget`, take memory from it as the bytes arrive (at most 1 MiB
 /// ahead of them) and hand it back with the frame. The frame, waiting for memory included,
 /// must arrive within `FRAME_TIMEOUT` of its header.
-async fn read_frame_within(
-    stream: &mut TcpStream,
+async fn read_frame_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    first: Option<u8>,
     budget: Option<&Arc<Semaphore>>,
 ) -> std::io::Result<(Vec<u8>, Option<OwnedSemaphorePermit>)> {
     let mut header = [0u8; HEADER_BYTES];
-    stream.read_exact(&mut header).await?;
+    match first {
+        Some(b) => {
+            header[0] = b;
+            stream.read_exact(&mut header[1..]).await?;
+        }
+        None => {
+            stream.read_exact(&mut header).await?;
+        }
+    }
     let len = frames::payload_len(&header).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -134,7 +159,7 @@ fn closed(_: tokio::sync::AcquireError) -> std::io::Error {
 }
 
 impl TcpTransport {
-    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+    fn take_idle(&self, addr: &str) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let pool = idle.get_mut(addr)?;
         while let Some((s, since)) = pool.pop() {
@@ -145,12 +170,18 @@ impl TcpTransport {
         None
     }
 
-    async fn connect(&self, to: NodeId, addr: &str) -> Result<TcpStream, TransportError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransportError::Unreachable(to, e.to_string()))?;
+    async fn connect(&self, to: NodeId, addr: &str) -> Result<Conn, TransportError> {
+        let unreachable = |e: std::io::Error| TransportError::Unreachable(to, e.to_string());
+        let stream = TcpStream::connect(addr).await.map_err(unreachable)?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        match &self.tls {
+            None => Ok(Box::new(stream)),
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let stream = tls.connect(host, stream).await.map_err(unreachable)?;
+                Ok(Box::new(stream))
+            }
+        }
     }
 }
 
@@ -200,6 +231,7 @@ impl Transport for TcpTransport {
 pub async fn serve<T: Transport>(
     listener: TcpListener,
     node: Arc<QuorumNode<T>>,
+    tls: Option<Arc<tls::TlsServer>>,
     shutdown: CancellationToken,
 ) {
     // The node's own shutdown ends serving too (one token for callers to manage).
@@ -237,9 +269,20 @@ pub async fn serve<T: Transport>(
                     }
                 };
                 let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
-                let budget = Arc::clone(&budget);
+                let (budget, tls) = (Arc::clone(&budget), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, &node, &budget, &shutdown).await {
+                    let _ = stream.set_nodelay(true);
+                    let served = match tls {
+                        None => connection(stream, &node, &budget, &shutdown).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(a) => connection(a.stream, &node, &budget, &shutdown).await,
+                            Err(e) => {
+                                tracing::warn!(%peer, reason = %e, "quorum: TLS handshake refused");
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "quorum connection closed");
                     }
                     drop(admitted);
@@ -253,37 +296,37 @@ pub async fn serve<T: Transport>(
     }
 }
 
-async fn connection<T: Transport>(
-    mut stream: TcpStream,
+async fn connection<T: Transport, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     node: &QuorumNode<T>,
     budget: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
     loop {
+        // Idle until a frame begins; from its first byte, it must arrive whole (its header
+        // too) within FRAME_TIMEOUT.
+        let mut first = [0u8; 1];
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            f = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()) => match f {
+            f = tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut first)) => match f {
                 Ok(r) => r?,
                 Err(_) => return Ok(()),
             },
         };
-        // From its first byte, a frame (its header too) must arrive within FRAME_TIMEOUT.
-        let (frame, _memory) =
-            tokio::time::timeout(FRAME_TIMEOUT, read_frame_within(&mut stream, Some(budget)))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "frame too slow")
-                })??;
+        let read = read_frame_within(&mut stream, Some(first[0]), Some(budget));
+        let (frame, _memory) = tokio::time::timeout(FRAME_TIMEOUT, read)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "frame too slow"))??;
         let envelope = match rpc::decode_request(&frame) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(peer = ?stream.peer_addr().ok(), error = %e, "malformed quorum message: closing");
+                tracing::warn!(error = %e, "malformed quorum message: closing");
                 return Ok(());
             }
         };
         let answer = node.handle(envelope).await;
         let bytes = rpc::encode(&crate::node::envelope(node.config(), answer));
         stream.write_all(&bytes).await?;
+        stream.flush().await?;
     }
 }

@@ -29,6 +29,18 @@ use tokio_util::sync::CancellationToken;
 pub use principal::{PrincipalRules, dn_of};
 pub use tokio_rustls::server::TlsStream;
 
+/// How a listener secures its connections (Kafka's `security.protocol` names; the SASL ones
+/// come with SASL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SecurityProtocol {
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS with the node's `[tls]` certificate.
+    #[serde(rename = "SSL")]
+    Ssl,
+}
+
 /// Whether a listener asks for client certificates (Kafka's `ssl.client.auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

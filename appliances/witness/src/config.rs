@@ -42,6 +42,9 @@ pub struct WitnessConfig {
     pub admin: AdminListener,
     #[serde(default)]
     pub log: LogSettings,
+    /// The certificate for `[quorum] security = "SSL"` (from cloud-init, never in the image).
+    #[serde(default)]
+    pub tls: Option<tls::TlsSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +111,14 @@ impl appconfig::Validate for WitnessConfig {
             return Err("site must name the witness's own site (not a data site)".into());
         }
         self.cluster.validate(self.node(), &self.site, true)?;
+        if let Some(t) = &self.tls {
+            t.check("tls")?;
+        }
+        if self.quorum.security == tls::SecurityProtocol::Ssl
+            && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return Err("quorum.security = \"SSL\" needs [tls] with client_ca".into());
+        }
         if let Some(a) = &self.quorum.advertised {
             check_host_port("quorum.advertised", a)?;
             let listed = self.cluster.voters()?.remove(&self.node());

@@ -103,8 +103,10 @@ pub async fn start_with_listener(
         .cluster
         .advertised(config.node(), &config.quorum, quorum_addr)
         .map_err(anyhow::Error::msg)?;
-    let node = start_node(&config, files, &advertised).await?;
-    let running = match serve(&config, listener, &node).await {
+    let tls = quorum::config::QuorumTls::load(&config.quorum, config.tls.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    let node = start_node(&config, files, &advertised, tls.as_ref()).await?;
+    let running = match serve(&config, listener, &node, tls).await {
         Ok(r) => r,
         Err(e) => {
             node.shutdown().await;
@@ -159,12 +161,15 @@ async fn start_node(
     config: &WitnessConfig,
     files: QuorumFiles,
     advertised: &str,
+    tls: Option<&quorum::config::QuorumTls>,
 ) -> anyhow::Result<Arc<WitnessNode>> {
     let node_config = config
         .cluster
         .node_config(config.node(), &config.site, advertised)
         .map_err(anyhow::Error::msg)?;
-    let transport = Arc::new(TcpTransport::new(&config.cluster.name, config.node()));
+    let client = tls.map(|t| Arc::clone(&t.client));
+    let transport =
+        Arc::new(TcpTransport::new(&config.cluster.name, config.node()).with_tls(client));
     QuorumNode::start(
         node_config,
         Box::new(files.log),
@@ -185,8 +190,12 @@ async fn serve(
     config: &WitnessConfig,
     listener: TcpListener,
     node: &Arc<WitnessNode>,
+    tls: Option<quorum::config::QuorumTls>,
 ) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
+    if let Some(t) = &tls {
+        t.watch(&shutdown);
+    }
     let health = Arc::new(Health::new());
     health.require(LISTENER, "the quorum listener is not serving yet");
     health.set_ok(RAFT);
@@ -211,6 +220,7 @@ async fn serve(
     let serve = tokio::spawn(transport::serve(
         listener,
         Arc::clone(node),
+        tls.map(|t| t.server),
         shutdown.clone(),
     ));
     // The listener is bound and the accept loop runs from here: peers are served.

@@ -92,7 +92,12 @@ impl Voter {
         .await
         .expect("a voter starts");
         let stop = CancellationToken::new();
-        let serve = tokio::spawn(transport::serve(listener, Arc::clone(&node), stop.clone()));
+        let serve = tokio::spawn(transport::serve(
+            listener,
+            Arc::clone(&node),
+            None,
+            stop.clone(),
+        ));
         Voter {
             node,
             stop,
