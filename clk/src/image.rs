@@ -244,7 +244,7 @@ fn build_static_binary(appliance: &str, quiet: bool) -> anyhow::Result<PathBuf> 
         .context("run cargo to build the appliance binary")?;
     anyhow::ensure!(
         status.success(),
-        "building the {appliance} binary for {TARGET} failed (is the target installed? `rustup target add {TARGET}`)"
+        "building the {appliance} binary for {TARGET} failed (is the target installed? `rustup target add {TARGET}`; and musl-gcc, from Debian's musl-tools?)"
     );
     Ok(root
         .join("target")

@@ -20,13 +20,15 @@ declare -A DEB_PROVIDES=(
     [curl]="curl"
     [iproute2]="ip"
     [dpkg-dev]="dpkg-deb"
+    [musl-tools]="musl-gcc"
 )
 
 # What the tests drive. kcat: Kafka client; qemu-system-x86, ovmf: boot images; qemu-utils:
 # qcow2; genisoimage: cloud-init drives; binutils (objcopy): UKIs; e2fsprogs (mke2fs): the data
-# area seed; dpkg-dev (dpkg-deb): unpacking kernel packages; iproute2: network namespaces.
+# area seed; dpkg-dev (dpkg-deb): unpacking kernel packages; iproute2: network namespaces;
+# musl-tools (musl-gcc): ring's C and assembly in the static appliance binaries.
 TEST_DEB_PACKAGES=(kcat qemu-system-x86 ovmf qemu-utils genisoimage binutils e2fsprogs s3cmd
-    rclone curl iproute2 dpkg-dev)
+    rclone curl iproute2 dpkg-dev musl-tools)
 
 _sudo() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
