@@ -171,3 +171,19 @@ pub fn http_json(method: &str, url: &str, body: Option<&str>) -> (u16, serde_jso
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Send a Kafka ApiVersions request in plain text to `addr` (a TLS port) and return what
+/// comes back before the connection ends: nothing, or a TLS alert (starting with 0x15), never
+/// a Kafka answer, is what a TLS listener must give.
+pub fn plain_text_answer(addr: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a timeout");
+    // ApiVersions v0, correlation 1, client id "t".
+    s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer
+}

@@ -841,13 +841,7 @@ fn the_quorum_and_replication_run_over_mtls_and_refuse_plain_text() {
     let replication = hub.replication_addrs[&1].clone();
     let quorum = hub.quorum_addr(WITNESS_ID).to_string();
     for addr in [replication, quorum] {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        use std::io::{Read, Write};
-        s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer);
+        let answer = e2e::clients::plain_text_answer(&addr);
         assert!(
             answer.is_empty() || answer[0] == 0x15,
             "{addr}: a TLS alert or nothing, not an answer: {answer:?}"

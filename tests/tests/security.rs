@@ -3,8 +3,7 @@
 //! confluent-kafka) reading and writing over it, and every other client refused at the
 //! handshake, with the reason in the broker's log.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -195,13 +194,7 @@ fn strangers_are_refused_at_the_handshake_and_the_log_says_why() {
     }
 
     // Plain text on the TLS port: no Kafka answer, the connection ends.
-    let mut s = TcpStream::connect(b.ssl).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // ApiVersions v0, correlation 1, client id "t".
-    s.write_all(&[0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b't'])
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
+    let answer = e2e::clients::plain_text_answer(&b.ssl.to_string());
     assert!(
         answer.is_empty() || answer[0] == 0x15,
         "a TLS alert or nothing, not a Kafka answer: {answer:?}"

@@ -464,8 +464,8 @@ impl Cluster {
     }
 
     /// Probe every other broker each heartbeat, on its quorum endpoint (a Ping) and on its
-    /// replication endpoint (see [`Cluster::replication_reachable`]): what the controller needs to tell a cut between
-    /// sites from a lost site. A broker counts as reached only when both answer: followers
+    /// replication endpoint (see [`Cluster::replication_reachable`]): what the controller
+    /// needs to tell a cut between sites from a lost site. A broker counts as reached only when both answer: followers
     /// fetch on the replication endpoint, so a cut of that link alone (a separate
     /// inter-site network, a firewall rule) stalls acks=all writes exactly as a full cut
     /// does, and must be resolved the same way (one site fenced by the policy).
@@ -509,7 +509,8 @@ impl Cluster {
     /// within `within` on a connection kept from probe to probe, or else a new connection's
     /// TCP handshake completed. The second case counts because a broker without a lease (a
     /// fenced site's) closes Kafka connections as soon as it accepts them, yet must be seen
-    /// as reachable to have its site restored.
+    /// as reachable to have its site restored. A TLS handshake that fails on a certificate
+    /// does not count: followers could not fetch either.
     async fn replication_reachable(&self, n: NodeId, addr: &str, within: Duration) -> bool {
         let kept = self
             .replication_probes
@@ -527,6 +528,9 @@ impl Cluster {
             match Connection::connect_with(addr, &id, self.peer_tls.as_deref()).await {
                 Ok(c) => (true, Some(Arc::new(c))),
                 Err(kafka_client::Error::Connect { .. }) => (false, None),
+                Err(kafka_client::Error::Tls(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    (false, None)
+                }
                 // Connected, then closed or refused at the Kafka level.
                 Err(_) => (true, None),
             }

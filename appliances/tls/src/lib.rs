@@ -162,12 +162,84 @@ pub struct Accepted<S> {
 /// Modification time and length of each file, to notice a change.
 type Stamps = Vec<Option<(SystemTime, u64)>>;
 
+/// A rustls configuration built from a node's `[tls]` files, rebuilt when they change.
+struct Reloading<C> {
+    settings: TlsSettings,
+    build: fn(&TlsSettings) -> Result<Arc<C>, TlsError>,
+    current: RwLock<Arc<C>>,
+    stamps: Mutex<Stamps>,
+}
+
+impl<C: Send + Sync + 'static> Reloading<C> {
+    fn load(
+        settings: TlsSettings,
+        build: fn(&TlsSettings) -> Result<Arc<C>, TlsError>,
+    ) -> Result<Reloading<C>, TlsError> {
+        let stamps = stamps(&settings);
+        let config = build(&settings)?;
+        Ok(Reloading {
+            settings,
+            build,
+            current: RwLock::new(config),
+            stamps: Mutex::new(stamps),
+        })
+    }
+
+    fn current(&self) -> Arc<C> {
+        Arc::clone(&self.current.read())
+    }
+
+    /// Rebuild when a file changed. A configuration that does not load is an error and the
+    /// previous one stays: a half-written renewal never takes a listener down.
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.settings);
+        if *self.stamps.lock() == now {
+            return Ok(false);
+        }
+        *self.current.write() = (self.build)(&self.settings)?;
+        *self.stamps.lock() = now;
+        Ok(true)
+    }
+
+    /// Check the files every `reload_check` until `shutdown`; `what` names them in the log.
+    async fn watch(
+        me: Arc<impl AsRef<Reloading<C>> + Send + Sync + 'static>,
+        what: String,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(me.as_ref().as_ref().settings.reload_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let m = Arc::clone(&me);
+            match tokio::task::spawn_blocking(move || m.as_ref().as_ref().reload_if_changed()).await
+            {
+                Ok(Ok(true)) => tracing::info!(files = %what, "TLS certificate reloaded"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    files = %what,
+                    error = %e,
+                    "TLS files changed but do not load; keeping the previous certificate"
+                ),
+                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
 /// A listener's TLS: the current server configuration, reloaded when its files change.
 pub struct TlsServer {
-    settings: TlsSettings,
     rules: PrincipalRules,
-    current: RwLock<Arc<ServerConfig>>,
-    stamps: Mutex<Stamps>,
+    config: Reloading<ServerConfig>,
+}
+
+impl AsRef<Reloading<ServerConfig>> for TlsServer {
+    fn as_ref(&self) -> &Reloading<ServerConfig> {
+        &self.config
+    }
 }
 
 impl TlsServer {
@@ -175,18 +247,14 @@ impl TlsServer {
     pub fn load(settings: TlsSettings) -> Result<Arc<TlsServer>, TlsError> {
         let rules =
             PrincipalRules::parse(&settings.principal_mapping_rules).map_err(TlsError::Rules)?;
-        let stamps = stamps(&settings);
-        let config = build(&settings)?;
         Ok(Arc::new(TlsServer {
-            settings,
             rules,
-            current: RwLock::new(config),
-            stamps: Mutex::new(stamps),
+            config: Reloading::load(settings, build)?,
         }))
     }
 
     pub fn settings(&self) -> &TlsSettings {
-        &self.settings
+        &self.config.settings
     }
 
     /// The TLS handshake on `stream`, within the handshake timeout, and the principal of the
@@ -195,8 +263,8 @@ impl TlsServer {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.read()));
-        let within = self.settings.handshake_timeout;
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
+        let within = self.settings().handshake_timeout;
         let stream = tokio::time::timeout(within, acceptor.accept(stream))
             .await
             .map_err(|_| HandshakeError::Timeout(within))?
@@ -212,40 +280,14 @@ impl TlsServer {
         Ok(Accepted { stream, principal })
     }
 
-    /// Reload when a file changed. A configuration that does not load is logged and the
-    /// previous one kept: a half-written renewal never takes a listener down.
+    /// Reload when a file changed (see [`TlsServer::watch`]).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.settings);
-        if *self.stamps.lock() == now {
-            return Ok(false);
-        }
-        let config = build(&self.settings)?;
-        *self.current.write() = config;
-        *self.stamps.lock() = now;
-        Ok(true)
+        self.config.reload_if_changed()
     }
 
     /// Check the files every `reload_check` until `shutdown`.
     pub async fn watch(self: Arc<Self>, what: String, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.reload_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let me = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!(listener = %what, "TLS certificate reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(
-                    listener = %what,
-                    error = %e,
-                    "TLS files changed but do not load; keeping the previous certificate"
-                ),
-                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
-            }
-        }
+        Reloading::watch(self, what, shutdown).await
     }
 }
 
@@ -253,19 +295,19 @@ impl TlsServer {
 /// replication listener): it trusts `server_ca` (or `client_ca`) and presents its own
 /// certificate. Reloaded like [`TlsServer`].
 pub struct TlsClient {
-    settings: TlsSettings,
-    current: RwLock<Arc<rustls::ClientConfig>>,
-    stamps: Mutex<Stamps>,
+    config: Reloading<rustls::ClientConfig>,
+}
+
+impl AsRef<Reloading<rustls::ClientConfig>> for TlsClient {
+    fn as_ref(&self) -> &Reloading<rustls::ClientConfig> {
+        &self.config
+    }
 }
 
 impl TlsClient {
     pub fn load(settings: TlsSettings) -> Result<Arc<TlsClient>, TlsError> {
-        let stamps = stamps(&settings);
-        let config = build_client(&settings)?;
         Ok(Arc::new(TlsClient {
-            settings,
-            current: RwLock::new(config),
-            stamps: Mutex::new(stamps),
+            config: Reloading::load(settings, build_client)?,
         }))
     }
 
@@ -282,43 +324,20 @@ impl TlsClient {
         let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
             .to_owned();
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.current.read()));
-        let within = self.settings.handshake_timeout;
+        let connector = tokio_rustls::TlsConnector::from(self.config.current());
+        let within = self.config.settings.handshake_timeout;
         tokio::time::timeout(within, connector.connect(name, stream))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
     }
 
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.settings);
-        if *self.stamps.lock() == now {
-            return Ok(false);
-        }
-        *self.current.write() = build_client(&self.settings)?;
-        *self.stamps.lock() = now;
-        Ok(true)
+        self.config.reload_if_changed()
     }
 
     /// Check the files every `reload_check` until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.reload_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let me = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!("TLS client certificate reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(
-                    error = %e,
-                    "TLS files changed but do not load; keeping the previous client certificate"
-                ),
-                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
-            }
-        }
+        Reloading::watch(self, "[tls] (as a client)".into(), shutdown).await
     }
 }
 
