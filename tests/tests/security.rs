@@ -47,6 +47,14 @@ fn tls_broker() -> TlsBroker {
     }
 }
 
+impl TlsBroker {
+    /// A valid client certificate for branch 017.
+    fn branch_017(&self) -> Issued {
+        let (validity, usage) = (Validity::Current, Usage::ClientAuth);
+        self.pki.client("branch-017", "branch-017", validity, usage)
+    }
+}
+
 /// librdkafka settings for TLS with `cert` (none: no client certificate).
 fn ssl_config(ca: &Path, cert: Option<&Issued>) -> Vec<String> {
     let mut c = vec![
@@ -76,12 +84,7 @@ fn kcat_args(bootstrap: &str, config: &[String], rest: &[&str]) -> Vec<String> {
 #[test]
 fn kcat_and_confluent_kafka_read_and_write_over_mtls_with_their_branch_certificate() {
     let b = tls_broker();
-    let branch = b.pki.client(
-        "branch-017",
-        "branch-017",
-        Validity::Current,
-        Usage::ClientAuth,
-    );
+    let branch = b.branch_017();
     let config = ssl_config(&b.pki.ca, Some(&branch));
     let bootstrap = b.ssl.to_string();
 
@@ -217,12 +220,7 @@ fn strangers_are_refused_at_the_handshake_and_the_log_says_why() {
 #[test]
 fn a_renewed_certificate_reaches_new_connections_while_clients_go_on_undisturbed() {
     let b = tls_broker();
-    let branch = b.pki.client(
-        "branch-017",
-        "branch-017",
-        Validity::Current,
-        Usage::ClientAuth,
-    );
+    let branch = b.branch_017();
     let before = presented_certificate(b.ssl, &b.pki.ca);
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = b.ssl.to_string();

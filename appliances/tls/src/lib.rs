@@ -347,17 +347,10 @@ fn build_client(s: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TlsError> 
         .as_ref()
         .or(s.client_ca.as_ref())
         .ok_or_else(|| TlsError::Verifier("a TLS client needs server_ca (or client_ca)".into()))?;
-    let mut roots = RootCertStore::empty();
-    for c in certificates(ca)? {
-        roots.add(c).map_err(|e| TlsError::Content {
-            path: ca.clone(),
-            what: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(s.min_version))?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
     Ok(Arc::new(config))
 }
@@ -398,14 +391,8 @@ fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         (_, ClientAuth::None) => builder.with_no_client_auth(),
         (None, _) => return Err(TlsError::Verifier("client_auth needs client_ca".into())),
         (Some(ca), auth) => {
-            let mut roots = RootCertStore::empty();
-            for c in certificates(ca)? {
-                roots.add(c).map_err(|e| TlsError::Content {
-                    path: ca.clone(),
-                    what: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
             let verifier = match auth {
                 ClientAuth::Requested => verifier.allow_unauthenticated(),
                 _ => verifier,
@@ -418,6 +405,18 @@ fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let config = builder.with_single_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
     Ok(Arc::new(config))
+}
+
+/// The CA certificates of a PEM file, as trust anchors.
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca)? {
+        roots.add(c).map_err(|e| TlsError::Content {
+            path: ca.to_path_buf(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
