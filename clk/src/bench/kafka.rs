@@ -62,6 +62,37 @@ pub struct Common {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Connect over TLS trusting this CA (PEM), presenting `--tls-cert` and `--tls-key`
+    /// (mTLS: a broker's SSL listener with `client_auth = "required"`).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl Common {
+    /// The TLS client for `--tls-*`, if given.
+    fn tls(&self) -> anyhow::Result<Option<Arc<tls::TlsClient>>> {
+        let (Some(ca), Some(certificate), Some(key)) =
+            (&self.tls_ca, &self.tls_cert, &self.tls_key)
+        else {
+            return Ok(None);
+        };
+        let settings = tls::TlsSettings {
+            certificate: certificate.clone(),
+            key: key.clone(),
+            client_ca: None,
+            client_auth: tls::ClientAuth::None,
+            server_ca: Some(ca.clone()),
+            min_version: tls::MinVersion::Tls13,
+            principal_mapping_rules: vec!["DEFAULT".into()],
+            reload_check: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        Ok(Some(tls::TlsClient::load(settings)?))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize)]
@@ -133,8 +164,9 @@ async fn leaders(
     bootstrap: &str,
     topic: &str,
     create_partitions: Option<i32>,
+    tls: Option<&tls::TlsClient>,
 ) -> anyhow::Result<BTreeMap<i32, String>> {
-    let conn = Connection::connect(bootstrap, "clk-bench").await?;
+    let conn = Connection::connect_with(bootstrap, "clk-bench", tls).await?;
     if let Some(partitions) = create_partitions {
         let req = CreateTopicsRequest::default()
             .with_topics(vec![
@@ -264,7 +296,14 @@ struct ProduceReport {
 }
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
-    let leaders = leaders(&a.common.bootstrap, &a.common.topic, Some(a.partitions)).await?;
+    let tls = a.common.tls()?;
+    let leaders = leaders(
+        &a.common.bootstrap,
+        &a.common.topic,
+        Some(a.partitions),
+        tls.as_deref(),
+    )
+    .await?;
     let records: Vec<(Option<Bytes>, Option<Bytes>)> = (0..a.batch_records)
         .map(|i| {
             let mut v = vec![0u8; a.record_size];
@@ -314,7 +353,8 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
             } else {
                 vec![partitions[c % partitions.len()]]
             };
-            let conn = Arc::new(Connection::connect(&addr, "clk-bench").await?);
+            let conn =
+                Arc::new(Connection::connect_with(&addr, "clk-bench", tls.as_deref()).await?);
             let version = conn.version_for::<ProduceRequest>(PRODUCE_V)?;
             let ctx = Worker {
                 conn,
@@ -472,7 +512,8 @@ struct ConsumeReport {
 }
 
 async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
-    let leaders = leaders(&a.common.bootstrap, &a.common.topic, None).await?;
+    let tls = a.common.tls()?;
+    let leaders = leaders(&a.common.bootstrap, &a.common.topic, None, tls.as_deref()).await?;
     let rss = RssSampler::start(a.common.metrics_url.clone());
     let totals = Arc::new(Totals::default());
     let start = Instant::now();
@@ -481,8 +522,9 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
         let topic = a.common.topic.clone();
         let totals = Arc::clone(&totals);
         let max_bytes = a.max_bytes;
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let conn = Connection::connect(&addr, "clk-bench").await?;
+            let conn = Connection::connect_with(&addr, "clk-bench", tls.as_deref()).await?;
             let (mut offset, end) = (
                 list_offset(&conn, &topic, partition, -2).await?,
                 list_offset(&conn, &topic, partition, -1).await?,
