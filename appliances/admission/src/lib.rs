@@ -38,6 +38,15 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// Fixed limits for a listener that has no settings of its own (quorum, admin, registry).
+    pub fn fixed(max_connections: usize, max_connections_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections,
+            max_connections_per_ip,
+            max_connections_per_ip_overrides: BTreeMap::new(),
+        }
+    }
+
     /// The configuration errors of these limits (`what` names the listener's section).
     pub fn check(&self, what: &str) -> Result<(), String> {
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {

@@ -247,11 +247,10 @@ pub async fn serve<T: Transport>(
         });
         both
     };
-    let admission = Admission::new(ConnectionLimits {
-        max_connections: CONNECTIONS_MAX,
-        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
-        max_connections_per_ip_overrides: Default::default(),
-    });
+    let admission = Admission::new(ConnectionLimits::fixed(
+        CONNECTIONS_MAX,
+        CONNECTIONS_PER_IP_MAX,
+    ));
     let budget = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT_BYTES_MAX));
     loop {
         let accepted = tokio::select! {

@@ -103,11 +103,10 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let admission = Admission::new(ConnectionLimits {
-        max_connections: CONNECTIONS_MAX,
-        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
-        max_connections_per_ip_overrides: Default::default(),
-    });
+    let admission = Admission::new(ConnectionLimits::fixed(
+        CONNECTIONS_MAX,
+        CONNECTIONS_PER_IP_MAX,
+    ));
     let served = Arc::new(Served {
         registry,
         gate,

@@ -200,11 +200,10 @@ pub async fn serve_admin_with(
     let token: Option<Arc<str>> = token.map(Into::into);
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let admission = Admission::new(ConnectionLimits {
-        max_connections: CONNECTIONS_MAX,
-        max_connections_per_ip: CONNECTIONS_PER_IP_MAX,
-        max_connections_per_ip_overrides: Default::default(),
-    });
+    let admission = Admission::new(ConnectionLimits::fixed(
+        CONNECTIONS_MAX,
+        CONNECTIONS_PER_IP_MAX,
+    ));
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
