@@ -68,13 +68,120 @@ pub struct BrokerConfig {
     /// The Schema Registry's HTTP listener (Confluent's REST API); absent, no registry.
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryListener>,
-    /// Certificates of the listeners whose `security` is `SSL` (needed when one is).
+    /// Certificates of the listeners whose `security` is `SSL` or `SASL_SSL` (needed when
+    /// one is).
     #[serde(default)]
     pub tls: Option<tls::TlsSettings>,
+    /// How clients of `SASL_PLAINTEXT` and `SASL_SSL` listeners log in.
+    #[serde(default)]
+    pub sasl: SaslSettings,
 }
 
-/// How a Kafka listener secures its connections (`PLAINTEXT` or `SSL`).
+/// How the replication, quorum and registry links are secured (`PLAINTEXT` or `SSL`).
 pub use tls::SecurityProtocol;
+
+/// How a Kafka listener secures its connections, as Kafka names it (`listener.security.
+/// protocol.map`): TLS or not, and a SASL login or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ListenerSecurity {
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    #[serde(rename = "SSL")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl ListenerSecurity {
+    pub fn tls(self) -> bool {
+        matches!(self, ListenerSecurity::Ssl | ListenerSecurity::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            ListenerSecurity::SaslPlaintext | ListenerSecurity::SaslSsl
+        )
+    }
+}
+
+impl From<SecurityProtocol> for ListenerSecurity {
+    fn from(s: SecurityProtocol) -> Self {
+        match s {
+            SecurityProtocol::Plaintext => ListenerSecurity::Plaintext,
+            SecurityProtocol::Ssl => ListenerSecurity::Ssl,
+        }
+    }
+}
+
+/// A SASL mechanism a listener offers (`sasl.enabled.mechanisms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// A password in clear: offered on `SASL_SSL` listeners only.
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+
+    /// The SCRAM mechanism, if this is one.
+    pub fn scram(self) -> Option<sasl::Mechanism> {
+        match self {
+            SaslMechanism::ScramSha256 => Some(sasl::Mechanism::ScramSha256),
+            SaslMechanism::ScramSha512 => Some(sasl::Mechanism::ScramSha512),
+            SaslMechanism::Plain => None,
+        }
+    }
+}
+
+/// `[sasl]`: logins on `SASL_PLAINTEXT` and `SASL_SSL` listeners. Credentials live in the
+/// cluster metadata (AlterUserScramCredentials), never in this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslSettings {
+    /// `sasl.enabled.mechanisms`. PLAIN is offered on `SASL_SSL` listeners only (it sends
+    /// the password itself).
+    pub mechanisms: Vec<SaslMechanism>,
+    /// `sasl.server.max.receive.size`: the largest request a connection may send before it
+    /// has logged in; a larger one closes it.
+    #[serde(with = "size")]
+    pub max_receive_bytes: u64,
+    /// `connection.failed.authentication.delay.ms`: a failed login is answered this late
+    /// (then the connection is closed), so guessing passwords is slow.
+    #[serde(with = "duration")]
+    pub failed_authentication_delay: Duration,
+    /// `connections.max.reauth.ms` (KIP-368): a login holds for this long, then the client
+    /// must log in again on the same connection (with the same user) or be disconnected at
+    /// its next request. A removed credential or changed password thus takes effect on live
+    /// connections within this time. 0: a login holds for the connection's life.
+    #[serde(with = "duration")]
+    pub connections_max_reauth: Duration,
+}
+
+impl Default for SaslSettings {
+    fn default() -> Self {
+        SaslSettings {
+            mechanisms: vec![SaslMechanism::ScramSha256, SaslMechanism::ScramSha512],
+            max_receive_bytes: 512 << 10,
+            failed_authentication_delay: Duration::from_secs(1),
+            connections_max_reauth: Duration::ZERO,
+        }
+    }
+}
 
 /// A Kafka listener beside the default one (`[[kafka.listeners]]`), e.g. mTLS for branches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +194,7 @@ pub struct NamedListener {
     #[serde(default)]
     pub advertised: Option<String>,
     #[serde(default)]
-    pub security: SecurityProtocol,
+    pub security: ListenerSecurity,
 }
 
 /// The name of the default Kafka listener (`[kafka] listen`).
@@ -211,8 +318,8 @@ pub struct KafkaListener {
     pub max_connections_per_ip: usize,
     /// `max.connections.per.ip.overrides`: `{ "10.1.7.1" = 4000 }`.
     pub max_connections_per_ip_overrides: std::collections::BTreeMap<std::net::IpAddr, usize>,
-    /// This listener's security protocol (`PLAINTEXT` or `SSL`).
-    pub security: SecurityProtocol,
+    /// This listener's security protocol (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`).
+    pub security: ListenerSecurity,
     /// More listeners, each with its own port, advertised address and security.
     pub listeners: Vec<NamedListener>,
 }
@@ -240,7 +347,7 @@ impl Default for KafkaListener {
             max_connections: admission::ConnectionLimits::default().max_connections,
             max_connections_per_ip: admission::ConnectionLimits::default().max_connections_per_ip,
             max_connections_per_ip_overrides: Default::default(),
-            security: SecurityProtocol::Plaintext,
+            security: ListenerSecurity::Plaintext,
             listeners: Vec::new(),
         }
     }
@@ -405,6 +512,7 @@ impl BrokerConfig {
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         BrokerConfig {
             tls: None,
+            sasl: SaslSettings::default(),
             node_id: default_node_id(),
             data_dir: data_dir.into(),
             rack: None,
@@ -445,17 +553,22 @@ impl BrokerConfig {
                 check_host_port(&format!("kafka.listeners.{}.advertised", l.name), a)?;
             }
         }
-        if self.replication.listen.is_none() && self.replication.security != self.kafka.security {
-            return Err(
-                "replication.security must be kafka.security when followers fetch on the [kafka] listener (no replication.listen)".into(),
-            );
+        if self.replication.listen.is_none()
+            && ListenerSecurity::from(self.replication.security) != self.kafka.security
+        {
+            return Err(if self.kafka.security.sasl() {
+                "followers do not log in with SASL: give them a replication.listen of their own when kafka.security is SASL_*".into()
+            } else {
+                "replication.security must be kafka.security when followers fetch on the [kafka] listener (no replication.listen)".into()
+            });
         }
-        let registry = self.schema_registry.as_ref().map(|r| r.security);
-        let ssl = [self.kafka.security, self.replication.security]
+        self.check_sasl()?;
+        let registry = self.schema_registry.as_ref().map(|r| r.security.into());
+        let ssl = [self.kafka.security, self.replication.security.into()]
             .into_iter()
             .chain(registry)
             .chain(self.kafka.listeners.iter().map(|l| l.security))
-            .any(|s| s == SecurityProtocol::Ssl);
+            .any(ListenerSecurity::tls);
         if let Some(t) = &self.tls
             && self.replication.security == SecurityProtocol::Ssl
             && t.server_ca.is_none()
@@ -465,11 +578,32 @@ impl BrokerConfig {
         }
         match &self.tls {
             None if ssl => {
-                Err("a listener has security = \"SSL\": [tls] needs certificate and key".into())
+                Err("a listener has security = \"SSL\" or \"SASL_SSL\": [tls] needs certificate and key".into())
             }
             Some(t) => t.check("tls"),
             None => Ok(()),
         }
+    }
+
+    fn check_sasl(&self) -> Result<(), String> {
+        let sasl = &self.sasl;
+        let any_sasl = std::iter::once(self.kafka.security)
+            .chain(self.kafka.listeners.iter().map(|l| l.security))
+            .any(ListenerSecurity::sasl);
+        if any_sasl && sasl.mechanisms.is_empty() {
+            return Err("a listener is SASL_*: sasl.mechanisms must name at least one".into());
+        }
+        if sasl.max_receive_bytes < 1024 {
+            return Err("sasl.max_receive_bytes must be at least 1KiB".into());
+        }
+        if sasl.failed_authentication_delay > Duration::from_secs(60) {
+            return Err("sasl.failed_authentication_delay must be at most 60s".into());
+        }
+        let reauth = sasl.connections_max_reauth;
+        if !reauth.is_zero() && reauth < Duration::from_secs(1) {
+            return Err("sasl.connections_max_reauth must be 0 (off) or at least 1s".into());
+        }
+        Ok(())
     }
 
     /// The `(host, port)` clients are told to connect to.
@@ -708,6 +842,40 @@ mod tests {
             e.to_string().contains("above topics.replication_factor"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sasl_listeners_are_checked() {
+        let base = "data_dir = \"/tmp/x\"\n[[kafka.listeners]]\nname = \"apps\"\n\
+                    listen = \"127.0.0.1:9094\"\nsecurity = \"SASL_PLAINTEXT\"\n";
+        let c: BrokerConfig = appconfig::parse_str(base, "t").unwrap();
+        assert_eq!(c.sasl.max_receive_bytes, 512 << 10);
+        assert_eq!(c.sasl.connections_max_reauth, Duration::ZERO);
+        let refused = |text: &str, why: &str| {
+            let e = appconfig::parse_str::<BrokerConfig>(text, "t").unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        };
+        refused(
+            &format!("{base}[sasl]\nmechanisms = []\n"),
+            "sasl.mechanisms must name at least one",
+        );
+        refused(
+            &format!("{base}[sasl]\nconnections_max_reauth = \"100ms\"\n"),
+            "0 (off) or at least 1s",
+        );
+        // Followers do not log in: SASL on the listener they fetch from needs one of theirs.
+        refused(
+            "data_dir = \"/tmp/x\"\n[kafka]\nsecurity = \"SASL_PLAINTEXT\"\n",
+            "followers do not log in with SASL",
+        );
+        refused(
+            "data_dir = \"/tmp/x\"\n[[kafka.listeners]]\nname = \"b\"\n\
+             listen = \"127.0.0.1:9094\"\nsecurity = \"SASL_SSL\"\n",
+            "[tls] needs certificate and key",
+        );
+        let separate = "data_dir = \"/tmp/x\"\n[kafka]\nsecurity = \"SASL_PLAINTEXT\"\n\
+                        [replication]\nlisten = \"127.0.0.1:9095\"\n";
+        appconfig::parse_str::<BrokerConfig>(separate, "t").unwrap();
     }
 
     #[test]

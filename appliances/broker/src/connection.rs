@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{self, Completion, Reply};
+use crate::authn::{self, Gate, Login};
 use crate::frame::{self, Decoded};
 use crate::session::Session;
 use crate::state::BrokerState;
@@ -125,6 +126,10 @@ enum ReadEnd {
     Shutdown,
     /// A request did not arrive whole within `request_timeout`.
     TooSlow,
+    /// A request the login does not allow (before it, or after it expired).
+    Unauthenticated(&'static str),
+    /// A failed login (its answer is sent, late, before the connection closes).
+    LoginFailed,
     Refused(String),
     Io(std::io::Error),
 }
@@ -176,6 +181,11 @@ pub async fn serve<S: Stream>(
                     "closing connection: a request did not arrive whole within request_timeout"
                 )
             }
+            ReadEnd::Unauthenticated(why) => {
+                closed("unauthenticated");
+                tracing::info!(reason = why, "closing connection")
+            }
+            ReadEnd::LoginFailed => closed("login_failed"),
             ReadEnd::Refused(why) => {
                 closed("bad_request");
                 tracing::warn!(reason = %why, "closing connection")
@@ -198,6 +208,7 @@ async fn read_requests<S: Stream>(
     shutdown: &CancellationToken,
 ) -> ReadEnd {
     let limits = &state.config.kafka;
+    let mut login = Login::new(&session.listener, &state.config.sasl);
     loop {
         let size = tokio::select! {
             _ = shutdown.cancelled() => return ReadEnd::Shutdown,
@@ -208,10 +219,15 @@ async fn read_requests<S: Stream>(
                 Ok(Ok(size)) => size,
             },
         };
-        if size < 0 || size as u64 > limits.max_request_size {
+        let size_max = login.max_request_bytes(limits.max_request_size);
+        if size < 0 || size as u64 > size_max {
+            let what = if size_max < limits.max_request_size {
+                "sasl.max_receive_bytes before the login"
+            } else {
+                "socket.request.max.bytes"
+            };
             return ReadEnd::Refused(format!(
-                "request size {size} is outside [0, {}] (socket.request.max.bytes)",
-                limits.max_request_size
+                "request size {size} is outside [0, {size_max}] ({what})"
             ));
         }
         let deadline = tokio::time::Instant::now() + limits.request_timeout;
@@ -244,7 +260,27 @@ async fn read_requests<S: Stream>(
                 let (api_key, version, correlation_id) =
                     (req.api_key, req.version, req.header.correlation_id);
                 let started = Instant::now();
-                let completion = api::handle(state, &session, *req).await;
+                let completion = match login.gate(api_key, tokio::time::Instant::now()) {
+                    Gate::Pass => api::handle(state, &session, *req).await,
+                    Gate::Refuse(why) => return ReadEnd::Unauthenticated(why),
+                    Gate::Login => {
+                        let step = authn::step(state, &mut login, &mut session, version, req.body);
+                        let (completion, close) = step.await;
+                        if close {
+                            let last = Pending {
+                                api_key,
+                                version,
+                                correlation_id,
+                                started,
+                                completion,
+                                _memory: permit,
+                            };
+                            let _ = tx.send(last).await;
+                            return ReadEnd::LoginFailed;
+                        }
+                        completion
+                    }
+                };
                 Pending {
                     api_key,
                     version,
@@ -336,8 +372,9 @@ async fn write_in_order<S: Stream>(
             .request_latency
             .get_or_create(&crate::metrics::ApiLabel { api })
             .observe(p.started.elapsed().as_secs_f64());
-        let body = match reply {
-            Reply::Send(body) => body,
+        let (body, last) = match reply {
+            Reply::Send(body) => (body, false),
+            Reply::Last(body) => (body, true),
             Reply::Nothing => continue,
             Reply::Close => break,
         };
@@ -350,6 +387,9 @@ async fn write_in_order<S: Stream>(
         };
         if out.write_all(&bytes).await.is_err() {
             return;
+        }
+        if last {
+            break;
         }
         if rx.is_empty() && out.flush().await.is_err() {
             return;

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod appliance;
+pub mod authn;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod config;

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BrokerConfig, DEFAULT_LISTENER, SecurityProtocol, advertised_endpoint};
+use crate::config::{BrokerConfig, DEFAULT_LISTENER, ListenerSecurity, advertised_endpoint};
 use crate::connection::RequestMemory;
 use crate::server::Gate;
 use crate::session::{Listener, ListenerRole, Principal, Session};
@@ -46,9 +46,12 @@ pub async fn bind_all(config: &BrokerConfig) -> anyhow::Result<Vec<Bound>> {
         ),
         None => None,
     };
-    let tls_for = |security| match security {
-        SecurityProtocol::Plaintext => Ok(None),
-        SecurityProtocol::Ssl => tls.clone().map(Some).context("an SSL listener needs [tls]"),
+    let tls_for = |security: ListenerSecurity| match security.tls() {
+        false => Ok(None),
+        true => tls
+            .clone()
+            .map(Some)
+            .context("an SSL or SASL_SSL listener needs [tls]"),
     };
     let separate_replication = config.replication.listen.is_some();
     let mut bound = vec![
@@ -58,6 +61,7 @@ pub async fn bind_all(config: &BrokerConfig) -> anyhow::Result<Vec<Bound>> {
             !separate_replication,
             config.kafka.listen,
             config.kafka.advertised.as_deref(),
+            config.kafka.security,
             tls_for(config.kafka.security)?,
         )
         .await?,
@@ -69,6 +73,7 @@ pub async fn bind_all(config: &BrokerConfig) -> anyhow::Result<Vec<Bound>> {
             false,
             l.listen,
             l.advertised.as_deref(),
+            l.security,
             tls_for(l.security)?,
         )
         .await?;
@@ -76,14 +81,15 @@ pub async fn bind_all(config: &BrokerConfig) -> anyhow::Result<Vec<Bound>> {
     }
     if let Some(addr) = config.replication.listen {
         let advertised = config.replication.advertised.as_deref();
-        let tls = tls_for(config.replication.security)?;
+        let security = config.replication.security.into();
         let b = bind(
             "replication",
             ListenerRole::Replication,
             true,
             addr,
             advertised,
-            tls,
+            security,
+            tls_for(security)?,
         );
         bound.push(b.await?);
     }
@@ -96,6 +102,7 @@ async fn bind(
     serves_replication: bool,
     listen: SocketAddr,
     advertised: Option<&str>,
+    security: ListenerSecurity,
     tls: Option<Arc<TlsServer>>,
 ) -> anyhow::Result<Bound> {
     let socket = TcpListener::bind(listen)
@@ -109,6 +116,7 @@ async fn bind(
             name: name.into(),
             role,
             serves_replication,
+            security,
         }),
         addr,
         advertised: format!("{host}:{port}"),

@@ -27,6 +27,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A SASL login's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabel {
+    pub listener: String,
+    pub mechanism: &'static str,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub api: &'static str,
@@ -57,6 +66,8 @@ pub struct Metrics {
     /// Closed for what the client did (a request not received within `request_timeout`,
     /// larger than allowed, malformed).
     pub connections_closed: Family<ReasonLabel, Counter>,
+    /// SASL logins (and re-authentications), by listener, mechanism and outcome.
+    pub sasl_authentications: Family<LoginLabel, Counter>,
     pub partitions: Gauge,
     pub offline_partitions: Gauge,
     pub groups: Gauge,
@@ -85,6 +96,7 @@ impl Metrics {
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
+            sasl_authentications: Family::default(),
             partitions: Gauge::default(),
             offline_partitions: Gauge::default(),
             groups: Gauge::default(),
@@ -164,6 +176,11 @@ impl Metrics {
             "connections_closed",
             "Kafka connections closed by the broker for the client's behaviour, by listener and reason",
             m.connections_closed.clone(),
+        );
+        r.register(
+            "sasl_authentications",
+            "SASL logins and re-authentications, by listener, mechanism and result (success or failure)",
+            m.sasl_authentications.clone(),
         );
         r.register("partitions", "Partitions hosted", m.partitions.clone());
         r.register(

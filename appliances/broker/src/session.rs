@@ -26,6 +26,8 @@ pub struct Listener {
     /// Whether followers may fetch here (the replication listener, or the clients listener
     /// when no separate replication listener is configured).
     pub serves_replication: bool,
+    /// TLS or not, SASL login or not.
+    pub security: crate::config::ListenerSecurity,
 }
 
 /// The authenticated identity behind a connection. Anonymous until the security layer

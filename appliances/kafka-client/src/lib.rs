@@ -9,6 +9,8 @@
 
 pub mod batch;
 pub mod conn;
+pub mod login;
 
 pub use batch::encode_batch;
 pub use conn::{Connection, Error};
+pub use login::LoggedIn;

@@ -127,6 +127,12 @@ pub enum ControllerRequest {
         epoch: BrokerEpoch,
         services: crate::metadata::Services,
     },
+    /// Set and remove SCRAM credentials, all or none (checked by the broker that asks, for
+    /// Kafka's per-user errors, and again here).
+    AlterScramCredentials {
+        upserts: Vec<(String, sasl::Credential)>,
+        deletions: Vec<(String, sasl::Mechanism)>,
+    },
 }
 
 /// A broker (re)starting.

@@ -120,6 +120,14 @@ pub enum MetadataRecord {
         epoch: BrokerEpoch,
         services: Services,
     },
+    /// SCRAM credentials set and removed (Kafka's AlterUserScramCredentials), all or none.
+    /// The first alteration also brings the cluster's decoy secret (see
+    /// [`ClusterState::scram_decoy_secret`]).
+    ScramCredentialsAltered {
+        upserts: Vec<(String, sasl::Credential)>,
+        deletions: Vec<(String, sasl::Mechanism)>,
+        decoy_secret: Option<Vec<u8>>,
+    },
 }
 
 /// See [`MetadataRecord::BrokerServices`].
@@ -128,6 +136,11 @@ pub struct Services {
     /// The registry's base URL (`http://host:8081`).
     pub schema_registry: Option<String>,
 }
+
+/// At most this many users with SCRAM credentials.
+pub const SCRAM_USERS_MAX: usize = 10_000;
+/// The longest SCRAM user name accepted.
+pub const SCRAM_USER_BYTES_MAX: usize = 256;
 
 /// The longest service address accepted.
 pub const SERVICE_ADDRESS_BYTES_MAX: usize = 512;
@@ -184,6 +197,14 @@ pub struct ClusterState {
     /// What each broker announced last (kept across its restarts until it announces again).
     #[serde(default)]
     pub services: BTreeMap<NodeId, Services>,
+    /// SCRAM credentials by user and mechanism (never a password: salted and iterated keys).
+    #[serde(default)]
+    pub scram: BTreeMap<String, BTreeMap<sasl::Mechanism, sasl::Credential>>,
+    /// The secret from which every broker derives the same decoy credential for a user that
+    /// does not exist, so that no broker's answers tell whether a user exists. Random, made
+    /// by the controller with the first credential (before that no user exists to hide).
+    #[serde(default)]
+    pub scram_decoy_secret: Option<Vec<u8>>,
 }
 
 /// Why a record was skipped when applied (the same on every node).
@@ -340,7 +361,47 @@ impl ClusterState {
                 self.services.insert(*node, services.clone());
                 Ok(())
             }
+            MetadataRecord::ScramCredentialsAltered {
+                upserts,
+                deletions,
+                decoy_secret,
+            } => self.alter_scram(upserts, deletions, decoy_secret.as_deref()),
         }
+    }
+
+    fn alter_scram(
+        &mut self,
+        upserts: &[(String, sasl::Credential)],
+        deletions: &[(String, sasl::Mechanism)],
+        decoy_secret: Option<&[u8]>,
+    ) -> Result<(), Skipped> {
+        let new_users = upserts
+            .iter()
+            .filter(|(u, _)| !self.scram.contains_key(u))
+            .map(|(u, _)| u)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if self.scram.len() + new_users > SCRAM_USERS_MAX {
+            return Err(Skipped::Limit("users with SCRAM credentials".into()));
+        }
+        if self.scram_decoy_secret.is_none() {
+            self.scram_decoy_secret = decoy_secret.map(<[u8]>::to_vec);
+        }
+        for (user, mechanism) in deletions {
+            if let Some(m) = self.scram.get_mut(user) {
+                m.remove(mechanism);
+                if m.is_empty() {
+                    self.scram.remove(user);
+                }
+            }
+        }
+        for (user, c) in upserts {
+            self.scram
+                .entry(user.clone())
+                .or_default()
+                .insert(c.mechanism, c.clone());
+        }
+        Ok(())
     }
 
     fn register(&mut self, index: u64, info: BrokerInfo) -> Result<(), Skipped> {
@@ -700,5 +761,42 @@ mod tests {
                 isr: vec![NodeId(1), NodeId(5)],
             },
         );
+    }
+
+    #[test]
+    fn scram_credentials_are_set_and_removed_and_the_first_decoy_secret_stays() {
+        use sasl::{Credential, Mechanism};
+        let mut s = formed();
+        let c = |m| Credential::derive(m, b"pw", b"salt", 4096);
+        let alter = |upserts, deletions, secret: &[u8]| MetadataRecord::ScramCredentialsAltered {
+            upserts,
+            deletions,
+            decoy_secret: Some(secret.to_vec()),
+        };
+        let both = vec![
+            ("u".to_string(), c(Mechanism::ScramSha256)),
+            ("u".to_string(), c(Mechanism::ScramSha512)),
+        ];
+        apply1(&mut s, 10, &alter(both, vec![], b"first")).unwrap();
+        assert_eq!(s.scram["u"].len(), 2);
+        let drop_256 = vec![("u".to_string(), Mechanism::ScramSha256)];
+        apply1(&mut s, 11, &alter(vec![], drop_256, b"second")).unwrap();
+        assert_eq!(
+            s.scram["u"].keys().collect::<Vec<_>>(),
+            [&Mechanism::ScramSha512]
+        );
+        assert_eq!(s.scram_decoy_secret.as_deref(), Some(&b"first"[..]));
+        let drop_512 = vec![("u".to_string(), Mechanism::ScramSha512)];
+        apply1(&mut s, 12, &alter(vec![], drop_512, b"x")).unwrap();
+        assert!(s.scram.is_empty(), "a user without credentials is gone");
+
+        // One user too many is refused whole, the same on every node.
+        for i in 0..SCRAM_USERS_MAX {
+            s.scram.entry(format!("user-{i}")).or_default();
+        }
+        let one_more = vec![("late".to_string(), c(Mechanism::ScramSha256))];
+        let r = apply1(&mut s, 13, &alter(one_more, vec![], b"x"));
+        assert!(matches!(r, Err(Skipped::Limit(_))), "{r:?}");
+        assert!(!s.scram.contains_key("late"));
     }
 }

@@ -713,6 +713,12 @@ async fn serve<T: Transport>(
                 .await
             }
         }
+        ControllerRequest::AlterScramCredentials { upserts, deletions } => {
+            match scram_alteration(&state, upserts, deletions) {
+                Ok(record) => applied(node, vec![record]).await,
+                Err(e) => Err(e),
+            }
+        }
         ControllerRequest::AllocateProducerIds { node: n, epoch } => {
             match ctl.allocate_producer_ids(&state, n, epoch) {
                 Ok(records) => match propose(node, records).await {
@@ -732,6 +738,49 @@ async fn serve<T: Transport>(
         }
     };
     result.unwrap_or_else(ControllerResponse::Failed)
+}
+
+/// The record for a SCRAM credential change, if it is acceptable: names within bounds,
+/// credentials Kafka would accept, and a decoy secret with the cluster's first credential.
+fn scram_alteration(
+    state: &ClusterState,
+    upserts: Vec<(String, sasl::Credential)>,
+    deletions: Vec<(String, sasl::Mechanism)>,
+) -> Result<crate::metadata::MetadataRecord, ControllerError> {
+    use crate::metadata::SCRAM_USER_BYTES_MAX;
+    let names = upserts
+        .iter()
+        .map(|(u, _)| u)
+        .chain(deletions.iter().map(|(u, _)| u));
+    for user in names {
+        if user.is_empty() || user.len() > SCRAM_USER_BYTES_MAX {
+            return Err(ControllerError::Invalid(format!(
+                "a user name has 1 to {SCRAM_USER_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    for (user, c) in &upserts {
+        let iterations = sasl::ITERATIONS_MIN..=sasl::ITERATIONS_MAX;
+        if !iterations.contains(&c.iterations) || c.salt.is_empty() {
+            return Err(ControllerError::Invalid(format!(
+                "the credential of {user:?} needs a salt and {} to {} iterations",
+                sasl::ITERATIONS_MIN,
+                sasl::ITERATIONS_MAX
+            )));
+        }
+    }
+    let decoy_secret = state.scram_decoy_secret.is_none().then(|| {
+        let (a, b) = (
+            crate::raft::runtime::new_uuid(),
+            crate::raft::runtime::new_uuid(),
+        );
+        [a.as_bytes().as_slice(), b.as_bytes()].concat()
+    });
+    Ok(crate::metadata::MetadataRecord::ScramCredentialsAltered {
+        upserts,
+        deletions,
+        decoy_secret,
+    })
 }
 
 async fn applied<T: Transport>(

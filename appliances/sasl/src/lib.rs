@@ -158,6 +158,74 @@ pub fn decoy(mechanism: Mechanism, user: &str, secret: &[u8]) -> Credential {
     }
 }
 
+/// The client's side of a SCRAM exchange's last step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientProof {
+    /// The client-final message to send.
+    pub message: String,
+    /// The server-final message a server that knows the credential answers with.
+    pub server_final: Vec<u8>,
+}
+
+/// The client's side of a SCRAM exchange: the client-final message for `password`, given
+/// the client-first-bare message sent and the server-first message received (RFC 5802,
+/// section 3; no channel binding, as Kafka uses it). For tools and tests that log in.
+pub fn client_final(
+    m: Mechanism,
+    password: &str,
+    client_first_bare: &str,
+    server_first: &str,
+) -> Result<ClientProof, Failure> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let attrs: std::collections::HashMap<&str, &str> = server_first
+        .split(',')
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let (Some(salt), Some(iterations), Some(nonce)) =
+        (attrs.get("s"), attrs.get("i"), attrs.get("r"))
+    else {
+        return Err(Failure::Malformed("server-first message"));
+    };
+    let salt = STANDARD
+        .decode(salt)
+        .map_err(|_| Failure::Malformed("server-first salt"))?;
+    let iterations: u32 = iterations
+        .parse()
+        .map_err(|_| Failure::Malformed("server-first iterations"))?;
+    let salted = salted_password(m, password.as_bytes(), &salt, iterations);
+    let client_key = mac(m, &salted, b"Client Key");
+    let stored = digest::digest(m.digest(), &client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth = format!("{client_first_bare},{server_first},{without_proof}");
+    let signature = mac(m, stored.as_ref(), auth.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(k, s)| k ^ s)
+        .collect();
+    let server_signature = mac(m, &mac(m, &salted, b"Server Key"), auth.as_bytes());
+    Ok(ClientProof {
+        message: format!("{without_proof},p={}", STANDARD.encode(proof)),
+        server_final: format!("v={}", STANDARD.encode(server_signature)).into_bytes(),
+    })
+}
+
+/// The salted password Kafka's AlterUserScramCredentials carries (RFC 5802's Hi()).
+pub fn salted(m: Mechanism, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    salted_password(m, password.as_bytes(), salt, iterations)
+}
+
+/// A random secret for [`decoy`] credentials, for a node that has no shared one yet.
+pub fn random_secret() -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut secret = vec![0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .expect("the OS random source works");
+    secret
+}
+
 /// Why a login failed. Every failure of a well-formed exchange says the same thing to the
 /// client ([`Failure::client_message`]); the detail is for the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -118,6 +118,10 @@ impl ServerFirst {
         self.message.as_bytes()
     }
 
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
     pub fn user(&self) -> &str {
         &self.user
     }
@@ -142,7 +146,10 @@ impl ServerFirst {
         if STANDARD.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
             return Err(Failure::Malformed("client-final: channel binding"));
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // RFC 5802 wants the combined nonce itself; librdkafka sends its own nonce in front of
+        // it again, and Kafka accepts any nonce that ends with the combined one (the proof
+        // covers what was sent either way), so this does too.
+        if !nonce.is_some_and(|n| n.ends_with(self.nonce.as_str())) {
             return Err(Failure::Nonce);
         }
         let proof = STANDARD

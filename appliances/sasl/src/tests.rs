@@ -52,33 +52,6 @@ fn the_published_scram_sha_256_exchange_replays() {
     );
 }
 
-/// What a client computes for the client-final message (RFC 5802, section 3).
-fn client_final(
-    m: Mechanism,
-    password: &str,
-    client_first_bare: &str,
-    server_first: &str,
-) -> String {
-    let attrs: std::collections::HashMap<&str, &str> = server_first
-        .split(',')
-        .filter_map(|a| a.split_once('='))
-        .collect();
-    let salt = STANDARD.decode(attrs["s"]).unwrap();
-    let iterations: u32 = attrs["i"].parse().unwrap();
-    let salted = salted_password(m, password.as_bytes(), &salt, iterations);
-    let client_key = mac(m, &salted, b"Client Key");
-    let stored = ring::digest::digest(m.digest(), &client_key);
-    let without_proof = format!("c=biws,r={}", attrs["r"]);
-    let auth = format!("{client_first_bare},{server_first},{without_proof}");
-    let signature = mac(m, stored.as_ref(), auth.as_bytes());
-    let proof: Vec<u8> = client_key
-        .iter()
-        .zip(&signature)
-        .map(|(k, s)| k ^ s)
-        .collect();
-    format!("{without_proof},p={}", STANDARD.encode(proof))
-}
-
 fn login(
     m: Mechanism,
     lookup: &dyn Fn(&str) -> Option<Credential>,
@@ -88,7 +61,10 @@ fn login(
     let bare = format!("n={user},r=clientnonce123");
     let first = ScramServer::first(m, format!("n,,{bare}").as_bytes(), lookup, SECRET)?;
     let server_first = String::from_utf8(first.message().to_vec()).unwrap();
-    first.finish(client_final(m, password, &bare, &server_first).as_bytes())
+    let proof = crate::client_final(m, password, &bare, &server_first).unwrap();
+    let done = first.finish(proof.message.as_bytes())?;
+    assert_eq!(done.server_final, proof.server_final);
+    Ok(done)
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod scram;
 mod topics;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ pub enum Reply {
     Nothing,
     /// acks=0 produce that failed: Kafka closes the connection so the client notices.
     Close,
+    /// Send this, then close the connection (a failed login).
+    Last(ResponseKind),
 }
 
 pub type Completion = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -136,7 +139,14 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         RequestKind::DeleteGroups(r) => {
             ready(ResponseKind::DeleteGroups(groups::delete(s, r).await))
         }
-        // `frame::decode` only lets through APIs listed in `versions::SUPPORTED`.
+        RequestKind::DescribeUserScramCredentials(r) => ready(
+            ResponseKind::DescribeUserScramCredentials(scram::describe(s, r)),
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ready(
+            ResponseKind::AlterUserScramCredentials(scram::alter(s, r).await),
+        ),
+        // `frame::decode` only lets through APIs listed in `versions::SUPPORTED`; the login
+        // requests are the connection's (`crate::authn`).
         other => {
             tracing::error!(api = ?req.api_key, "request for an API without a handler");
             let _ = other;
