@@ -29,11 +29,21 @@ pub struct S3gw {
     starts: usize,
     /// `[s3] keep_free_mib`, when the test sets it.
     keep_free_mib: Option<u64>,
+    /// A `[tls]` section: HTTPS (`[s3] security = "SSL"`).
+    tls: Option<String>,
 }
 
 impl S3gw {
     pub fn start() -> S3gw {
         let mut g = S3gw::unstarted();
+        g.launch();
+        g
+    }
+
+    /// A gateway serving HTTPS with this `[tls]` section (without its header).
+    pub fn start_https(tls: &str) -> S3gw {
+        let mut g = S3gw::unstarted();
+        g.tls = Some(tls.to_string());
         g.launch();
         g
     }
@@ -61,6 +71,7 @@ impl S3gw {
             admin: "127.0.0.1:0".parse().expect("addr"),
             starts: 0,
             keep_free_mib: None,
+            tls: None,
         }
     }
 
@@ -96,12 +107,16 @@ impl S3gw {
             Some(mib) => format!("keep_free_mib = {mib}\n"),
             None => String::new(),
         };
+        let (security, tls) = match &self.tls {
+            Some(t) => ("security = \"SSL\"\n", format!("[tls]\n{t}\n")),
+            None => ("", String::new()),
+        };
         let text = format!(
-            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n{keep_free}[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
+            "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n{keep_free}{security}[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
              [[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n\
              [[credentials]]\naccess_key = \"{WRITER_KEY}\"\nsecret_key = \"{WRITER_SECRET}\"\n\
              buckets = {{ \"biometrics\" = \"write\" }}\n\
-             [anonymous]\nbuckets = {{ \"firmware\" = \"read\" }}\n",
+             [anonymous]\nbuckets = {{ \"firmware\" = \"read\" }}\n{tls}",
             self.data_dir().display(),
             self.s3,
             self.admin

@@ -316,3 +316,23 @@ fn the_schema_registry_serves_confluent_kafkas_client_over_https() {
     assert!(!out.status.success(), "plain HTTP was answered: {out:?}");
     assert!(b.log().contains("schema registry: TLS handshake refused"));
 }
+
+#[test]
+fn the_s3_gateway_serves_boto3_over_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("s3gw", &["127.0.0.1", "localhost"]);
+    let g = e2e::S3gw::start_https(&format!(
+        "certificate = \"{}\"\nkey = \"{}\"\n",
+        server.certificate.display(),
+        server.key.display()
+    ));
+    let endpoint = format!("https://localhost:{}", g.s3.port());
+    let ca = pki.ca.display().to_string();
+    let (key, secret) = (e2e::s3gw::ACCESS_KEY, e2e::s3gw::SECRET_KEY);
+    let r = python("s3_https.py", &[&endpoint, key, secret, &ca], T);
+    assert_eq!(r["roundtrip"], true, "{r}");
+    assert_eq!(r["listed"], serde_json::json!(["scan.bin"]), "{r}");
+    assert_ne!(r["plain_http"], "served", "{r}");
+    assert_eq!(r["untrusted"], "SSLError", "{r}");
+}

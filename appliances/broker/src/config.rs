@@ -75,6 +75,10 @@ pub struct BrokerConfig {
     /// How clients of `SASL_PLAINTEXT` and `SASL_SSL` listeners log in.
     #[serde(default)]
     pub sasl: SaslSettings,
+    /// ACLs: off by default (everyone may do everything); on, a principal may do only what a
+    /// binding allows, super users everything.
+    #[serde(default)]
+    pub authorization: acl::AuthorizerSettings,
 }
 
 /// How the replication, quorum and registry links are secured (`PLAINTEXT` or `SSL`).
@@ -513,6 +517,7 @@ impl BrokerConfig {
         BrokerConfig {
             tls: None,
             sasl: SaslSettings::default(),
+            authorization: Default::default(),
             node_id: default_node_id(),
             data_dir: data_dir.into(),
             rack: None,
@@ -563,6 +568,13 @@ impl BrokerConfig {
             });
         }
         self.check_sasl()?;
+        self.authorization.check("authorization")?;
+        if self.authorization.enabled
+            && self.cluster.is_some()
+            && self.replication.security == SecurityProtocol::Plaintext
+        {
+            return Err("authorization.enabled needs replication.security = \"SSL\": followers must fetch as their certificate's principal (listed in authorization.super_users), not anonymously".into());
+        }
         let registry = self.schema_registry.as_ref().map(|r| r.security.into());
         let ssl = [self.kafka.security, self.replication.security.into()]
             .into_iter()

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod appliance;
 pub mod authn;
+pub mod authz;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod config;

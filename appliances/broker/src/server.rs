@@ -328,6 +328,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         topics,
         groups,
         metrics,
+        authorizer: Arc::new(config.authorization.clone()),
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));

@@ -29,6 +29,8 @@ pub struct BrokerState {
     pub groups: GroupCoordinator,
     pub producer_ids: ProducerIds,
     pub metrics: Arc<Metrics>,
+    /// `[authorization]`, shared with every request's [`crate::authz::Access`].
+    pub authorizer: Arc<acl::AuthorizerSettings>,
 }
 
 /// `host:port` split for Kafka's metadata answers.

@@ -47,6 +47,9 @@ pub enum TopicError {
     InvalidConfig(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The client may not do this to the topic (ACLs).
+    #[error("not authorized to {0}")]
+    NotAuthorized(String),
 }
 
 /// Kafka's topic name rules.

@@ -133,6 +133,14 @@ pub enum ControllerRequest {
         upserts: Vec<(String, sasl::Credential)>,
         deletions: Vec<(String, sasl::Mechanism)>,
     },
+    /// Add ACL bindings (each checked by the broker that asks, and again here).
+    CreateAcls {
+        bindings: Vec<acl::AclBinding>,
+    },
+    /// Remove ACL bindings.
+    DeleteAcls {
+        bindings: Vec<acl::AclBinding>,
+    },
 }
 
 /// A broker (re)starting.

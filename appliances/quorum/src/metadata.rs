@@ -128,6 +128,15 @@ pub enum MetadataRecord {
         deletions: Vec<(String, sasl::Mechanism)>,
         decoy_secret: Option<Vec<u8>>,
     },
+    /// ACL bindings added (CreateAcls).
+    AclsCreated {
+        bindings: Vec<acl::AclBinding>,
+    },
+    /// ACL bindings removed (DeleteAcls: the filters resolved to bindings by the broker that
+    /// asked; ones already gone are ignored).
+    AclsDeleted {
+        bindings: Vec<acl::AclBinding>,
+    },
 }
 
 /// See [`MetadataRecord::BrokerServices`].
@@ -205,6 +214,9 @@ pub struct ClusterState {
     /// by the controller with the first credential (before that no user exists to hide).
     #[serde(default)]
     pub scram_decoy_secret: Option<Vec<u8>>,
+    /// Who may do what (checked by every broker when `[authorization]` is on).
+    #[serde(default)]
+    pub acls: acl::Acls,
 }
 
 /// Why a record was skipped when applied (the same on every node).
@@ -366,6 +378,18 @@ impl ClusterState {
                 deletions,
                 decoy_secret,
             } => self.alter_scram(upserts, deletions, decoy_secret.as_deref()),
+            MetadataRecord::AclsCreated { bindings } => {
+                let new = bindings.iter().filter(|b| !self.acls.contains(b)).count();
+                if self.acls.len() + new > acl::BINDINGS_MAX {
+                    return Err(Skipped::Limit("ACL bindings".into()));
+                }
+                self.acls = self.acls.changed(bindings, &[]);
+                Ok(())
+            }
+            MetadataRecord::AclsDeleted { bindings } => {
+                self.acls = self.acls.changed(&[], bindings);
+                Ok(())
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use crate::controller::{
     Controller, ControllerError, ControllerRequest, ControllerResponse, Registration, Timing,
 };
 use crate::ids::{NodeId, SiteId};
-use crate::metadata::ClusterState;
+use crate::metadata::{ClusterState, MetadataRecord};
 use crate::policy::SitePolicy;
 use crate::raft::log_file::LogFile;
 use crate::raft::log_store::LogStore;
@@ -718,6 +718,15 @@ async fn serve<T: Transport>(
                 Ok(record) => applied(node, vec![record]).await,
                 Err(e) => Err(e),
             }
+        }
+        ControllerRequest::CreateAcls { bindings } => {
+            match bindings.iter().find_map(|b| b.check().err()) {
+                Some(why) => Err(ControllerError::Invalid(why.to_string())),
+                None => applied(node, vec![MetadataRecord::AclsCreated { bindings }]).await,
+            }
+        }
+        ControllerRequest::DeleteAcls { bindings } => {
+            applied(node, vec![MetadataRecord::AclsDeleted { bindings }]).await
         }
         ControllerRequest::AllocateProducerIds { node: n, epoch } => {
             match ctl.allocate_producer_ids(&state, n, epoch) {

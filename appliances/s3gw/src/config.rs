@@ -42,6 +42,10 @@ pub struct S3gwConfig {
     pub anonymous: Anonymous,
     #[serde(default)]
     pub log: LogSettings,
+    /// Certificate and key for `[s3] security = "SSL"` (HTTPS); with `client_ca`, client
+    /// certificates too.
+    #[serde(default)]
+    pub tls: Option<tls::TlsSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +62,8 @@ pub struct S3Listener {
     /// Connections at once, and from one address (`[s3.connections]`: `max_connections`,
     /// `max_connections_per_ip`, `max_connections_per_ip_overrides`).
     pub connections: admission::ConnectionLimits,
+    /// `SSL`: HTTPS with `[tls]` (the seed's port 443).
+    pub security: tls::SecurityProtocol,
 }
 
 impl Default for S3Listener {
@@ -68,6 +74,7 @@ impl Default for S3Listener {
             incomplete_upload_expiry_hours: 7 * 24,
             keep_free_mib: 256,
             connections: admission::ConnectionLimits::default(),
+            security: tls::SecurityProtocol::Plaintext,
         }
     }
 }
@@ -147,6 +154,13 @@ impl S3gwConfig {
     /// satisfy (its keys come per VM).
     pub fn validate_baked(&self) -> Result<(), String> {
         self.s3.connections.check("s3.connections")?;
+        match (&self.tls, self.s3.security) {
+            (None, tls::SecurityProtocol::Ssl) => {
+                return Err("s3.security = \"SSL\" needs [tls] with certificate and key".into());
+            }
+            (Some(t), _) => t.check("tls")?,
+            (None, _) => {}
+        }
         for c in &self.credentials {
             if c.access_key.is_empty() || c.secret_key.len() < 8 {
                 return Err(format!(

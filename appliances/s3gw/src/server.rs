@@ -94,6 +94,16 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
         .await
         .with_context(|| format!("binding the S3 listener {}", config.s3.listen))?;
     let s3_addr = listener.local_addr()?;
+    let tls = match (config.s3.security, &config.tls) {
+        (tls::SecurityProtocol::Ssl, Some(settings)) => {
+            let server = tls::TlsServer::load(settings.clone())
+                .context("loading the [tls] certificate and key")?;
+            tokio::spawn(Arc::clone(&server).watch("[tls]".into(), shutdown.clone()));
+            Some(server)
+        }
+        (tls::SecurityProtocol::Ssl, None) => anyhow::bail!("s3.security = \"SSL\" needs [tls]"),
+        (tls::SecurityProtocol::Plaintext, _) => None,
+    };
     health.set_ok("store");
     tracing::info!(s3 = %s3_addr, admin = %admin.local_addr, "s3gw ready");
 
@@ -166,12 +176,23 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                     }
                 },
             );
-            let conn = http
-                .serve_connection(TokioIo::new(socket), counted)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
             tokio::spawn(async move {
-                let _ = conn.await;
+                match tls {
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(socket), counted);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    // The handshake runs on the connection's own task, within
+                    // `[tls] handshake_timeout`, so a slow client delays no one else.
+                    Some(tls) => match tls.accept(socket).await {
+                        Ok(a) => {
+                            let conn = http.serve_connection(TokioIo::new(a.stream), counted);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Err(e) => tracing::info!(%peer, reason = %e, "TLS handshake refused"),
+                    },
+                }
                 drop(admitted);
             });
         }

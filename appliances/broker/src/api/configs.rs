@@ -17,10 +17,12 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::err;
+use crate::authz::Access;
 use crate::config::{BrokerConfig, Durability};
 use crate::state::BrokerState;
 use crate::topic_config::{self, ConfigSource, ConfigType};
 use crate::topics::TopicError;
+use acl::Operation;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -159,6 +161,27 @@ fn broker_entries(c: &BrokerConfig) -> Vec<(&'static str, String, ConfigType)> {
     ]
 }
 
+/// Whether `access` may do `op` to a config resource: a topic's, or the broker's (the
+/// cluster's, for ACLs).
+fn permitted(
+    access: &Access,
+    op: Operation,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (i16, String)> {
+    match resource_type {
+        TOPIC if !access.topic(op, name) => Err((
+            err(ResponseError::TopicAuthorizationFailed),
+            format!("not authorized for the configs of {name}"),
+        )),
+        BROKER if !access.cluster(op) => Err((
+            err(ResponseError::ClusterAuthorizationFailed),
+            "not authorized for the broker's configs".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn wanted(keys: &Option<Vec<StrBytes>>, name: &str) -> bool {
     keys.as_ref()
         .is_none_or(|k| k.is_empty() || k.iter().any(|x| &**x == name))
@@ -166,6 +189,7 @@ fn wanted(keys: &Option<Vec<StrBytes>>, name: &str) -> bool {
 
 pub fn describe(
     s: &BrokerState,
+    access: &Access,
     version: i16,
     r: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
@@ -180,6 +204,16 @@ pub fn describe(
                 .with_error_code(code)
                 .with_error_message(text(message))
         };
+        let permitted = permitted(
+            access,
+            Operation::DescribeConfigs,
+            res.resource_type,
+            &res.resource_name,
+        );
+        if let Err((code, message)) = permitted {
+            results.push(fail(code, message));
+            continue;
+        }
         let entries = match res.resource_type {
             TOPIC => match s.topics.get(&res.resource_name) {
                 None => {
@@ -278,14 +312,25 @@ fn topic_error(e: &TopicError) -> i16 {
 
 const BROKER_READ_ONLY: &str = "broker settings are read-only at runtime: change the appliance configuration (image or cloud-init)";
 
-pub async fn alter(s: &BrokerState, r: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter(
+    s: &BrokerState,
+    access: &Access,
+    r: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let mut out = Vec::with_capacity(r.resources.len());
     for res in r.resources {
         let resp = AlterConfigsResourceResponse::default()
             .with_resource_type(res.resource_type)
             .with_resource_name(res.resource_name.clone());
+        let permitted = permitted(
+            access,
+            Operation::AlterConfigs,
+            res.resource_type,
+            &res.resource_name,
+        );
         let outcome: Result<(), (i16, String)> = match res.resource_type {
+            _ if permitted.is_err() => permitted,
             TOPIC => {
                 let mut configs = BTreeMap::new();
                 let mut problem = None;
@@ -383,6 +428,7 @@ fn apply_op(
 
 pub async fn incremental_alter(
     s: &BrokerState,
+    access: &Access,
     r: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
@@ -397,7 +443,14 @@ pub async fn incremental_alter(
             .iter()
             .find(|c| !names.insert(c.name.to_string()))
             .map(|c| c.name.to_string());
+        let permitted = permitted(
+            access,
+            Operation::AlterConfigs,
+            res.resource_type,
+            &res.resource_name,
+        );
         let outcome: Result<(), (i16, String)> = match (res.resource_type, duplicate) {
+            _ if permitted.is_err() => permitted,
             (_, Some(d)) => Err((
                 err(ResponseError::InvalidRequest),
                 format!("config {d} appears more than once"),

@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{check_leader_epoch, err};
+use crate::authz::Access;
 use crate::partition::{Partition, PartitionError, ReadBound};
 use crate::state::BrokerState;
+use acl::Operation;
 
 /// Who is fetching.
 #[derive(Debug, Clone)]
@@ -94,6 +96,7 @@ pub fn is_replica_fetch(version: i16, r: &FetchRequest) -> bool {
 /// goes nowhere), as a follower's fetch does when the follower moved to a new connection.
 pub async fn handle(
     s: &Arc<BrokerState>,
+    access: &Access,
     version: i16,
     r: FetchRequest,
     peer_gone: CancellationToken,
@@ -115,7 +118,7 @@ pub async fn handle(
         tracing::info!(replica = %id, broker_epoch, "refusing a fetch from an earlier incarnation of a broker");
         return FetchResponse::default().with_error_code(err(ResponseError::StaleBrokerEpoch));
     }
-    let wanted = resolve(s, version, &r);
+    let wanted = resolve(s, access, &fetcher, version, &r);
     let min_bytes = r.min_bytes.max(0) as usize;
     let max_bytes = if r.max_bytes <= 0 {
         usize::MAX
@@ -195,7 +198,13 @@ fn answer(
     build(version, wanted, results)
 }
 
-fn resolve(s: &BrokerState, version: i16, r: &FetchRequest) -> Vec<Wanted> {
+fn resolve(
+    s: &BrokerState,
+    access: &Access,
+    fetcher: &Fetcher,
+    version: i16,
+    r: &FetchRequest,
+) -> Vec<Wanted> {
     let mut out = Vec::new();
     for t in &r.topics {
         let info = if version >= 13 {
@@ -212,8 +221,11 @@ fn resolve(s: &BrokerState, version: i16, r: &FetchRequest) -> Vec<Wanted> {
         } else {
             err(ResponseError::UnknownTopicOrPartition)
         };
+        // Followers were checked at the dispatch point (CLUSTER_ACTION).
+        let readable = fetcher.is_replica() || access.topic(Operation::Read, &topic);
         for p in &t.partitions {
             let partition = match &info {
+                _ if !readable => Err(err(ResponseError::TopicAuthorizationFailed)),
                 Some(_) => s
                     .topics
                     .partition(&topic, p.partition)

@@ -27,11 +27,13 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::err;
+use crate::authz::Access;
 use crate::groups::group::{GroupState, JoinParams, SyncParams};
 use crate::groups::store::StoredOffset;
 use crate::groups::{MAX_OFFSET_METADATA, OffsetCommit};
 use crate::session::Session;
 use crate::state::BrokerState;
+use acl::Operation;
 
 const GROUP_KEY: i8 = 0;
 
@@ -42,6 +44,7 @@ fn s(v: impl Into<String>) -> StrBytes {
 /// FindCoordinator: the leader of the group's offsets partition.
 pub fn find_coordinator(
     st: &BrokerState,
+    access: &Access,
     listener: &str,
     version: i16,
     r: FindCoordinatorRequest,
@@ -49,6 +52,10 @@ pub fn find_coordinator(
     // Transaction coordinators do not exist (no transactions).
     let answer = |key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
         match r.key_type {
+            GROUP_KEY if !access.group(Operation::Describe, key) => Err((
+                err(ResponseError::GroupAuthorizationFailed),
+                "group authorization failed",
+            )),
             GROUP_KEY => st
                 .coordinator_for(key, listener)
                 .map(|(n, host, port)| (n.kafka(), host, port))
@@ -236,14 +243,24 @@ pub async fn leave(st: &BrokerState, version: i16, r: LeaveGroupRequest) -> Leav
     LeaveGroupResponse::default().with_members(members)
 }
 
-pub async fn offset_commit(st: &BrokerState, r: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn offset_commit(
+    st: &BrokerState,
+    access: &Access,
+    r: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     // Per-partition checks first; valid partitions are committed together.
     let mut codes: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
     let mut commits = Vec::new();
+    let group_denied = !access.group(Operation::Read, &r.group_id);
     for t in &r.topics {
         let mut parts = Vec::new();
+        let topic_denied = !access.topic(Operation::Read, &t.name);
         for p in &t.partitions {
-            let code = if p
+            let code = if group_denied {
+                err(ResponseError::GroupAuthorizationFailed)
+            } else if topic_denied {
+                err(ResponseError::TopicAuthorizationFailed)
+            } else if p
                 .committed_metadata
                 .as_ref()
                 .is_some_and(|m| m.len() > MAX_OFFSET_METADATA)
@@ -310,8 +327,8 @@ pub async fn offset_commit(st: &BrokerState, r: OffsetCommitRequest) -> OffsetCo
 }
 
 /// `(offset, leader epoch, metadata)` as OffsetFetch reports a committed offset (or its absence).
-fn committed(o: &Option<StoredOffset>) -> (i64, i32, StrBytes) {
-    match o {
+fn committed(o: &Told) -> (i64, i32, StrBytes) {
+    match o.as_ref().ok().and_then(Option::as_ref) {
         Some(o) => (
             o.offset,
             o.leader_epoch,
@@ -321,7 +338,12 @@ fn committed(o: &Option<StoredOffset>) -> (i64, i32, StrBytes) {
     }
 }
 
-pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> OffsetFetchResponse {
+pub fn offset_fetch(
+    st: &BrokerState,
+    access: &Access,
+    version: i16,
+    r: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     if version >= 8 {
         let groups = r
             .groups
@@ -332,7 +354,7 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let offsets = match st.groups.fetch_offsets(&g.group_id.0, wanted) {
+                let offsets = match fetch_offsets(st, access, &g.group_id, wanted) {
                     Ok(o) => o,
                     Err(code) => {
                         return OffsetFetchResponseGroup::default()
@@ -348,6 +370,7 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
                             .map(|(p, o)| {
                                 let (offset, epoch, metadata) = committed(o);
                                 OffsetFetchResponsePartitions::default()
+                                    .with_error_code(told_code(o))
                                     .with_partition_index(*p)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(epoch)
@@ -371,7 +394,7 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    let offsets = match st.groups.fetch_offsets(&r.group_id.0, wanted) {
+    let offsets = match fetch_offsets(st, access, &r.group_id, wanted) {
         Ok(o) => o,
         Err(code) if version >= 2 => return OffsetFetchResponse::default().with_error_code(code),
         // v0 and v1 have no top-level error: an empty answer makes the client look again.
@@ -385,6 +408,7 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
                 .map(|(p, o)| {
                     let (offset, epoch, metadata) = committed(o);
                     let resp = OffsetFetchResponsePartition::default()
+                        .with_error_code(told_code(o))
                         .with_partition_index(*p)
                         .with_committed_offset(offset)
                         .with_metadata(Some(metadata));
@@ -403,13 +427,59 @@ pub fn offset_fetch(st: &BrokerState, version: i16, r: OffsetFetchRequest) -> Of
     OffsetFetchResponse::default().with_topics(topics)
 }
 
-pub fn list(st: &BrokerState, version: i16, r: ListGroupsRequest) -> ListGroupsResponse {
+/// A group's committed offsets as `access` may see them: GROUP_AUTHORIZATION_FAILED without
+/// DESCRIBE on the group; topics it may not describe are left out of "every topic", and
+/// asked-for ones are answered with TOPIC_AUTHORIZATION_FAILED (see [`denied_code`]).
+fn fetch_offsets(
+    st: &BrokerState,
+    access: &Access,
+    group: &str,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<(String, ToldPartitions)>, i16> {
+    if !access.group(Operation::Describe, group) {
+        return Err(err(ResponseError::GroupAuthorizationFailed));
+    }
+    let describable = |t: &str| access.topic(Operation::Describe, t);
+    let asked = wanted.is_some();
+    let (allowed, denied): (Vec<_>, Vec<_>) = wanted
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|(t, _)| describable(t));
+    let offsets = st.groups.fetch_offsets(group, asked.then_some(allowed))?;
+    let told = offsets
+        .into_iter()
+        .filter(|(t, _)| describable(t))
+        .map(|(t, parts)| (t, parts.into_iter().map(|(p, o)| (p, Ok(o))).collect()));
+    let refused = denied.into_iter().map(|(t, parts)| {
+        let code = err(ResponseError::TopicAuthorizationFailed);
+        (t, parts.into_iter().map(|p| (p, Err(code))).collect())
+    });
+    Ok(told.chain(refused).collect())
+}
+
+/// One partition's committed offset (or its absence), or why it is not told.
+type Told = Result<Option<StoredOffset>, i16>;
+type ToldPartitions = Vec<(i32, Told)>;
+
+fn told_code(o: &Told) -> i16 {
+    o.as_ref().err().copied().unwrap_or(0)
+}
+
+pub fn list(
+    st: &BrokerState,
+    access: &Access,
+    version: i16,
+    r: ListGroupsRequest,
+) -> ListGroupsResponse {
     let filter: Vec<String> = r.states_filter.iter().map(|f| f.to_lowercase()).collect();
+    // DESCRIBE on the cluster lists every group; otherwise the groups one may describe.
+    let everything = access.cluster(Operation::Describe);
     let groups = st
         .groups
         .list()
         .into_iter()
         .filter(|(_, _, state)| filter.is_empty() || filter.contains(&state.name().to_lowercase()))
+        .filter(|(id, _, _)| everything || access.group(Operation::Describe, id))
         .map(|(id, protocol_type, state)| {
             let g = ListedGroup::default()
                 .with_group_id(GroupId(s(id)))
@@ -426,6 +496,7 @@ pub fn list(st: &BrokerState, version: i16, r: ListGroupsRequest) -> ListGroupsR
 
 pub fn describe(
     st: &BrokerState,
+    access: &Access,
     version: i16,
     r: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
@@ -434,7 +505,12 @@ pub fn describe(
         .into_iter()
         .map(|id| {
             let group = DescribedGroup::default().with_group_id(id.clone());
-            match st.groups.describe(&id.0) {
+            let described = if access.group(Operation::Describe, &id) {
+                st.groups.describe(&id.0)
+            } else {
+                Err(err(ResponseError::GroupAuthorizationFailed))
+            };
+            match described {
                 Err(code) => group.with_error_code(code),
                 Ok(None) => {
                     group.with_group_state(StrBytes::from_static_str(GroupState::Dead.name()))
@@ -469,10 +545,18 @@ pub fn describe(
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub async fn delete(st: &BrokerState, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete(
+    st: &BrokerState,
+    access: &Access,
+    r: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(r.groups_names.len());
     for id in r.groups_names {
-        let code = st.groups.delete(&id.0).await;
+        let code = if access.group(Operation::Delete, &id) {
+            st.groups.delete(&id.0).await
+        } else {
+            err(ResponseError::GroupAuthorizationFailed)
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(id)

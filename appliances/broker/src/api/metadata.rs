@@ -16,9 +16,11 @@ use quorum::ids::NodeId;
 use quorum::metadata::ClusterState;
 
 use super::err;
+use crate::authz::Access;
 use crate::replica_manager::OFFSETS_TOPIC;
 use crate::state::{BrokerState, client_endpoint};
 use crate::topics::{NewTopic, TopicError, TopicInfo};
+use acl::Operation;
 
 /// Every operation, for clients that ask for authorized operations (no ACLs yet).
 const ALL_TOPIC_OPERATIONS: i32 = 0b1_1111_1111_1000;
@@ -87,6 +89,7 @@ fn error_entry(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic
 
 pub async fn handle(
     s: &Arc<BrokerState>,
+    access: &Access,
     listener: &str,
     version: i16,
     r: MetadataRequest,
@@ -103,18 +106,30 @@ pub async fn handle(
         None => {
             let state = s.metadata();
             let stale = !s.cluster.lease_valid();
+            // Topics the client may not describe are left out, as if they did not exist.
             s.topics
                 .list()
                 .iter()
+                .filter(|t| access.topic(Operation::Describe, &t.name))
                 .map(|t| topic_entry(&state, t, with_ops, stale))
                 .collect()
         }
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for wanted in list {
+                let denied = err(ResponseError::TopicAuthorizationFailed);
                 let entry = match wanted.name {
-                    Some(name) => lookup_or_create(s, &name, allow_create, with_ops).await,
+                    Some(name) if !access.topic(Operation::Describe, &name) => {
+                        error_entry(Some(&name), Uuid::nil(), denied)
+                    }
+                    Some(name) => {
+                        let create = allow_create && access.create_topic(&name);
+                        lookup_or_create(s, &name, create, with_ops).await
+                    }
                     None => match s.topics.get_by_id(&wanted.topic_id) {
+                        Some(t) if !access.topic(Operation::Describe, &t.name) => {
+                            error_entry(None, wanted.topic_id, denied)
+                        }
                         Some(t) => {
                             topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid())
                         }

@@ -7,6 +7,8 @@
 
 pub mod versions;
 
+mod acls;
+mod authorize;
 mod cluster;
 mod configs;
 mod fetch;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 
+use crate::authz::Access;
 use crate::frame::Request;
 use crate::session::{Denied, Session};
 use crate::state::BrokerState;
@@ -50,8 +53,8 @@ fn ready(r: ResponseKind) -> Completion {
     Box::pin(std::future::ready(Reply::Send(r)))
 }
 
-/// The one check every request passes, against the session it came on. The security layer
-/// adds its authorisation here.
+/// The one check every request passes, against the session it came on (then
+/// [`authorize::denied`], the ACLs of the whole request).
 fn admit(session: &Session, req: &Request) -> Result<(), Denied> {
     if let RequestKind::Fetch(f) = &req.body
         && fetch::is_replica_fetch(req.version, f)
@@ -68,21 +71,29 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         tracing::warn!(peer = %session.peer, listener = %session.listener.name, api = ?req.api_key, ?denied, "request refused");
         return Box::pin(std::future::ready(Reply::Close));
     }
+    let access = Access::of(state, session);
+    if let Some(answer) = authorize::denied(&access, &req) {
+        tracing::debug!(peer = %session.peer, principal = %session.principal, api = ?req.api_key, "request not authorized");
+        return ready(answer);
+    }
     let v = req.version;
     let s = state;
     let client = session;
+    let a = &access;
     match req.body {
-        RequestKind::Produce(r) => produce::handle(s, v, r).await,
+        RequestKind::Produce(r) => produce::handle(s, a, v, r).await,
         RequestKind::Fetch(r) => {
             let s = Arc::clone(s);
             let gone = client.peer_gone.clone();
             Box::pin(async move {
-                Reply::Send(ResponseKind::Fetch(fetch::handle(&s, v, r, gone).await))
+                Reply::Send(ResponseKind::Fetch(
+                    fetch::handle(&s, &access, v, r, gone).await,
+                ))
             })
         }
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(cluster::api_versions())),
         RequestKind::Metadata(r) => ready(ResponseKind::Metadata(
-            metadata::handle(s, &client.listener.name, v, r).await,
+            metadata::handle(s, a, &client.listener.name, v, r).await,
         )),
         RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
             cluster::describe_cluster(s, &client.listener.name, v, r),
@@ -91,34 +102,34 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
             cluster::init_producer_id(s, r).await,
         )),
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(
-            offsets::list_offsets(s, v, r).await,
+            offsets::list_offsets(s, a, v, r).await,
         )),
         RequestKind::OffsetForLeaderEpoch(r) => ready(ResponseKind::OffsetForLeaderEpoch(
-            offsets::offset_for_leader_epoch(s, r).await,
+            offsets::offset_for_leader_epoch(s, a, r).await,
         )),
         RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(
-            offsets::delete_records(s, r).await,
+            offsets::delete_records(s, a, r).await,
         )),
         RequestKind::CreateTopics(r) => {
-            ready(ResponseKind::CreateTopics(topics::create(s, v, r).await))
+            ready(ResponseKind::CreateTopics(topics::create(s, a, v, r).await))
         }
         RequestKind::DeleteTopics(r) => {
-            ready(ResponseKind::DeleteTopics(topics::delete(s, v, r).await))
+            ready(ResponseKind::DeleteTopics(topics::delete(s, a, v, r).await))
         }
         RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(
-            topics::create_partitions(s, r).await,
+            topics::create_partitions(s, a, r).await,
         )),
         RequestKind::DescribeConfigs(r) => {
-            ready(ResponseKind::DescribeConfigs(configs::describe(s, v, r)))
+            ready(ResponseKind::DescribeConfigs(configs::describe(s, a, v, r)))
         }
         RequestKind::AlterConfigs(r) => {
-            ready(ResponseKind::AlterConfigs(configs::alter(s, r).await))
+            ready(ResponseKind::AlterConfigs(configs::alter(s, a, r).await))
         }
         RequestKind::IncrementalAlterConfigs(r) => ready(ResponseKind::IncrementalAlterConfigs(
-            configs::incremental_alter(s, r).await,
+            configs::incremental_alter(s, a, r).await,
         )),
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
-            groups::find_coordinator(s, &client.listener.name, v, r),
+            groups::find_coordinator(s, a, &client.listener.name, v, r),
         )),
         RequestKind::JoinGroup(r) => {
             ready(ResponseKind::JoinGroup(groups::join(s, client, v, r).await))
@@ -127,17 +138,17 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(groups::heartbeat(s, r))),
         RequestKind::LeaveGroup(r) => ready(ResponseKind::LeaveGroup(groups::leave(s, v, r).await)),
         RequestKind::OffsetCommit(r) => ready(ResponseKind::OffsetCommit(
-            groups::offset_commit(s, r).await,
+            groups::offset_commit(s, a, r).await,
         )),
         RequestKind::OffsetFetch(r) => {
-            ready(ResponseKind::OffsetFetch(groups::offset_fetch(s, v, r)))
+            ready(ResponseKind::OffsetFetch(groups::offset_fetch(s, a, v, r)))
         }
-        RequestKind::ListGroups(r) => ready(ResponseKind::ListGroups(groups::list(s, v, r))),
+        RequestKind::ListGroups(r) => ready(ResponseKind::ListGroups(groups::list(s, a, v, r))),
         RequestKind::DescribeGroups(r) => {
-            ready(ResponseKind::DescribeGroups(groups::describe(s, v, r)))
+            ready(ResponseKind::DescribeGroups(groups::describe(s, a, v, r)))
         }
         RequestKind::DeleteGroups(r) => {
-            ready(ResponseKind::DeleteGroups(groups::delete(s, r).await))
+            ready(ResponseKind::DeleteGroups(groups::delete(s, a, r).await))
         }
         RequestKind::DescribeUserScramCredentials(r) => ready(
             ResponseKind::DescribeUserScramCredentials(scram::describe(s, r)),
@@ -145,6 +156,9 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         RequestKind::AlterUserScramCredentials(r) => ready(
             ResponseKind::AlterUserScramCredentials(scram::alter(s, r).await),
         ),
+        RequestKind::CreateAcls(r) => ready(ResponseKind::CreateAcls(acls::create(s, r).await)),
+        RequestKind::DescribeAcls(r) => ready(ResponseKind::DescribeAcls(acls::describe(s, r))),
+        RequestKind::DeleteAcls(r) => ready(ResponseKind::DeleteAcls(acls::delete(s, r).await)),
         // `frame::decode` only lets through APIs listed in `versions::SUPPORTED`; the login
         // requests are the connection's (`crate::authn`).
         other => {

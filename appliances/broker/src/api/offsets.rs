@@ -19,6 +19,23 @@ use kafka_protocol::messages::{
 };
 
 use super::{check_leader_epoch, err, leader_partition};
+use crate::authz::Access;
+use acl::Operation::{self, ClusterAction, Delete, Describe};
+
+/// [`leader_partition`] for a client allowed `op` on the topic (TOPIC_AUTHORIZATION_FAILED
+/// otherwise, whether the topic exists or not).
+fn allowed_leader(
+    s: &BrokerState,
+    access: &Access,
+    op: Operation,
+    topic: &str,
+    index: i32,
+) -> Result<Arc<Partition>, i16> {
+    if !access.topic(op, topic) {
+        return Err(err(ResponseError::TopicAuthorizationFailed));
+    }
+    leader_partition(s, topic, index)
+}
 use crate::partition::{Partition, PartitionError};
 use crate::state::BrokerState;
 
@@ -59,6 +76,7 @@ async fn lookup(p: &Arc<Partition>, spec: i64, version: i16) -> Result<Option<(i
 
 pub async fn list_offsets(
     s: &BrokerState,
+    access: &Access,
     version: i16,
     r: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
@@ -70,7 +88,8 @@ pub async fn list_offsets(
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1)
                 .with_offset(-1);
-            let partition = match leader_partition(s, &t.name.0, p.partition_index) {
+            let partition = match allowed_leader(s, access, Describe, &t.name.0, p.partition_index)
+            {
                 Ok(p) => p,
                 Err(code) => {
                     partitions.push(resp.with_error_code(code));
@@ -113,8 +132,16 @@ pub async fn list_offsets(
 
 pub async fn offset_for_leader_epoch(
     s: &BrokerState,
+    access: &Access,
     r: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
+    // A follower (replica id set) may ask about every partition with CLUSTER_ACTION.
+    let follower = r.replica_id.0 >= 0 && access.cluster(ClusterAction);
+    let access = if follower {
+        &Access::everything()
+    } else {
+        access
+    };
     let mut topics = Vec::with_capacity(r.topics.len());
     for t in r.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
@@ -123,7 +150,7 @@ pub async fn offset_for_leader_epoch(
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
-            let partition = match leader_partition(s, &t.topic.0, p.partition) {
+            let partition = match allowed_leader(s, access, Describe, &t.topic.0, p.partition) {
                 Ok(p) => p,
                 Err(code) => {
                     partitions.push(resp.with_error_code(code));
@@ -150,7 +177,11 @@ pub async fn offset_for_leader_epoch(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
-pub async fn delete_records(s: &BrokerState, r: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn delete_records(
+    s: &BrokerState,
+    access: &Access,
+    r: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(r.topics.len());
     for t in r.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
@@ -158,7 +189,7 @@ pub async fn delete_records(s: &BrokerState, r: DeleteRecordsRequest) -> DeleteR
             let resp = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            let partition = match leader_partition(s, &t.name.0, p.partition_index) {
+            let partition = match allowed_leader(s, access, Delete, &t.name.0, p.partition_index) {
                 Ok(p) => p,
                 Err(code) => {
                     partitions.push(resp.with_error_code(code));

@@ -20,8 +20,10 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, To
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Completion, Reply, err};
+use crate::authz::Access;
 use crate::partition::{Partition, PartitionError, ProduceError, now_ms};
 use crate::state::BrokerState;
+use acl::Operation;
 use quorum::ids::LeaderEpoch;
 
 /// The outcome of the ordered phase for one partition.
@@ -220,7 +222,12 @@ fn insync_shortfall(
     (p.isr.len() < needed).then_some((needed, p.isr.len()))
 }
 
-pub async fn handle(s: &Arc<BrokerState>, version: i16, r: ProduceRequest) -> Completion {
+pub async fn handle(
+    s: &Arc<BrokerState>,
+    access: &Access,
+    version: i16,
+    r: ProduceRequest,
+) -> Completion {
     let acks = r.acks;
     let timeout = Duration::from_millis(r.timeout_ms.max(0) as u64);
     // Transactional batches are refused by the log (INVALID_RECORD): no transactions here.
@@ -234,9 +241,13 @@ pub async fn handle(s: &Arc<BrokerState>, version: i16, r: ProduceRequest) -> Co
     let mut topics = Vec::with_capacity(r.topic_data.len());
     for t in r.topic_data {
         let name = t.name.0.to_string();
+        let denied = (!access.topic(Operation::Write, &name)).then(|| {
+            let e = ResponseError::TopicAuthorizationFailed;
+            (err(e), format!("not authorized to write to {name}"))
+        });
         let appends = t.partition_data.into_iter().map(|p| {
             let index = p.index;
-            let refuse = refuse_all.clone();
+            let refuse = refuse_all.clone().or_else(|| denied.clone());
             let name = &name;
             async move {
                 let outcome = match refuse {

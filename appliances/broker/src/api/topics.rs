@@ -17,10 +17,12 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::err;
+use crate::authz::Access;
 use crate::state::BrokerState;
 use crate::topic_config;
 use crate::topics::TopicInfo;
 use crate::topics::{NewTopic, TopicError};
+use acl::Operation;
 
 fn topic_error(e: &TopicError) -> i16 {
     match e {
@@ -32,6 +34,7 @@ fn topic_error(e: &TopicError) -> i16 {
         TopicError::InvalidReplicationFactor(_) => err(ResponseError::InvalidReplicationFactor),
         TopicError::InvalidConfig(_) => err(ResponseError::InvalidConfig),
         TopicError::Storage(_) => err(ResponseError::KafkaStorageError),
+        TopicError::NotAuthorized(_) => err(ResponseError::TopicAuthorizationFailed),
     }
 }
 
@@ -113,7 +116,12 @@ fn created(s: &BrokerState, version: i16, info: &TopicInfo) -> CreatableTopicRes
     r
 }
 
-pub async fn create(s: &BrokerState, version: i16, r: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create(
+    s: &BrokerState,
+    access: &Access,
+    version: i16,
+    r: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = r
         .topics
@@ -138,6 +146,14 @@ pub async fn create(s: &BrokerState, version: i16, r: CreateTopicsRequest) -> Cr
             ));
             continue;
         }
+        if !access.create_topic(&t.name) {
+            let e = err(ResponseError::TopicAuthorizationFailed);
+            results.push(failed(
+                e,
+                format!("not authorized to create {}", &*t.name.0),
+            ));
+            continue;
+        }
         let new = match new_topic(s, t) {
             Ok(n) => n,
             Err((code, message)) => {
@@ -153,7 +169,12 @@ pub async fn create(s: &BrokerState, version: i16, r: CreateTopicsRequest) -> Cr
     CreateTopicsResponse::default().with_topics(results)
 }
 
-pub async fn delete(s: &BrokerState, version: i16, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete(
+    s: &BrokerState,
+    access: &Access,
+    version: i16,
+    r: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     // v6 names topics by name or id; earlier versions by name only.
     let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
         r.topics
@@ -183,6 +204,9 @@ pub async fn delete(s: &BrokerState, version: i16, r: DeleteTopicsRequest) -> De
             (None, true) => Err(TopicError::UnknownId(id)),
         };
         let outcome = match info {
+            Ok(info) if !access.topic(Operation::Delete, &info.name) => {
+                Err(TopicError::NotAuthorized(format!("delete {}", info.name)))
+            }
             Ok(info) => s.topics.delete(info.id).await,
             Err(e) => Err(e),
         };
@@ -214,6 +238,7 @@ pub async fn delete(s: &BrokerState, version: i16, r: DeleteTopicsRequest) -> De
 
 pub async fn create_partitions(
     s: &BrokerState,
+    access: &Access,
     r: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut seen = HashSet::new();
@@ -225,6 +250,14 @@ pub async fn create_partitions(
                 result
                     .with_error_code(err(ResponseError::InvalidRequest))
                     .with_error_message(text("topic appears more than once in the request")),
+            );
+            continue;
+        }
+        if !access.topic(Operation::Alter, &t.name) {
+            results.push(
+                result
+                    .with_error_code(err(ResponseError::TopicAuthorizationFailed))
+                    .with_error_message(text(format!("not authorized to alter {}", &*t.name.0))),
             );
             continue;
         }
