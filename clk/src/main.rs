@@ -11,6 +11,7 @@ mod bench;
 mod cluster;
 mod image;
 mod lab;
+mod pki;
 mod progress;
 mod vm;
 
@@ -41,6 +42,12 @@ enum Command {
         #[command(subcommand)]
         what: cluster::ClusterCommand,
     },
+    /// The hub's private PKI: CAs, appliance and branch certificates, renewal, revocation
+    /// (CRL), cloud-init user-data.
+    Pki {
+        #[command(subcommand)]
+        what: pki::PkiCommand,
+    },
     /// A local lab: a whole stretched hub as processes on loopback.
     Lab {
         #[command(subcommand)]
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image { what } => image::run(what),
         Command::Cluster { what } => runtime.block_on(cluster::run(what)),
         Command::Lab { what } => runtime.block_on(lab::run(what)),
+        Command::Pki { what } => pki::run(what),
         Command::Vm {
             what: VmCommand::Boot(args),
         } => runtime.block_on(vm::boot(args)),

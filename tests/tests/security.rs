@@ -336,3 +336,74 @@ fn the_s3_gateway_serves_boto3_over_https_and_refuses_plain_http() {
     assert_ne!(r["plain_http"], "served", "{r}");
     assert_eq!(r["untrusted"], "SSLError", "{r}");
 }
+
+/// `clk pki` with `args`; panics unless it succeeds.
+fn clk_pki(args: &[&str]) {
+    let mut cmd = Command::new(e2e::broker::bin("clk"));
+    cmd.arg("pki").args(args);
+    let out = run(cmd, None, T);
+    assert!(
+        out.status.success(),
+        "clk pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let at = pki.display().to_string();
+    clk_pki(&["init", "--dir", &at, "--name", "Hub"]);
+    clk_pki(&[
+        "server",
+        "--dir",
+        &at,
+        "broker",
+        "--san",
+        "127.0.0.1",
+        "--san",
+        "localhost",
+    ]);
+    clk_pki(&["branches", "--dir", &at, "--count", "2"]);
+    let ssl = free_addr();
+    let file = |f: &str| pki.join(f).display().to_string();
+    let broker = Broker::start_with(&format!(
+        "[[kafka.listeners]]\nname = \"branches\"\nlisten = \"{ssl}\"\nsecurity = \"SSL\"\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n\
+         crl = \"{}\"\nreload_check = \"200ms\"\n",
+        file("issued/broker.pem"),
+        file("issued/broker.key"),
+        file("ca.pem"),
+        file("crl.pem"),
+    ));
+    let branch = |n: &str| Issued {
+        certificate: pki.join(format!("issued/{n}.pem")),
+        key: pki.join(format!("issued/{n}.key")),
+    };
+    let list = |n: &str| {
+        let config = ssl_config(&pki.join("ca.pem"), Some(&branch(n)));
+        let args = kcat_args(&ssl.to_string(), &config, &["-L", "-m", "5"]);
+        let mut cmd = Command::new("kcat");
+        cmd.args(&args);
+        run(cmd, None, T).status.success()
+    };
+    assert!(
+        list("branch-001"),
+        "a branch with its clk pki certificate is served"
+    );
+
+    clk_pki(&["revoke", "--dir", &at, "branch-001"]);
+    e2e::wait_until("the revoked branch to be refused", T, || {
+        (!list("branch-001")).then_some(())
+    });
+    assert!(
+        broker
+            .log()
+            .lines()
+            .any(|l| l.contains("TLS handshake refused") && l.contains("Revoked")),
+        "{}",
+        broker.log()
+    );
+    assert!(list("branch-002"), "the other branch is served on");
+}

@@ -3,9 +3,11 @@
 //!
 //! What is used: the host name (`local-hostname` in meta-data, or `hostname`/`fqdn` in
 //! user-data, where Proxmox puts it), static or DHCP addresses per interface matched by MAC,
-//! name servers, and `clk_config`: a TOML fragment in user-data merged over the appliance
-//! configuration baked into the image (set with `qm set --cicustom user=...`). Everything else
-//! in user-data (users, passwords, packages) has no meaning on an appliance and is ignored.
+//! name servers, `clk_config`: a TOML fragment in user-data merged over the appliance
+//! configuration baked into the image (set with `qm set --cicustom user=...`), and
+//! `write_files` under `/config/` (the VM's certificate, key, CA and CRL, as `clk pki
+//! cloud-init` writes them). Everything else in user-data (users, passwords, packages) has
+//! no meaning on an appliance and is ignored.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -24,6 +26,92 @@ pub struct CloudInit {
     pub search: Vec<String>,
     /// TOML merged over the baked appliance configuration.
     pub appliance_config: Option<String>,
+    /// Files to write before the appliance starts (`write_files`).
+    pub files: Vec<FileToWrite>,
+}
+
+/// One of user-data's `write_files`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileToWrite {
+    /// Absolute, under [`FILES_ROOT`], without `..`.
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// `write_files` may write only here: configuration, never the appliance's programs.
+pub const FILES_ROOT: &str = "/config/";
+const FILES_MAX: usize = 32;
+const FILE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Deserialize)]
+struct WriteFile {
+    path: String,
+    #[serde(default)]
+    content: String,
+    /// Octal, as cloud-init has it (`"0600"`); default 0644.
+    #[serde(default)]
+    permissions: Option<String>,
+    /// `b64`/`base64` for base64 content; default plain text.
+    #[serde(default)]
+    encoding: Option<String>,
+}
+
+fn file_to_write(f: WriteFile) -> Result<FileToWrite, CloudInitError> {
+    let bad = |why: String| invalid("user-data", format!("write_files {:?}: {why}", f.path));
+    let inside = f.path.starts_with(FILES_ROOT)
+        && f.path.len() > FILES_ROOT.len()
+        && !f.path.split('/').any(|c| c == ".." || c == ".");
+    if !inside {
+        return Err(bad(format!("only paths under {FILES_ROOT} may be written")));
+    }
+    let content = match f.encoding.as_deref() {
+        None | Some("text/plain") => f.content.clone().into_bytes(),
+        Some("b64" | "base64") => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(f.content.trim())
+                .map_err(|e| bad(format!("not base64: {e}")))?
+        }
+        Some(other) => return Err(bad(format!("encoding {other:?} is not supported"))),
+    };
+    if content.len() > FILE_BYTES_MAX {
+        return Err(bad(format!("more than {FILE_BYTES_MAX} bytes")));
+    }
+    let mode = match &f.permissions {
+        None => 0o644,
+        Some(p) => u32::from_str_radix(p.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| bad(format!("permissions {p:?} are not octal")))?,
+    };
+    Ok(FileToWrite {
+        path: f.path,
+        content,
+        mode,
+    })
+}
+
+/// Write `files` under `root` (`/` on an appliance), creating their directories.
+pub fn write_files(files: &[FileToWrite], root: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for f in files {
+        let path = root.join(f.path.trim_start_matches('/'));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(f.mode)
+            .open(&path)?;
+        out.write_all(&f.content)?;
+        // The mode of a file that existed is not changed by `open`.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +177,8 @@ struct UserData {
     hostname: Option<String>,
     fqdn: Option<String>,
     clk_config: Option<String>,
+    #[serde(default)]
+    write_files: Vec<WriteFile>,
 }
 
 pub fn apply_user_data(ci: &mut CloudInit, text: &str) -> Result<(), CloudInitError> {
@@ -107,6 +197,17 @@ pub fn apply_user_data(ci: &mut CloudInit, text: &str) -> Result<(), CloudInitEr
         ci.hostname = Some(h);
     }
     ci.appliance_config = u.clk_config;
+    if u.write_files.len() > FILES_MAX {
+        return Err(invalid(
+            "user-data",
+            format!("more than {FILES_MAX} write_files"),
+        ));
+    }
+    ci.files = u
+        .write_files
+        .into_iter()
+        .map(file_to_write)
+        .collect::<Result<_, _>>()?;
     Ok(())
 }
 
@@ -330,5 +431,42 @@ clk_config: |
         assert!(apply_meta_data(&mut ci, "instance-id: [unclosed\n").is_err());
         // A shell script as user-data is not ours to run: ignored, not an error.
         apply_user_data(&mut ci, "#!/bin/sh\necho hi\n").unwrap();
+    }
+
+    #[test]
+    fn write_files_land_under_config_only_with_their_modes() {
+        let mut ci = CloudInit::default();
+        let text = "#cloud-config\nwrite_files:\n  - path: /config/tls/key.pem\n    permissions: \"0600\"\n    content: |\n      -----BEGIN PRIVATE KEY-----\n      abc\n  - path: /config/blob\n    encoding: b64\n    content: aGVsbG8=\n";
+        apply_user_data(&mut ci, text).unwrap();
+        assert_eq!(ci.files.len(), 2);
+        assert_eq!(ci.files[0].mode, 0o600);
+        assert_eq!(ci.files[0].content, b"-----BEGIN PRIVATE KEY-----\nabc\n");
+        assert_eq!(ci.files[1].content, b"hello");
+        assert_eq!(ci.files[1].mode, 0o644);
+        let root = tempfile::tempdir().unwrap();
+        write_files(&ci.files, root.path()).unwrap();
+        let key = root.path().join("config/tls/key.pem");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read(root.path().join("config/blob")).unwrap(),
+            b"hello"
+        );
+
+        for path in [
+            "/usr/bin/broker",
+            "/config/../etc/passwd",
+            "/config/",
+            "config/x",
+        ] {
+            let text = format!("#cloud-config\nwrite_files:\n  - path: {path}\n    content: x\n");
+            let e = apply_user_data(&mut CloudInit::default(), &text).unwrap_err();
+            assert!(e.to_string().contains("write_files"), "{path}: {e}");
+        }
+        let text = "#cloud-config\nwrite_files:\n  - path: /config/x\n    permissions: rwx\n";
+        assert!(apply_user_data(&mut CloudInit::default(), text).is_err());
     }
 }

@@ -151,6 +151,15 @@ pub fn boot(mut appliance: impl Appliance) -> ! {
         Ok(ci) => ci,
         Err(e) => fatal(&e),
     };
+    if let Err(e) = cloudinit::write_files(&ci.files, std::path::Path::new("/")) {
+        fatal(&anyhow::Error::new(e).context("writing cloud-init's write_files"));
+    }
+    if !ci.files.is_empty() {
+        tracing::info!(
+            files = ci.files.len(),
+            "cloud-init files written under /config"
+        );
+    }
     let serial = identity::smbios_serial();
     let hostname =
         identity::choose_hostname(ci.hostname.as_deref(), serial.as_deref(), &system.hostname);

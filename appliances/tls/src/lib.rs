@@ -95,6 +95,11 @@ pub struct TlsSettings {
     /// A handshake must complete within this.
     #[serde(default = "default_handshake_timeout", with = "appconfig::duration")]
     pub handshake_timeout: Duration,
+    /// Certificate revocation lists (PEM, `clk pki`'s `crl.pem`): a peer whose certificate
+    /// is listed is refused at the handshake (the end entity's status is checked; its CA's
+    /// is not). Reloaded when it changes, like the other files.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 fn default_reload_check() -> Duration {
@@ -348,9 +353,17 @@ fn build_client(s: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TlsError> 
         .or(s.client_ca.as_ref())
         .ok_or_else(|| TlsError::Verifier("a TLS client needs server_ca (or client_ca)".into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(ca)?),
+        Arc::clone(&provider),
+    )
+    .with_crls(revocations(s)?)
+    .only_check_end_entity_revocation()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(s.min_version))?
-        .with_root_certificates(roots(ca)?)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
     Ok(Arc::new(config))
 }
@@ -372,6 +385,7 @@ fn stamps(s: &TlsSettings) -> Stamps {
         Some(&s.key),
         s.client_ca.as_ref(),
         s.server_ca.as_ref(),
+        s.crl.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -392,7 +406,9 @@ fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         (None, _) => return Err(TlsError::Verifier("client_auth needs client_ca".into())),
         (Some(ca), auth) => {
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+                    .with_crls(revocations(s)?)
+                    .only_check_end_entity_revocation();
             let verifier = match auth {
                 ClientAuth::Requested => verifier.allow_unauthenticated(),
                 _ => verifier,
@@ -417,6 +433,32 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
         })?;
     }
     Ok(roots)
+}
+
+/// The revocation lists of `[tls] crl` (none without it).
+fn revocations(
+    s: &TlsSettings,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = &s.crl else {
+        return Ok(Vec::new());
+    };
+    let bytes = read(path)?;
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_reader_iter(&mut BufReader::new(&bytes[..]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Content {
+                path: path.to_path_buf(),
+                what: format!("not a PEM CRL: {e}"),
+            })?;
+    if crls.is_empty() {
+        return Err(TlsError::Content {
+            path: path.to_path_buf(),
+            what: "holds no CRL".into(),
+        });
+    }
+    Ok(crls)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -17,6 +17,7 @@ fn settings(server: &Issued, ca: Option<&Path>, auth: ClientAuth) -> TlsSettings
         principal_mapping_rules: principal::default_rules(),
         reload_check: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(5),
+        crl: None,
     }
 }
 

@@ -90,6 +90,7 @@ impl Common {
             principal_mapping_rules: vec!["DEFAULT".into()],
             reload_check: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
+            crl: None,
         };
         Ok(Some(tls::TlsClient::load(settings)?))
     }
