@@ -393,6 +393,34 @@ fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused(
         "a branch with its clk pki certificate is served"
     );
 
+    // A connection made before the revocation, kept open.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = tls::TlsClient::load(tls::TlsSettings {
+        certificate: branch("branch-001").certificate,
+        key: branch("branch-001").key,
+        client_ca: None,
+        client_auth: tls::ClientAuth::None,
+        server_ca: Some(pki.join("ca.pem")),
+        min_version: tls::MinVersion::Tls13,
+        principal_mapping_rules: vec!["DEFAULT".into()],
+        reload_check: Duration::from_secs(60),
+        handshake_timeout: Duration::from_secs(10),
+        crl: None,
+    })
+    .unwrap();
+    let live = rt
+        .block_on(kafka_client::Connection::connect_with(
+            &ssl.to_string(),
+            "live",
+            Some(&tls),
+        ))
+        .unwrap();
+    let metadata = || {
+        let request = kafka_protocol::messages::MetadataRequest::default();
+        rt.block_on(live.request(request, 12)).is_ok()
+    };
+    assert!(metadata());
+
     clk_pki(&["revoke", "--dir", &at, "branch-001"]);
     e2e::wait_until("the revoked branch to be refused", T, || {
         (!list("branch-001")).then_some(())
@@ -406,4 +434,13 @@ fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused(
         broker.log()
     );
     assert!(list("branch-002"), "the other branch is served on");
+    // The connection made before is closed too.
+    e2e::wait_until("the revoked branch's live connection to close", T, || {
+        (!metadata()).then_some(())
+    });
+    let closed = metric(
+        &broker.metrics_url(),
+        "broker_connections_closed_total{listener=\"branches\",reason=\"revoked\"}",
+    );
+    assert_eq!(closed, Some(1.0));
 }

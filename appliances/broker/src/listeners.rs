@@ -231,7 +231,12 @@ async fn serve_tls(
                 session.principal = Principal::User(p.into());
             }
             tracing::debug!(peer = %session.peer, principal = %session.principal, "TLS connection");
-            serve(s, a.stream, session, serving).await;
+            // A CRL loaded later that revokes the client certificate ends the connection.
+            let closing = serving.child_token();
+            let watch = revoked_closes(s, &session, a.revocation, closing.clone());
+            serve(s, a.stream, session, closing.clone()).await;
+            closing.cancel();
+            let _ = watch.await;
         }
         Err(e) => {
             s.state
@@ -250,6 +255,31 @@ async fn serve_tls(
             );
         }
     }
+}
+
+/// Cancel `closing` (the connection's token) if its certificate is revoked while it lives.
+fn revoked_closes(
+    s: &Serving,
+    session: &Session,
+    revocation: tls::Revocation,
+    closing: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (state, listener) = (Arc::clone(&s.state), session.listener.name.to_string());
+    let (peer, principal) = (session.peer, session.principal.to_string());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = closing.cancelled() => {}
+            _ = revocation.revoked() => {
+                state
+                    .metrics
+                    .connections_closed
+                    .get_or_create(&crate::metrics::ReasonLabel { listener, reason: "revoked" })
+                    .inc();
+                tracing::warn!(%peer, %principal, "closing a connection: a CRL revokes its certificate");
+                closing.cancel();
+            }
+        }
+    })
 }
 
 /// Count and log a connection refused at accept. The log line is at debug level: a flood

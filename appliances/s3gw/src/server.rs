@@ -188,7 +188,12 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                     Some(tls) => match tls.accept(socket).await {
                         Ok(a) => {
                             let conn = http.serve_connection(TokioIo::new(a.stream), counted);
-                            let _ = watcher.watch(conn.into_owned()).await;
+                            tokio::select! {
+                                _ = watcher.watch(conn.into_owned()) => {}
+                                // A CRL loaded later that revokes the client certificate.
+                                _ = a.revocation.revoked() => tracing::warn!(%peer,
+                                    "closing a connection: a CRL revokes its certificate"),
+                            }
                         }
                         Err(e) => tracing::info!(%peer, reason = %e, "TLS handshake refused"),
                     },

@@ -10,6 +10,7 @@
 //! listener logs why ([`TlsServer::accept`] returns the reason).
 
 mod principal;
+mod revocation;
 #[cfg(feature = "test-pki")]
 pub mod test_pki;
 
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use principal::{PrincipalRules, dn_of};
+pub use revocation::{Revocation, Revoked};
 pub use tokio_rustls::server::TlsStream;
 
 /// How a listener secures its connections (Kafka's `security.protocol` names; the SASL ones
@@ -162,6 +164,8 @@ pub enum HandshakeError {
 pub struct Accepted<S> {
     pub stream: TlsStream<S>,
     pub principal: Option<String>,
+    /// Resolves when a CRL loaded later revokes the client certificate: close the connection.
+    pub revocation: Revocation,
 }
 
 /// Modification time and length of each file, to notice a change.
@@ -205,32 +209,37 @@ impl<C: Send + Sync + 'static> Reloading<C> {
         *self.stamps.lock() = now;
         Ok(true)
     }
+}
 
-    /// Check the files every `reload_check` until `shutdown`; `what` names them in the log.
-    async fn watch(
-        me: Arc<impl AsRef<Reloading<C>> + Send + Sync + 'static>,
-        what: String,
-        shutdown: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(me.as_ref().as_ref().settings.reload_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let m = Arc::clone(&me);
-            match tokio::task::spawn_blocking(move || m.as_ref().as_ref().reload_if_changed()).await
-            {
-                Ok(Ok(true)) => tracing::info!(files = %what, "TLS certificate reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(
-                    files = %what,
-                    error = %e,
-                    "TLS files changed but do not load; keeping the previous certificate"
-                ),
-                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
-            }
+/// Something built from `[tls]` files that reloads them when they change.
+trait Reload {
+    fn reload_if_changed(&self) -> Result<bool, TlsError>;
+    fn reload_check(&self) -> Duration;
+}
+
+/// Check the files every `reload_check` until `shutdown`; `what` names them in the log.
+async fn watch_files(
+    me: Arc<impl Reload + Send + Sync + 'static>,
+    what: String,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(me.reload_check());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = Arc::clone(&me);
+        match tokio::task::spawn_blocking(move || m.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!(files = %what, "TLS certificate reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(
+                files = %what,
+                error = %e,
+                "TLS files changed but do not load; keeping the previous certificate"
+            ),
+            Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
         }
     }
 }
@@ -239,11 +248,17 @@ impl<C: Send + Sync + 'static> Reloading<C> {
 pub struct TlsServer {
     rules: PrincipalRules,
     config: Reloading<ServerConfig>,
+    /// What the CRLs revoke, for live connections ([`Accepted::revocation`]).
+    revoked: tokio::sync::watch::Sender<Arc<Revoked>>,
 }
 
-impl AsRef<Reloading<ServerConfig>> for TlsServer {
-    fn as_ref(&self) -> &Reloading<ServerConfig> {
-        &self.config
+impl Reload for TlsServer {
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        TlsServer::reload_if_changed(self)
+    }
+
+    fn reload_check(&self) -> Duration {
+        self.settings().reload_check
     }
 }
 
@@ -252,9 +267,11 @@ impl TlsServer {
     pub fn load(settings: TlsSettings) -> Result<Arc<TlsServer>, TlsError> {
         let rules =
             PrincipalRules::parse(&settings.principal_mapping_rules).map_err(TlsError::Rules)?;
+        let revoked = Revoked::of(&revocations(&settings)?);
         Ok(Arc::new(TlsServer {
             rules,
             config: Reloading::load(settings, build)?,
+            revoked: tokio::sync::watch::Sender::new(Arc::new(revoked)),
         }))
     }
 
@@ -274,25 +291,40 @@ impl TlsServer {
             .await
             .map_err(|_| HandshakeError::Timeout(within))?
             .map_err(HandshakeError::Refused)?;
-        let principal = match stream.get_ref().1.peer_certificates() {
-            Some([leaf, ..]) => Some(
+        let leaf = match stream.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => Some(leaf.clone()),
+            _ => None,
+        };
+        let principal = match &leaf {
+            Some(leaf) => Some(
                 self.rules
                     .principal_of(leaf)
                     .map_err(HandshakeError::Principal)?,
             ),
-            _ => None,
+            None => None,
         };
-        Ok(Accepted { stream, principal })
+        let revocation = Revocation::new(leaf.as_ref(), self.revoked.subscribe());
+        Ok(Accepted {
+            stream,
+            principal,
+            revocation,
+        })
     }
 
-    /// Reload when a file changed (see [`TlsServer::watch`]).
+    /// Reload when a file changed (see [`TlsServer::watch`]); live connections whose
+    /// certificate a new CRL revokes are told ([`Accepted::revocation`]).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        self.config.reload_if_changed()
+        let changed = self.config.reload_if_changed()?;
+        if changed {
+            let revoked = Revoked::of(&revocations(self.settings())?);
+            self.revoked.send_replace(Arc::new(revoked));
+        }
+        Ok(changed)
     }
 
     /// Check the files every `reload_check` until `shutdown`.
     pub async fn watch(self: Arc<Self>, what: String, shutdown: CancellationToken) {
-        Reloading::watch(self, what, shutdown).await
+        watch_files(self, what, shutdown).await
     }
 }
 
@@ -303,9 +335,13 @@ pub struct TlsClient {
     config: Reloading<rustls::ClientConfig>,
 }
 
-impl AsRef<Reloading<rustls::ClientConfig>> for TlsClient {
-    fn as_ref(&self) -> &Reloading<rustls::ClientConfig> {
-        &self.config
+impl Reload for TlsClient {
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        TlsClient::reload_if_changed(self)
+    }
+
+    fn reload_check(&self) -> Duration {
+        self.config.settings.reload_check
     }
 }
 
@@ -342,7 +378,7 @@ impl TlsClient {
 
     /// Check the files every `reload_check` until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        Reloading::watch(self, "[tls] (as a client)".into(), shutdown).await
+        watch_files(self, "[tls] (as a client)".into(), shutdown).await
     }
 }
 
