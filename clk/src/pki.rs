@@ -115,6 +115,29 @@ pub enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Send a running appliance its renewed certificate and key, with the CRL, through its
+    /// admin API (`POST /v1/tls`, with the `[admin] token`); it loads them within its
+    /// `reload_check`. Update its cloud-init user-data too, for its next boot.
+    Push {
+        #[command(flatten)]
+        at: Dir,
+        name: String,
+        /// The appliance's admin port, `host:port`.
+        #[arg(long)]
+        admin: String,
+        #[arg(long, env = "CLK_ADMIN_TOKEN")]
+        token: String,
+    },
+    /// Send the CRL alone to running appliances (after `revoke`).
+    PushCrl {
+        #[command(flatten)]
+        at: Dir,
+        /// Admin ports, `host:port`, one per appliance.
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        #[arg(long, env = "CLK_ADMIN_TOKEN")]
+        token: String,
+    },
     /// Every certificate with its expiry and state.
     List {
         #[command(flatten)]
@@ -190,6 +213,23 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        PkiCommand::Push {
+            at,
+            name,
+            admin,
+            token,
+        } => {
+            let pki = Pki::open(&at.dir)?;
+            let update = pki.update_for(Some(&name))?;
+            push(&admin, &token, &update)
+        }
+        PkiCommand::PushCrl { at, admins, token } => {
+            let update = Pki::open(&at.dir)?.update_for(None)?;
+            for admin in &admins {
+                push(admin, &token, &update)?;
+            }
+            Ok(())
         }
         PkiCommand::List { at } => {
             let pki = Pki::open(&at.dir)?;
@@ -535,32 +575,44 @@ impl Pki {
         self.save()
     }
 
-    /// The cloud-init user-data for the VM that owns `name`'s certificate.
-    pub fn cloud_init(&self, name: &str, hostname: Option<&str>) -> anyhow::Result<String> {
-        let e = self
-            .inventory
-            .certificates
-            .get(name)
-            .with_context(|| format!("no certificate named {name:?}"))?;
-        if e.revoked_unix.is_some() {
-            bail!("{name}'s certificate is revoked: issue it anew first");
-        }
+    /// What `POST /v1/tls` carries: `name`'s certificate and key with the CRL, or the CRL.
+    pub fn update_for(&self, name: Option<&str>) -> anyhow::Result<tls::install::TlsUpdate> {
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
         };
+        let mut update = tls::install::TlsUpdate {
+            crl: Some(read(self.dir.join("crl.pem"))?),
+            ..Default::default()
+        };
+        if let Some(name) = name {
+            let e = self
+                .inventory
+                .certificates
+                .get(name)
+                .with_context(|| format!("no certificate named {name:?}"))?;
+            if e.revoked_unix.is_some() {
+                bail!("{name}'s certificate is revoked: issue it anew first");
+            }
+            update.certificate = Some(read(self.certificate_path(name))?);
+            update.key = Some(read(self.key_path(name))?);
+        }
+        Ok(update)
+    }
+
+    /// The cloud-init user-data for the VM that owns `name`'s certificate.
+    pub fn cloud_init(&self, name: &str, hostname: Option<&str>) -> anyhow::Result<String> {
+        let update = self.update_for(Some(name))?;
+        let ca = std::fs::read_to_string(self.dir.join("ca.pem")).context("reading ca.pem")?;
+        let given = |f: Option<String>| f.expect("update_for gives a name's certificate and key");
         let files = [
             (
                 "/config/tls/certificate.pem",
                 "0644",
-                read(self.certificate_path(name))?,
+                given(update.certificate),
             ),
-            ("/config/tls/key.pem", "0600", read(self.key_path(name))?),
-            ("/config/tls/ca.pem", "0644", read(self.dir.join("ca.pem"))?),
-            (
-                "/config/tls/crl.pem",
-                "0644",
-                read(self.dir.join("crl.pem"))?,
-            ),
+            ("/config/tls/key.pem", "0600", given(update.key)),
+            ("/config/tls/ca.pem", "0644", ca),
+            ("/config/tls/crl.pem", "0644", given(update.crl)),
         ];
         let mut out = String::from("#cloud-config\n");
         if let Some(h) = hostname {
@@ -583,4 +635,25 @@ impl Pki {
         );
         Ok(out)
     }
+}
+
+/// Send `update` to the admin port `admin`.
+fn push(admin: &str, token: &str, update: &tls::install::TlsUpdate) -> anyhow::Result<()> {
+    let body = serde_json::to_string(update)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, answer) = runtime.block_on(telemetry::admin::call(
+        admin,
+        hyper::Method::POST,
+        "/v1/tls",
+        Some(body),
+        Some(token),
+        std::time::Duration::from_secs(30),
+    ))?;
+    if !status.is_success() {
+        bail!("{admin} refused the TLS files ({status}): {answer}");
+    }
+    println!("{admin}: {answer}");
+    Ok(())
 }

@@ -365,6 +365,9 @@ pub struct AdminListener {
     /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
     /// --token`); without one, changes are refused and only reads are served.
     pub token: Option<String>,
+    /// `/metrics`, `/health` and `/ready` need the token too (off: probes and Prometheus
+    /// read them without credentials).
+    pub protect_reads: bool,
 }
 
 impl Default for AdminListener {
@@ -372,6 +375,7 @@ impl Default for AdminListener {
         AdminListener {
             listen: "0.0.0.0:9644".parse().expect("static address"),
             token: None,
+            protect_reads: false,
         }
     }
 }
@@ -699,6 +703,9 @@ impl Validate for BrokerConfig {
             return Err(format!("node_id = {} must be >= 0", self.node_id));
         }
         appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
+        if self.admin.protect_reads && self.admin.token.is_none() {
+            return Err("admin.protect_reads needs admin.token".into());
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir must not be empty".into());
         }

@@ -195,8 +195,14 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         config.admin.listen,
         Arc::new(registry),
         Arc::clone(&health),
-        Some(Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>),
-        config.admin.token.clone(),
+        Some(admin_routes(
+            Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>,
+            config.tls.as_ref(),
+        )),
+        telemetry::AdminAccess {
+            token: config.admin.token.clone(),
+            protect_reads: config.admin.protect_reads,
+        },
         shutdown.clone(),
     )
     .await
@@ -583,5 +589,19 @@ impl BrokerHandle {
             );
         }
         Ok(())
+    }
+}
+
+/// The admin port's own routes: the quorum's, and with `[tls]` the renewal of its files.
+pub(crate) fn admin_routes(
+    cluster: Arc<dyn telemetry::AdminRoutes>,
+    tls: Option<&tls::TlsSettings>,
+) -> Arc<dyn telemetry::AdminRoutes> {
+    match tls {
+        None => cluster,
+        Some(t) => Arc::new(telemetry::Routes(vec![
+            cluster,
+            Arc::new(telemetry::TlsFilesRoute(t.clone())),
+        ])),
     }
 }

@@ -83,12 +83,19 @@ impl Default for S3Listener {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminListener {
     pub listen: SocketAddr,
+    /// Bearer token for changes through this port (`POST /v1/tls`: renewed certificates);
+    /// without one, only reads are served.
+    pub token: Option<String>,
+    /// `/metrics`, `/health` and `/ready` need the token too.
+    pub protect_reads: bool,
 }
 
 impl Default for AdminListener {
     fn default() -> Self {
         AdminListener {
             listen: "0.0.0.0:9645".parse().expect("static"),
+            token: None,
+            protect_reads: false,
         }
     }
 }
@@ -154,6 +161,10 @@ impl S3gwConfig {
     /// satisfy (its keys come per VM).
     pub fn validate_baked(&self) -> Result<(), String> {
         self.s3.connections.check("s3.connections")?;
+        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
+        if self.admin.protect_reads && self.admin.token.is_none() {
+            return Err("admin.protect_reads needs admin.token".into());
+        }
         match (&self.tls, self.s3.security) {
             (None, tls::SecurityProtocol::Ssl) => {
                 return Err("s3.security = \"SSL\" needs [tls] with certificate and key".into());

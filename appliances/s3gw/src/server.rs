@@ -70,10 +70,20 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
     registry.register_collector(Box::new(DiskCollector::new(&config.data_dir)));
     let health = Arc::new(Health::new());
     health.require("store", "opening the object store");
-    let admin = telemetry::serve_admin(
+    let routes = config
+        .tls
+        .as_ref()
+        .map(|t| Arc::new(telemetry::TlsFilesRoute(t.clone())) as Arc<dyn telemetry::AdminRoutes>);
+    let access = telemetry::AdminAccess {
+        token: config.admin.token.clone(),
+        protect_reads: config.admin.protect_reads,
+    };
+    let admin = telemetry::serve_admin_with(
         config.admin.listen,
         Arc::new(registry),
         health.clone(),
+        routes,
+        access,
         shutdown.clone(),
     )
     .await

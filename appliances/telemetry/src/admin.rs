@@ -51,6 +51,70 @@ pub trait AdminRoutes: Send + Sync + 'static {
     fn route(&self, method: &Method, path: &str, body: Bytes) -> Option<AdminFuture>;
 }
 
+/// Several appliances' route sets on one port: the first that knows a route answers it.
+pub struct Routes(pub Vec<Arc<dyn AdminRoutes>>);
+
+impl AdminRoutes for Routes {
+    fn route(&self, method: &Method, path: &str, body: Bytes) -> Option<AdminFuture> {
+        self.0
+            .iter()
+            .find_map(|r| r.route(method, path, body.clone()))
+    }
+}
+
+/// `POST /v1/tls`: replace this node's TLS files (a renewed certificate and key, a new CRL or
+/// CA) with the PEM text in the JSON body (`tls::install::TlsUpdate`); they must load
+/// together, and the node's file watchers pick them up within `reload_check`.
+pub struct TlsFilesRoute(pub tls::TlsSettings);
+
+impl AdminRoutes for TlsFilesRoute {
+    fn route(&self, method: &Method, path: &str, body: Bytes) -> Option<AdminFuture> {
+        if (method, path) != (&Method::POST, "/v1/tls") {
+            return None;
+        }
+        let settings = self.0.clone();
+        Some(Box::pin(async move {
+            let update: tls::install::TlsUpdate = match serde_json::from_slice(&body) {
+                Ok(u) => u,
+                Err(e) => {
+                    return json_error(StatusCode::BAD_REQUEST, &format!("not a TLS update: {e}"));
+                }
+            };
+            let installed =
+                tokio::task::spawn_blocking(move || tls::install::install(&settings, &update))
+                    .await;
+            match installed {
+                Ok(Ok(files)) => {
+                    tracing::info!(?files, "TLS files installed through the admin API");
+                    AdminReply {
+                        status: StatusCode::OK,
+                        json: serde_json::json!({ "installed": files }).to_string(),
+                    }
+                }
+                Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+                Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }))
+    }
+}
+
+fn json_error(status: StatusCode, message: &str) -> AdminReply {
+    AdminReply {
+        status,
+        json: serde_json::json!({ "error": message }).to_string(),
+    }
+}
+
+/// Who may use the admin port.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// `Authorization: Bearer <token>` that changes need; without one, there are none.
+    pub token: Option<String>,
+    /// Whether `/metrics`, `/health` and `/ready` need the token too (off by default, for
+    /// probes and Prometheus).
+    pub protect_reads: bool,
+}
+
 pub struct AdminServer {
     pub local_addr: SocketAddr,
     pub task: JoinHandle<()>,
@@ -111,11 +175,19 @@ async fn route(
     health: &Health,
     extra: Option<&dyn AdminRoutes>,
     token: Option<&str>,
+    protect_reads: bool,
 ) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let read_only = method == Method::GET || method == Method::HEAD;
+    if protect_reads && !token.is_some_and(|t| authorized(&req, t)) {
+        return respond(
+            StatusCode::UNAUTHORIZED,
+            TEXT,
+            "a valid Authorization: Bearer token is needed ([admin] protect_reads)\n",
+        );
+    }
     if read_only && let Some(r) = builtin(&path, registry, health) {
         return r;
     }
@@ -184,7 +256,15 @@ pub async fn serve_admin(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
-    serve_admin_with(addr, registry, health, None, None, shutdown).await
+    serve_admin_with(
+        addr,
+        registry,
+        health,
+        None,
+        AdminAccess::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve_admin`] with the appliance's own routes; those that change something need
@@ -194,10 +274,11 @@ pub async fn serve_admin_with(
     registry: Arc<Registry>,
     health: Arc<Health>,
     extra: Option<Arc<dyn AdminRoutes>>,
-    token: Option<String>,
+    access: AdminAccess,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
-    let token: Option<Arc<str>> = token.map(Into::into);
+    let token: Option<Arc<str>> = access.token.map(Into::into);
+    let protect_reads = access.protect_reads;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let admission = Admission::new(ConnectionLimits::fixed(
@@ -235,8 +316,14 @@ pub async fn serve_admin_with(
                     let extra = extra.clone();
                     let token = token.clone();
                     async move {
-                        let answer =
-                            route(req, &registry, &health, extra.as_deref(), token.as_deref());
+                        let answer = route(
+                            req,
+                            &registry,
+                            &health,
+                            extra.as_deref(),
+                            token.as_deref(),
+                            protect_reads,
+                        );
                         Ok::<_, Infallible>(answer.await)
                     }
                 });
@@ -297,4 +384,52 @@ pub async fn call(
     tokio::time::timeout(timeout, exchange)
         .await
         .with_context(|| format!("{addr} did not answer within {timeout:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> StatusCode {
+        let timeout = Duration::from_secs(10);
+        let addr = addr.to_string();
+        call(&addr, Method::GET, path, None, token, timeout)
+            .await
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test]
+    async fn reads_are_open_by_default_and_need_the_token_when_protected() {
+        let token = "an-admin-token-0123456789".to_string();
+        for protect_reads in [false, true] {
+            let shutdown = CancellationToken::new();
+            let access = AdminAccess {
+                token: Some(token.clone()),
+                protect_reads,
+            };
+            let any = "127.0.0.1:0".parse().unwrap();
+            let (registry, health) = (Arc::new(Registry::default()), Arc::new(Health::new()));
+            let server = serve_admin_with(any, registry, health, None, access, shutdown.clone())
+                .await
+                .unwrap();
+            let addr = server.local_addr;
+            for path in ["/metrics", "/health", "/ready"] {
+                let open = get(addr, path, None).await;
+                let with_token = get(addr, path, Some(&token)).await;
+                let wrong = get(addr, path, Some("wrong-token-0123456789")).await;
+                assert_eq!(with_token, StatusCode::OK, "{path}");
+                if protect_reads {
+                    assert_eq!(
+                        (open, wrong),
+                        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+                        "{path}"
+                    );
+                } else {
+                    assert_eq!(open, StatusCode::OK, "{path}");
+                }
+            }
+            shutdown.cancel();
+        }
+    }
 }

@@ -8,7 +8,10 @@ pub mod logging;
 pub mod process;
 pub mod service;
 
-pub use admin::{AdminReply, AdminRoutes, AdminServer, serve_admin, serve_admin_with};
+pub use admin::{
+    AdminAccess, AdminReply, AdminRoutes, AdminServer, Routes, TlsFilesRoute, serve_admin,
+    serve_admin_with,
+};
 pub use disk::DiskCollector;
 pub use health::Health;
 pub use logging::{LogFormat, init_logging};

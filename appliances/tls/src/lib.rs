@@ -9,6 +9,7 @@
 //! expired, not yet valid, or not for client authentication) is refused by rustls; the
 //! listener logs why ([`TlsServer::accept`] returns the reason).
 
+pub mod install;
 mod principal;
 mod revocation;
 #[cfg(feature = "test-pki")]

@@ -187,3 +187,60 @@ fn principal_rules_follow_kafkas_syntax() {
     assert!(rules(&["CN"]).is_err());
     assert!(rules(&[]).is_err());
 }
+
+#[test]
+fn installed_files_must_load_together_and_a_bad_upload_changes_nothing() {
+    use crate::install::{TlsUpdate, install};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let old = pki.server("server", &["localhost"]);
+    let renewed = pki.server("renewed", &["localhost"]);
+    let other = pki.server("other", &["localhost"]);
+    let s = settings(&old, None, ClientAuth::None);
+    let before = std::fs::read(&old.certificate).unwrap();
+    let read = |p: &std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+
+    // A key that is not the certificate's: refused, the files stay as they were.
+    let mismatched = TlsUpdate {
+        certificate: Some(read(&renewed.certificate)),
+        key: Some(read(&other.key)),
+        ..TlsUpdate::default()
+    };
+    assert!(install(&s, &mismatched).is_err());
+    assert_eq!(std::fs::read(&old.certificate).unwrap(), before);
+    assert!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".new") }),
+        "nothing staged is left behind"
+    );
+    let alone = TlsUpdate {
+        certificate: Some(read(&renewed.certificate)),
+        ..TlsUpdate::default()
+    };
+    assert!(
+        install(&s, &alone).is_err(),
+        "a certificate without its key"
+    );
+    let crl = TlsUpdate {
+        crl: Some("x".into()),
+        ..TlsUpdate::default()
+    };
+    assert!(install(&s, &crl).is_err(), "no crl configured to replace");
+
+    // The renewed pair: installed, and the server reloads it.
+    let server = TlsServer::load(s.clone()).unwrap();
+    let pair = TlsUpdate {
+        certificate: Some(read(&renewed.certificate)),
+        key: Some(read(&renewed.key)),
+        ..TlsUpdate::default()
+    };
+    assert_eq!(install(&s, &pair).unwrap(), vec!["certificate", "key"]);
+    assert_eq!(read(&old.certificate), read(&renewed.certificate));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&old.key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(server.reload_if_changed().unwrap());
+}

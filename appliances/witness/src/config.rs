@@ -55,6 +55,9 @@ pub struct AdminListener {
     /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
     /// --token`); without one, changes are refused and only reads are served.
     pub token: Option<String>,
+    /// `/metrics`, `/health` and `/ready` need the token too (off: probes and Prometheus
+    /// read them without credentials).
+    pub protect_reads: bool,
 }
 
 impl Default for AdminListener {
@@ -62,6 +65,7 @@ impl Default for AdminListener {
         AdminListener {
             listen: SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),
             token: None,
+            protect_reads: false,
         }
     }
 }
@@ -136,6 +140,9 @@ impl appconfig::Validate for WitnessConfig {
             return Err("quorum.listen and admin.listen use the same port".into());
         }
         appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
+        if self.admin.protect_reads && self.admin.token.is_none() {
+            return Err("admin.protect_reads needs admin.token".into());
+        }
         Ok(())
     }
 }

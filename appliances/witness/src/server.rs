@@ -211,8 +211,17 @@ async fn serve(
         config.admin.listen,
         Arc::new(registry),
         Arc::clone(&health),
-        Some(Arc::new(routes)),
-        config.admin.token.clone(),
+        Some(match &config.tls {
+            None => Arc::new(routes) as Arc<dyn telemetry::AdminRoutes>,
+            Some(t) => Arc::new(telemetry::Routes(vec![
+                Arc::new(routes),
+                Arc::new(telemetry::TlsFilesRoute(t.clone())),
+            ])),
+        }),
+        telemetry::AdminAccess {
+            token: config.admin.token.clone(),
+            protect_reads: config.admin.protect_reads,
+        },
         shutdown.clone(),
     )
     .await
