@@ -1,6 +1,7 @@
 //! SASL messages as an unauthenticated client sends them: a SCRAM client-first message, then a
 //! client-final message (split at the first NUL of the input), for both mechanisms, and the
-//! same bytes as a PLAIN login. Nothing panics, and nothing but the right proof logs in.
+//! same bytes as a PLAIN login and as an OAUTHBEARER message (checked against a JWKS with
+//! one key). Nothing panics, and nothing but the right proof logs in.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -21,7 +22,26 @@ fn stored(m: Mechanism) -> Credential {
     }
 }
 
+/// A verifier whose one key no fuzzed token is signed with.
+fn bearer() -> &'static sasl::oauthbearer::Verifier {
+    static VERIFIER: OnceLock<sasl::oauthbearer::Verifier> = OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sasl-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let issuer = sasl::oauthbearer::test_issuer::TestIssuer::new(&dir, "iss", "k1");
+        sasl::oauthbearer::Verifier::load(sasl::oauthbearer::BearerSettings {
+            issuer: "iss".into(),
+            audience: "hub".into(),
+            jwks_file: issuer.jwks,
+            principal_claim: "sub".into(),
+            leeway_secs: 0,
+        })
+        .expect("the verifier")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
+    assert!(bearer().verify(data).is_err(), "a fuzzed token is never signed by the key");
     let (first, last) = match data.iter().position(|b| *b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),

@@ -423,3 +423,64 @@ fn an_expired_login_is_cut_off_at_its_next_request_unless_the_same_user_renews_i
     );
     assert_eq!(closed, Some(1.0));
 }
+
+#[test]
+fn people_log_in_with_a_jwt_of_the_identity_provider_and_bad_tokens_are_refused() {
+    use sasl::oauthbearer::test_issuer::TestIssuer;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("broker", &["127.0.0.1", "localhost"]);
+    let sso = TestIssuer::new(dir.path(), "https://sso.example/realms/hub", "k1");
+    let people = free_addr();
+    let broker = Broker::start_with(&format!(
+        "[[kafka.listeners]]\nname = \"people\"\nlisten = \"{people}\"\nsecurity = \"SASL_SSL\"\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
+         [sasl]\nmechanisms = [\"SCRAM-SHA-512\", \"OAUTHBEARER\"]\nfailed_authentication_delay = \"100ms\"\n\
+         [sasl.oauthbearer]\nissuer = \"{}\"\naudience = \"hub\"\njwks_file = \"{}\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        sso.issuer,
+        sso.jwks.display(),
+    ));
+    let (bootstrap, ca) = (people.to_string(), pki.ca.display().to_string());
+    let with = |token: &str| {
+        let args = ["--bootstrap", &bootstrap, "--token", token, "--ca", &ca];
+        python("ck_oauth.py", &args, T)
+    };
+    let ok = with(&sso.token("analyst", "hub", 0, 600));
+    assert_eq!(ok["errors"], serde_json::json!([]), "{ok}");
+    assert!(
+        ok["topics"]
+            .as_array()
+            .is_some_and(|t| t.contains(&"people".into())),
+        "{ok}"
+    );
+
+    let stranger = TestIssuer::new(dir.path(), &sso.issuer, "k2");
+    for (what, token) in [
+        ("expired", sso.token("analyst", "hub", -600, -120)),
+        (
+            "for another audience",
+            sso.token("analyst", "grafana", 0, 600),
+        ),
+        (
+            "signed by another key",
+            stranger.token("analyst", "hub", 0, 600),
+        ),
+    ] {
+        let r = with(&token);
+        assert_ne!(r["errors"], serde_json::json!([]), "{what}: {r}");
+    }
+    let logins = |result: &str| {
+        let name = format!(
+            "broker_sasl_authentications_total{{listener=\"people\",mechanism=\"OAUTHBEARER\",result=\"{result}\"}}"
+        );
+        metric(&broker.metrics_url(), &name).unwrap_or(0.0)
+    };
+    assert!(logins("success") >= 1.0);
+    assert!(logins("failure") >= 3.0);
+    assert!(
+        broker.log().contains("the token is refused"),
+        "the log says why"
+    );
+}

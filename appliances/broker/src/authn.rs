@@ -78,6 +78,8 @@ pub enum LoginError {
     NoHandshake,
     #[error("re-authentication as {new:?}, but the connection belongs to {old:?}")]
     OtherUser { old: Arc<str>, new: String },
+    #[error("OAUTHBEARER is offered without [sasl.oauthbearer]")]
+    NoBearerSettings,
 }
 
 impl LoginError {
@@ -93,6 +95,7 @@ impl LoginError {
             LoginError::Exchange(f) => f.client_message(),
             LoginError::NoHandshake => "SaslAuthenticate before SaslHandshake",
             LoginError::OtherUser { .. } => "authentication failed: invalid credentials",
+            LoginError::NoBearerSettings => "OAUTHBEARER is not configured",
         }
     }
 }
@@ -104,8 +107,8 @@ impl Login {
                 .mechanisms
                 .iter()
                 .copied()
-                // PLAIN sends the password itself: never over plain text.
-                .filter(|m| *m != SaslMechanism::Plain || listener.security.tls())
+                // PLAIN sends the password itself, OAUTHBEARER the token: never over plain text.
+                .filter(|m| m.scram().is_some() || listener.security.tls())
                 .collect()
         } else {
             Vec::new()
@@ -195,6 +198,7 @@ impl Login {
     pub async fn authenticate(
         &mut self,
         metadata: &Arc<ClusterState>,
+        bearer: Option<&sasl::oauthbearer::Verifier>,
         auth_bytes: &[u8],
         version: i16,
         now: Instant,
@@ -211,7 +215,12 @@ impl Login {
                 })
                 .await
                 .expect("PLAIN verification does not panic")?;
-                (user, Bytes::new())
+                (user, Bytes::new(), None)
+            }
+            Step::Handshaken(SaslMechanism::OAuthBearer) => {
+                let verifier = bearer.ok_or(LoginError::NoBearerSettings)?;
+                let b = verifier.verify(auth_bytes)?;
+                (b.principal, Bytes::new(), Some(b.expires_unix))
             }
             Step::Handshaken(m) => {
                 let mechanism = m.scram().expect("every other mechanism is SCRAM");
@@ -231,16 +240,17 @@ impl Login {
             }
             Step::Scram(first) => {
                 let done = first.finish(auth_bytes)?;
-                (done.user, Bytes::from(done.server_final))
+                (done.user, Bytes::from(done.server_final), None)
             }
         };
-        self.logged_in(done.0, done.1, version, now)
+        self.logged_in(done.0, done.1, done.2, version, now)
     }
 
     fn logged_in(
         &mut self,
         user: String,
         reply: Bytes,
+        token_expires_unix: Option<u64>,
         version: i16,
         now: Instant,
     ) -> Result<Progress, LoginError> {
@@ -254,17 +264,25 @@ impl Login {
         }
         let user: Arc<str> = self.user.clone().unwrap_or_else(|| user.into());
         self.user = Some(Arc::clone(&user));
-        // A v0 client cannot learn when to log in again: its login does not expire.
-        let expires = !self.reauth.is_zero() && version >= 1;
-        self.expires = expires.then(|| now + self.reauth);
+        // The login lasts `connections_max_reauth`, and no longer than its token. A v0 client
+        // cannot learn when to log in again: its login does not expire.
+        let reauth = (!self.reauth.is_zero()).then_some(self.reauth);
+        let token = token_expires_unix.map(|exp| {
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            std::time::Duration::from_secs(exp.saturating_sub(now_unix))
+        });
+        let lifetime = [reauth, token]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|_| version >= 1);
+        self.expires = lifetime.map(|l| now + l);
         Ok(Progress {
             reply,
             user: Some(user),
-            session_lifetime_ms: if expires {
-                self.reauth.as_millis() as i64
-            } else {
-                0
-            },
+            session_lifetime_ms: lifetime.map_or(0, |l| l.as_millis().max(1) as i64),
         })
     }
 }
@@ -303,8 +321,9 @@ pub async fn step(
         RequestKind::SaslAuthenticate(r) => {
             let mechanism = login.mechanism().unwrap_or("none");
             let metadata = state.metadata();
+            let bearer = state.bearer.as_deref();
             let outcome = login
-                .authenticate(&metadata, &r.auth_bytes, version, Instant::now())
+                .authenticate(&metadata, bearer, &r.auth_bytes, version, Instant::now())
                 .await;
             let answer = ResponseKind::SaslAuthenticate(response(&outcome));
             let result = |result| crate::metrics::LoginLabel {

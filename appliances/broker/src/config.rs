@@ -131,6 +131,9 @@ pub enum SaslMechanism {
     /// A password in clear: offered on `SASL_SSL` listeners only.
     #[serde(rename = "PLAIN")]
     Plain,
+    /// A JWT from the identity provider (`[sasl.oauthbearer]`): `SASL_SSL` only.
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -139,6 +142,7 @@ impl SaslMechanism {
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
             SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -147,7 +151,7 @@ impl SaslMechanism {
         match self {
             SaslMechanism::ScramSha256 => Some(sasl::Mechanism::ScramSha256),
             SaslMechanism::ScramSha512 => Some(sasl::Mechanism::ScramSha512),
-            SaslMechanism::Plain => None,
+            SaslMechanism::Plain | SaslMechanism::OAuthBearer => None,
         }
     }
 }
@@ -174,6 +178,9 @@ pub struct SaslSettings {
     /// connections within this time. 0: a login holds for the connection's life.
     #[serde(with = "duration")]
     pub connections_max_reauth: Duration,
+    /// How OAUTHBEARER tokens are checked (needed when `mechanisms` names it). A login with a
+    /// token lasts at most until the token expires.
+    pub oauthbearer: Option<sasl::oauthbearer::BearerSettings>,
 }
 
 impl Default for SaslSettings {
@@ -183,6 +190,7 @@ impl Default for SaslSettings {
             max_receive_bytes: 512 << 10,
             failed_authentication_delay: Duration::from_secs(1),
             connections_max_reauth: Duration::ZERO,
+            oauthbearer: None,
         }
     }
 }
@@ -608,6 +616,9 @@ impl BrokerConfig {
             .any(ListenerSecurity::sasl);
         if any_sasl && sasl.mechanisms.is_empty() {
             return Err("a listener is SASL_*: sasl.mechanisms must name at least one".into());
+        }
+        if sasl.mechanisms.contains(&SaslMechanism::OAuthBearer) && sasl.oauthbearer.is_none() {
+            return Err("sasl.mechanisms names OAUTHBEARER: [sasl.oauthbearer] must say how tokens are checked".into());
         }
         if sasl.max_receive_bytes < 1024 {
             return Err("sasl.max_receive_bytes must be at least 1KiB".into());

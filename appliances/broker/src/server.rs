@@ -324,6 +324,13 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         Arc::clone(&replicas),
         config.topics.clone(),
     );
+    let bearer = match &config.sasl.oauthbearer {
+        Some(b) => Some(Arc::new(
+            sasl::oauthbearer::Verifier::load(b.clone())
+                .map_err(|e| anyhow::anyhow!("[sasl.oauthbearer]: {e}"))?,
+        )),
+        None => None,
+    };
     let state = Arc::new(BrokerState {
         node_id: config.node_id,
         cluster_id,
@@ -335,6 +342,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         groups,
         metrics,
         authorizer: Arc::new(config.authorization.clone()),
+        bearer,
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));

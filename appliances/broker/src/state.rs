@@ -31,6 +31,8 @@ pub struct BrokerState {
     pub metrics: Arc<Metrics>,
     /// `[authorization]`, shared with every request's [`crate::authz::Access`].
     pub authorizer: Arc<acl::AuthorizerSettings>,
+    /// OAUTHBEARER's token checks (`[sasl.oauthbearer]`).
+    pub bearer: Option<Arc<sasl::oauthbearer::Verifier>>,
 }
 
 /// `host:port` split for Kafka's metadata answers.

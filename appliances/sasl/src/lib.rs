@@ -11,6 +11,7 @@
 //! derived from the user name and a server secret, and fails at the same step with the same
 //! message as a wrong password: the answers never tell whether a user exists.
 
+pub mod oauthbearer;
 mod scram;
 
 pub use scram::{ClientFinal, ScramServer, ServerFirst};
@@ -238,6 +239,9 @@ pub enum Failure {
     Nonce,
     #[error("the proof does not match")]
     Proof,
+    /// A bearer token that does not pass (signature, issuer, audience, expiry, claim).
+    #[error("the token is refused: {0}")]
+    Token(String),
 }
 
 impl Failure {
@@ -246,6 +250,7 @@ impl Failure {
         match self {
             Failure::Malformed(_) | Failure::Unsupported(_) => "malformed SASL message",
             Failure::Nonce | Failure::Proof => "authentication failed: invalid credentials",
+            Failure::Token(_) => "authentication failed: invalid token",
         }
     }
 }

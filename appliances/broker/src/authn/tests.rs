@@ -63,13 +63,13 @@ async fn scram(
     assert_eq!(handshake(login, m.name()), 0);
     let bare = format!("n={user},r=fyko+d2lbbFgONRv9qkxdawL");
     let first = login
-        .authenticate(meta, format!("n,,{bare}").as_bytes(), 1, now)
+        .authenticate(meta, None, format!("n,,{bare}").as_bytes(), 1, now)
         .await?;
     assert_eq!(first.user, None, "the first step logs no one in");
     let server_first = String::from_utf8(first.reply.to_vec()).unwrap();
     let last = sasl::client_final(m, password, &bare, &server_first).unwrap();
     let done = login
-        .authenticate(meta, last.message.as_bytes(), 1, now)
+        .authenticate(meta, None, last.message.as_bytes(), 1, now)
         .await?;
     assert_eq!(
         done.reply, last.server_final,
@@ -151,7 +151,9 @@ async fn plain_is_offered_over_tls_only_and_checks_the_same_credentials() {
         );
         assert_eq!(handshake(&mut login, "PLAIN"), 0);
         let message = format!("\0analyst\0{password}");
-        let r = login.authenticate(&meta, message.as_bytes(), 1, now).await;
+        let r = login
+            .authenticate(&meta, None, message.as_bytes(), 1, now)
+            .await;
         assert_eq!(r.is_ok(), ok, "{password}");
     }
 }
@@ -240,7 +242,7 @@ async fn authenticate_without_a_handshake_and_a_second_handshake_are_illegal() {
         &settings(Duration::ZERO),
     );
     let e = login
-        .authenticate(&meta, b"n,,n=u,r=x", 1, Instant::now())
+        .authenticate(&meta, None, b"n,,n=u,r=x", 1, Instant::now())
         .await
         .unwrap_err();
     assert_eq!(e.code(), 34);
