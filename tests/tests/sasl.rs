@@ -30,12 +30,17 @@ struct SaslBroker {
 /// A broker whose default listener is plain text (inside the hub: where credentials are
 /// managed until ACLs guard them), with two SASL listeners.
 fn sasl_broker(reauth: &str) -> SaslBroker {
+    sasl_broker_with(reauth, "")
+}
+
+/// [`sasl_broker`] with more `[kafka]` settings.
+fn sasl_broker_with(reauth: &str, kafka: &str) -> SaslBroker {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), "hub");
     let server = pki.server("broker", &["127.0.0.1", "localhost"]);
     let (apps, branches) = (free_addr(), free_addr());
     let extra = format!(
-        "[[kafka.listeners]]\nname = \"apps\"\nlisten = \"{apps}\"\nsecurity = \"SASL_PLAINTEXT\"\n\
+        "[kafka]\n{kafka}\n[[kafka.listeners]]\nname = \"apps\"\nlisten = \"{apps}\"\nsecurity = \"SASL_PLAINTEXT\"\n\
          [[kafka.listeners]]\nname = \"branches\"\nlisten = \"{branches}\"\nsecurity = \"SASL_SSL\"\n\
          [tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
          [sasl]\nmechanisms = [\"SCRAM-SHA-256\", \"SCRAM-SHA-512\", \"PLAIN\"]\n\
@@ -483,4 +488,49 @@ fn people_log_in_with_a_jwt_of_the_identity_provider_and_bad_tokens_are_refused(
         broker.log().contains("the token is refused"),
         "the log says why"
     );
+}
+
+#[test]
+fn one_principal_holds_at_most_its_share_of_connections() {
+    use kafka_client::Connection;
+    use sasl::Mechanism::ScramSha256;
+
+    let b = sasl_broker_with("0s", "max_connections_per_principal = 2");
+    b.scram_admin(&[
+        "--upsert=branch-017:SCRAM-SHA-256:s3cret",
+        "--upsert=branch-018:SCRAM-SHA-256:other",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let addr = b.apps.to_string();
+        let login = |user: &'static str, password: &'static str| {
+            let addr = addr.clone();
+            async move {
+                let c = Connection::connect(&addr, user).await.unwrap();
+                c.login_scram(ScramSha256, user, password).await.map(|_| c)
+            }
+        };
+        let first = login("branch-017", "s3cret").await.unwrap();
+        let _second = login("branch-017", "s3cret").await.unwrap();
+        let third = login("branch-017", "s3cret").await;
+        assert!(third.is_err(), "a third connection of branch-017 is closed");
+        let _other = login("branch-018", "other")
+            .await
+            .expect("another branch is served");
+        drop(first);
+        // Its place comes back once the broker has seen the connection close.
+        let deadline = tokio::time::Instant::now() + T;
+        while login("branch-017", "s3cret").await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "branch-017's place never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let closed = metric(
+        &b.broker.metrics_url(),
+        "broker_connections_closed_total{listener=\"apps\",reason=\"max_connections_per_principal\"}",
+    );
+    assert!(closed >= Some(1.0), "{closed:?}");
 }

@@ -163,6 +163,84 @@ impl Drop for Admitted {
     }
 }
 
+/// Connections at once per authenticated principal (`User:branch-017`), across every
+/// listener of a node: one branch's runaway client cannot take the places of the others,
+/// whatever addresses it comes from. Anonymous connections are bounded per address instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrincipalLimits {
+    pub max_connections_per_principal: usize,
+    /// `{ "User:edge-hub" = 5000 }`.
+    pub max_connections_per_principal_overrides: BTreeMap<String, usize>,
+}
+
+impl Default for PrincipalLimits {
+    fn default() -> Self {
+        PrincipalLimits {
+            max_connections_per_principal: 1000,
+            max_connections_per_principal_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// The connection counts per principal of a node.
+pub struct Principals {
+    limits: PrincipalLimits,
+    /// A principal leaves the map with its last connection.
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+impl Principals {
+    pub fn new(limits: PrincipalLimits) -> Arc<Principals> {
+        Arc::new(Principals {
+            limits,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admit one more connection of `principal`, or refuse it at its limit.
+    pub fn admit(self: &Arc<Self>, principal: &str) -> Result<PrincipalAdmitted, PrincipalFull> {
+        let limit = self
+            .limits
+            .max_connections_per_principal_overrides
+            .get(principal)
+            .copied()
+            .unwrap_or(self.limits.max_connections_per_principal);
+        let mut counts = self.counts.lock();
+        let open = counts.get(principal).copied().unwrap_or(0);
+        if open >= limit {
+            return Err(PrincipalFull);
+        }
+        counts.insert(principal.to_string(), open + 1);
+        Ok(PrincipalAdmitted {
+            principals: Arc::clone(self),
+            principal: principal.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this principal has its maximum of connections open")]
+pub struct PrincipalFull;
+
+/// A principal's place, held by its connection.
+pub struct PrincipalAdmitted {
+    principals: Arc<Principals>,
+    principal: String,
+}
+
+impl Drop for PrincipalAdmitted {
+    fn drop(&mut self) {
+        let mut counts = self.principals.counts.lock();
+        if let Some(n) = counts.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +282,26 @@ mod tests {
         };
         assert!(l.check("kafka").is_err());
         assert!(ConnectionLimits::default().check("kafka").is_ok());
+    }
+
+    #[test]
+    fn principals_are_limited_across_addresses_and_places_come_back() {
+        let p = Principals::new(PrincipalLimits {
+            max_connections_per_principal: 2,
+            max_connections_per_principal_overrides: [("User:hub".to_string(), 3)].into(),
+        });
+        let a = p.admit("User:branch-017").unwrap();
+        let _b = p.admit("User:branch-017").unwrap();
+        assert_eq!(p.admit("User:branch-017").err(), Some(PrincipalFull));
+        let _other = p.admit("User:branch-018").unwrap();
+        drop(a);
+        let _c = p.admit("User:branch-017").unwrap();
+        let hub: Vec<_> = (0..3).map(|_| p.admit("User:hub").unwrap()).collect();
+        assert!(p.admit("User:hub").is_err());
+        drop(hub);
+        assert!(
+            !p.counts.lock().contains_key("User:hub"),
+            "a principal leaves with its last connection"
+        );
     }
 }

@@ -57,6 +57,8 @@ pub struct Login {
     expires: Option<Instant>,
     reauth: std::time::Duration,
     max_receive_bytes: u64,
+    /// The logged-in principal's place among its connections (taken at the first login).
+    admitted: Option<admission::PrincipalAdmitted>,
 }
 
 /// A finished login step: the bytes to send back, and the user once the exchange is done.
@@ -120,6 +122,7 @@ impl Login {
             expires: None,
             reauth: settings.connections_max_reauth,
             max_receive_bytes: settings.max_receive_bytes,
+            admitted: None,
         }
     }
 
@@ -299,23 +302,35 @@ pub fn response(outcome: &Result<Progress, LoginError>) -> SaslAuthenticateRespo
     }
 }
 
+/// Why a login step ends its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// A failed login: answered late, then closed.
+    LoginFailed,
+    /// The principal has its maximum of connections open (counted where refused).
+    PrincipalFull,
+}
+
 /// Run a SaslHandshake or SaslAuthenticate request on `login`, counting and logging the
 /// outcome; a success gives `session` its principal. Returns the completion and whether the
-/// connection must close after it (a failed login: answered late, then closed).
+/// connection must close after it.
 pub async fn step(
     state: &BrokerState,
     login: &mut Login,
     session: &mut Session,
     version: i16,
     body: RequestKind,
-) -> (Completion, bool) {
+) -> (Completion, Option<Closing>) {
     match body {
         RequestKind::SaslHandshake(r) => match login.handshake(&r, version) {
-            Ok(answer) => (ready(ResponseKind::SaslHandshake(answer)), false),
+            Ok(answer) => (ready(ResponseKind::SaslHandshake(answer)), None),
             Err(answer) => {
                 tracing::info!(peer = %session.peer, mechanism = %&*r.mechanism, code = answer.error_code, "SASL handshake refused");
                 let reply = Reply::Last(ResponseKind::SaslHandshake(answer));
-                (Box::pin(std::future::ready(reply)), true)
+                (
+                    Box::pin(std::future::ready(reply)),
+                    Some(Closing::LoginFailed),
+                )
             }
         },
         RequestKind::SaslAuthenticate(r) => {
@@ -332,16 +347,27 @@ pub async fn step(
                 result,
             };
             match outcome {
-                Ok(Progress { user: None, .. }) => (ready(answer), false),
+                Ok(Progress { user: None, .. }) => (ready(answer), None),
                 Ok(Progress { user: Some(u), .. }) => {
                     state
                         .metrics
                         .sasl_authentications
                         .get_or_create(&result("success"))
                         .inc();
+                    if login.admitted.is_none() {
+                        match state.principals.admit(&format!("User:{u}")) {
+                            Ok(place) => login.admitted = Some(place),
+                            Err(full) => {
+                                session.principal = Principal::User(u);
+                                crate::listeners::principal_refused(state, session, full);
+                                let close = Box::pin(std::future::ready(Reply::Close));
+                                return (close, Some(Closing::PrincipalFull));
+                            }
+                        }
+                    }
                     tracing::debug!(peer = %session.peer, user = %u, mechanism, "SASL login");
                     session.principal = Principal::User(u);
-                    (ready(answer), false)
+                    (ready(answer), None)
                 }
                 Err(e) => {
                     state
@@ -355,7 +381,7 @@ pub async fn step(
                         tokio::time::sleep(delay).await;
                         Reply::Last(answer)
                     };
-                    (Box::pin(late), true)
+                    (Box::pin(late), Some(Closing::LoginFailed))
                 }
             }
         }

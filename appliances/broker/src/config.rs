@@ -330,6 +330,11 @@ pub struct KafkaListener {
     pub max_connections_per_ip: usize,
     /// `max.connections.per.ip.overrides`: `{ "10.1.7.1" = 4000 }`.
     pub max_connections_per_ip_overrides: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    /// Connections at once of one authenticated principal (a client certificate's or a SASL
+    /// login's), across every listener; anonymous connections are bounded per address.
+    pub max_connections_per_principal: usize,
+    /// `{ "User:edge-hub" = 5000 }`.
+    pub max_connections_per_principal_overrides: std::collections::BTreeMap<String, usize>,
     /// This listener's security protocol (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`).
     pub security: ListenerSecurity,
     /// More listeners, each with its own port, advertised address and security.
@@ -337,6 +342,15 @@ pub struct KafkaListener {
 }
 
 impl KafkaListener {
+    pub fn principal_limits(&self) -> admission::PrincipalLimits {
+        admission::PrincipalLimits {
+            max_connections_per_principal: self.max_connections_per_principal,
+            max_connections_per_principal_overrides: self
+                .max_connections_per_principal_overrides
+                .clone(),
+        }
+    }
+
     pub fn connection_limits(&self) -> admission::ConnectionLimits {
         admission::ConnectionLimits {
             max_connections: self.max_connections,
@@ -359,6 +373,9 @@ impl Default for KafkaListener {
             max_connections: admission::ConnectionLimits::default().max_connections,
             max_connections_per_ip: admission::ConnectionLimits::default().max_connections_per_ip,
             max_connections_per_ip_overrides: Default::default(),
+            max_connections_per_principal: admission::PrincipalLimits::default()
+                .max_connections_per_principal,
+            max_connections_per_principal_overrides: Default::default(),
             security: ListenerSecurity::Plaintext,
             listeners: Vec::new(),
         }

@@ -130,6 +130,8 @@ enum ReadEnd {
     Unauthenticated(&'static str),
     /// A failed login (its answer is sent, late, before the connection closes).
     LoginFailed,
+    /// Its principal has its maximum of connections open (counted where refused).
+    PrincipalFull,
     Refused(String),
     Io(std::io::Error),
 }
@@ -186,6 +188,7 @@ pub async fn serve<S: Stream>(
                 tracing::info!(reason = why, "closing connection")
             }
             ReadEnd::LoginFailed => closed("login_failed"),
+            ReadEnd::PrincipalFull => {}
             ReadEnd::Refused(why) => {
                 closed("bad_request");
                 tracing::warn!(reason = %why, "closing connection")
@@ -265,8 +268,8 @@ async fn read_requests<S: Stream>(
                     Gate::Refuse(why) => return ReadEnd::Unauthenticated(why),
                     Gate::Login => {
                         let step = authn::step(state, &mut login, &mut session, version, req.body);
-                        let (completion, close) = step.await;
-                        if close {
+                        let (completion, closing) = step.await;
+                        if let Some(closing) = closing {
                             let last = Pending {
                                 api_key,
                                 version,
@@ -276,7 +279,10 @@ async fn read_requests<S: Stream>(
                                 _memory: permit,
                             };
                             let _ = tx.send(last).await;
-                            return ReadEnd::LoginFailed;
+                            return match closing {
+                                authn::Closing::LoginFailed => ReadEnd::LoginFailed,
+                                authn::Closing::PrincipalFull => ReadEnd::PrincipalFull,
+                            };
                         }
                         completion
                     }

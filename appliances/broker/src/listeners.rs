@@ -227,8 +227,13 @@ async fn serve_tls(
     };
     match accepted {
         Ok(a) => {
+            let mut admitted = None;
             if let Some(p) = a.principal {
                 session.principal = Principal::User(p.into());
+                match s.state.principals.admit(&session.principal.to_string()) {
+                    Ok(place) => admitted = Some(place),
+                    Err(full) => return principal_refused(&s.state, &session, full),
+                }
             }
             tracing::debug!(peer = %session.peer, principal = %session.principal, "TLS connection");
             // A CRL loaded later that revokes the client certificate ends the connection.
@@ -237,6 +242,7 @@ async fn serve_tls(
             serve(s, a.stream, session, closing.clone()).await;
             closing.cancel();
             let _ = watch.await;
+            drop(admitted);
         }
         Err(e) => {
             s.state
@@ -255,6 +261,23 @@ async fn serve_tls(
             );
         }
     }
+}
+
+/// Count and log a connection closed because its principal has its maximum open.
+pub(crate) fn principal_refused(
+    state: &BrokerState,
+    session: &Session,
+    why: admission::PrincipalFull,
+) {
+    state
+        .metrics
+        .connections_closed
+        .get_or_create(&crate::metrics::ReasonLabel {
+            listener: session.listener.name.to_string(),
+            reason: "max_connections_per_principal",
+        })
+        .inc();
+    tracing::info!(peer = %session.peer, principal = %session.principal, reason = %why, "closing a connection");
 }
 
 /// Cancel `closing` (the connection's token) if its certificate is revoked while it lives.

@@ -343,6 +343,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         metrics,
         authorizer: Arc::new(config.authorization.clone()),
         bearer,
+        principals: admission::Principals::new(config.kafka.principal_limits()),
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));

@@ -33,6 +33,8 @@ pub struct BrokerState {
     pub authorizer: Arc<acl::AuthorizerSettings>,
     /// OAUTHBEARER's token checks (`[sasl.oauthbearer]`).
     pub bearer: Option<Arc<sasl::oauthbearer::Verifier>>,
+    /// Connections per authenticated principal, across listeners.
+    pub principals: Arc<admission::Principals>,
 }
 
 /// `host:port` split for Kafka's metadata answers.
