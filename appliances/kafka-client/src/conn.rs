@@ -75,6 +75,15 @@ pub struct Connection {
     correlation: AtomicI32,
     client_id: String,
     versions: HashMap<i16, (i16, i16)>,
+    /// The task reading responses, which owns the read half: aborted when the connection is
+    /// dropped, so that the socket closes (a TLS stream's halves close only together).
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Connection {
@@ -99,18 +108,16 @@ impl Connection {
         stream.set_nodelay(true)?;
         let in_flight: Arc<std::sync::Mutex<Pending>> = Default::default();
         let queue = Arc::clone(&in_flight);
-        let writer = match tls {
+        let (writer, reader) = match tls {
             None => {
                 let (rd, wr) = stream.into_split();
-                tokio::spawn(read_responses(rd, queue));
-                Writer::Tcp(wr)
+                (Writer::Tcp(wr), tokio::spawn(read_responses(rd, queue)))
             }
             Some(tls) => {
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let stream = tls.connect(host, stream).await.map_err(Error::Tls)?;
                 let (rd, wr) = tokio::io::split(stream);
-                tokio::spawn(read_responses(rd, queue));
-                Writer::Tls(wr)
+                (Writer::Tls(wr), tokio::spawn(read_responses(rd, queue)))
             }
         };
         let mut conn = Connection {
@@ -119,6 +126,7 @@ impl Connection {
             correlation: AtomicI32::new(0),
             client_id: client_id.to_string(),
             versions: HashMap::new(),
+            reader,
         };
         let req = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("clk"))

@@ -1,6 +1,7 @@
 //! Benchmark commands. Every report says what was measured, on what, and prints JSON with
 //! `--json` so results can be collected into docs/benchmarks.md.
 
+mod handshakes;
 mod kafka;
 mod machine;
 mod registry;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     Disk(machine::DiskArgs),
     /// TCP throughput over loopback.
     Loopback(machine::LoopbackArgs),
+    /// TLS handshakes per second against a broker's SSL listener (mTLS, no resumption).
+    Handshakes(handshakes::HandshakeArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Registry(a) => registry::run(a).await,
         BenchCommand::Disk(a) => machine::disk(a).await,
         BenchCommand::Loopback(a) => machine::loopback(a).await,
+        BenchCommand::Handshakes(a) => handshakes::run(a).await,
     }
 }
