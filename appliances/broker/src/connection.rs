@@ -242,6 +242,7 @@ async fn read_requests<S: Stream>(
             Ok(b) => b,
             Err(end) => return end,
         };
+        let mut ending = None;
         let pending = match frame::decode(frame.freeze()) {
             Decoded::Close(why) => return ReadEnd::Refused(why),
             Decoded::ApiVersionsTooNew { correlation_id } => Pending {
@@ -263,30 +264,18 @@ async fn read_requests<S: Stream>(
                 let (api_key, version, correlation_id) =
                     (req.api_key, req.version, req.header.correlation_id);
                 let started = Instant::now();
-                let completion = match login.gate(api_key, tokio::time::Instant::now()) {
-                    Gate::Pass => api::handle(state, &session, *req).await,
+                let (completion, closing) = match login.gate(api_key, tokio::time::Instant::now()) {
+                    Gate::Pass => (api::handle(state, &session, *req).await, None),
                     Gate::Refuse(why) => return ReadEnd::Unauthenticated(why),
                     Gate::Login => {
-                        let step = authn::step(state, &mut login, &mut session, version, req.body);
-                        let (completion, closing) = step.await;
-                        if let Some(closing) = closing {
-                            let last = Pending {
-                                api_key,
-                                version,
-                                correlation_id,
-                                started,
-                                completion,
-                                _memory: permit,
-                            };
-                            let _ = tx.send(last).await;
-                            return match closing {
-                                authn::Closing::LoginFailed => ReadEnd::LoginFailed,
-                                authn::Closing::PrincipalFull => ReadEnd::PrincipalFull,
-                            };
-                        }
-                        completion
+                        authn::step(state, &mut login, &mut session, version, req.body).await
                     }
                 };
+                // A login step that ends the connection still sends its answer first.
+                ending = closing.map(|c| match c {
+                    authn::Closing::LoginFailed => ReadEnd::LoginFailed,
+                    authn::Closing::PrincipalFull => ReadEnd::PrincipalFull,
+                });
                 Pending {
                     api_key,
                     version,
@@ -299,6 +288,9 @@ async fn read_requests<S: Stream>(
         };
         if tx.send(pending).await.is_err() {
             return ReadEnd::Closed;
+        }
+        if let Some(end) = ending {
+            return end;
         }
     }
 }
