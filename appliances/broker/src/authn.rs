@@ -48,6 +48,9 @@ enum Step {
 
 /// One connection's login state.
 pub struct Login {
+    /// Whether the listener is `SASL_*`: nothing but the login passes before it succeeds,
+    /// even when no mechanism is usable on it (then no one gets in).
+    required: bool,
     /// The mechanisms this listener offers; empty on listeners without SASL.
     offered: Vec<SaslMechanism>,
     step: Step,
@@ -116,6 +119,7 @@ impl Login {
             Vec::new()
         };
         Login {
+            required: listener.security.sasl(),
             offered,
             step: Step::Idle,
             user: None,
@@ -127,7 +131,7 @@ impl Login {
     }
 
     fn required(&self) -> bool {
-        !self.offered.is_empty()
+        self.required
     }
 
     /// The largest request this connection may send now: small until it has logged in.

@@ -637,6 +637,12 @@ impl BrokerConfig {
         if sasl.mechanisms.contains(&SaslMechanism::OAuthBearer) && sasl.oauthbearer.is_none() {
             return Err("sasl.mechanisms names OAUTHBEARER: [sasl.oauthbearer] must say how tokens are checked".into());
         }
+        let plain_text_sasl = std::iter::once(self.kafka.security)
+            .chain(self.kafka.listeners.iter().map(|l| l.security))
+            .any(|s| s == ListenerSecurity::SaslPlaintext);
+        if plain_text_sasl && !sasl.mechanisms.iter().any(|m| m.scram().is_some()) {
+            return Err("a SASL_PLAINTEXT listener offers SCRAM only (PLAIN and OAUTHBEARER need TLS): sasl.mechanisms names no SCRAM mechanism".into());
+        }
         if sasl.max_receive_bytes < 1024 {
             return Err("sasl.max_receive_bytes must be at least 1KiB".into());
         }
@@ -905,6 +911,10 @@ mod tests {
         refused(
             &format!("{base}[sasl]\nmechanisms = []\n"),
             "sasl.mechanisms must name at least one",
+        );
+        refused(
+            &format!("{base}[sasl]\nmechanisms = [\"PLAIN\"]\n"),
+            "offers SCRAM only",
         );
         refused(
             &format!("{base}[sasl]\nconnections_max_reauth = \"100ms\"\n"),

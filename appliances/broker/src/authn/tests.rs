@@ -134,6 +134,11 @@ async fn a_wrong_password_and_a_stranger_fail_alike() {
 async fn plain_is_offered_over_tls_only_and_checks_the_same_credentials() {
     let meta = metadata("analyst", "pa55");
     let now = Instant::now();
+    // A SASL_PLAINTEXT listener whose mechanisms all need TLS lets no one in.
+    let mut only_plain = settings(Duration::ZERO);
+    only_plain.mechanisms = vec![SaslMechanism::Plain, SaslMechanism::OAuthBearer];
+    let closed = Login::new(&listener(ListenerSecurity::SaslPlaintext), &only_plain);
+    assert!(matches!(closed.gate(ApiKey::Produce, now), Gate::Refuse(_)));
     let mut plain_text = Login::new(
         &listener(ListenerSecurity::SaslPlaintext),
         &settings(Duration::ZERO),
