@@ -19,6 +19,7 @@ ap.add_argument("--create-topic", action="append", default=[])
 ap.add_argument("--produce", default=None, help="TOPIC")
 ap.add_argument("--consume", default=None, help="TOPIC")
 ap.add_argument("--group", default="g")
+ap.add_argument("--operations-on", default=None, help="TOPIC: the operations metadata says we may do")
 a = ap.parse_args()
 conf = {"bootstrap.servers": a.bootstrap, **dict(kv.split("=", 1) for kv in a.config)}
 admin = AdminClient(conf)
@@ -80,4 +81,9 @@ if a.consume:
             err = e.args[0].name()
     c.close()
     out["consumed"] = err or got
+if a.operations_on:
+    from confluent_kafka import TopicCollection
+    f = admin.describe_topics(TopicCollection([a.operations_on]), include_authorized_operations=True)
+    err, d = outcome(f[a.operations_on])
+    out["operations"] = err or sorted(op.name for op in d.authorized_operations)
 print(json.dumps(out))

@@ -145,6 +145,13 @@ fn each_branch_may_use_its_own_topics_and_groups_and_nothing_else() {
     );
     assert_eq!(own["produced"], serde_json::Value::Null, "{own}");
     assert_eq!(own["consumed"], 5, "{own}");
+    // Metadata's authorized operations follow the bindings (WRITE and READ imply DESCRIBE).
+    let ops = b.as_branch("branch-017", &["--operations-on=branch-017.alarms"]);
+    assert_eq!(
+        ops["operations"],
+        serde_json::json!(["DESCRIBE", "READ", "WRITE"]),
+        "{ops}"
+    );
 
     // Everything else: refused with Kafka's errors.
     let other = b.as_branch("branch-017", &["--produce=branch-018.alarms"]);

@@ -76,6 +76,25 @@ impl Access {
         self.allows(operation, ResourceType::Cluster, acl::CLUSTER)
     }
 
+    /// Metadata's `topic_authorized_operations`: a bit (1 << Kafka's code) for every topic
+    /// operation allowed on `name` (all of them with the authorizer off).
+    pub fn topic_operations(&self, name: &str) -> i32 {
+        use Operation::*;
+        [
+            Read,
+            Write,
+            Create,
+            Delete,
+            Alter,
+            Describe,
+            DescribeConfigs,
+            AlterConfigs,
+        ]
+        .into_iter()
+        .filter(|op| self.topic(*op, name))
+        .fold(0, |bits, op| bits | 1 << op.code())
+    }
+
     /// Creating topic `name`: CREATE on the cluster or on the topic.
     pub fn create_topic(&self, name: &str) -> bool {
         self.cluster(Operation::Create) || self.topic(Operation::Create, name)

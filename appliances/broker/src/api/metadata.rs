@@ -22,9 +22,6 @@ use crate::state::{BrokerState, client_endpoint};
 use crate::topics::{NewTopic, TopicError, TopicInfo};
 use acl::Operation;
 
-/// Every operation, for clients that ask for authorized operations (no ACLs yet).
-const ALL_TOPIC_OPERATIONS: i32 = 0b1_1111_1111_1000;
-
 fn ids(nodes: &[NodeId]) -> Vec<BrokerId> {
     nodes.iter().map(|n| BrokerId(n.kafka())).collect()
 }
@@ -35,7 +32,7 @@ fn ids(nodes: &[NodeId]) -> Vec<BrokerId> {
 fn topic_entry(
     state: &ClusterState,
     t: &TopicInfo,
-    with_ops: bool,
+    ops: Option<&Access>,
     stale: bool,
 ) -> MetadataResponseTopic {
     let partitions = state
@@ -74,8 +71,8 @@ fn topic_entry(
         .with_topic_id(t.id)
         .with_is_internal(&*t.name == OFFSETS_TOPIC)
         .with_partitions(partitions);
-    if with_ops {
-        entry = entry.with_topic_authorized_operations(ALL_TOPIC_OPERATIONS);
+    if let Some(access) = ops {
+        entry = entry.with_topic_authorized_operations(access.topic_operations(&t.name));
     }
     entry
 }
@@ -94,7 +91,7 @@ pub async fn handle(
     version: i16,
     r: MetadataRequest,
 ) -> MetadataResponse {
-    let with_ops = version >= 8 && r.include_topic_authorized_operations;
+    let ops = (version >= 8 && r.include_topic_authorized_operations).then_some(access);
     // v0 asks for all topics with an empty list; later versions with null.
     let requested = match r.topics {
         None => None,
@@ -111,7 +108,7 @@ pub async fn handle(
                 .list()
                 .iter()
                 .filter(|t| access.topic(Operation::Describe, &t.name))
-                .map(|t| topic_entry(&state, t, with_ops, stale))
+                .map(|t| topic_entry(&state, t, ops, stale))
                 .collect()
         }
         Some(list) => {
@@ -124,15 +121,13 @@ pub async fn handle(
                     }
                     Some(name) => {
                         let create = allow_create && access.create_topic(&name);
-                        lookup_or_create(s, &name, create, with_ops).await
+                        lookup_or_create(s, &name, create, ops).await
                     }
                     None => match s.topics.get_by_id(&wanted.topic_id) {
                         Some(t) if !access.topic(Operation::Describe, &t.name) => {
                             error_entry(None, wanted.topic_id, denied)
                         }
-                        Some(t) => {
-                            topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid())
-                        }
+                        Some(t) => topic_entry(&s.metadata(), &t, ops, !s.cluster.lease_valid()),
                         None => {
                             error_entry(None, wanted.topic_id, err(ResponseError::UnknownTopicId))
                         }
@@ -186,10 +181,10 @@ async fn lookup_or_create(
     s: &BrokerState,
     name: &str,
     allow_create: bool,
-    with_ops: bool,
+    ops: Option<&Access>,
 ) -> MetadataResponseTopic {
     if let Some(t) = s.topics.get(name) {
-        return topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid());
+        return topic_entry(&s.metadata(), &t, ops, !s.cluster.lease_valid());
     }
     if let Err(e) = crate::topics::validate_name(name) {
         tracing::debug!(topic = name, error = %e, "metadata for an invalid topic name");
@@ -213,10 +208,10 @@ async fn lookup_or_create(
         configs: Default::default(),
     };
     match s.topics.create(new, false).await {
-        Ok(t) => topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid()),
+        Ok(t) => topic_entry(&s.metadata(), &t, ops, !s.cluster.lease_valid()),
         // Created concurrently by another request.
         Err(TopicError::AlreadyExists(_)) => match s.topics.get(name) {
-            Some(t) => topic_entry(&s.metadata(), &t, with_ops, !s.cluster.lease_valid()),
+            Some(t) => topic_entry(&s.metadata(), &t, ops, !s.cluster.lease_valid()),
             None => error_entry(
                 Some(name),
                 Uuid::nil(),

@@ -20,7 +20,14 @@ use kafka_protocol::messages::{
 
 use super::{check_leader_epoch, err, leader_partition};
 use crate::authz::Access;
+use crate::partition::{Partition, PartitionError};
+use crate::state::BrokerState;
 use acl::Operation::{self, ClusterAction, Delete, Describe};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
 
 /// [`leader_partition`] for a client allowed `op` on the topic (TOPIC_AUTHORIZATION_FAILED
 /// otherwise, whether the topic exists or not).
@@ -36,13 +43,6 @@ fn allowed_leader(
     }
     leader_partition(s, topic, index)
 }
-use crate::partition::{Partition, PartitionError};
-use crate::state::BrokerState;
-
-const LATEST: i64 = -1;
-const EARLIEST: i64 = -2;
-const MAX_TIMESTAMP: i64 = -3;
-const EARLIEST_LOCAL: i64 = -4;
 
 fn storage_error(e: &PartitionError) -> i16 {
     match e {
