@@ -110,6 +110,18 @@ impl Operation {
         (Operation::IdempotentWrite, 12),
     ];
 
+    /// The operations a topic has (Kafka's `topic_authorized_operations` bits).
+    pub const TOPIC: [Operation; 8] = [
+        Operation::Read,
+        Operation::Write,
+        Operation::Create,
+        Operation::Delete,
+        Operation::Alter,
+        Operation::Describe,
+        Operation::DescribeConfigs,
+        Operation::AlterConfigs,
+    ];
+
     pub fn code(self) -> i8 {
         Operation::CODES
             .iter()

@@ -79,20 +79,10 @@ impl Access {
     /// Metadata's `topic_authorized_operations`: a bit (1 << Kafka's code) for every topic
     /// operation allowed on `name` (all of them with the authorizer off).
     pub fn topic_operations(&self, name: &str) -> i32 {
-        use Operation::*;
-        [
-            Read,
-            Write,
-            Create,
-            Delete,
-            Alter,
-            Describe,
-            DescribeConfigs,
-            AlterConfigs,
-        ]
-        .into_iter()
-        .filter(|op| self.topic(*op, name))
-        .fold(0, |bits, op| bits | 1 << op.code())
+        Operation::TOPIC
+            .into_iter()
+            .filter(|op| self.topic(*op, name))
+            .fold(0, |bits, op| bits | 1 << op.code())
     }
 
     /// Creating topic `name`: CREATE on the cluster or on the topic.

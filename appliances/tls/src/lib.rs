@@ -476,26 +476,10 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 fn revocations(
     s: &TlsSettings,
 ) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
-    use rustls::pki_types::CertificateRevocationListDer;
-    use rustls::pki_types::pem::PemObject;
-    let Some(path) = &s.crl else {
-        return Ok(Vec::new());
-    };
-    let bytes = read(path)?;
-    let crls: Vec<CertificateRevocationListDer<'static>> =
-        CertificateRevocationListDer::pem_reader_iter(&mut BufReader::new(&bytes[..]))
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Content {
-                path: path.to_path_buf(),
-                what: format!("not a PEM CRL: {e}"),
-            })?;
-    if crls.is_empty() {
-        return Err(TlsError::Content {
-            path: path.to_path_buf(),
-            what: "holds no CRL".into(),
-        });
+    match &s.crl {
+        Some(path) => pem_items(path, "CRL"),
+        None => Ok(Vec::new()),
     }
-    Ok(crls)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -507,22 +491,28 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Every certificate in a PEM file (at least one).
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
+    pem_items(path, "certificate")
+}
+
+/// Every item of one kind (`what`) in a PEM file: at least one.
+fn pem_items<T: rustls::pki_types::pem::PemObject>(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<T>, TlsError> {
     let bytes = read(path)?;
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_reader_iter(&mut BufReader::new(&bytes[..]))
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Content {
-                path: path.to_path_buf(),
-                what: format!("not PEM certificates: {e}"),
-            })?;
-    if certs.is_empty() {
+    let items: Vec<T> = T::pem_reader_iter(&mut BufReader::new(&bytes[..]))
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Content {
+            path: path.to_path_buf(),
+            what: format!("not PEM ({what}): {e}"),
+        })?;
+    if items.is_empty() {
         return Err(TlsError::Content {
             path: path.to_path_buf(),
-            what: "holds no certificate".into(),
+            what: format!("holds no {what}"),
         });
     }
-    Ok(certs)
+    Ok(items)
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
