@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use principal::{PrincipalRules, dn_of};
 pub use revocation::{Revocation, Revoked};
+/// The DER types callers hand in (certificates, CRLs).
+pub use rustls::pki_types;
 pub use tokio_rustls::server::TlsStream;
 
 /// How a listener secures its connections (Kafka's `security.protocol` names; the SASL ones
