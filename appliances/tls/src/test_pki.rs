@@ -77,11 +77,14 @@ impl TestPki {
     /// A client certificate with `cn` (and `O=Hub`), valid as `validity` says, for client
     /// authentication unless `usage` says otherwise.
     pub fn client(&self, file: &str, cn: &str, validity: Validity, usage: Usage) -> Issued {
+        // rcgen's default name holds a CN already: start empty, most significant first, so
+        // the subject reads `CN=<cn>,O=Hub` in RFC 2253 form.
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Hub");
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![match usage {
             Usage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
             Usage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
