@@ -291,6 +291,24 @@ impl Cluster {
         }
     }
 
+    /// A metadata change through the controller, waited for until this broker has applied it
+    /// (so that the next request here sees it). `Err` says why, for the client.
+    pub async fn change(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let index = match self.call(request).await.map_err(|e| e.to_string())? {
+            ControllerResponse::Applied { index } => index,
+            other => return Err(format!("unexpected answer {other:?}")),
+        };
+        if self.node.wait_applied(index, timeout).await {
+            Ok(())
+        } else {
+            Err(format!("committed but not applied here within {timeout:?}"))
+        }
+    }
+
     /// Register this incarnation (retrying until the controller answers) and wait until the
     /// registration is applied here. Returns the new epoch.
     pub async fn register(&self, endpoints: Endpoints) -> anyhow::Result<BrokerEpoch> {

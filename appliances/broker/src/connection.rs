@@ -161,16 +161,7 @@ pub async fn serve<S: Stream>(
         if matches!(end, ReadEnd::Closed | ReadEnd::Io(_)) {
             peer_gone.cancel();
         }
-        let closed = |reason| {
-            state
-                .metrics
-                .connections_closed
-                .get_or_create(&crate::metrics::ReasonLabel {
-                    listener: listener.clone(),
-                    reason,
-                })
-                .inc();
-        };
+        let closed = |reason| state.metrics.connection_closed(&listener, reason);
         match &end {
             ReadEnd::Closed | ReadEnd::Shutdown => {
                 tracing::debug!(reason = ?end, "connection closed")

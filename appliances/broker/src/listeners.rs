@@ -245,14 +245,8 @@ async fn serve_tls(
             drop(admitted);
         }
         Err(e) => {
-            s.state
-                .metrics
-                .connections_closed
-                .get_or_create(&crate::metrics::ReasonLabel {
-                    listener: session.listener.name.to_string(),
-                    reason: "tls_handshake",
-                })
-                .inc();
+            let listener = &session.listener.name;
+            s.state.metrics.connection_closed(listener, "tls_handshake");
             tracing::warn!(
                 peer = %session.peer,
                 listener = %session.listener.name,
@@ -269,14 +263,10 @@ pub(crate) fn principal_refused(
     session: &Session,
     why: admission::PrincipalFull,
 ) {
+    let listener = &session.listener.name;
     state
         .metrics
-        .connections_closed
-        .get_or_create(&crate::metrics::ReasonLabel {
-            listener: session.listener.name.to_string(),
-            reason: "max_connections_per_principal",
-        })
-        .inc();
+        .connection_closed(listener, "max_connections_per_principal");
     tracing::info!(peer = %session.peer, principal = %session.principal, reason = %why, "closing a connection");
 }
 
@@ -293,11 +283,7 @@ fn revoked_closes(
         tokio::select! {
             _ = closing.cancelled() => {}
             _ = revocation.revoked() => {
-                state
-                    .metrics
-                    .connections_closed
-                    .get_or_create(&crate::metrics::ReasonLabel { listener, reason: "revoked" })
-                    .inc();
+                state.metrics.connection_closed(&listener, "revoked");
                 tracing::warn!(%peer, %principal, "closing a connection: a CRL revokes its certificate");
                 closing.cancel();
             }

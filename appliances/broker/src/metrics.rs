@@ -229,6 +229,14 @@ impl Metrics {
         self.commit_wait.observe(d.as_secs_f64());
     }
 
+    /// Count a connection closed by the broker for the client's behaviour.
+    pub fn connection_closed(&self, listener: &str, reason: &'static str) {
+        let listener = listener.to_string();
+        self.connections_closed
+            .get_or_create(&ReasonLabel { listener, reason })
+            .inc();
+    }
+
     /// Count an error code returned by `api`.
     pub fn note_error(&self, api: &'static str, code: i16) {
         let error = match kafka_protocol::error::ResponseError::try_from_code(code) {

@@ -15,7 +15,7 @@ use kafka_protocol::messages::delete_acls_response::{
 use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use quorum::controller::{ControllerRequest, ControllerResponse};
+use quorum::controller::ControllerRequest;
 
 use crate::state::BrokerState;
 
@@ -90,20 +90,6 @@ fn filter(
     })
 }
 
-async fn commit(s: &BrokerState, request: ControllerRequest) -> Result<(), String> {
-    let index = match s.cluster.call(request).await.map_err(|e| e.to_string())? {
-        ControllerResponse::Applied { index } => index,
-        other => return Err(format!("unexpected answer {other:?}")),
-    };
-    let mut rx = s.cluster.subscribe();
-    match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|m| m.applied_index >= index)).await {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(format!(
-            "committed but not applied here within {APPLY_TIMEOUT:?}"
-        )),
-    }
-}
-
 pub async fn create(s: &BrokerState, r: CreateAclsRequest) -> CreateAclsResponse {
     let checked: Vec<Result<AclBinding, &str>> = r.creations.iter().map(binding).collect();
     let valid: Vec<AclBinding> = checked
@@ -113,7 +99,12 @@ pub async fn create(s: &BrokerState, r: CreateAclsRequest) -> CreateAclsResponse
     let committed = if valid.is_empty() {
         Ok(())
     } else {
-        commit(s, ControllerRequest::CreateAcls { bindings: valid }).await
+        s.cluster
+            .change(
+                ControllerRequest::CreateAcls { bindings: valid },
+                APPLY_TIMEOUT,
+            )
+            .await
     };
     let results = checked.iter().map(|c| {
         let (code, message) = match (c, &committed) {
@@ -197,7 +188,12 @@ pub async fn delete(s: &BrokerState, r: DeleteAclsRequest) -> DeleteAclsResponse
     let committed = if doomed.is_empty() {
         Ok(())
     } else {
-        commit(s, ControllerRequest::DeleteAcls { bindings: doomed }).await
+        s.cluster
+            .change(
+                ControllerRequest::DeleteAcls { bindings: doomed },
+                APPLY_TIMEOUT,
+            )
+            .await
     };
     let results = per_filter
         .iter()

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use quorum::controller::{ControllerRequest, ControllerResponse};
+use quorum::controller::ControllerRequest;
 use sasl::{Credential, ITERATIONS_MAX, ITERATIONS_MIN, Mechanism};
 
 use crate::state::BrokerState;
@@ -161,7 +161,8 @@ pub async fn alter(
             .chain(deletions.iter().map(|(u, _)| u))
             .cloned()
             .collect();
-        if let Err(e) = commit(s, upserts, deletions).await {
+        let request = ControllerRequest::AlterScramCredentials { upserts, deletions };
+        if let Err(e) = s.cluster.change(request, APPLY_TIMEOUT).await {
             tracing::warn!(error = %e, "SCRAM credentials not altered");
             for u in users {
                 outcomes.insert(
@@ -229,25 +230,6 @@ fn decide<T>(
             outcomes.insert(user.to_string(), Err(e));
         }
     }
-}
-
-async fn commit(
-    s: &BrokerState,
-    upserts: Vec<(String, Credential)>,
-    deletions: Vec<(String, Mechanism)>,
-) -> anyhow::Result<()> {
-    let request = ControllerRequest::AlterScramCredentials { upserts, deletions };
-    let index = match s.cluster.call(request).await? {
-        ControllerResponse::Applied { index } => index,
-        other => anyhow::bail!("unexpected answer {other:?}"),
-    };
-    let mut rx = s.cluster.subscribe();
-    tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|m| m.applied_index >= index))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("committed but not applied here within {APPLY_TIMEOUT:?}")
-        })??;
-    Ok(())
 }
 
 fn text(s: &str) -> StrBytes {
