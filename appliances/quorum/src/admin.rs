@@ -50,22 +50,11 @@ impl<T: Transport> QuorumAdmin<T> {
     }
 }
 
-fn reply(status: StatusCode, body: &impl Serialize) -> AdminReply {
-    AdminReply {
-        status,
-        json: serde_json::to_string_pretty(body).expect("admin answers serialize"),
-    }
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> AdminReply {
-    reply(status, &serde_json::json!({ "error": message.into() }))
-}
-
 async fn change_voters<T: Transport>(node: Arc<QuorumNode<T>>, body: Bytes) -> AdminReply {
     let change: VotersChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            return error(
+            return AdminReply::error(
                 StatusCode::BAD_REQUEST,
                 format!("expected {{\"voters\": {{id: address}}}}: {e}"),
             );
@@ -76,14 +65,14 @@ async fn change_voters<T: Transport>(node: Arc<QuorumNode<T>>, body: Bytes) -> A
     };
     match node.controller_call(request, CHANGE_TIMEOUT).await {
         Ok(ControllerResponse::Applied { index }) => {
-            reply(StatusCode::OK, &serde_json::json!({ "index": index }))
+            AdminReply::json(StatusCode::OK, &serde_json::json!({ "index": index }))
         }
-        Ok(ControllerResponse::Failed(e)) => error(StatusCode::CONFLICT, e.to_string()),
-        Ok(other) => error(
+        Ok(ControllerResponse::Failed(e)) => AdminReply::error(StatusCode::CONFLICT, e.to_string()),
+        Ok(other) => AdminReply::error(
             StatusCode::BAD_GATEWAY,
             format!("unexpected answer {other:?}"),
         ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => AdminReply::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -97,14 +86,14 @@ impl<T: Transport> AdminRoutes for QuorumAdmin<T> {
             return None;
         }
         let Some(node) = self.node.get().cloned() else {
-            let r = error(
+            let r = AdminReply::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not joined to the cluster yet",
             );
             return Some(Box::pin(async move { r }));
         };
         if method == Method::GET {
-            let r = reply(StatusCode::OK, &node.status());
+            let r = AdminReply::json(StatusCode::OK, &node.status());
             return Some(Box::pin(async move { r }));
         }
         Some(Box::pin(change_voters(node, body)))

@@ -43,6 +43,21 @@ pub struct AdminReply {
     pub json: String,
 }
 
+impl AdminReply {
+    /// `body` as (pretty) JSON.
+    pub fn json(status: StatusCode, body: &impl serde::Serialize) -> AdminReply {
+        AdminReply {
+            status,
+            json: serde_json::to_string_pretty(body).expect("admin answers serialize"),
+        }
+    }
+
+    /// `{"error": message}`.
+    pub fn error(status: StatusCode, message: impl Into<String>) -> AdminReply {
+        AdminReply::json(status, &serde_json::json!({ "error": message.into() }))
+    }
+}
+
 pub type AdminFuture = Pin<Box<dyn Future<Output = AdminReply> + Send>>;
 
 /// Routes an appliance adds to its admin port, beside `/metrics`, `/health` and `/ready`.
@@ -77,7 +92,8 @@ impl AdminRoutes for TlsFilesRoute {
             let update: tls::install::TlsUpdate = match serde_json::from_slice(&body) {
                 Ok(u) => u,
                 Err(e) => {
-                    return json_error(StatusCode::BAD_REQUEST, &format!("not a TLS update: {e}"));
+                    let message = format!("not a TLS update: {e}");
+                    return AdminReply::error(StatusCode::BAD_REQUEST, message);
                 }
             };
             let installed =
@@ -86,22 +102,12 @@ impl AdminRoutes for TlsFilesRoute {
             match installed {
                 Ok(Ok(files)) => {
                     tracing::info!(?files, "TLS files installed through the admin API");
-                    AdminReply {
-                        status: StatusCode::OK,
-                        json: serde_json::json!({ "installed": files }).to_string(),
-                    }
+                    AdminReply::json(StatusCode::OK, &serde_json::json!({ "installed": files }))
                 }
-                Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
-                Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Ok(Err(e)) => AdminReply::error(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e) => AdminReply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }))
-    }
-}
-
-fn json_error(status: StatusCode, message: &str) -> AdminReply {
-    AdminReply {
-        status,
-        json: serde_json::json!({ "error": message }).to_string(),
     }
 }
 
