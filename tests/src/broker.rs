@@ -212,10 +212,11 @@ impl Broker {
     }
 
     fn write_config(&self) -> PathBuf {
-        let (kafka_listen, extra) = split_kafka_section(&self.extra);
+        let (kafka_listen, extra) = split_section(&self.extra, "[kafka]");
+        let (admin, extra) = split_section(&extra, "[admin]");
         let (top, extra) = split_top_level(&extra);
         let text = format!(
-            "node_id = {}\ndata_dir = \"{}\"\n{top}\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\ntoken = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n\n{extra}\n",
+            "node_id = {}\ndata_dir = \"{}\"\n{top}\n[kafka]\nlisten = \"{}\"\n{kafka_listen}\n[admin]\nlisten = \"{}\"\ntoken = \"{}\"\n{admin}\n[log]\nformat = \"json\"\nlevel = \"info,openraft=warn\"\n\n{extra}\n",
             self.node_id,
             self.data_dir().display(),
             self.kafka,
@@ -308,25 +309,25 @@ fn split_top_level(extra: &str) -> (String, String) {
 }
 
 /// Lines a test adds under `[kafka]` must go in that section; everything else stays after.
-fn split_kafka_section(extra: &str) -> (String, String) {
-    let mut kafka = String::new();
+fn split_section(extra: &str, header: &str) -> (String, String) {
+    let mut section = String::new();
     let mut rest = String::new();
-    let mut in_kafka = false;
+    let mut inside = false;
     for line in extra.lines() {
         let t = line.trim();
         if t.starts_with('[') {
-            in_kafka = t == "[kafka]";
-            if in_kafka {
+            inside = t == header;
+            if inside {
                 continue;
             }
         }
-        if in_kafka {
-            kafka.push_str(line);
-            kafka.push('\n');
+        if inside {
+            section.push_str(line);
+            section.push('\n');
         } else {
             rest.push_str(line);
             rest.push('\n');
         }
     }
-    (kafka, rest)
+    (section, rest)
 }

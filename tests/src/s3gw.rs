@@ -114,7 +114,9 @@ impl S3gw {
         let text = format!(
             "data_dir = \"{}\"\n[s3]\nlisten = \"{}\"\ndomains = [\"s3.test\"]\n{keep_free}{security}[admin]\nlisten = \"{}\"\n[log]\nformat = \"json\"\n\n\
              [[credentials]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n\
+             principal = \"User:hub-admin\"\n\
              [[credentials]]\naccess_key = \"{WRITER_KEY}\"\nsecret_key = \"{WRITER_SECRET}\"\n\
+             principal = \"User:branch-018\"\n\
              buckets = {{ \"biometrics\" = \"write\" }}\n\
              [anonymous]\nbuckets = {{ \"firmware\" = \"read\" }}\n{tls}",
             self.data_dir().display(),

@@ -24,6 +24,8 @@ struct AclBroker {
     secure: SocketAddr,
     /// SASL_PLAINTEXT: branches log in with SCRAM.
     apps: SocketAddr,
+    /// The Schema Registry over HTTPS with client certificates.
+    registry: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -32,10 +34,11 @@ fn acl_broker() -> AclBroker {
     let pki = TestPki::new(dir.path(), "hub");
     let server = pki.server("broker", &["127.0.0.1", "localhost"]);
     let admin = pki.client("admin", "admin", Validity::Current, Usage::ClientAuth);
-    let (secure, apps) = (free_addr(), free_addr());
+    let (secure, apps, registry) = (free_addr(), free_addr(), free_addr());
     let extra = format!(
         "[[kafka.listeners]]\nname = \"admin\"\nlisten = \"{secure}\"\nsecurity = \"SSL\"\n\
          [[kafka.listeners]]\nname = \"apps\"\nlisten = \"{apps}\"\nsecurity = \"SASL_PLAINTEXT\"\n\
+         [schema_registry]\nlisten = \"{registry}\"\nsecurity = \"SSL\"\n\
          [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n\
          [authorization]\nenabled = true\nsuper_users = [\"User:admin\"]\n",
         server.certificate.display(),
@@ -48,6 +51,7 @@ fn acl_broker() -> AclBroker {
         admin,
         secure,
         apps,
+        registry,
         _dir: dir,
     }
 }
@@ -81,6 +85,77 @@ impl AclBroker {
         all.extend(args);
         python("ck_acls.py", &all, T)
     }
+}
+
+impl AclBroker {
+    /// `sr_grants.py` with `certificate` against the registry.
+    fn registry_as(&self, certificate: &Issued, args: &[&str]) -> serde_json::Value {
+        let url = format!("https://localhost:{}", self.registry.port());
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (ca, cert, key) = (
+            path(&self.pki.ca),
+            path(&certificate.certificate),
+            path(&certificate.key),
+        );
+        let mut all = vec![
+            "--registry",
+            &url,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ];
+        all.extend(args);
+        python("sr_grants.py", &all, T)
+    }
+}
+
+/// The registry's subjects under the same bindings: a subject belongs to the topic it is
+/// named after (`<topic>-value`), so the branch that may write `branch-017.*` may register
+/// and read `branch-017.*-value` and nothing of another branch's, and lists only its own.
+#[test]
+fn each_branch_may_register_and_read_only_its_own_subjects() {
+    let b = acl_broker();
+    let setup = b.as_admin(
+        "ck_acls.py",
+        &["--allow=TOPIC:branch-017.:PREFIXED:User:branch-017:WRITE"],
+    );
+    assert_eq!(setup["created"], serde_json::json!([null]), "{setup}");
+    let other = "branch-018.alarms-value";
+    let by_admin = b.registry_as(&b.admin, &["--register", other]);
+    assert_eq!(by_admin["registered"][other], "ok", "{by_admin}");
+
+    let branch = b.pki.client(
+        "branch-017",
+        "branch-017",
+        Validity::Current,
+        Usage::ClientAuth,
+    );
+    let own = "branch-017.alarms-value";
+    let r = b.registry_as(
+        &branch,
+        &[
+            "--register",
+            own,
+            "--register",
+            other,
+            "--get",
+            own,
+            "--get",
+            other,
+        ],
+    );
+    let denied = serde_json::json!({"status": 403, "code": 40301});
+    assert_eq!(r["registered"][own], "ok", "{r}");
+    assert_eq!(r["registered"][other], denied, "{r}");
+    assert_eq!(r["got"][own], 1, "{r}");
+    assert_eq!(r["got"][other], denied, "{r}");
+    assert_eq!(r["subjects"], serde_json::json!([own]), "{r}");
+    // The operator sees both.
+    let all = b.registry_as(&b.admin, &[]);
+    assert_eq!(all["subjects"], serde_json::json!([own, other]), "{all}");
 }
 
 fn sasl(user: &str) -> Vec<String> {

@@ -337,6 +337,119 @@ fn the_s3_gateway_serves_boto3_over_https_and_refuses_plain_http() {
     assert_eq!(r["untrusted"], "SSLError", "{r}");
 }
 
+#[test]
+fn s3_client_certificates_get_the_grants_of_their_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("s3gw", &["127.0.0.1", "localhost"]);
+    let admin = pki.client("admin", "hub-admin", Validity::Current, Usage::ClientAuth);
+    // The gateway's writer key (`biometrics` = write) names this principal.
+    let branch = pki.client("branch", "branch-018", Validity::Current, Usage::ClientAuth);
+    let g = e2e::S3gw::start_https(&format!(
+        "certificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"requested\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        pki.ca.display(),
+    ));
+    let endpoint = format!("https://localhost:{}", g.s3.port());
+    let path = |p: &Path| p.display().to_string();
+    let r = python(
+        "s3_mtls.py",
+        &[
+            &endpoint,
+            &path(&pki.ca),
+            &path(&admin.certificate),
+            &path(&admin.key),
+            &path(&branch.certificate),
+            &path(&branch.key),
+            e2e::s3gw::ACCESS_KEY,
+            e2e::s3gw::SECRET_KEY,
+        ],
+        T,
+    );
+    let expect = serde_json::json!({
+        "admin_creates": "ok",
+        "admin_creates_private": "ok",
+        "admin_writes_private": "ok",
+        // Refused rather than stored with its chunk framing.
+        "branch_writes_chunked": "InvalidRequest",
+        "branch_writes": "ok",
+        "branch_reads_its_write_only_bucket": "AccessDenied",
+        "branch_reads_private": "AccessDenied",
+        "branch_creates_bucket": "AccessDenied",
+        // A good signature with another principal's key, over this branch's certificate.
+        "branch_signs_with_admin_key": "AccessDenied",
+        "admin_key_without_certificate": "ok",
+        "anonymous_reads_private": "AccessDenied",
+        "admin_reads_scan": "scan",
+    });
+    assert_eq!(r, expect);
+}
+
+/// The admin port over HTTPS: probes and Prometheus read `/metrics` with only the CA (no
+/// credentials by default), plain HTTP gets nothing, and a change is let through for the
+/// static token or an admin's client certificate, never for another certificate or none.
+#[test]
+fn the_admin_port_serves_https_and_lets_admins_in_by_their_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("broker", &["127.0.0.1", "localhost"]);
+    let ops = pki.client("ops", "ops", Validity::Current, Usage::ClientAuth);
+    let branch = pki.client("branch", "branch-017", Validity::Current, Usage::ClientAuth);
+    let b = Broker::start_with(&format!(
+        "[admin]\nsecurity = \"SSL\"\nadmins = [\"User:ops\"]\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"requested\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        pki.ca.display()
+    ));
+    let https = format!("https://localhost:{}", b.admin.port());
+    let ca = pki.ca.display().to_string();
+    let status = |url: &str, extra: &[&str]| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--cacert", &ca])
+        .args(extra)
+        .arg(url);
+        String::from_utf8_lossy(&run(cmd, None, T).stdout).into_owned()
+    };
+    assert_eq!(status(&format!("{https}/metrics"), &[]), "200");
+    let plain = status(&format!("http://127.0.0.1:{}/metrics", b.admin.port()), &[]);
+    assert_ne!(plain, "200", "plain HTTP was served");
+    let post = |extra: &[&str]| {
+        let mut args = vec!["-X", "POST", "--data", "not a TLS update"];
+        args.extend(extra);
+        status(&format!("{https}/v1/tls"), &args)
+    };
+    let cert = |i: &Issued| {
+        [
+            "--cert".to_string(),
+            i.certificate.display().to_string(),
+            "--key".to_string(),
+            i.key.display().to_string(),
+        ]
+    };
+    let (ops_cert, branch_cert) = (cert(&ops), cert(&branch));
+    fn refs(a: &[String; 4]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+    // Let in (and then refused for the body): the admin's certificate, the node's token.
+    assert_eq!(post(&refs(&ops_cert)), "400");
+    let bearer = format!("Authorization: Bearer {}", e2e::ADMIN_TOKEN);
+    assert_eq!(post(&["-H", &bearer]), "400");
+    // Not let in: another certificate, no credentials.
+    assert_eq!(post(&refs(&branch_cert)), "401");
+    assert_eq!(post(&[]), "401");
+}
+
 /// `clk pki` with `args`: whether it succeeded.
 fn try_clk_pki(args: &[&str]) -> bool {
     let mut cmd = Command::new(e2e::broker::bin("clk"));

@@ -19,6 +19,13 @@ pub struct Access {
 
 impl Access {
     pub fn of(state: &BrokerState, session: &Session) -> Access {
+        Access::of_principal(state, || {
+            (session.principal.to_string(), session.peer.ip().to_string())
+        })
+    }
+
+    /// What `who` (principal and host, asked only with the authorizer on) may do.
+    pub fn of_principal(state: &BrokerState, who: impl FnOnce() -> (String, String)) -> Access {
         let settings = std::sync::Arc::clone(&state.authorizer);
         if !settings.enabled {
             // Nothing to check: no copies on the request path.
@@ -29,11 +36,12 @@ impl Access {
                 host: String::new(),
             };
         }
+        let (principal, host) = who();
         Access {
             settings,
             acls: state.metadata().acls.clone(),
-            principal: session.principal.to_string(),
-            host: session.peer.ip().to_string(),
+            principal,
+            host,
         }
     }
 
@@ -100,5 +108,64 @@ impl Access {
                 Operation::Write,
                 ResourceType::Topic,
             )
+    }
+}
+
+/// The Schema Registry's gate: subjects under the cluster's ACLs, the way Confluent's topic
+/// ACL authorizer maps them. A subject `<topic>-key` or `<topic>-value` (the serializers'
+/// default TopicNameStrategy) belongs to `<topic>`; any other subject (RecordNameStrategy's
+/// record names) to a topic of its own name, so a prefixed binding covers both. Reading a
+/// subject needs DESCRIBE on its topic (what WRITE and READ imply: producers and consumers
+/// alike), registering needs WRITE, deleting DELETE, its settings DESCRIBE_CONFIGS and
+/// ALTER_CONFIGS; the global settings need those on the cluster. Principals come from the
+/// registry listener's client certificates, named as on the Kafka listeners.
+pub struct RegistryGate {
+    pub state: std::sync::Arc<BrokerState>,
+}
+
+impl RegistryGate {
+    fn access(&self, caller: &schema_registry::gate::Caller) -> Access {
+        Access::of_principal(&self.state, || {
+            let principal = match &caller.principal {
+                Some(name) => format!("User:{name}"),
+                None => crate::session::Principal::Anonymous.to_string(),
+            };
+            (principal, caller.peer.ip().to_string())
+        })
+    }
+}
+
+/// The topic a registry subject belongs to.
+pub fn subject_topic(subject: &str) -> &str {
+    subject
+        .strip_suffix("-value")
+        .or_else(|| subject.strip_suffix("-key"))
+        .unwrap_or(subject)
+}
+
+impl schema_registry::gate::Gate for RegistryGate {
+    fn allow(
+        &self,
+        caller: &schema_registry::gate::Caller,
+        action: schema_registry::gate::Action<'_>,
+    ) -> bool {
+        use schema_registry::gate::{Action, SubjectOp};
+        if !self.state.authorizer.enabled {
+            return true;
+        }
+        let operation = |op| match op {
+            SubjectOp::Read => Operation::Describe,
+            SubjectOp::Write => Operation::Write,
+            SubjectOp::Delete => Operation::Delete,
+            SubjectOp::ReadConfig => Operation::DescribeConfigs,
+            SubjectOp::WriteConfig => Operation::AlterConfigs,
+        };
+        match action {
+            Action::Open | Action::Listing => true,
+            Action::Subject(subject, op) => self
+                .access(caller)
+                .topic(operation(op), subject_topic(subject)),
+            Action::Global(op) => self.access(caller).cluster(operation(op)),
+        }
     }
 }

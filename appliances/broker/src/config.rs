@@ -382,28 +382,9 @@ impl Default for KafkaListener {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminListener {
-    /// Address of the metrics and health HTTP server.
-    pub listen: SocketAddr,
-    /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
-    /// --token`); without one, changes are refused and only reads are served.
-    pub token: Option<String>,
-    /// `/metrics`, `/health` and `/ready` need the token too (off: probes and Prometheus
-    /// read them without credentials).
-    pub protect_reads: bool,
-}
-
-impl Default for AdminListener {
-    fn default() -> Self {
-        AdminListener {
-            listen: "0.0.0.0:9644".parse().expect("static address"),
-            token: None,
-            protect_reads: false,
-        }
-    }
-}
+/// `[admin]`: metrics, health and the admin API on 9644 (as Redpanda's).
+pub type AdminListener = telemetry::AdminSettings<AdminPort>;
+telemetry::admin_port!(AdminPort, 9644);
 
 /// When acknowledged data is on disk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -736,10 +717,7 @@ impl Validate for BrokerConfig {
         if self.node_id < 0 {
             return Err(format!("node_id = {} must be >= 0", self.node_id));
         }
-        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
-        if self.admin.protect_reads && self.admin.token.is_none() {
-            return Err("admin.protect_reads needs admin.token".into());
-        }
+        self.admin.check(self.tls.as_ref())?;
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir must not be empty".into());
         }

@@ -199,10 +199,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>,
             config.tls.as_ref(),
         )),
-        telemetry::AdminAccess {
-            token: config.admin.token.clone(),
-            protect_reads: config.admin.protect_reads,
-        },
+        config.admin.access(config.tls.as_ref())?,
         shutdown.clone(),
     )
     .await
@@ -418,7 +415,7 @@ async fn serve_schema_registry(
     health: Arc<Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    use schema_registry::server::{Open, RegistryTls, ServerLimits, serve};
+    use schema_registry::server::{RegistryTls, ServerLimits, serve};
     tokio::spawn(ensure_schemas_topic(Arc::clone(state), shutdown.clone()));
     let store = Arc::new(parking_lot::RwLock::new(
         schema_registry::store::Store::new(config.limits()),
@@ -461,12 +458,15 @@ async fn serve_schema_registry(
     };
     tokio::spawn(Arc::clone(&state.cluster).announce_services(services, shutdown.clone()));
     let shutdown = shutdown.clone();
+    let gate = Arc::new(crate::authz::RegistryGate {
+        state: Arc::clone(state),
+    });
     tokio::spawn(async move {
         let stop = shutdown.cancelled();
         serve(
             listener,
             registry,
-            Arc::new(Open),
+            gate,
             ServerLimits {
                 body_bytes_max,
                 ..ServerLimits::default()

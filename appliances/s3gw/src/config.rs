@@ -14,6 +14,7 @@
 //! access_key = "branch-017"
 //! secret_key = "..."
 //! buckets = { "biometrics" = "write" }
+//! principal = "User:branch-017"      # its HTTPS client certificate gets the same grants
 //! [anonymous]                        # unsigned requests: refused unless a bucket allows it
 //! buckets = { "firmware" = "read" }
 //! ```
@@ -79,32 +80,20 @@ impl Default for S3Listener {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminListener {
-    pub listen: SocketAddr,
-    /// Bearer token for changes through this port (`POST /v1/tls`: renewed certificates);
-    /// without one, only reads are served.
-    pub token: Option<String>,
-    /// `/metrics`, `/health` and `/ready` need the token too.
-    pub protect_reads: bool,
-}
-
-impl Default for AdminListener {
-    fn default() -> Self {
-        AdminListener {
-            listen: "0.0.0.0:9645".parse().expect("static"),
-            token: None,
-            protect_reads: false,
-        }
-    }
-}
+/// `[admin]`: metrics, health and the admin API (`POST /v1/tls`: renewed certificates).
+pub type AdminListener = telemetry::AdminSettings<AdminPort>;
+telemetry::admin_port!(AdminPort, 9645);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub access_key: String,
     pub secret_key: String,
+    /// The branch principal (`User:branch-017`) these keys belong to: over HTTPS, a client
+    /// certificate mapped to it gets these grants without signing, and a signed request
+    /// from a certificate must use its own principal's keys.
+    #[serde(default)]
+    pub principal: Option<String>,
     /// Buckets this key may use and how. Absent: an administrator (all buckets, and
     /// creating and deleting buckets).
     pub buckets: Option<BTreeMap<String, Access>>,
@@ -161,10 +150,7 @@ impl S3gwConfig {
     /// satisfy (its keys come per VM).
     pub fn validate_baked(&self) -> Result<(), String> {
         self.s3.connections.check("s3.connections")?;
-        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
-        if self.admin.protect_reads && self.admin.token.is_none() {
-            return Err("admin.protect_reads needs admin.token".into());
-        }
+        self.admin.check(self.tls.as_ref())?;
         match (&self.tls, self.s3.security) {
             (None, tls::SecurityProtocol::Ssl) => {
                 return Err("s3.security = \"SSL\" needs [tls] with certificate and key".into());
@@ -177,6 +163,18 @@ impl S3gwConfig {
                 return Err(format!(
                     "credentials: access key {:?} needs a secret of at least 8 characters",
                     c.access_key
+                ));
+            }
+        }
+        let mut principals = std::collections::BTreeSet::new();
+        for p in self
+            .credentials
+            .iter()
+            .filter_map(|c| c.principal.as_deref())
+        {
+            if p.strip_prefix("User:").is_none_or(str::is_empty) || !principals.insert(p) {
+                return Err(format!(
+                    "credentials: principal {p:?} is not User:<name>, or is named by two credentials"
                 ));
             }
         }

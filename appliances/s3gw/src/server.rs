@@ -2,7 +2,7 @@
 //! stop gracefully.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,7 +18,7 @@ use telemetry::{DiskCollector, Health, ProcessCollector};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{AccessPolicy, OperationSlot};
+use crate::access::{AccessPolicy, CertificatePrincipal, OperationSlot};
 use crate::config::S3gwConfig;
 use crate::gateway::Gateway;
 use crate::store::Store;
@@ -74,10 +74,7 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
         .tls
         .as_ref()
         .map(|t| Arc::new(telemetry::TlsFilesRoute(t.clone())) as Arc<dyn telemetry::AdminRoutes>);
-    let access = telemetry::AdminAccess {
-        token: config.admin.token.clone(),
-        protect_reads: config.admin.protect_reads,
-    };
+    let access = config.admin.access(config.tls.as_ref())?;
     let admin = telemetry::serve_admin_with(
         config.admin.listen,
         Arc::new(registry),
@@ -151,13 +148,19 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
             // body waits for the client's delayed ACK (40 ms per small GET).
             let _ = socket.set_nodelay(true);
             let (svc, metrics) = (service.clone(), metrics.clone());
+            // Set once the TLS handshake has mapped the client certificate, before any
+            // request is read.
+            let certificate: Arc<OnceLock<Option<Arc<str>>>> = Arc::default();
+            let principal = Arc::clone(&certificate);
             let counted = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let (svc, metrics) = (svc.clone(), metrics.clone());
+                    let principal = CertificatePrincipal(principal.get().cloned().flatten());
                     async move {
                         let started = Instant::now();
                         let operation = OperationSlot::default();
                         req.extensions_mut().insert(operation.clone());
+                        req.extensions_mut().insert(principal);
                         let received = content_length(req.headers());
                         let empty_expecting_continue = expects_continue_without_body(&req);
                         let with_body = has_body(&req, received);
@@ -197,6 +200,9 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                     // `[tls] handshake_timeout`, so a slow client delays no one else.
                     Some(tls) => match tls.accept(socket).await {
                         Ok(a) => {
+                            // Named as Kafka names principals, so one name means one branch everywhere.
+                            let _ = certificate
+                                .set(a.principal.map(|p| Arc::from(format!("User:{p}"))));
                             let conn = http.serve_connection(TokioIo::new(a.stream), counted);
                             tokio::select! {
                                 _ = watcher.watch(conn.into_owned()) => {}

@@ -86,7 +86,14 @@ impl Verifier {
 
     /// Check the client's first (and only) OAUTHBEARER message (expiry against the clock).
     pub fn verify(&self, message: &[u8]) -> Result<Bearer, Failure> {
-        let token = bearer_token(message)?;
+        self.verify_token(bearer_token(message)?)
+    }
+
+    /// Check a bearer token itself (an HTTP `Authorization: Bearer` header's).
+    pub fn verify_token(&self, token: &str) -> Result<Bearer, Failure> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(Failure::Malformed("bearer token"));
+        }
         let header = decode_header(token).map_err(|_| Failure::Malformed("bearer token"))?;
         let keys = self.keys();
         let jwk = match &header.kid {

@@ -132,17 +132,7 @@ impl Registry {
 
     /// The answer and the route template it was routed by.
     async fn answer(&self, req: Request<'_>) -> (Answer, &'static str) {
-        let segments: Vec<String> = req
-            .path
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .collect();
+        let segments = crate::gate::segments(req.path);
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = route_template(&segs);
         let query = Query::parse(req.query);

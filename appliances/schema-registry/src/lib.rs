@@ -7,6 +7,7 @@ pub mod api;
 pub mod avro;
 pub mod compat;
 pub mod error;
+pub mod gate;
 pub mod metrics;
 pub mod records;
 pub mod server;

@@ -4,7 +4,6 @@
 //! a write and another broker writes.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,27 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::api::{Answer, CONTENT_TYPE, Registry, Request};
 use crate::error::RegistryError;
 
-/// Who is calling: the connection's peer and, once the security layer establishes one, its
-/// principal (`None`: anonymous).
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub peer: SocketAddr,
-    pub principal: Option<Arc<str>>,
-}
-
-/// The one check every request passes (ACLs per subject plug in here).
-pub trait Gate: Send + Sync {
-    fn allow(&self, caller: &Caller, method: &str, path: &str) -> bool;
-}
-
-/// Everyone may do everything: the registry before the security layer.
-pub struct Open;
-
-impl Gate for Open {
-    fn allow(&self, _: &Caller, _: &str, _: &str) -> bool {
-        true
-    }
-}
+use crate::gate::{Action, filter_listing, segments};
+pub use crate::gate::{Caller, Gate, Open};
 
 /// Limits of the listener.
 #[derive(Debug, Clone, Copy)]
@@ -238,12 +218,17 @@ async fn answer(
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let parts_headers = req.headers().clone();
-    if !gate.allow(caller, &method, &path) {
+    let segs = segments(&path);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let action = Action::of(&method, &segs);
+    if !gate.allow(caller, action) {
+        tracing::debug!(principal = ?caller.principal, peer = %caller.peer, ?action, "registry request denied");
         return json_response(
             403,
             &serde_json::json!({"error_code": 40301, "message": "User is denied operation on this resource."}),
         );
     }
+    let listing = action == Action::Listing;
     let read = read_body(
         req.into_body(),
         limits.body_bytes_max,
@@ -272,7 +257,12 @@ async fn answer(
         forwarded,
     };
     match registry.handle(request).await {
-        Answer::Json(status, json) => json_response(status, &json),
+        Answer::Json(status, mut json) => {
+            if listing {
+                filter_listing(gate, caller, &mut json);
+            }
+            json_response(status, &json)
+        }
         Answer::Forward(base) => {
             let target = match &query {
                 Some(q) => format!("{path}?{q}"),
@@ -285,6 +275,7 @@ async fn answer(
             )
             .await
             {
+                Ok(Ok(r)) if listing => filter_relayed(r, gate, caller).await,
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => error_response(RegistryError::Forwarding(e)),
                 Err(_) => error_response(RegistryError::Forwarding(format!(
@@ -293,6 +284,26 @@ async fn answer(
                 ))),
             }
         }
+    }
+}
+
+/// A listing the writer answered, filtered for `caller` as a local one is.
+async fn filter_relayed(
+    r: Response<Full<Bytes>>,
+    gate: &dyn Gate,
+    caller: &Caller,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = r.into_parts();
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(never) => match never {},
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut json) if parts.status.is_success() => {
+            filter_listing(gate, caller, &mut json);
+            json_response(parts.status.as_u16(), &json)
+        }
+        _ => Response::from_parts(parts, Full::new(bytes)),
     }
 }
 

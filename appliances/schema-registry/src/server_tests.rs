@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::{CONTENT_TYPE, Registry, Writer};
 use crate::api_tests::registry;
+use crate::gate::{Action, SubjectOp};
 use crate::server::{Caller, Gate, Open, ServerLimits, serve};
 
 /// Serve `registry` on a loopback port; returns its address.
@@ -77,8 +78,8 @@ async fn answers_json_with_confluents_content_type() {
 async fn the_gate_and_the_body_limit_refuse_before_the_registry_sees_anything() {
     struct ReadOnly;
     impl Gate for ReadOnly {
-        fn allow(&self, _: &Caller, method: &str, _: &str) -> bool {
-            method == "GET"
+        fn allow(&self, _: &Caller, action: Action<'_>) -> bool {
+            !matches!(action, Action::Subject(_, SubjectOp::Write))
         }
     }
     let (r, _) = registry();

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{AdminAccess, Refusal};
 use crate::health::Health;
 
 /// The largest request body an admin route reads.
@@ -111,16 +112,6 @@ impl AdminRoutes for TlsFilesRoute {
     }
 }
 
-/// Who may use the admin port.
-#[derive(Debug, Clone, Default)]
-pub struct AdminAccess {
-    /// `Authorization: Bearer <token>` that changes need; without one, there are none.
-    pub token: Option<String>,
-    /// Whether `/metrics`, `/health` and `/ready` need the token too (off by default, for
-    /// probes and Prometheus).
-    pub protect_reads: bool,
-}
-
 pub struct AdminServer {
     pub local_addr: SocketAddr,
     pub task: JoinHandle<()>,
@@ -161,61 +152,65 @@ fn builtin(path: &str, registry: &Registry, health: &Health) -> Option<Response<
     })
 }
 
-/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What one connection's requests share.
+struct Served {
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    extra: Option<Arc<dyn AdminRoutes>>,
+    access: AdminAccess,
+}
+
+/// The answer to a request that lacks the credentials it needs.
+fn refused(why: Refusal, protected_read: bool) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match why {
+        Refusal::NothingConfigured => respond(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "changes through this port need [admin] token or admins in this node's configuration\n",
+        ),
+        Refusal::Unauthorized(reason) => {
+            tracing::info!(reason, "admin request refused");
+            let what = if protected_read {
+                " ([admin] protect_reads)"
+            } else {
+                ""
+            };
+            respond(
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                format!(
+                    "a valid Authorization: Bearer token or admin certificate is needed{what}\n"
+                ),
+            )
+        }
+    }
 }
 
 async fn route(
     req: Request<Incoming>,
-    registry: &Registry,
-    health: &Health,
-    extra: Option<&dyn AdminRoutes>,
-    token: Option<&str>,
-    protect_reads: bool,
+    served: &Served,
+    certificate: Option<&str>,
 ) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    let (access, extra) = (&served.access, served.extra.as_deref());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let read_only = method == Method::GET || method == Method::HEAD;
-    if protect_reads && !token.is_some_and(|t| authorized(&req, t)) {
-        return respond(
-            StatusCode::UNAUTHORIZED,
-            TEXT,
-            "a valid Authorization: Bearer token is needed ([admin] protect_reads)\n",
-        );
+    if access.protect_reads
+        && let Err(why) = access.check(&req, certificate)
+    {
+        return refused(why, true);
     }
-    if read_only && let Some(r) = builtin(&path, registry, health) {
+    if read_only && let Some(r) = builtin(&path, &served.registry, &served.health) {
         return r;
     }
-    // Changes (anything but a read) need the configured token; without one there are none.
-    if !read_only && extra.is_some() {
-        match token {
-            None => {
-                return respond(
-                    StatusCode::FORBIDDEN,
-                    TEXT,
-                    "changes through this port need [admin] token in this node's configuration\n",
-                );
-            }
-            Some(t) if !authorized(&req, t) => {
-                return respond(
-                    StatusCode::UNAUTHORIZED,
-                    TEXT,
-                    "a valid Authorization: Bearer token is needed\n",
-                );
-            }
-            Some(_) => {}
-        }
+    // Changes (anything but a read) need credentials; without any configured there are none.
+    if !read_only
+        && extra.is_some()
+        && let Err(why) = access.check(&req, certificate)
+    {
+        return refused(why, false);
     }
     if let Some(extra) = extra {
         let body = match tokio::time::timeout(
@@ -283,8 +278,16 @@ pub async fn serve_admin_with(
     access: AdminAccess,
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
-    let token: Option<Arc<str>> = access.token.map(Into::into);
-    let protect_reads = access.protect_reads;
+    let tls = access.tls.clone();
+    if let Some(t) = &tls {
+        tokio::spawn(Arc::clone(t).watch("admin [tls]".into(), shutdown.clone()));
+    }
+    let served = Arc::new(Served {
+        registry,
+        health,
+        extra,
+        access,
+    });
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let admission = Admission::new(ConnectionLimits::fixed(
@@ -310,38 +313,45 @@ pub async fn serve_admin_with(
                     continue;
                 }
             };
-            let registry = Arc::clone(&registry);
-            let health = Arc::clone(&health);
-            let extra = extra.clone();
-            let token = token.clone();
+            let (served, tls) = (Arc::clone(&served), tls.clone());
             tokio::spawn(async move {
                 let _admitted = admitted;
-                let service = service_fn(move |req| {
-                    let registry = Arc::clone(&registry);
-                    let health = Arc::clone(&health);
-                    let extra = extra.clone();
-                    let token = token.clone();
-                    async move {
-                        let answer = route(
-                            req,
-                            &registry,
-                            &health,
-                            extra.as_deref(),
-                            token.as_deref(),
-                            protect_reads,
-                        );
-                        Ok::<_, Infallible>(answer.await)
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(REQUEST_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    None => serve_connection(stream, served, None).await,
+                    // Within `[tls] handshake_timeout`, on this connection's own task.
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(a) => {
+                            let principal = a.principal.map(|p| Arc::from(format!("User:{p}")));
+                            tokio::select! {
+                                () = serve_connection(a.stream, served, principal) => {}
+                                _ = a.revocation.revoked() => tracing::warn!(%peer,
+                                    "closing an admin connection: a CRL revokes its certificate"),
+                            }
+                        }
+                        Err(e) => tracing::info!(%peer, reason = %e, "admin TLS handshake refused"),
+                    },
+                }
             });
         }
     });
     Ok(AdminServer { local_addr, task })
+}
+
+/// Serve HTTP/1.1 on one admin connection; `certificate` is its client certificate's
+/// principal.
+async fn serve_connection<S>(stream: S, served: Arc<Served>, certificate: Option<Arc<str>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (served, certificate) = (Arc::clone(&served), certificate.clone());
+        async move { Ok::<_, Infallible>(route(req, &served, certificate.as_deref()).await) }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// One request to an admin port (`clk`'s side): the status and the body, within `timeout`.
@@ -413,6 +423,7 @@ mod tests {
             let access = AdminAccess {
                 token: Some(token.clone()),
                 protect_reads,
+                ..AdminAccess::default()
             };
             let any = "127.0.0.1:0".parse().unwrap();
             let (registry, health) = (Arc::new(Registry::default()), Arc::new(Health::new()));
@@ -437,5 +448,117 @@ mod tests {
             }
             shutdown.cancel();
         }
+    }
+
+    crate::admin_port!(AnyPort, 0);
+
+    /// Answers `POST /v1/echo`: a change, which needs credentials.
+    struct Echo;
+
+    impl AdminRoutes for Echo {
+        fn route(&self, method: &Method, path: &str, _: Bytes) -> Option<AdminFuture> {
+            ((method, path) == (&Method::POST, "/v1/echo")).then(|| {
+                Box::pin(async { AdminReply::json(StatusCode::OK, &"echo") }) as AdminFuture
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn admins_may_change_with_their_oidc_tokens_and_no_one_else() {
+        use sasl::oauthbearer::{BearerSettings, test_issuer::TestIssuer};
+        let dir = tempfile::tempdir().unwrap();
+        let idp = TestIssuer::new(dir.path(), "https://idp.test/realms/hub", "k1");
+        let stranger = TestIssuer::new(dir.path(), "https://idp.test/realms/hub", "k2");
+        let token = "an-admin-token-0123456789".to_string();
+        let settings = crate::AdminSettings::<AnyPort> {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token: Some(token.clone()),
+            admins: vec!["User:ops-alice".into()],
+            oauthbearer: Some(BearerSettings {
+                issuer: idp.issuer.clone(),
+                audience: "hub".into(),
+                jwks_file: idp.jwks.clone(),
+                principal_claim: "sub".into(),
+                leeway_secs: 0,
+            }),
+            ..Default::default()
+        };
+        settings.check(None).unwrap();
+        let shutdown = CancellationToken::new();
+        let (registry, health) = (Arc::new(Registry::default()), Arc::new(Health::new()));
+        let server = serve_admin_with(
+            settings.listen,
+            registry,
+            health,
+            Some(Arc::new(Echo)),
+            settings.access(None).unwrap(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr.to_string();
+        let post = |bearer: Option<String>| {
+            let addr = addr.clone();
+            async move {
+                let timeout = Duration::from_secs(10);
+                call(
+                    &addr,
+                    Method::POST,
+                    "/v1/echo",
+                    None,
+                    bearer.as_deref(),
+                    timeout,
+                )
+                .await
+                .unwrap()
+                .0
+            }
+        };
+        let hour = 3600;
+        assert_eq!(
+            post(Some(idp.token("ops-alice", "hub", 0, hour))).await,
+            StatusCode::OK
+        );
+        assert_eq!(post(Some(token.clone())).await, StatusCode::OK);
+        let refused = [
+            // A good token of someone who is not an admin.
+            Some(idp.token("analyst-bob", "hub", 0, hour)),
+            // Expired, for another audience, signed by a key the issuer never published.
+            Some(idp.token("ops-alice", "hub", -2 * hour, -hour)),
+            Some(idp.token("ops-alice", "grafana", 0, hour)),
+            Some(stranger.token("ops-alice", "hub", 0, hour)),
+            Some("not-a-jwt-and-not-the-token".into()),
+            None,
+        ];
+        for bearer in refused {
+            assert_eq!(
+                post(bearer.clone()).await,
+                StatusCode::UNAUTHORIZED,
+                "{bearer:?}"
+            );
+        }
+        // Reads stay open without protect_reads.
+        assert_eq!(
+            get(server.local_addr, "/metrics", None).await,
+            StatusCode::OK
+        );
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn admins_need_a_way_to_be_recognised() {
+        let mut s = crate::AdminSettings::<AnyPort> {
+            admins: vec!["User:ops-alice".into()],
+            ..Default::default()
+        };
+        assert!(s.check(None).unwrap_err().contains("admin.oauthbearer"));
+        s.admins = vec!["ops-alice".into()];
+        assert!(s.check(None).unwrap_err().contains("User:<name>"));
+        s.admins.clear();
+        s.security = tls::SecurityProtocol::Ssl;
+        assert!(s.check(None).unwrap_err().contains("needs [tls]"));
+        s.security = tls::SecurityProtocol::Plaintext;
+        s.protect_reads = true;
+        assert!(s.check(None).unwrap_err().contains("protect_reads"));
     }
 }

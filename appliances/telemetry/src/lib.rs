@@ -1,6 +1,7 @@
 //! What every appliance exposes about itself: structured logs (`tracing`), Prometheus metrics
 //! and health endpoints on a small admin HTTP server.
 
+pub mod access;
 pub mod admin;
 pub mod disk;
 pub mod health;
@@ -8,9 +9,9 @@ pub mod logging;
 pub mod process;
 pub mod service;
 
+pub use access::{AdminAccess, AdminSettings};
 pub use admin::{
-    AdminAccess, AdminReply, AdminRoutes, AdminServer, Routes, TlsFilesRoute, serve_admin,
-    serve_admin_with,
+    AdminReply, AdminRoutes, AdminServer, Routes, TlsFilesRoute, serve_admin, serve_admin_with,
 };
 pub use disk::DiskCollector;
 pub use health::Health;

@@ -15,7 +15,6 @@
 //! listen = "0.0.0.0:9646"
 //! ```
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use quorum::config::{ClusterConfig, QuorumListener};
@@ -47,28 +46,9 @@ pub struct WitnessConfig {
     pub tls: Option<tls::TlsSettings>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminListener {
-    /// `/metrics`, `/health`, `/ready`.
-    pub listen: SocketAddr,
-    /// Bearer token that authorizes changes through this port (`clk cluster replace-voter
-    /// --token`); without one, changes are refused and only reads are served.
-    pub token: Option<String>,
-    /// `/metrics`, `/health` and `/ready` need the token too (off: probes and Prometheus
-    /// read them without credentials).
-    pub protect_reads: bool,
-}
-
-impl Default for AdminListener {
-    fn default() -> Self {
-        AdminListener {
-            listen: SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),
-            token: None,
-            protect_reads: false,
-        }
-    }
-}
+/// `[admin]`: `/metrics`, `/health`, `/ready` and the quorum's admin API.
+pub type AdminListener = telemetry::AdminSettings<WitnessAdminPort>;
+telemetry::admin_port!(WitnessAdminPort, ADMIN_PORT);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,10 +119,7 @@ impl appconfig::Validate for WitnessConfig {
         if q != 0 && q == a {
             return Err("quorum.listen and admin.listen use the same port".into());
         }
-        appconfig::check_secret("admin.token", self.admin.token.as_deref())?;
-        if self.admin.protect_reads && self.admin.token.is_none() {
-            return Err("admin.protect_reads needs admin.token".into());
-        }
+        self.admin.check(self.tls.as_ref())?;
         Ok(())
     }
 }

@@ -218,10 +218,7 @@ async fn serve(
                 Arc::new(telemetry::TlsFilesRoute(t.clone())),
             ])),
         }),
-        telemetry::AdminAccess {
-            token: config.admin.token.clone(),
-            protect_reads: config.admin.protect_reads,
-        },
+        config.admin.access(config.tls.as_ref())?,
         shutdown.clone(),
     )
     .await
