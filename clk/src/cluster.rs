@@ -22,7 +22,8 @@ pub enum ClusterCommand {
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// A quorum member's admin port (a broker's or the witness's), host:port.
+    /// A quorum member's admin port (a broker's or the witness's), host:port, or
+    /// https://host:port with `clk --admin-ca`.
     #[arg(long, default_value = "127.0.0.1:9644")]
     admin: String,
     /// Print the status as JSON.
@@ -71,8 +72,16 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
 }
 
 async fn fetch(admin: &str) -> anyhow::Result<ClusterStatus> {
-    let (code, body) =
-        telemetry::admin::call(admin, Method::GET, "/v1/cluster", None, None, CALL_TIMEOUT).await?;
+    let (code, body) = telemetry::admin::call(
+        admin,
+        crate::admin_tls()?,
+        Method::GET,
+        "/v1/cluster",
+        None,
+        None,
+        CALL_TIMEOUT,
+    )
+    .await?;
     if code != StatusCode::OK {
         bail!("{admin} answered {code}: {}", body.trim());
     }
@@ -220,6 +229,7 @@ async fn replace_voter(args: ReplaceArgs) -> anyhow::Result<()> {
     eprintln!("replacing voter {remove} by {add}; the new voter catches up first");
     let (code, answer) = telemetry::admin::call(
         &args.admin,
+        crate::admin_tls()?,
         Method::POST,
         "/v1/cluster/voters",
         Some(body),

@@ -15,6 +15,8 @@ mod pki;
 mod progress;
 mod vm;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -22,6 +24,41 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The CA that admin ports served over HTTPS (`[admin] security = "SSL"`) chain to;
+    /// admin addresses are then written `https://host:port`.
+    #[arg(long, global = true, env = "CLK_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
+    /// A client certificate (and `--admin-key`) to present to HTTPS admin ports whose
+    /// `[admin] admins` name its principal.
+    #[arg(long, global = true, env = "CLK_ADMIN_CERT", requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "CLK_ADMIN_KEY", requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
+}
+
+/// How `clk` reaches HTTPS admin ports: `--admin-ca` and the optional client certificate.
+struct AdminTlsFiles {
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+static ADMIN_TLS: std::sync::OnceLock<Option<AdminTlsFiles>> = std::sync::OnceLock::new();
+
+/// The TLS client for HTTPS admin ports, when `--admin-ca` was given.
+pub fn admin_tls() -> anyhow::Result<Option<&'static tls::Connector>> {
+    static CONNECTOR: std::sync::OnceLock<Option<tls::Connector>> = std::sync::OnceLock::new();
+    if let Some(c) = CONNECTOR.get() {
+        return Ok(c.as_ref());
+    }
+    let connector = match ADMIN_TLS.get().and_then(Option::as_ref) {
+        None => None,
+        Some(files) => {
+            let identity = files.identity.as_ref();
+            let identity = identity.map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(tls::Connector::new(&files.ca, identity)?)
+        }
+    };
+    Ok(CONNECTOR.get_or_init(|| connector).as_ref())
 }
 
 #[derive(Subcommand)]
@@ -69,6 +106,8 @@ enum VmCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let identity = cli.admin_cert.zip(cli.admin_key);
+    let _ = ADMIN_TLS.set(cli.admin_ca.map(|ca| AdminTlsFiles { ca, identity }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -222,12 +222,12 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
         } => {
             let pki = Pki::open(&at.dir)?;
             let update = pki.update_for(Some(&name))?;
-            push(&admin, &token, &update)
+            push(&admin, &token, &update, &at.dir)
         }
         PkiCommand::PushCrl { at, admins, token } => {
             let update = Pki::open(&at.dir)?.update_for(None)?;
             for admin in &admins {
-                push(admin, &token, &update)?;
+                push(admin, &token, &update, &at.dir)?;
             }
             Ok(())
         }
@@ -637,14 +637,30 @@ impl Pki {
     }
 }
 
-/// Send `update` to the admin port `admin`.
-fn push(admin: &str, token: &str, update: &tls::install::TlsUpdate) -> anyhow::Result<()> {
+/// Send `update` to the admin port `admin` (`https://...` is checked against `clk
+/// --admin-ca`, or else this PKI's own root).
+fn push(
+    admin: &str,
+    token: &str,
+    update: &tls::install::TlsUpdate,
+    pki: &Path,
+) -> anyhow::Result<()> {
     let body = serde_json::to_string(update)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let own_root;
+    let tls = match crate::admin_tls()? {
+        Some(t) => Some(t),
+        None if admin.starts_with("https://") => {
+            own_root = tls::Connector::new(&pki.join("ca.pem"), None)?;
+            Some(&own_root)
+        }
+        None => None,
+    };
     let (status, answer) = runtime.block_on(telemetry::admin::call(
         admin,
+        tls,
         hyper::Method::POST,
         "/v1/tls",
         Some(body),

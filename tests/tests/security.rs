@@ -448,6 +448,18 @@ fn the_admin_port_serves_https_and_lets_admins_in_by_their_certificates() {
     // Not let in: another certificate, no credentials.
     assert_eq!(post(&refs(&branch_cert)), "401");
     assert_eq!(post(&[]), "401");
+    // The operator's CLI over HTTPS, checking the node against the CA.
+    let clk_status = |ca: Option<&str>| {
+        let mut cmd = Command::new(e2e::broker::bin("clk"));
+        cmd.args(["cluster", "status", "--json", "--admin", &https]);
+        if let Some(ca) = ca {
+            cmd.args(["--admin-ca", ca]);
+        }
+        run(cmd, None, T)
+    };
+    let shown = clk_status(Some(&ca));
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(!clk_status(None).status.success());
 }
 
 /// `clk pki` with `args`: whether it succeeded.

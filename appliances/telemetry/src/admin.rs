@@ -355,8 +355,10 @@ where
 }
 
 /// One request to an admin port (`clk`'s side): the status and the body, within `timeout`.
+/// `admin` is `host:port`, or `https://host:port` with `tls` to check the server by.
 pub async fn call(
-    addr: &str,
+    admin: &str,
+    tls: Option<&tls::Connector>,
     method: Method,
     path: &str,
     body: Option<String>,
@@ -364,24 +366,65 @@ pub async fn call(
     timeout: Duration,
 ) -> anyhow::Result<(StatusCode, String)> {
     let exchange = async {
+        let (https, addr) = match admin.strip_prefix("https://") {
+            Some(a) => (true, a.trim_end_matches('/')),
+            None => (false, admin.strip_prefix("http://").unwrap_or(admin)),
+        };
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to the admin port {addr}"))?;
+        let request = admin_request(addr, method, path, body, token)?;
+        match (https, tls) {
+            (false, _) => exchange(stream, request).await,
+            (true, Some(tls)) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let stream = tls
+                    .connect(host, stream)
+                    .await
+                    .with_context(|| format!("TLS to {addr}"))?;
+                exchange(stream, request).await
+            }
+            (true, None) => anyhow::bail!("{admin}: HTTPS needs the CA to check it by"),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("{admin} did not answer within {timeout:?}"))?
+}
+
+fn admin_request(
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    token: Option<&str>,
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .context("building the request")
+}
+
+/// Send `request` over `stream`: the status and the body.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<(StatusCode, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake")?;
         tokio::spawn(conn);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr)
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .context("building the request")?;
         let response = sender
             .send_request(request)
             .await
@@ -396,10 +439,7 @@ pub async fn call(
             status,
             String::from_utf8_lossy(&body.to_bytes()).into_owned(),
         ))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .with_context(|| format!("{addr} did not answer within {timeout:?}"))?
+    }
 }
 
 #[cfg(test)]
@@ -409,7 +449,7 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> StatusCode {
         let timeout = Duration::from_secs(10);
         let addr = addr.to_string();
-        call(&addr, Method::GET, path, None, token, timeout)
+        call(&addr, None, Method::GET, path, None, token, timeout)
             .await
             .unwrap()
             .0
@@ -503,6 +543,7 @@ mod tests {
                 let timeout = Duration::from_secs(10);
                 call(
                     &addr,
+                    None,
                     Method::POST,
                     "/v1/echo",
                     None,

@@ -365,14 +365,8 @@ impl TlsClient {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
-            .to_owned();
-        let connector = tokio_rustls::TlsConnector::from(self.config.current());
         let within = self.config.settings.handshake_timeout;
-        tokio::time::timeout(within, connector.connect(name, stream))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
+        connect(self.config.current(), within, host, stream).await
     }
 
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
@@ -460,6 +454,63 @@ fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let config = builder.with_single_cert(certificates(&s.certificate)?, private_key(&s.key)?)?;
     Ok(Arc::new(config))
+}
+
+/// The client handshake on `stream` with the server named `host`, within `within`.
+async fn connect<S>(
+    config: Arc<rustls::ClientConfig>,
+    within: Duration,
+    host: &str,
+    stream: S,
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+        .to_owned();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tokio::time::timeout(within, connector.connect(name, stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
+}
+
+/// A one-off TLS client (the operator's `clk` calling an admin port over HTTPS): servers
+/// are checked against `ca`; `identity` (certificate, key) is presented when given. Files
+/// are read once, as a command runs briefly.
+pub struct Connector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Connector {
+    pub fn new(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Connector, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(TLS12_AND_13)?
+            .with_root_certificates(roots(ca)?);
+        let config = match identity {
+            Some((cert, key)) => {
+                builder.with_client_auth_cert(certificates(cert)?, private_key(key)?)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Connector {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The handshake on `stream` with the server named `host`, within 10 s.
+    pub async fn connect<S>(
+        &self,
+        host: &str,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let within = default_handshake_timeout();
+        connect(Arc::clone(&self.config), within, host, stream).await
+    }
 }
 
 /// The CA certificates of a PEM file, as trust anchors.
