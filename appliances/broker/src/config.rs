@@ -615,6 +615,9 @@ impl BrokerConfig {
         if any_sasl && sasl.mechanisms.is_empty() {
             return Err("a listener is SASL_*: sasl.mechanisms must name at least one".into());
         }
+        if let Some(o) = &sasl.oauthbearer {
+            o.check("sasl.oauthbearer")?;
+        }
         if sasl.mechanisms.contains(&SaslMechanism::OAuthBearer) && sasl.oauthbearer.is_none() {
             return Err("sasl.mechanisms names OAUTHBEARER: [sasl.oauthbearer] must say how tokens are checked".into());
         }

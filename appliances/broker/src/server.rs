@@ -322,10 +322,17 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         config.topics.clone(),
     );
     let bearer = match &config.sasl.oauthbearer {
-        Some(b) => Some(Arc::new(
-            sasl::oauthbearer::Verifier::load(b.clone())
-                .map_err(|e| anyhow::anyhow!("[sasl.oauthbearer]: {e}"))?,
-        )),
+        Some(b) => {
+            let verifier = Arc::new(
+                sasl::oauthbearer::Verifier::load(b.clone())
+                    .map_err(|e| anyhow::anyhow!("[sasl.oauthbearer]: {e}"))?,
+            );
+            tokio::spawn(telemetry::jwks::refresh(
+                Arc::clone(&verifier),
+                shutdown.clone(),
+            ));
+            Some(verifier)
+        }
         None => None,
     };
     let state = Arc::new(BrokerState {

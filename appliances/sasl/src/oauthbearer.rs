@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use jsonwebtoken::jwk::JwkSet;
+pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,18 @@ pub struct BearerSettings {
     pub issuer: String,
     /// The `aud` a token must name (the hub).
     pub audience: String,
-    /// The issuer's public keys (JWKS, as its `jwks_uri` serves them), re-read on change.
-    pub jwks_file: PathBuf,
+    /// The issuer's public keys (JWKS, as its `jwks_uri` serves them), re-read on change...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ...or fetched from the issuer's `jwks_uri` itself (`https://` checked against
+    /// `jwks_ca`) every `jwks_refresh_secs` by the appliance. A failed fetch keeps the keys
+    /// it had, so logins go on through an identity provider's outage.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_secs: u64,
     /// The claim that names the principal (`User:<value>`).
     #[serde(default = "default_claim")]
     pub principal_claim: String,
@@ -40,6 +50,32 @@ fn default_claim() -> String {
 
 fn default_leeway() -> u64 {
     30
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+
+impl BearerSettings {
+    /// The checks a configuration must pass; `what` names the section in errors.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), None) => Ok(()),
+            (None, Some(url)) => {
+                if url.starts_with("https://") && self.jwks_ca.is_none() {
+                    return Err(format!("{what}.jwks_url over HTTPS needs {what}.jwks_ca"));
+                }
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(format!("{what}.jwks_url must be an http(s):// URL"));
+                }
+                if self.jwks_refresh_secs == 0 {
+                    return Err(format!("{what}.jwks_refresh_secs must be at least 1"));
+                }
+                Ok(())
+            }
+            _ => Err(format!("{what}: give one of jwks_file and jwks_url")),
+        }
+    }
 }
 
 /// A token that passed: who, and until when (Unix seconds).
@@ -59,22 +95,41 @@ pub struct Verifier {
 const TOKEN_BYTES_MAX: usize = 16 << 10;
 
 impl Verifier {
+    /// With `jwks_file`, its keys; with `jwks_url`, none until [`Verifier::set_keys`]
+    /// (the appliance fetches them).
     pub fn load(settings: BearerSettings) -> Result<Verifier, String> {
-        let (stamp, keys) = read_jwks(&settings)?;
+        settings.check("oauthbearer")?;
+        let (stamp, keys) = match &settings.jwks_file {
+            Some(path) => read_jwks(path)?,
+            None => (None, JwkSet { keys: Vec::new() }),
+        };
         Ok(Verifier {
             settings,
             keys: Mutex::new((stamp, keys)),
         })
     }
 
+    pub fn settings(&self) -> &BearerSettings {
+        &self.settings
+    }
+
+    /// Keys fetched from `jwks_url`; whether they differ from those held.
+    pub fn set_keys(&self, fresh: JwkSet) -> bool {
+        let mut keys = self.keys.lock();
+        let changed = keys.1 != fresh;
+        keys.1 = fresh;
+        changed
+    }
+
     /// The JWKS, re-read when its file changed (a rotated key; a broken file keeps the old).
     fn keys(&self) -> JwkSet {
         let mut keys = self.keys.lock();
-        let stamp = std::fs::metadata(&self.settings.jwks_file)
-            .and_then(|m| m.modified())
-            .ok();
+        let Some(path) = &self.settings.jwks_file else {
+            return keys.1.clone();
+        };
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if stamp != keys.0 {
-            match read_jwks(&self.settings) {
+            match read_jwks(path) {
                 Ok(fresh) => *keys = fresh,
                 Err(e) => {
                     tracing::error!(error = %e, "the JWKS changed but does not load; keeping the previous keys")
@@ -126,12 +181,15 @@ impl Verifier {
     }
 }
 
-fn read_jwks(s: &BearerSettings) -> Result<(Option<SystemTime>, JwkSet), String> {
-    let path = &s.jwks_file;
+/// A JWKS document (an identity provider's `jwks_uri` answer).
+pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))
+}
+
+fn read_jwks(path: &std::path::Path) -> Result<(Option<SystemTime>, JwkSet), String> {
     let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let keys: JwkSet = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+    let keys = parse_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((stamp, keys))
 }
 
@@ -233,7 +291,10 @@ mod tests {
         Verifier::load(BearerSettings {
             issuer: issuer.issuer.clone(),
             audience: "hub".into(),
-            jwks_file: issuer.jwks.clone(),
+            jwks_file: Some(issuer.jwks.clone()),
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh_secs: 300,
             principal_claim: "sub".into(),
             leeway_secs: 5,
         })
@@ -282,7 +343,7 @@ mod tests {
         );
         let other_issuer = TestIssuer::new(dir.path(), "https://evil.example", "k1b");
         let mixed = Verifier::load(BearerSettings {
-            jwks_file: other_issuer.jwks.clone(),
+            jwks_file: Some(other_issuer.jwks.clone()),
             ..v.settings.clone()
         })
         .unwrap();

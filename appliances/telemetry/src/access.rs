@@ -92,6 +92,9 @@ impl<P: AdminPort> AdminSettings<P> {
                     .into(),
             );
         }
+        if let Some(o) = &self.oauthbearer {
+            o.check("admin.oauthbearer")?;
+        }
         if self.protect_reads && self.token.is_none() && self.admins.is_empty() {
             return Err("admin.protect_reads needs admin.token or admin.admins".into());
         }

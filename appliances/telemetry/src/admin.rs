@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{AdminAccess, Refusal};
 use crate::health::Health;
 
+/// The largest answer [`call`] reads.
+const ANSWER_MAX_BYTES: usize = 4 << 20;
 /// The largest request body an admin route reads.
 const BODY_MAX_BYTES: usize = 64 * 1024;
 /// A request's head, and its body, must arrive within this; a connection silent this long
@@ -279,6 +281,9 @@ pub async fn serve_admin_with(
     shutdown: CancellationToken,
 ) -> std::io::Result<AdminServer> {
     let tls = access.tls.clone();
+    if let Some(b) = &access.bearer {
+        tokio::spawn(crate::jwks::refresh(Arc::clone(b), shutdown.clone()));
+    }
     if let Some(t) = &tls {
         tokio::spawn(Arc::clone(t).watch("admin [tls]".into(), shutdown.clone()));
     }
@@ -430,11 +435,11 @@ where
             .await
             .context("sending the request")?;
         let status = response.status();
-        let body = response
-            .into_body()
+        // Admin answers and identity providers' key sets are small.
+        let body = Limited::new(response.into_body(), ANSWER_MAX_BYTES)
             .collect()
             .await
-            .context("reading the answer")?;
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
         Ok((
             status,
             String::from_utf8_lossy(&body.to_bytes()).into_owned(),
@@ -517,7 +522,10 @@ mod tests {
             oauthbearer: Some(BearerSettings {
                 issuer: idp.issuer.clone(),
                 audience: "hub".into(),
-                jwks_file: idp.jwks.clone(),
+                jwks_file: Some(idp.jwks.clone()),
+                jwks_url: None,
+                jwks_ca: None,
+                jwks_refresh_secs: 300,
                 principal_claim: "sub".into(),
                 leeway_secs: 0,
             }),

@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 pub mod disk;
 pub mod health;
+pub mod jwks;
 pub mod logging;
 pub mod process;
 pub mod service;
