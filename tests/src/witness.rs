@@ -102,6 +102,11 @@ impl Witness {
         }
     }
 
+    /// The witness's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     pub fn log(&self) -> String {
         (1..=self.starts)
             .map(|i| {
