@@ -54,7 +54,12 @@ fuzz_target!(|data: &[u8]| {
             let seed = Request { method: "POST", path: &format!("/subjects/{subject}/versions"), query: None, body: SEED.as_bytes(), forwarded: false };
             assert!(matches!(registry.handle(seed).await, Answer::Json(200, _)));
         }
-        let req = Request { method: METHODS[m as usize % METHODS.len()], path, query, body: body.as_bytes(), forwarded: false };
+        let method = METHODS[m as usize % METHODS.len()];
+        // What the listener's gate sees of the request first.
+        let segs = schema_registry::gate::segments(path);
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let _ = schema_registry::gate::Action::of(method, &segs);
+        let req = Request { method, path, query, body: body.as_bytes(), forwarded: false };
         match registry.handle(req).await {
             Answer::Json(status, json) => {
                 assert!((200..600).contains(&status));

@@ -335,6 +335,25 @@ fn the_s3_gateway_serves_boto3_over_https_and_refuses_plain_http() {
     assert_eq!(r["listed"], serde_json::json!(["scan.bin"]), "{r}");
     assert_ne!(r["plain_http"], "served", "{r}");
     assert_eq!(r["untrusted"], "SSLError", "{r}");
+    // awscli, checking the gateway against the hub's CA.
+    let home = dir.path().join("aws-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut aws = Command::new(e2e::clients::pypi_tool("aws"));
+    aws.args(["--endpoint-url", &endpoint, "--ca-bundle", &ca])
+        .args(["s3", "ls", "s3://tls-bucket"])
+        .env("HOME", &home)
+        .env("AWS_CONFIG_FILE", home.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = run(aws, None, T);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("scan.bin"),
+        "{out:?}"
+    );
 }
 
 #[test]
