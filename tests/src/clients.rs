@@ -187,3 +187,35 @@ pub fn plain_text_answer(addr: &str) -> Vec<u8> {
     let _ = s.read_to_end(&mut answer);
     answer
 }
+
+/// The HTTP status curl got for `url` (`000` when nothing answered), with `extra` arguments.
+pub fn http_status(url: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .args(extra)
+    .arg(url);
+    let out = run(cmd, None, Duration::from_secs(30));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic bytes that do not compress (xorshift from `seed`): bodies, and noise for
+/// listeners, that a failure can replay.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e::acked::{Producer, read_acked, settled, verify};
-use e2e::clients::{kcat, metric};
+use e2e::clients::{http_status as curl, kcat, metric, noise};
 use e2e::hub::free_addr;
 use e2e::witness::Witness;
 use e2e::{Broker, S3gw, wait_until};
@@ -59,19 +59,6 @@ fn large_head(speaks: Speaks) -> Vec<u8> {
         // A TLS record header announcing a 16 KiB handshake record.
         Speaks::Tls => vec![0x16, 0x03, 0x01, 0x40, 0x00],
     }
-}
-
-/// Deterministic noise (xorshift), so a failure can be replayed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Start every attack on `to`; the tasks run until the runtime is dropped.
@@ -123,24 +110,6 @@ fn attack(rt: &tokio::runtime::Runtime, to: SocketAddr, speaks: Speaks, seed: u6
             }
         });
     }
-}
-
-/// The status curl got for `url` (`000` when nothing answered), with `extra` arguments.
-fn curl(url: &str, extra: &[&str]) -> String {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ])
-    .args(extra)
-    .arg(url);
-    let out = e2e::clients::run(cmd, None, T);
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Peak resident memory of process `pid` in MiB.

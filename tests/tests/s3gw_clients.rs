@@ -13,17 +13,8 @@ use e2e::s3gw::{ACCESS_KEY, SECRET_KEY};
 
 const MIB: usize = 1 << 20;
 
-/// Deterministic incompressible-enough content.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    e2e::clients::noise(seed, len)
 }
 
 /// A local tree to upload: one file big enough for multipart, small ones in two levels.

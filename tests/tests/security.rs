@@ -425,20 +425,9 @@ fn the_admin_port_serves_https_and_lets_admins_in_by_their_certificates() {
     let https = format!("https://localhost:{}", b.admin.port());
     let ca = pki.ca.display().to_string();
     let status = |url: &str, extra: &[&str]| {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["--cacert", &ca])
-        .args(extra)
-        .arg(url);
-        String::from_utf8_lossy(&run(cmd, None, T).stdout).into_owned()
+        let mut args = vec!["--cacert", ca.as_str()];
+        args.extend(extra);
+        e2e::clients::http_status(url, &args)
     };
     assert_eq!(status(&format!("{https}/metrics"), &[]), "200");
     let plain = status(&format!("http://127.0.0.1:{}/metrics", b.admin.port()), &[]);

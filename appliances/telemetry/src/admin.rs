@@ -1,6 +1,7 @@
 //! The admin HTTP server: `GET /metrics` (Prometheus text format), `GET /health` (liveness:
 //! 200 while the process serves), `GET /ready` (readiness: 200, or 503 naming what is not
-//! ready). Plain HTTP/1.1 on its own port, as operators expect from Redpanda's 9644.
+//! ready). HTTP/1.1 on its own port, as operators expect from Redpanda's 9644; HTTPS with
+//! `[admin] security = "SSL"`.
 //! An appliance may add its own routes ([`AdminRoutes`]: the quorum members' cluster status
 //! and voter replacement); [`call`] is the client side `clk` uses.
 
