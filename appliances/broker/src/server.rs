@@ -544,7 +544,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut interval = tokio::time::interval(period);
+    // The first round one period after the start, as Kafka's log manager waits before its
+    // first retention and cleaner passes: a starting broker recovers and serves first.
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
