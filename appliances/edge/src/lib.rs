@@ -6,7 +6,10 @@
 //! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
 //! - [`journal`]: what the forwarder promised the hub (rounds of batches with their producer
 //!   sequences), so that a restart re-sends the same batches and the hub's idempotence
-//!   recognises them; and [`journal::JournalFile`], its fsynced file.
+//!   recognises them; and [`journal::JournalFile`], its fsynced file;
+//! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
+//!   and sequence headers, the producer's stamp, lz4.
 
 pub mod journal;
+pub mod outgoing;
 pub mod partitioner;
