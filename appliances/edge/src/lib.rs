@@ -8,8 +8,12 @@
 //!   sequences), so that a restart re-sends the same batches and the hub's idempotence
 //!   recognises them; and [`journal::JournalFile`], its fsynced file;
 //! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
-//!   and sequence headers, the producer's stamp, lz4.
+//!   and sequence headers, the producer's stamp, lz4;
+//! - [`pgoutput`] and [`outbox`]: the branch database's outbox rows out of its logical
+//!   replication messages, transactions already buffered skipped.
 
 pub mod journal;
+pub mod outbox;
 pub mod outgoing;
 pub mod partitioner;
+pub mod pgoutput;
