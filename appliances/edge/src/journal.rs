@@ -128,7 +128,9 @@ impl Stream {
         }
     }
 
-    /// The state the journal's entries describe.
+    /// The state the journal's entries describe. A journal begins with a `Start` (the
+    /// forwarder writes one when it creates the journal, and every rewrite begins with
+    /// one); entries before any would apply to a stream at offset 0.
     pub fn replay(entries: impl IntoIterator<Item = Entry>) -> Result<Stream, JournalError> {
         let mut s = Stream::new(LocalOffset(0));
         for e in entries {
