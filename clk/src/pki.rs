@@ -321,17 +321,8 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 
 /// Write a file only its owner may read.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    tls::install::write_file(path, bytes, 0o600)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -121,18 +121,22 @@ fn stage_and_check(
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| InstallError::Write {
+    write_file(path, bytes, mode).map_err(|source| InstallError::Write {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Write `bytes` to `path` (created with `mode`, e.g. 0o600 for a private key) and fsync it:
+/// what lands on disk is whole before anyone is told it is there (also `clk pki`'s keys).
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
