@@ -204,12 +204,8 @@ pub async fn start(config: S3gwConfig) -> anyhow::Result<S3gwHandle> {
                             let _ = certificate
                                 .set(a.principal.map(|p| Arc::from(format!("User:{p}"))));
                             let conn = http.serve_connection(TokioIo::new(a.stream), counted);
-                            tokio::select! {
-                                _ = watcher.watch(conn.into_owned()) => {}
-                                // A CRL loaded later that revokes the client certificate.
-                                _ = a.revocation.revoked() => tracing::warn!(%peer,
-                                    "closing a connection: a CRL revokes its certificate"),
-                            }
+                            let serve = watcher.watch(conn.into_owned());
+                            a.revocation.serve_until_revoked(serve, "s3", peer).await;
                         }
                         Err(e) => tracing::info!(%peer, reason = %e, "TLS handshake refused"),
                     },

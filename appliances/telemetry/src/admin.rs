@@ -328,11 +328,8 @@ pub async fn serve_admin_with(
                     Some(tls) => match tls.accept(stream).await {
                         Ok(a) => {
                             let principal = a.principal.map(|p| Arc::from(format!("User:{p}")));
-                            tokio::select! {
-                                () = serve_connection(a.stream, served, principal) => {}
-                                _ = a.revocation.revoked() => tracing::warn!(%peer,
-                                    "closing an admin connection: a CRL revokes its certificate"),
-                            }
+                            let serve = serve_connection(a.stream, served, principal);
+                            a.revocation.serve_until_revoked(serve, "admin", peer).await;
                         }
                         Err(e) => tracing::info!(%peer, reason = %e, "admin TLS handshake refused"),
                     },

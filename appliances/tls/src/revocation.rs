@@ -62,6 +62,20 @@ impl Revocation {
         }
     }
 
+    /// Run `serve` (one connection of a listener named `listener`, from `peer`) until it
+    /// ends, or until a CRL revoking the connection's certificate loads: then `serve` is
+    /// dropped, which closes the connection, and the closing is logged.
+    pub async fn serve_until_revoked<F>(self, serve: F, listener: &str, peer: std::net::SocketAddr)
+    where
+        F: std::future::Future,
+    {
+        tokio::select! {
+            _ = serve => {}
+            () = self.revoked() => tracing::warn!(listener, %peer,
+                "closing a connection: a CRL revokes its certificate"),
+        }
+    }
+
     /// Resolves once a CRL revoking the connection's certificate has loaded; never for a
     /// connection without a client certificate.
     pub async fn revoked(mut self) {
