@@ -499,10 +499,11 @@ fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused(
         "localhost",
     ]);
     clk_pki(&["branches", "--dir", &at, "--count", "2"]);
-    let ssl = free_addr();
+    let (ssl, registry) = (free_addr(), free_addr());
     let file = |f: &str| pki.join(f).display().to_string();
     let broker = Broker::start_with(&format!(
         "[[kafka.listeners]]\nname = \"branches\"\nlisten = \"{ssl}\"\nsecurity = \"SSL\"\n\
+         [schema_registry]\nlisten = \"{registry}\"\nsecurity = \"SSL\"\n\
          [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n\
          crl = \"{}\"\nreload_check = \"200ms\"\n",
         file("issued/broker.pem"),
@@ -553,6 +554,19 @@ fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused(
         rt.block_on(live.request(request, 12)).is_ok()
     };
     assert!(metadata());
+    // And one to the Schema Registry, answered once.
+    let mut registry_live = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(registry).await.unwrap();
+        let mut s = tls.connect("127.0.0.1", tcp).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: registry\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        s
+    });
 
     clk_pki(&["revoke", "--dir", &at, "branch-001"]);
     e2e::wait_until("the revoked branch to be refused", T, || {
@@ -577,6 +591,24 @@ fn clk_pki_issues_what_brokers_and_branches_use_and_a_revoked_branch_is_refused(
     );
     // At least the kept one (kcat's own connections may still be closing).
     assert!(closed >= Some(1.0), "{closed:?}");
+    // The registry's kept connection is closed as well: it reads to its end.
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let read = registry_live.read_to_end(&mut rest);
+        tokio::time::timeout(T, read)
+            .await
+            .expect("closed within the deadline")
+            .ok();
+    });
+    assert!(
+        broker
+            .log()
+            .lines()
+            .any(|l| l.contains("schema registry") && l.contains("a CRL revokes its certificate")),
+        "{}",
+        broker.log()
+    );
 }
 
 #[test]

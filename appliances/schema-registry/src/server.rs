@@ -126,7 +126,10 @@ pub async fn serve(
                             principal: a.principal.map(Into::into),
                             ..caller
                         };
-                        serve_connection(a.stream, caller, served).await
+                        let serve = serve_connection(a.stream, caller, served);
+                        a.revocation
+                            .serve_until_revoked(serve, "schema registry", peer)
+                            .await
                     }
                     Err(e) => tracing::warn!(
                         %peer,
