@@ -8,6 +8,7 @@ pub mod acked;
 pub mod broker;
 pub mod clients;
 pub mod compacted;
+pub mod edge;
 pub mod hub;
 pub mod netns;
 pub mod process;

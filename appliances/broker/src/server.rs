@@ -163,7 +163,16 @@ impl prometheus_client::collector::Collector for LateQuorumCollector {
 }
 
 /// Start a broker: recover storage, join the cluster, then serve Kafka and admin HTTP.
-pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    start_with(config, |_| {}).await
+}
+
+/// [`start`], with more metrics on the admin port: `register` adds them to its registry (an
+/// appliance that embeds the broker, as the edge gateway does its buffer).
+pub async fn start_with(
+    mut config: BrokerConfig,
+    register: impl FnOnce(&mut Registry),
+) -> anyhow::Result<BrokerHandle> {
     // Settings left for the topology resolved, however the configuration was built (a file
     // goes through this already; a test or fuzz harness may deserialize it directly).
     appconfig::Validate::complete(&mut config);
@@ -185,6 +194,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             &mut registry,
         ))
     });
+    register(&mut registry);
     let health = Arc::new(Health::new());
     health.require("quorum", "joining the cluster");
     health.require("storage", "recovering logs");

@@ -80,8 +80,8 @@ pub enum Entry {
 /// Why an entry does not fit the state.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JournalError {
-    #[error("a round must start at offset {expected}, not {got}")]
-    NotContiguous { expected: i64, got: i64 },
+    #[error("a round must start at offset {expected} or after it, not {got}")]
+    Overlaps { expected: i64, got: i64 },
     #[error("no producer yet")]
     NoProducer,
     #[error("{0} rounds are in flight already")]
@@ -168,9 +168,16 @@ impl Stream {
         })
     }
 
-    /// Plan the next round: `hubs[i]` is the hub partition of local record `next + i`
-    /// (split under `hub_partitions`). Returns the entry to journal before sending.
-    pub fn plan(&mut self, hubs: &[i32], hub_partitions: i32) -> Result<Entry, JournalError> {
+    /// Plan the next round: `hubs[i]` is the hub partition of local record `first + i`
+    /// (split under `hub_partitions`). `first` is [`Stream::next`], or past it when the
+    /// local log has no records to forward in between (a transaction's control records).
+    /// Returns the entry to journal before sending.
+    pub fn plan(
+        &mut self,
+        first: LocalOffset,
+        hubs: &[i32],
+        hub_partitions: i32,
+    ) -> Result<Entry, JournalError> {
         let producer = self.producer.ok_or(JournalError::NoProducer)?;
         if hubs.is_empty() {
             return Err(JournalError::BadRound);
@@ -188,8 +195,8 @@ impl Stream {
             })
             .collect();
         let round = Round {
-            first: self.next,
-            last: LocalOffset(self.next.0 + hubs.len() as i64 - 1),
+            first,
+            last: LocalOffset(first.0 + hubs.len() as i64 - 1),
             hub_partitions,
             producer,
             batches,
@@ -278,8 +285,8 @@ impl Stream {
             }
             Entry::Resumed { round, acked } => {
                 check_round(round)?;
-                if round.first != self.next {
-                    return Err(JournalError::NotContiguous {
+                if round.first < self.next {
+                    return Err(JournalError::Overlaps {
                         expected: self.next.0,
                         got: round.first.0,
                     });
@@ -316,8 +323,8 @@ impl Stream {
             f.round = round.clone();
             f.acked.clone()
         } else {
-            if round.first != self.next {
-                return Err(JournalError::NotContiguous {
+            if round.first < self.next {
+                return Err(JournalError::Overlaps {
                     expected: self.next.0,
                     got: round.first.0,
                 });
@@ -381,15 +388,17 @@ impl Stream {
             self.forwarded <= self.next,
             "forwarded past what was planned"
         );
-        let mut expected = self.forwarded;
+        let mut after = self.forwarded;
         for f in &self.rounds {
-            assert_eq!(f.round.first, expected, "rounds in flight are contiguous");
-            expected = LocalOffset(f.round.last.0 + 1);
+            assert!(f.round.first >= after, "rounds in flight are in order");
+            after = LocalOffset(f.round.last.0 + 1);
         }
-        assert_eq!(
-            expected, self.next,
-            "the last round ends where the next starts"
-        );
+        if !self.rounds.is_empty() {
+            assert_eq!(
+                after, self.next,
+                "the last round ends where the next starts"
+            );
+        }
         assert!(self.rounds.len() <= ROUNDS_IN_FLIGHT_MAX);
     }
 }
@@ -438,6 +447,12 @@ impl JournalFile {
         if whole < bytes.len() {
             file.set_len(whole as u64)?;
             file.sync_data()?;
+        }
+        if bytes.is_empty()
+            && let Some(dir) = path.parent()
+        {
+            // A new file: its directory entry must be on disk before its first entry counts.
+            std::fs::File::open(dir)?.sync_all()?;
         }
         let journal = JournalFile {
             path: path.to_owned(),

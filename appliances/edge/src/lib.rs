@@ -1,19 +1,31 @@
 //! The edge gateway: at each branch, a durable buffer between local producers (Kafka clients,
 //! HTTP, the branch database's outbox) and the hub, forwarding with no loss and no duplicates.
 //!
-//! Being built in steps against docs/architecture.md ("The edge gateway: the plan"). Here so
-//! far, the pure pieces the forwarder stands on:
-//! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
+//! Built in steps against docs/architecture.md ("The edge gateway"). Reading order:
+//! - [`server`]: the lifecycle: the buffer (the broker, one node, in-process) and one
+//!   forwarder per local partition; [`config`] its file;
+//! - [`forwarder`]: a local partition's records to the hub, in order, journaled;
 //! - [`journal`]: what the forwarder promised the hub (rounds of batches with their producer
 //!   sequences), so that a restart re-sends the same batches and the hub's idempotence
 //!   recognises them; and [`journal::JournalFile`], its fsynced file;
 //! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
 //!   and sequence headers, the producer's stamp, lz4;
+//! - [`hub`]: the hub's metadata, producer ids and acks=all produce;
+//! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
 //! - [`pgoutput`] and [`outbox`]: the branch database's outbox rows out of its logical
-//!   replication messages, transactions already buffered skipped.
+//!   replication messages, transactions already buffered skipped (not wired in yet).
 
+pub mod appliance;
+pub mod config;
+pub mod forwarder;
+pub mod hub;
 pub mod journal;
+pub mod metrics;
 pub mod outbox;
 pub mod outgoing;
 pub mod partitioner;
 pub mod pgoutput;
+pub mod server;
+
+pub use config::EdgeConfig;
+pub use server::{EdgeHandle, start};

@@ -6,6 +6,7 @@ use pid1::Manifest;
 
 pub static APPLIANCES: &[&Manifest] = &[
     &broker::appliance::MANIFEST,
+    &edge::appliance::MANIFEST,
     &s3gw::appliance::MANIFEST,
     &witness::appliance::MANIFEST,
 ];
@@ -15,7 +16,7 @@ pub fn find(name: &str) -> Option<&'static Manifest> {
     APPLIANCES.iter().copied().find(|m| m.name == name)
 }
 
-/// `broker, s3gw, witness`.
+/// `broker, edge, s3gw, witness`.
 pub fn names() -> String {
     APPLIANCES
         .iter()

@@ -1,0 +1,277 @@
+//! The edge gateway's configuration file (TOML): its name, the local buffer (a one-node
+//! broker, configured exactly as a broker is, under `[buffer]`), the hub it forwards to, and
+//! how it forwards.
+//!
+//! ```toml
+//! gateway = "branch-017"
+//!
+//! [buffer]
+//! data_dir = "/data/buffer"
+//! [buffer.kafka]
+//! listen = "0.0.0.0:9092"
+//!
+//! [hub]
+//! bootstrap = ["hub-a1.example:9093", "hub-b1.example:9093"]
+//! security = "SSL"
+//! [hub.tls]
+//! certificate = "/etc/edge/branch-017.pem"
+//! key = "/etc/edge/branch-017.key"
+//! server_ca = "/etc/edge/hub-ca.pem"
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use appconfig::{Validate, duration};
+use broker::BrokerConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This gateway's name, unique among the branches: every forwarded event carries it in
+    /// its stream header (`<gateway>/<topic>/<partition>`), so it must never change once
+    /// events have been forwarded.
+    pub gateway: String,
+    /// The local buffer: a one-node broker (no `[buffer.cluster]`), with its listeners,
+    /// TLS, SASL and ACLs for the branch's applications.
+    pub buffer: BrokerConfig,
+    pub hub: HubSettings,
+    #[serde(default)]
+    pub forward: ForwardSettings,
+}
+
+/// Where the hub is and how the gateway reaches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSettings {
+    /// Brokers to ask for the hub's metadata (`host:port`), tried in turn.
+    pub bootstrap: Vec<String>,
+    /// `SSL`: mutual TLS with `[hub.tls]`'s certificate (the branch's).
+    #[serde(default)]
+    pub security: tls::SecurityProtocol,
+    /// The branch's certificate and key, and `server_ca`, the hub's CA.
+    #[serde(default)]
+    pub tls: Option<tls::TlsSettings>,
+    /// A request the hub has not answered within this is given up and sent again.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// The wait before trying again after the hub could not be reached or refused a batch
+    /// for a reason that may pass (doubled up to `retry_backoff_max`).
+    #[serde(default = "default_retry_backoff", with = "duration")]
+    pub retry_backoff: Duration,
+    #[serde(default = "default_retry_backoff_max", with = "duration")]
+    pub retry_backoff_max: Duration,
+}
+
+/// How local topics are forwarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardSettings {
+    /// The local topics forwarded; empty: every topic but the internal ones.
+    pub topics: Vec<String>,
+    /// A local topic forwarded to a hub topic of another name (`{ "local" = "hub" }`).
+    pub rename: BTreeMap<String, String>,
+    /// Records per round (Kafka's `batch.size` by count; the seed's 500).
+    pub batch_records: usize,
+    /// Bytes of local records read per round at most.
+    pub batch_bytes: u64,
+    /// How long a round waits to fill up (`linger.ms`).
+    #[serde(with = "duration")]
+    pub linger: Duration,
+    /// How often the local topics are listed for new ones.
+    #[serde(with = "duration")]
+    pub discover_interval: Duration,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            topics: Vec::new(),
+            rename: BTreeMap::new(),
+            batch_records: 500,
+            batch_bytes: 1 << 20,
+            linger: Duration::from_secs(1),
+            discover_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Topic names Kafka accepts (`[a-zA-Z0-9._-]`, at most 249 characters).
+fn is_topic_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 249
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl EdgeConfig {
+    /// The hub topic a local topic is forwarded to.
+    pub fn hub_topic<'a>(&'a self, local: &'a str) -> &'a str {
+        self.forward.rename.get(local).map_or(local, String::as_str)
+    }
+
+    /// Whether a local topic is forwarded at all (never the buffer's internal topics).
+    pub fn forwards(&self, local: &str) -> bool {
+        let internal = local.starts_with("__") || local == broker::schemas::SCHEMAS_TOPIC;
+        !internal
+            && (self.forward.topics.is_empty() || self.forward.topics.iter().any(|t| t == local))
+    }
+}
+
+impl Validate for EdgeConfig {
+    fn complete(&mut self) {
+        self.buffer.complete();
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        // The stream header is `<gateway>/<topic>/<partition>`: no `/` in the name.
+        if self.gateway.is_empty()
+            || self.gateway.len() > 128
+            || !self
+                .gateway
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "gateway = {:?} must be 1 to 128 characters of letters, digits, '.', '_' and '-'",
+                self.gateway
+            ));
+        }
+        if self.buffer.cluster.is_some() {
+            return Err("[buffer.cluster]: the buffer is a one-node broker".into());
+        }
+        if !matches!(self.buffer.durability, broker::config::Durability::Sync) {
+            return Err(
+                "[buffer.durability] mode must be \"sync\": an event is acknowledged once it is fsynced"
+                    .into(),
+            );
+        }
+        self.buffer
+            .validate()
+            .map_err(|e| format!("[buffer] {e}"))?;
+        self.hub.check()?;
+        self.forward.check()
+    }
+}
+
+impl HubSettings {
+    fn check(&self) -> Result<(), String> {
+        if self.bootstrap.is_empty() {
+            return Err("hub.bootstrap must name at least one broker".into());
+        }
+        for b in &self.bootstrap {
+            if b.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(format!("hub.bootstrap: {b:?} is not host:port"));
+            }
+        }
+        if self.security == tls::SecurityProtocol::Ssl && self.tls.is_none() {
+            return Err("hub.security = \"SSL\" needs [hub.tls] (the branch's certificate and the hub's CA)".into());
+        }
+        if let Some(t) = &self.tls
+            && t.server_ca.is_none()
+            && t.client_ca.is_none()
+        {
+            return Err("[hub.tls] needs server_ca, the CA the hub's certificates chain to".into());
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err("hub.request_timeout must be at least 100ms".into());
+        }
+        if self.retry_backoff.is_zero() || self.retry_backoff > self.retry_backoff_max {
+            return Err(
+                "hub.retry_backoff must be above 0 and at most hub.retry_backoff_max".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ForwardSettings {
+    fn check(&self) -> Result<(), String> {
+        for t in self
+            .topics
+            .iter()
+            .chain(self.rename.keys())
+            .chain(self.rename.values())
+        {
+            if !is_topic_name(t) {
+                return Err(format!("forward: {t:?} is not a topic name"));
+            }
+        }
+        if !(1..=10_000).contains(&self.batch_records) {
+            return Err("forward.batch_records must be between 1 and 10000".into());
+        }
+        if !(1024..=64 << 20).contains(&self.batch_bytes) {
+            return Err("forward.batch_bytes must be between 1KiB and 64MiB".into());
+        }
+        if self.linger > Duration::from_secs(60) {
+            return Err("forward.linger must be at most 60s".into());
+        }
+        if self.discover_interval < Duration::from_millis(10) {
+            return Err("forward.discover_interval must be at least 10ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+gateway = "branch-017"
+[buffer]
+data_dir = "/tmp/x"
+[hub]
+bootstrap = ["hub:9092"]
+"#;
+
+    #[test]
+    fn a_minimal_file_is_enough() {
+        let c: EdgeConfig = appconfig::parse_str(MINIMAL, "t").unwrap();
+        assert_eq!(c.forward.batch_records, 500);
+        assert_eq!(c.buffer.topics.replication_factor, 1);
+        assert!(c.forwards("readings"));
+        assert!(!c.forwards("__consumer_offsets"));
+        assert_eq!(c.hub_topic("readings"), "readings");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (MINIMAL.replace("branch-017", "a/b"), "gateway"),
+            (MINIMAL.replace("hub:9092", "hub"), "host:port"),
+            (
+                format!("{MINIMAL}[buffer.durability]\nmode = \"interval\"\ninterval = \"1s\"\n"),
+                "sync",
+            ),
+            (format!("{MINIMAL}security = \"SSL\"\n"), "[hub.tls]"),
+            (
+                format!("{MINIMAL}[forward]\nbatch_records = 0\n"),
+                "batch_records",
+            ),
+            (
+                format!("{MINIMAL}[forward]\nrename = {{ a = \"b c\" }}\n"),
+                "topic name",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = appconfig::parse_str::<EdgeConfig>(&text, "t").unwrap_err();
+            assert!(e.to_string().contains(expected), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The forwarder: one task per local partition (a *stream*) that sends its records to the
+//! hub, in offset order, with no loss and no duplicates.
+//!
+//! Each step of a stream is: have a hub producer; send again what the journal says is in
+//! flight (after a restart, or after a failed attempt), batch for batch as first planned;
+//! then plan the next round from the local log, journal it (fsynced), and send it. The
+//! journal's [`Stream`] decides; this module only does the I/O around it. A round is sent
+//! whole before the next is planned (one round in flight per stream): simple, and enough for
+//! a branch's rates; the journal allows up to five.
+//!
+//! What the hub refuses for good (too large, not authorized) blocks its stream, counted and
+//! logged, until an operator acts: parking such an event and letting other keys flow on is
+//! still to come (issue 13).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::partition::{Partition, ReadBound};
+use durable_log::batch::{TimestampType, split_stored_batches};
+use kafka_protocol::records::Record;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ForwardSettings;
+use crate::hub::{Hub, HubError, TopicLayout};
+use crate::journal::{Batch, Entry, JournalFile, LocalOffset, Round, Stream};
+use crate::metrics::EdgeMetrics;
+use crate::outgoing::{self, StreamId};
+use crate::partitioner::hub_partition;
+
+/// Journal appends after which the journal is rewritten as a snapshot of its state.
+const JOURNAL_APPENDS_MAX: u32 = 4096;
+/// How long a stream waits for new local records before looking at its shutdown again.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// What every stream of this gateway shares.
+pub struct Forwarding {
+    pub gateway: String,
+    pub hub: Arc<Hub>,
+    pub settings: ForwardSettings,
+    /// `[hub] retry_backoff` and `retry_backoff_max`.
+    pub backoff: (Duration, Duration),
+    pub metrics: Arc<EdgeMetrics>,
+    /// Where the journals are.
+    pub dir: PathBuf,
+}
+
+/// Why a step stopped short.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// A failure after some progress (batches acknowledged, a new producer): try again at
+    /// once, since a lost answer or a dropped connection costs no wait.
+    #[error("{0} (after progress)")]
+    Again(HubError),
+    #[error("the local buffer: {0}")]
+    Local(String),
+    #[error("the journal: {0}")]
+    Journal(String),
+}
+
+/// One stream's state and the I/O it needs.
+struct StreamTask {
+    f: Arc<Forwarding>,
+    id: StreamId,
+    hub_topic: String,
+    local: Arc<Partition>,
+    journal: Arc<std::sync::Mutex<JournalFile>>,
+    appends: u32,
+    stream: Stream,
+}
+
+/// Forward `local` to `hub_topic` until `stop`.
+pub async fn run(
+    f: Arc<Forwarding>,
+    local: Arc<Partition>,
+    hub_topic: String,
+    stop: CancellationToken,
+) {
+    let id = StreamId {
+        gateway: f.gateway.clone(),
+        topic: local.topic.to_string(),
+        partition: local.index,
+    };
+    let mut task = match StreamTask::open(Arc::clone(&f), id, hub_topic, local).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "a stream cannot start; it is not forwarded");
+            return;
+        }
+    };
+    let mut backoff = f.backoff.0;
+    // A dropped connection is tried again at once, but only once in a row.
+    let mut dropped_before = false;
+    loop {
+        let step = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = task.step() => r,
+        };
+        task.publish_lag();
+        let e = match step {
+            Ok(()) => {
+                (backoff, dropped_before) = (f.backoff.0, false);
+                continue;
+            }
+            Err(StepError::Again(e)) => {
+                task.count_error(&StepError::Hub(e));
+                (backoff, dropped_before) = (f.backoff.0, false);
+                continue;
+            }
+            Err(e) => e,
+        };
+        task.count_error(&e);
+        let dropped = matches!(e, StepError::Hub(HubError::Dropped(_)));
+        if dropped && !dropped_before {
+            tracing::info!(stream = %task.name(), error = %e, "trying again on a new connection");
+            dropped_before = true;
+            continue;
+        }
+        tracing::warn!(stream = %task.name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding stopped short; trying again");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(f.backoff.1);
+    }
+}
+
+impl StreamTask {
+    async fn open(
+        f: Arc<Forwarding>,
+        id: StreamId,
+        hub_topic: String,
+        local: Arc<Partition>,
+    ) -> Result<StreamTask, StepError> {
+        // The topic id in the name: a topic deleted and created again starts a new stream.
+        let path = f.dir.join(format!(
+            "{}-{}-{}.journal",
+            local.topic,
+            local.index,
+            local.topic_id.simple()
+        ));
+        let start = local.offsets().log_start;
+        let (file, stream, fresh) = tokio::task::spawn_blocking(move || {
+            let (mut file, entries) =
+                JournalFile::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            if entries.is_empty() {
+                let stream = Stream::new(LocalOffset(start));
+                file.append(&stream.snapshot())
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                return Ok((file, stream, true));
+            }
+            let stream = Stream::replay(entries)
+                .map_err(|e| format!("replaying {}: {e}", path.display()))?;
+            Ok((file, stream, false))
+        })
+        .await
+        .map_err(|e| StepError::Journal(e.to_string()))?
+        .map_err(StepError::Journal)?;
+        tracing::info!(
+            stream = %String::from_utf8_lossy(&id.header_value()),
+            hub_topic,
+            forwarded = stream.forwarded().0,
+            in_flight = stream.in_flight().count(),
+            fresh,
+            "forwarding a local partition"
+        );
+        Ok(StreamTask {
+            f,
+            id,
+            hub_topic,
+            local,
+            journal: Arc::new(std::sync::Mutex::new(file)),
+            appends: 0,
+            stream,
+        })
+    }
+
+    fn name(&self) -> String {
+        String::from_utf8_lossy(&self.id.header_value()).into_owned()
+    }
+
+    /// Append entries (already applied to `stream`) and fsync them; now and then rewrite
+    /// the journal as a snapshot so it stays small.
+    async fn journal(&mut self, entries: Vec<Entry>) -> Result<(), StepError> {
+        self.appends += 1;
+        let snapshot = (self.appends >= JOURNAL_APPENDS_MAX).then(|| self.stream.snapshot());
+        if snapshot.is_some() {
+            self.appends = 0;
+        }
+        let file = Arc::clone(&self.journal);
+        tokio::task::spawn_blocking(move || {
+            let mut file = file.lock().expect("journal lock");
+            file.append(&entries)?;
+            if let Some(s) = snapshot {
+                file.rewrite(&s)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| StepError::Journal(e.to_string()))?
+        .map_err(|e| StepError::Journal(e.to_string()))
+    }
+
+    async fn step(&mut self) -> Result<(), StepError> {
+        if self.stream.producer().is_none() {
+            self.new_producer().await?;
+        }
+        let in_flight: Vec<(Round, Vec<Batch>)> = self
+            .stream
+            .in_flight()
+            .map(|(r, open)| (r.clone(), open))
+            .collect();
+        for (round, open) in in_flight {
+            let records = self.read(round.first, round.last).await?;
+            self.send(&round, &open, &records).await?;
+        }
+        let Some((first, records)) = self.next_records().await? else {
+            return Ok(());
+        };
+        let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+        let partitions = layout.partitions();
+        let hubs: Vec<i32> = records
+            .iter()
+            .map(|(_, r)| hub_partition(r.key.as_deref(), self.local.index, partitions))
+            .collect();
+        let entry = self
+            .stream
+            .plan(first, &hubs, partitions)
+            .map_err(|e| StepError::Journal(e.to_string()))?;
+        let Entry::Planned(round) = &entry else {
+            unreachable!("plan returns a planned round")
+        };
+        let round = round.clone();
+        // Journaled before the first byte of it leaves.
+        self.journal(vec![entry]).await?;
+        self.send(&round, &round.batches, &records).await
+    }
+
+    /// A new hub producer: sequences restart, unacknowledged batches are renumbered.
+    async fn new_producer(&mut self) -> Result<(), StepError> {
+        let producer = self.f.hub.init_producer().await?;
+        tracing::info!(stream = %self.name(), producer_id = producer.id, epoch = producer.epoch, "a new hub producer");
+        self.f.metrics.new_producers.inc();
+        let entries = self.stream.new_producer(producer);
+        self.journal(entries).await
+    }
+
+    /// Send a round's `open` batches, all at once (each goes to another hub partition, so
+    /// their order does not matter), and journal the acknowledgements the hub gave (in one
+    /// fsync). The first failure is returned after that: what was acknowledged counts.
+    async fn send(
+        &mut self,
+        round: &Round,
+        open: &[Batch],
+        records: &[(LocalOffset, Record)],
+    ) -> Result<(), StepError> {
+        let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+        let mut sends = Vec::with_capacity(open.len());
+        for b in open {
+            let mine: Vec<(LocalOffset, Record)> = records
+                .iter()
+                .filter(|(_, r)| {
+                    hub_partition(r.key.as_deref(), self.local.index, round.hub_partitions)
+                        == b.hub_partition
+                })
+                .cloned()
+                .collect();
+            let bytes =
+                outgoing::encode(&self.id, &mine, round.producer, b).map_err(StepError::Local)?;
+            let hub = Arc::clone(&self.f.hub);
+            let (topic, partition, producer) =
+                (self.hub_topic.clone(), b.hub_partition, round.producer);
+            let leader = leader(&layout, partition);
+            let count = mine.len() as u64;
+            sends.push(async move {
+                let sent = match leader {
+                    Some(leader) => {
+                        hub.produce(&topic, partition, &leader, producer, bytes)
+                            .await
+                    }
+                    None => Err(HubError::Retriable {
+                        what: format!("{topic}/{partition}"),
+                        code: 5,
+                        name: "LeaderNotAvailable".into(),
+                    }),
+                };
+                (partition, count, sent)
+            });
+        }
+        let mut entries = Vec::new();
+        let mut failure = None;
+        for (partition, count, sent) in futures::future::join_all(sends).await {
+            match sent {
+                Ok(()) => {
+                    let entry = self
+                        .stream
+                        .ack(round.first, partition)
+                        .map_err(|e| StepError::Journal(e.to_string()))?;
+                    entries.push(entry);
+                    self.f.metrics.forwarded(&self.id.topic, count);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let progress = !entries.is_empty();
+        if progress {
+            self.journal(entries).await?;
+        }
+        match failure {
+            None => Ok(()),
+            Some(e @ HubError::ProducerLost { .. }) => {
+                // The batches not yet acknowledged go again under a new producer; the hub
+                // recognises what it already holds by the events' headers.
+                tracing::warn!(stream = %self.name(), error = %e, "the hub lost this stream's producer");
+                self.new_producer().await?;
+                Err(if progress {
+                    StepError::Again(e)
+                } else {
+                    e.into()
+                })
+            }
+            Some(e) => {
+                // The leader may have moved: ask again before the next attempt.
+                let _ = self.f.hub.topic(&self.hub_topic, true).await;
+                Err(if progress {
+                    StepError::Again(e)
+                } else {
+                    e.into()
+                })
+            }
+        }
+    }
+
+    /// The records of `first..=last` (a round planned before), with their offsets.
+    async fn read(
+        &self,
+        first: LocalOffset,
+        last: LocalOffset,
+    ) -> Result<Vec<(LocalOffset, Record)>, StepError> {
+        let mut out = Vec::new();
+        let mut at = first.0;
+        while at <= last.0 {
+            let (records, next) = self.read_from(at).await?;
+            if next <= at {
+                return Err(StepError::Local(format!(
+                    "records {at}..={} of a round in flight cannot be read",
+                    last.0
+                )));
+            }
+            out.extend(
+                records
+                    .into_iter()
+                    .filter(|(o, _)| *o >= first && *o <= last),
+            );
+            at = next;
+        }
+        let expected = (last.0 - first.0 + 1) as usize;
+        if out.len() != expected {
+            return Err(StepError::Local(format!(
+                "a round in flight holds {expected} records from offset {}, the buffer {}",
+                first.0,
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The next round's records: from [`Stream::next`], at most `batch_records`, without a
+    /// gap in their offsets, once the local log has some (waiting up to `linger` for a full
+    /// round). `None` when there is nothing yet.
+    async fn next_records(
+        &self,
+    ) -> Result<Option<(LocalOffset, Vec<(LocalOffset, Record)>)>, StepError> {
+        let want = self.f.settings.batch_records;
+        let mut at = self.stream.next().0;
+        let offsets = self.local.offsets();
+        if at < offsets.log_start {
+            // Removed from the buffer before it was forwarded: never by the gateway's own
+            // limits (they act on ingest); an operator deleted records.
+            tracing::error!(stream = %self.name(), from = at, to = offsets.log_start, "records removed from the buffer before they were forwarded");
+            self.f
+                .metrics
+                .lost_locally
+                .inc_by((offsets.log_start - at) as u64);
+            at = offsets.log_start;
+        }
+        if offsets.high_watermark <= at {
+            self.local.wait_for_data(at, IDLE_WAIT).await;
+            return Ok(None);
+        }
+        if ((offsets.high_watermark - at) as usize) < want {
+            // Linger: wait for a full round, or the time.
+            self.local
+                .wait_for_data(at + want as i64 - 1, self.f.settings.linger)
+                .await;
+        }
+        let mut out: Vec<(LocalOffset, Record)> = Vec::new();
+        let mut bytes = 0u64;
+        while out.len() < want && bytes < self.f.settings.batch_bytes {
+            let (records, next) = self.read_from(at).await?;
+            if next <= at {
+                break;
+            }
+            for (o, r) in records {
+                if o.0 < at || out.len() >= want {
+                    continue;
+                }
+                if let Some((prev, _)) = out.last()
+                    && o.0 != prev.0 + 1
+                {
+                    // A gap (control records): this round ends before it.
+                    return Ok(Some((out[0].0, out)));
+                }
+                bytes += record_bytes(&r);
+                out.push((o, r));
+            }
+            at = next;
+        }
+        Ok(out.first().map(|(o, _)| *o).map(|first| (first, out)))
+    }
+
+    /// The data records of the local log's batches from `at` (a batch may begin before it),
+    /// and the offset after the last batch read (`at` when nothing could be read).
+    async fn read_from(&self, at: i64) -> Result<(Vec<(LocalOffset, Record)>, i64), StepError> {
+        let max = self.f.settings.batch_bytes as usize;
+        let read = self
+            .local
+            .read(at, max, true, ReadBound::HighWatermark)
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?;
+        let batches =
+            split_stored_batches(&read.records).map_err(|e| StepError::Local(e.to_string()))?;
+        let mut out = Vec::new();
+        let mut next = at;
+        for b in batches {
+            next = next.max(b.header.next_offset());
+            if b.header.is_control() {
+                continue;
+            }
+            let records = durable_log::records::decode_records(&b.bytes)
+                .map_err(|e| StepError::Local(e.to_string()))?;
+            let append_time = b.header.timestamp_type() == TimestampType::LogAppendTime;
+            for mut r in records {
+                if append_time {
+                    r.timestamp = b.header.max_timestamp;
+                }
+                out.push((LocalOffset(r.offset), r));
+            }
+        }
+        Ok((out, next))
+    }
+
+    fn publish_lag(&self) {
+        let hw = self.local.high_watermark();
+        let lag = (hw - self.stream.forwarded().0).max(0);
+        self.f
+            .metrics
+            .unforwarded(&self.id.topic, self.id.partition, lag);
+    }
+
+    fn count_error(&self, e: &StepError) {
+        let reason = match e {
+            StepError::Hub(h) | StepError::Again(h) => match h {
+                HubError::Unreachable(_) => "unreachable",
+                HubError::Dropped(_) => "dropped",
+                HubError::Retriable { .. } => "retriable",
+                HubError::ProducerLost { .. } => "producer_lost",
+                HubError::Refused { .. } => "refused",
+            },
+            StepError::Local(_) => "local",
+            StepError::Journal(_) => "journal",
+        };
+        self.f.metrics.error(&self.id.topic, reason);
+    }
+}
+
+fn leader(layout: &TopicLayout, partition: i32) -> Option<String> {
+    layout.leaders.get(partition as usize).cloned().flatten()
+}
+
+/// A record's size as it counts against `batch_bytes`.
+fn record_bytes(r: &Record) -> u64 {
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    (r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + headers)
+        as u64
+        + 16
+}

@@ -1,0 +1,381 @@
+//! The gateway as a client of the hub: its metadata (which broker leads which partition of a
+//! hub topic), a producer id, and one batch produced with acks=all. Built on `kafka-client`,
+//! not a general Kafka client, because the forwarder must choose every batch's boundaries and
+//! sequences itself (see [`crate::journal`]): a client library would re-batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_client::Connection;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{InitProducerIdRequest, MetadataRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::Mutex;
+
+use crate::config::HubSettings;
+use crate::journal::Producer;
+
+const METADATA_V: i16 = 9;
+const PRODUCE_V: i16 = 9;
+const INIT_PRODUCER_ID_V: i16 = 4;
+/// Connections kept open at once (one per hub broker; a hub has a handful).
+const CONNECTIONS_MAX: usize = 64;
+
+/// Why a request to the hub did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The hub could not be reached or did not answer in time: try again later.
+    #[error("the hub is unreachable: {0}")]
+    Unreachable(String),
+    /// The connection closed while a request waited for its answer (the WAN dropped it, the
+    /// hub restarted): worth one immediate try on a new connection.
+    #[error("the connection to the hub closed before its answer: {0}")]
+    Dropped(String),
+    /// The hub answered with an error that may pass (leadership moving, too few replicas).
+    #[error("the hub answered {name} ({code}) for {what}")]
+    Retriable {
+        what: String,
+        code: i16,
+        name: String,
+    },
+    /// The hub no longer knows the producer (its state expired) or fenced it: a new
+    /// producer is needed.
+    #[error("the hub no longer accepts producer {producer:?}: {name} ({code})")]
+    ProducerLost {
+        producer: Producer,
+        code: i16,
+        name: String,
+    },
+    /// The hub refuses this batch for good (too large, invalid, not authorized).
+    #[error("the hub refuses the batch for {what}: {name} ({code})")]
+    Refused {
+        what: String,
+        code: i16,
+        name: String,
+    },
+}
+
+fn error_name(code: i16) -> String {
+    kafka_protocol::error::ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error {code}"), |e| format!("{e:?}"))
+}
+
+/// What a hub topic looks like now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// The leader (`host:port`) of each partition, by index; `None` while it has none.
+    pub leaders: Vec<Option<String>>,
+}
+
+impl TopicLayout {
+    pub fn partitions(&self) -> i32 {
+        self.leaders.len() as i32
+    }
+}
+
+#[derive(Default)]
+struct Known {
+    connections: HashMap<String, Arc<Connection>>,
+    topics: HashMap<String, TopicLayout>,
+}
+
+/// The hub, as every forwarder of this gateway sees it (connections and metadata shared).
+pub struct Hub {
+    settings: HubSettings,
+    tls: Option<Arc<tls::TlsClient>>,
+    client_id: String,
+    known: Mutex<Known>,
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings, client_id: String) -> anyhow::Result<Hub> {
+        let tls = match (&settings.security, &settings.tls) {
+            (tls::SecurityProtocol::Ssl, Some(t)) => Some(
+                tls::TlsClient::load(t.clone()).map_err(|e| anyhow::anyhow!("[hub.tls]: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Hub {
+            settings,
+            tls,
+            client_id,
+            known: Mutex::new(Known::default()),
+        })
+    }
+
+    pub fn tls(&self) -> Option<&Arc<tls::TlsClient>> {
+        self.tls.as_ref()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.settings.request_timeout
+    }
+
+    /// A connection to `addr`, opened if there is none.
+    async fn connection(&self, addr: &str) -> Result<Arc<Connection>, HubError> {
+        if let Some(c) = self.known.lock().await.connections.get(addr) {
+            return Ok(Arc::clone(c));
+        }
+        let connect = Connection::connect_with(addr, &self.client_id, self.tls.as_deref());
+        let conn = tokio::time::timeout(self.timeout(), connect)
+            .await
+            .map_err(|_| HubError::Unreachable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| HubError::Unreachable(format!("{addr}: {e}")))?;
+        let conn = Arc::new(conn);
+        let mut known = self.known.lock().await;
+        if known.connections.len() >= CONNECTIONS_MAX {
+            known.connections.clear();
+        }
+        known
+            .connections
+            .insert(addr.to_string(), Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Forget a connection that failed, so the next request opens a new one.
+    async fn drop_connection(&self, addr: &str) {
+        self.known.lock().await.connections.remove(addr);
+    }
+
+    /// Any broker that answers: the bootstrap list in turn.
+    async fn any_connection(&self) -> Result<(String, Arc<Connection>), HubError> {
+        let mut last = HubError::Unreachable("no bootstrap broker".into());
+        for addr in &self.settings.bootstrap {
+            match self.connection(addr).await {
+                Ok(c) => return Ok((addr.clone(), c)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The layout of hub topic `name`: cached, or asked for when `refresh` (after a
+    /// request went to a broker that no longer leads) or not known yet. The hub creates
+    /// the topic if it auto-creates topics.
+    pub async fn topic(&self, name: &str, refresh: bool) -> Result<TopicLayout, HubError> {
+        if !refresh && let Some(t) = self.known.lock().await.topics.get(name) {
+            return Ok(t.clone());
+        }
+        let (addr, conn) = self.any_connection().await?;
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(name.to_string())),
+            ))]))
+            .with_allow_auto_topic_creation(true);
+        let meta = match tokio::time::timeout(self.timeout(), conn.request(req, METADATA_V)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                self.drop_connection(&addr).await;
+                return Err(HubError::Unreachable(format!("metadata from {addr}: {e}")));
+            }
+            Err(_) => {
+                self.drop_connection(&addr).await;
+                return Err(HubError::Unreachable(format!(
+                    "metadata from {addr} timed out"
+                )));
+            }
+        };
+        let brokers: HashMap<i32, String> = meta
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", &*b.host, b.port)))
+            .collect();
+        let t = meta
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| &***n == name))
+            .ok_or_else(|| HubError::Unreachable(format!("no metadata for {name}")))?;
+        if t.error_code != 0 || t.partitions.is_empty() {
+            let code = t.error_code;
+            let what = format!("the metadata of hub topic {name}");
+            // Unknown topic (3) while it is being created, leader not available (5): both pass.
+            return Err(match code {
+                0 | 3 | 5 => HubError::Retriable {
+                    what,
+                    code,
+                    name: error_name(code),
+                },
+                _ => HubError::Refused {
+                    what,
+                    code,
+                    name: error_name(code),
+                },
+            });
+        }
+        let mut leaders = vec![None; t.partitions.len()];
+        for p in &t.partitions {
+            let i = p.partition_index as usize;
+            if i < leaders.len() {
+                leaders[i] = brokers.get(&p.leader_id.0).cloned();
+            }
+        }
+        let layout = TopicLayout { leaders };
+        self.known
+            .lock()
+            .await
+            .topics
+            .insert(name.to_string(), layout.clone());
+        Ok(layout)
+    }
+
+    /// A new idempotent producer id from the hub.
+    pub async fn init_producer(&self) -> Result<Producer, HubError> {
+        let (addr, conn) = self.any_connection().await?;
+        let req = InitProducerIdRequest::default().with_transaction_timeout_ms(i32::MAX);
+        let r = match tokio::time::timeout(self.timeout(), conn.request(req, INIT_PRODUCER_ID_V))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.drop_connection(&addr).await;
+                return Err(HubError::Unreachable(format!(
+                    "InitProducerId at {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                self.drop_connection(&addr).await;
+                return Err(HubError::Unreachable(format!(
+                    "InitProducerId at {addr} timed out"
+                )));
+            }
+        };
+        if r.error_code != 0 {
+            return Err(HubError::Retriable {
+                what: "a producer id".into(),
+                code: r.error_code,
+                name: error_name(r.error_code),
+            });
+        }
+        Ok(Producer {
+            id: r.producer_id.0,
+            epoch: r.producer_epoch,
+        })
+    }
+
+    /// Produce one batch (already encoded, see [`crate::outgoing`]) to `topic`/`partition`
+    /// with acks=all, to the leader `layout` names. `Ok` once the hub has it, whether
+    /// written now or recognised as a batch it already held.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: &str,
+        producer: Producer,
+        batch: Bytes,
+    ) -> Result<(), HubError> {
+        let conn = self.connection(leader).await?;
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(self.timeout().as_millis().min(i32::MAX as u128) as i32)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(batch)),
+                    ]),
+            ]);
+        // The request timeout plus a margin: the hub answers a slow acks=all itself
+        // (REQUEST_TIMED_OUT) at `timeout_ms`.
+        let within = self.timeout() + Duration::from_secs(5);
+        let r = match tokio::time::timeout(within, conn.request(req, PRODUCE_V)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.drop_connection(leader).await;
+                return Err(match e {
+                    kafka_client::Error::Closed | kafka_client::Error::Io(_) => {
+                        HubError::Dropped(format!("produce at {leader}: {e}"))
+                    }
+                    e => HubError::Unreachable(format!("produce at {leader}: {e}")),
+                });
+            }
+            Err(_) => {
+                // The answer may still come on this connection, after the batch is sent
+                // again on another: drop it so answers never cross.
+                self.drop_connection(leader).await;
+                return Err(HubError::Unreachable(format!(
+                    "produce at {leader} timed out"
+                )));
+            }
+        };
+        let code = r
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .find(|p| p.index == partition)
+            .map_or(-1, |p| p.error_code);
+        classify_produce(code, topic, partition, producer)
+    }
+}
+
+/// A produce answer's error code, as the forwarder acts on it.
+fn classify_produce(
+    code: i16,
+    topic: &str,
+    partition: i32,
+    producer: Producer,
+) -> Result<(), HubError> {
+    use kafka_protocol::error::ResponseError as E;
+    let what = format!("{topic}/{partition}");
+    let name = error_name(code);
+    match E::try_from_code(code) {
+        // 46: the hub holds this batch already (an older one than its last five).
+        None if code == 0 => Ok(()),
+        Some(E::DuplicateSequenceNumber) => Ok(()),
+        Some(E::UnknownProducerId | E::InvalidProducerEpoch | E::OutOfOrderSequenceNumber) => {
+            Err(HubError::ProducerLost {
+                producer,
+                code,
+                name,
+            })
+        }
+        Some(
+            E::MessageTooLarge
+            | E::RecordListTooLarge
+            | E::InvalidRecord
+            | E::CorruptMessage
+            | E::InvalidTopicException
+            | E::TopicAuthorizationFailed
+            | E::ClusterAuthorizationFailed
+            | E::UnsupportedForMessageFormat
+            | E::InvalidRequiredAcks
+            | E::PolicyViolation,
+        ) => Err(HubError::Refused { what, code, name }),
+        _ => Err(HubError::Retriable { what, code, name }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_answers_are_classified() {
+        let p = Producer { id: 7, epoch: 0 };
+        assert!(classify_produce(0, "t", 0, p).is_ok());
+        assert!(classify_produce(46, "t", 0, p).is_ok());
+        for lost in [59, 47, 45] {
+            assert!(matches!(
+                classify_produce(lost, "t", 0, p),
+                Err(HubError::ProducerLost { .. })
+            ));
+        }
+        for refused in [10, 18, 2, 29] {
+            assert!(matches!(
+                classify_produce(refused, "t", 0, p),
+                Err(HubError::Refused { .. })
+            ));
+        }
+        // Not the leader, too few in-sync replicas, timed out, unknown: try again.
+        for retry in [6, 19, 20, 7, -1] {
+            assert!(matches!(
+                classify_produce(retry, "t", 0, p),
+                Err(HubError::Retriable { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The gateway's own Prometheus metrics, prefixed `edge_`, served on the buffer's admin port
+//! beside the broker's (`broker_*`: what the branch's applications produced).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub topic: String,
+    /// `unreachable`, `dropped`, `retriable`, `producer_lost`, `refused`, `local`, `journal`.
+    pub reason: &'static str,
+}
+
+#[derive(Default)]
+pub struct EdgeMetrics {
+    pub forwarded_records: Family<TopicLabel, Counter>,
+    pub forward_errors: Family<ErrorLabel, Counter>,
+    /// Records in the buffer the hub has not acknowledged yet, per local partition.
+    pub unforwarded_records: Family<StreamLabel, Gauge>,
+    pub new_producers: Counter,
+    /// Records removed from the buffer before they were forwarded (by an operator).
+    pub lost_locally: Counter,
+    pub streams: Gauge,
+}
+
+impl EdgeMetrics {
+    pub fn register(registry: &mut Registry) -> EdgeMetrics {
+        let m = EdgeMetrics::default();
+        let r = registry.sub_registry_with_prefix("edge");
+        r.register(
+            "forwarded_records",
+            "Records the hub acknowledged",
+            m.forwarded_records.clone(),
+        );
+        r.register(
+            "forward_errors",
+            "Forwarding attempts that stopped short, by reason",
+            m.forward_errors.clone(),
+        );
+        r.register(
+            "unforwarded_records",
+            "Records in the buffer not yet acknowledged by the hub",
+            m.unforwarded_records.clone(),
+        );
+        r.register(
+            "new_producers",
+            "Hub producer ids taken (at the start of a stream, or after the hub lost one)",
+            m.new_producers.clone(),
+        );
+        r.register(
+            "lost_locally",
+            "Records removed from the buffer before they were forwarded",
+            m.lost_locally.clone(),
+        );
+        r.register(
+            "streams",
+            "Local partitions being forwarded",
+            m.streams.clone(),
+        );
+        m
+    }
+
+    pub fn forwarded(&self, topic: &str, records: u64) {
+        self.forwarded_records
+            .get_or_create(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .inc_by(records);
+    }
+
+    pub fn error(&self, topic: &str, reason: &'static str) {
+        self.forward_errors
+            .get_or_create(&ErrorLabel {
+                topic: topic.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn unforwarded(&self, topic: &str, partition: i32, records: i64) {
+        self.unforwarded_records
+            .get_or_create(&StreamLabel {
+                topic: topic.to_string(),
+                partition: partition.to_string(),
+            })
+            .set(records);
+    }
+}

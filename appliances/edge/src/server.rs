@@ -1,0 +1,154 @@
+//! The gateway's lifecycle: start the buffer (the broker in one-node mode), then a task that
+//! finds the local partitions to forward and runs one forwarder per partition.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use broker::BrokerHandle;
+use broker::partition::Partition;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::EdgeConfig;
+use crate::forwarder::{self, Forwarding};
+use crate::hub::Hub;
+use crate::metrics::EdgeMetrics;
+
+/// Local partitions forwarded at most (each is a task, a journal and a hub producer).
+pub const STREAMS_MAX: usize = 4096;
+
+/// A running gateway.
+pub struct EdgeHandle {
+    /// Where the branch's Kafka clients connect.
+    pub kafka_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    buffer: BrokerHandle,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Start the gateway.
+pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
+    let mut metrics = None;
+    let buffer = broker::start_with(config.buffer.clone(), |r| {
+        metrics = Some(Arc::new(EdgeMetrics::register(r)));
+    })
+    .await
+    .context("starting the buffer")?;
+    let metrics = metrics.expect("the broker registers metrics first");
+    let dir = config.buffer.data_dir.join("forwarder");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let hub = Hub::new(config.hub.clone(), format!("edge-{}", config.gateway))?;
+    let forwarding = Arc::new(Forwarding {
+        gateway: config.gateway.clone(),
+        hub: Arc::new(hub),
+        settings: config.forward.clone(),
+        backoff: (config.hub.retry_backoff, config.hub.retry_backoff_max),
+        metrics,
+        dir,
+    });
+    let gateway = config.gateway.clone();
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    if let Some(tls) = forwarding.hub.tls() {
+        tasks.spawn(Arc::clone(tls).watch(stop.clone()));
+    }
+    tasks.spawn(discover(
+        Arc::new(config),
+        buffer.state().clone(),
+        forwarding,
+        tasks.clone(),
+        stop.clone(),
+    ));
+    tracing::info!(
+        gateway = %gateway,
+        kafka_addr = %buffer.kafka_addr,
+        admin = %buffer.admin_addr,
+        "edge ready"
+    );
+    Ok(EdgeHandle {
+        kafka_addr: buffer.kafka_addr,
+        admin_addr: buffer.admin_addr,
+        buffer,
+        stop,
+        tasks,
+    })
+}
+
+impl EdgeHandle {
+    /// The buffer (the embedded broker).
+    pub fn buffer(&self) -> &BrokerHandle {
+        &self.buffer
+    }
+
+    /// Stop forwarding (journals are fsynced as they go: nothing to flush), then the buffer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.buffer.shutdown().await
+    }
+}
+
+/// Every `discover_interval`: start a forwarder for each local partition of a forwarded topic
+/// that has none, stop those whose partition is gone.
+async fn discover(
+    config: Arc<EdgeConfig>,
+    state: Arc<broker::state::BrokerState>,
+    forwarding: Arc<Forwarding>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut running: HashMap<(Uuid, i32), CancellationToken> = HashMap::new();
+    let mut warned = false;
+    loop {
+        let partitions: Vec<Arc<Partition>> = state
+            .replicas
+            .all()
+            .into_iter()
+            .filter(|p| config.forwards(&p.topic))
+            .collect();
+        let present: std::collections::HashSet<(Uuid, i32)> =
+            partitions.iter().map(|p| (p.topic_id, p.index)).collect();
+        running.retain(|key, token| {
+            let keep = present.contains(key);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for p in partitions {
+            let key = (p.topic_id, p.index);
+            if running.contains_key(&key) {
+                continue;
+            }
+            if running.len() >= STREAMS_MAX {
+                if !warned {
+                    tracing::error!(
+                        limit = STREAMS_MAX,
+                        "too many local partitions to forward; the rest wait"
+                    );
+                    warned = true;
+                }
+                break;
+            }
+            let token = stop.child_token();
+            let hub_topic = config.hub_topic(&p.topic).to_string();
+            tasks.spawn(forwarder::run(
+                Arc::clone(&forwarding),
+                p,
+                hub_topic,
+                token.clone(),
+            ));
+            running.insert(key, token);
+        }
+        forwarding.metrics.streams.set(running.len() as i64);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(config.forward.discover_interval) => {}
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The edge gateway between a branch's clients and the hub: every event a client was told is
+//! stored reaches the hub exactly once, on the hub partition Kafka's default partitioner
+//! gives its key, in order per key, through the faults a branch lives with.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use e2e::acked::{self, Producer};
+use e2e::clients::{kcat_consume_all, metric};
+use e2e::edge::Edge;
+use e2e::proxy::ChaosProxy;
+use e2e::{Broker, wait_until};
+
+const T: Duration = Duration::from_secs(180);
+const HUB_PARTITIONS: i32 = 3;
+const TOPIC: &str = "readings";
+
+/// Records the gateway's forwarders had acknowledged by the hub (since its last start).
+fn forwarded(edge: &Edge) -> u64 {
+    let name = format!("edge_forwarded_records_total{{topic=\"{TOPIC}\"}}");
+    metric(&edge.metrics_url(), &name).unwrap_or(0.0) as u64
+}
+
+/// Records of local partition `p` the hub has not acknowledged yet.
+fn unforwarded(edge: &Edge, p: i32) -> Option<u64> {
+    let name = format!("edge_unforwarded_records{{topic=\"{TOPIC}\",partition=\"{p}\"}}");
+    metric(&edge.metrics_url(), &name).map(|v| v as u64)
+}
+
+fn wait_forwarded(edge: &Edge, n: u64) {
+    wait_until(&format!("{n} records forwarded"), T, || {
+        (forwarded(edge) >= n).then_some(())
+    });
+}
+
+/// `(partition, key, value)` of every record of `topic` at `bootstrap`, in offset order.
+fn records(bootstrap: &str) -> Vec<(i32, String, String)> {
+    kcat_consume_all(bootstrap, TOPIC, "%p %k %s\n", T)
+        .iter()
+        .map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let p = it.next().unwrap().parse().unwrap();
+            (
+                p,
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Each key's values in the order their partition holds them.
+fn per_key(records: &[(i32, String, String)]) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (_, k, v) in records {
+        out.entry(k.clone()).or_default().push(v.clone());
+    }
+    out
+}
+
+/// An address where nothing listens: the proxy's target while the WAN is cut.
+fn nowhere() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cuts() {
+    let proxy = ChaosProxy::start();
+    let mut hub = Broker::start_with(&format!(
+        "[kafka]\nadvertised = \"{}\"\n[topics]\npartitions = {HUB_PARTITIONS}\n",
+        proxy.addr
+    ));
+    proxy.set_target(hub.kafka);
+    // The hub stores every 4th batch the gateway sends, but its answer never arrives: the
+    // gateway must send it again and the hub recognise it.
+    proxy.lose_produce_responses(4);
+    let mut edge = Edge::start(
+        &proxy.addr.to_string(),
+        "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked");
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &edge.bootstrap(),
+            "--topic",
+            TOPIC,
+            "--rate",
+            "2000",
+            "--idempotence",
+            "--fast-reconnect",
+        ],
+    );
+
+    // Forwarding while answers are lost, then the gateway killed mid-forward.
+    wait_forwarded(&edge, 1500);
+    assert!(proxy.lost_responses() > 0, "no answer was lost");
+    edge.kill9();
+    edge.restart();
+    wait_forwarded(&edge, 500);
+
+    // The WAN cut: the gateway goes on acknowledging what it buffers.
+    proxy.set_target(nowhere());
+    proxy.cut_all();
+    let during = producer.acked_count();
+    producer.wait_acked(during + 2000, T);
+    proxy.set_target(hub.kafka);
+
+    // The hub broker crashes and comes back while the backlog drains.
+    let before = forwarded(&edge);
+    wait_forwarded(&edge, before + 500);
+    hub.kill9();
+    hub.restart();
+    let after = producer.acked_count();
+    producer.wait_acked(after + 1000, T);
+    let report = producer.stop(T);
+
+    // Everything acknowledged is in the buffer, once; the hub then holds exactly the buffer.
+    let acks = acked::read_acked(&acked_file);
+    let buffered = acked::everything(&edge.bootstrap(), TOPIC, T);
+    acked::verify(&acks, &buffered);
+    let buffer = records(&edge.bootstrap());
+    wait_until("the gateway to have forwarded its whole buffer", T, || {
+        (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
+    });
+    let at_hub = records(&hub.bootstrap());
+    let values: Vec<&String> = at_hub.iter().map(|(_, _, v)| v).collect();
+    let unique: HashSet<&String> = values.iter().copied().collect();
+    assert_eq!(unique.len(), values.len(), "an event is at the hub twice");
+    let expected: HashSet<&String> = buffer.iter().map(|(_, _, v)| v).collect();
+    assert_eq!(unique, expected, "the hub holds what the buffer holds");
+    for (p, k, v) in &at_hub {
+        let want = edge::partitioner::hub_partition(Some(k.as_bytes()), -1, HUB_PARTITIONS);
+        assert_eq!(
+            *p, want,
+            "{v} (key {k}) is on hub partition {p}, not {want}"
+        );
+    }
+    assert_eq!(
+        per_key(&at_hub),
+        per_key(&buffer),
+        "the order of a key's events changed"
+    );
+    let by_partition: BTreeMap<i32, usize> = at_hub.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.0).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "{} acknowledged ({report}), {} buffered, at the hub {by_partition:?}, {} answers lost",
+        acks.len(),
+        buffer.len(),
+        proxy.lost_responses()
+    );
+}
+
