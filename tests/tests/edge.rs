@@ -155,4 +155,3 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
         proxy.lost_responses()
     );
 }
-
