@@ -1,10 +1,12 @@
 //! The records of a Produce request: splitting and validating batches, and decoding records
-//! (with decompression) as ListOffsets-by-timestamp does for stored batches; and the log
-//! cleaner's view of them (the keyless-record check of compacted topics uses it on produce):
-//! records split with their raw bytes, and a batch rebuilt from some of them must read back
-//! as a valid stored batch covering the same offsets. Random bytes
-//! rarely carry a valid CRC, so each input is also tried with its length and CRC fixed up,
-//! which drives the fuzzer into record decoding and the decompressors.
+//! (with decompression) as ListOffsets-by-timestamp does for stored batches, and as a topic
+//! that de-duplicates by stream does to read a batch's stream and sequence headers
+//! (`streams::origin_of`); and the log cleaner's view of them (the keyless-record check of
+//! compacted topics uses it on produce): records split with their raw bytes, and a batch
+//! rebuilt from some of them must read back as a valid stored batch covering the same
+//! offsets. Random bytes rarely carry a valid CRC, so each input is also tried with its
+//! length and CRC fixed up, which drives the fuzzer into record decoding and the
+//! decompressors.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +15,10 @@ fn exercise(bytes: bytes::Bytes) {
     if let Ok(batches) = durable_log::split_batches(&bytes) {
         for b in batches {
             let _ = durable_log::records::record_timestamps(&b.bytes);
+            // A topic that de-duplicates by stream reads every produced batch's headers.
+            if let Ok(Some(o)) = durable_log::streams::origin_of(&b.bytes) {
+                assert!(o.first <= o.last);
+            }
         }
     }
     let _ = durable_log::batch::whole_batches_prefix(&bytes);

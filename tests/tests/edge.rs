@@ -155,3 +155,72 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
         proxy.lost_responses()
     );
 }
+
+/// Produce `values` (`key:value` lines) to the gateway with kcat.
+fn produce(edge: &Edge, from: usize, to: usize) {
+    let input: String = (from..to).map(|i| format!("{}:v-{i}\n", i % 16)).collect();
+    e2e::clients::kcat(
+        &[
+            "-b",
+            &edge.bootstrap(),
+            "-P",
+            "-t",
+            TOPIC,
+            "-K:",
+            "-X",
+            "acks=all",
+        ],
+        Some(input.as_bytes()),
+        T,
+    );
+}
+
+/// The hub's producer-state expiry passes while a batch the hub stored waits for its answer:
+/// the gateway sends it again under a producer id the hub no longer knows, and only the
+/// stream and sequence headers (`clk.stream.dedup`) tell the hub it holds it already.
+#[test]
+fn a_batch_sent_again_after_the_hub_forgot_its_producer_is_stored_once() {
+    let proxy = ChaosProxy::start();
+    // Producer state older than 1ms is forgotten when the hub reopens its logs.
+    let mut hub = Broker::start_with(&format!(
+        "[kafka]\nadvertised = \"{}\"\n[topics]\npartitions = {HUB_PARTITIONS}\nproducer_id_expiration = \"1ms\"\nstream_dedup = true\n",
+        proxy.addr
+    ));
+    proxy.set_target(hub.kafka);
+    let edge = Edge::start(
+        &proxy.addr.to_string(),
+        "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\n",
+    );
+    produce(&edge, 0, 200);
+    wait_forwarded(&edge, 200);
+
+    // Every answer is lost now: the hub stores the next batches, the gateway never hears.
+    proxy.lose_produce_responses(1);
+    produce(&edge, 200, 300);
+    wait_until("a batch stored and sent again", T, || {
+        (proxy.lost_responses() >= 3).then_some(())
+    });
+    // The WAN goes down; meanwhile the hub restarts and forgets the gateway's producers.
+    proxy.set_target(nowhere());
+    proxy.cut_all();
+    proxy.lose_produce_responses(0);
+    hub.stop();
+    hub.restart();
+    proxy.set_target(hub.kafka);
+
+    wait_until("the gateway to have forwarded its whole buffer", T, || {
+        (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
+    });
+    let buffer = records(&edge.bootstrap());
+    assert_eq!(buffer.len(), 300);
+    let at_hub = records(&hub.bootstrap());
+    let values: Vec<&String> = at_hub.iter().map(|(_, _, v)| v).collect();
+    let unique: HashSet<&String> = values.iter().copied().collect();
+    assert_eq!(unique.len(), values.len(), "an event is at the hub twice");
+    assert_eq!(values.len(), 300, "the hub holds every event");
+    assert_eq!(
+        per_key(&at_hub),
+        per_key(&buffer),
+        "the order of a key's events changed"
+    );
+}

@@ -446,6 +446,10 @@ pub struct TopicDefaults {
     /// dirty enough to clean.
     #[serde(with = "duration")]
     pub cleaner_check_interval: Duration,
+    /// `clk.stream.dedup` for topics that do not set it: recognise the batches edge
+    /// gateways send again by their stream and sequence headers, past producer expiry (on
+    /// the hub that branches forward to).
+    pub stream_dedup: bool,
 }
 
 impl Default for TopicDefaults {
@@ -466,6 +470,7 @@ impl Default for TopicDefaults {
             producer_id_expiration: Duration::from_secs(24 * 3600),
             retention_check_interval: Duration::from_secs(300),
             cleaner_check_interval: Duration::from_secs(15),
+            stream_dedup: false,
         }
     }
 }

@@ -34,6 +34,7 @@ pub fn internal_log_config() -> LogConfig {
         producer_id_expiration_ms: i64::MAX,
         // Compacted by the store itself (a snapshot batch, then the log start moves).
         compaction: None,
+        stream_dedup: false,
     }
 }
 

@@ -82,6 +82,19 @@ pub static TOPIC_KEYS: &[TopicKey] = &[
         },
     },
     TopicKey {
+        name: "clk.stream.dedup",
+        kind: ConfigType::Boolean,
+        broker_synonym: "clk.stream.dedup",
+        doc: "Recognise batches an edge gateway sends again by their clk-stream and clk-seq \
+              headers, even after the producer's state expired (topics branches forward to).",
+        read_only: false,
+        default: |d| d.stream_dedup.to_string(),
+        validate: |v| match v {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("{v:?} is not true or false")),
+        },
+    },
+    TopicKey {
         name: "compression.type",
         kind: ConfigType::String,
         broker_synonym: "compression.type",
@@ -372,6 +385,7 @@ pub fn resolve(
         },
         producer_id_expiration_ms: defaults.producer_id_expiration.as_millis() as i64,
         compaction,
+        stream_dedup: effective(overrides, defaults, "clk.stream.dedup") == "true",
     };
     let policy = TopicPolicy {
         min_insync_replicas: get("min.insync.replicas") as i32,

@@ -20,6 +20,7 @@ pub mod log;
 pub mod producer;
 pub mod records;
 pub mod segment;
+pub mod streams;
 
 pub use batch::{
     BatchError, BatchHeader, RawBatch, TimestampType, split_batches, split_stored_batches,

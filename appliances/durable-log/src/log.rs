@@ -30,6 +30,7 @@ use crate::error::{AppendError, IoContext, LogError};
 use crate::producer::{CachedBatch, ProducerTable, SequenceCheck};
 use crate::records;
 use crate::segment::{self, NO_TIMESTAMP, PendingBatch, RecoveryReport, Segment};
+use crate::streams::{StreamCheck, StreamTable, origin_of};
 
 const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 const LOG_START_FILE: &str = "log-start-offset";
@@ -56,6 +57,9 @@ pub struct LogConfig {
     pub producer_id_expiration_ms: i64,
     /// Set when `cleanup.policy` includes `compact` (see [`crate::compaction`]).
     pub compaction: Option<CompactionConfig>,
+    /// `clk.stream.dedup`: batches an edge gateway sent already are recognised by their
+    /// stream and sequence headers (see [`crate::streams`]).
+    pub stream_dedup: bool,
 }
 
 impl Default for LogConfig {
@@ -70,6 +74,7 @@ impl Default for LogConfig {
             timestamp_type: TimestampType::CreateTime,
             producer_id_expiration_ms: 24 * 3600 * 1000,
             compaction: None,
+            stream_dedup: false,
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct Log {
     generation: u64,
     epochs: LeaderEpochCache,
     producers: ProducerTable,
+    /// Per stream, the highest sequence stored (`stream_dedup` only).
+    streams: StreamTable,
     offline: Option<String>,
     /// First offset not yet compacted (the cleaner checkpoint).
     cleaner_checkpoint: i64,
@@ -324,6 +331,7 @@ impl Log {
             generation: 0,
             epochs,
             producers: ProducerTable::default(),
+            streams: StreamTable::default(),
             offline: None,
             cleaner_checkpoint: read_i64_checkpoint(&dir.join(compaction::CHECKPOINT_FILE))?
                 .unwrap_or(0),
@@ -397,6 +405,7 @@ impl Log {
         }
         snapshots.sort_unstable();
         let mut table = ProducerTable::default();
+        let mut streams = StreamTable::default();
         let mut from = self.log_start_offset;
         for &off in snapshots.iter().rev() {
             let path = self.snapshot_path(off);
@@ -405,25 +414,39 @@ impl Log {
                 continue;
             }
             let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-            if let Some((at, t)) = ProducerTable::from_snapshot(&bytes).filter(|(at, _)| *at == off)
+            if let Some((at, t, s)) =
+                ProducerTable::from_snapshot(&bytes).filter(|(at, _, _)| *at == off)
             {
-                table = t;
-                from = at;
+                (table, streams, from) = (t, s, at);
                 break;
             }
             let _ = fs::remove_file(&path);
         }
         for seg in self.segments.values().filter(|s| s.next_offset() > from) {
             for item in seg.headers_from(0) {
-                let (_, h) = item.ctx(|| "replaying producer state".into())?;
-                if h.base_offset >= from {
-                    table.record(&h);
+                let (pos, h) = item.ctx(|| "replaying producer state".into())?;
+                if h.base_offset < from {
+                    continue;
+                }
+                table.record(&h);
+                if self.config.stream_dedup && !h.is_control() {
+                    let bytes = Segment::read_at(&seg.log_file(), pos, h.total_len())
+                        .ctx(|| "replaying stream state".into())?;
+                    if let Ok(Some(o)) = origin_of(&bytes) {
+                        streams.record(&o, h.last_offset());
+                    }
                 }
             }
         }
         table.expire(now_ms, self.config.producer_id_expiration_ms);
         self.producers = table;
+        self.streams = streams;
         Ok(())
+    }
+
+    /// The streams this log has de-duplicated batches of (`stream_dedup`).
+    pub fn streams(&self) -> &StreamTable {
+        &self.streams
     }
 
     fn snapshot_path(&self, offset: i64) -> PathBuf {
@@ -562,11 +585,25 @@ impl Log {
         let first_offset = next;
         let log_append = self.config.timestamp_type == TimestampType::LogAppendTime;
         let mut pending = Vec::with_capacity(batches.len());
+        let mut origins = Vec::new();
         for b in batches {
             if b.header.has_producer_id()
                 && let SequenceCheck::Duplicate(dup) = scratch.check(&b.header)?
             {
                 return Ok(self.duplicate_result(dup, log_append));
+            }
+            if let Some(o) = self.origin(b)? {
+                match self.streams.check(&o) {
+                    StreamCheck::New => origins.push((pending.len(), o)),
+                    StreamCheck::Duplicate { offset } => {
+                        return Ok(self.stream_duplicate(offset, log_append));
+                    }
+                    StreamCheck::Overlap { .. } => {
+                        return Err(AppendError::InvalidRecord(
+                            "a batch holds records of its stream both stored already and not",
+                        ));
+                    }
+                }
             }
             let mut header = PatchedHeader::new(&b.bytes, next, leader_epoch);
             if log_append {
@@ -590,6 +627,9 @@ impl Log {
         }
         let bytes = self.write(&pending, now_ms)?;
         self.producers.merge(scratch);
+        for (i, o) in origins {
+            self.streams.record(&o, pending[i].parsed.last_offset());
+        }
         Ok(AppendResult {
             first_offset,
             last_offset: next - 1,
@@ -598,6 +638,28 @@ impl Log {
             records: (next - first_offset) as u64,
             bytes,
         })
+    }
+
+    /// The stream and sequences of a batch, in a log that de-duplicates by stream.
+    fn origin(&self, b: &RawBatch) -> Result<Option<crate::streams::Origin>, AppendError> {
+        if !self.config.stream_dedup {
+            return Ok(None);
+        }
+        origin_of(&b.bytes)
+            .map_err(|_| AppendError::InvalidRecord("the batch's records cannot be decoded"))
+    }
+
+    /// A batch of a stream stored already, at or before `offset` (its original offsets are
+    /// not kept: the answer names the stored record holding the stream's mark).
+    fn stream_duplicate(&self, offset: i64, log_append: bool) -> AppendResult {
+        AppendResult {
+            first_offset: offset,
+            last_offset: offset,
+            log_append_time: log_append.then_some(-1),
+            duplicate: true,
+            records: 0,
+            bytes: 0,
+        }
     }
 
     fn duplicate_result(&self, dup: CachedBatch, log_append: bool) -> AppendResult {
@@ -651,10 +713,18 @@ impl Log {
                     .into());
             }
         }
+        let origins: Vec<(usize, crate::streams::Origin)> = batches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Some((i, self.origin(b).ok()??)))
+            .collect();
         let now = pending.last().map_or(0, |p| p.parsed.max_timestamp);
         let bytes = self.write(&pending, now)?;
         for p in &pending {
             self.producers.record(&p.parsed);
+        }
+        for (i, o) in origins {
+            self.streams.record(&o, pending[i].parsed.last_offset());
         }
         Ok(AppendResult {
             first_offset,
@@ -709,7 +779,7 @@ impl Log {
         active.seal().ctx(|| "sealing the active segment".into())?;
         let files = active.all_files();
         self.unflushed_sealed.extend(files);
-        let snapshot = self.producers.to_snapshot(base);
+        let snapshot = self.producers.to_snapshot(base, &self.streams);
         let path = self.snapshot_path(base);
         // Not fsynced: a lost or damaged snapshot only means a longer replay after a crash.
         let tmp = path.with_extension("snapshot.tmp");
@@ -1177,7 +1247,7 @@ impl Log {
         }
         let leo = self.log_end_offset();
         let path = self.snapshot_path(leo);
-        checkpoint::write_atomic(&path, &self.producers.to_snapshot(leo))
+        checkpoint::write_atomic(&path, &self.producers.to_snapshot(leo, &self.streams))
             .ctx(|| format!("writing {}", path.display()))
     }
 

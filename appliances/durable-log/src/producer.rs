@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::streams::StreamTable;
+
 use crate::batch::BatchHeader;
 
 /// Batches remembered per producer, as in Kafka (and what clients assume for max in-flight 5).
@@ -199,26 +201,31 @@ impl ProducerTable {
         });
     }
 
-    pub fn to_snapshot(&self, offset: i64) -> Vec<u8> {
+    pub fn to_snapshot(&self, offset: i64, streams: &StreamTable) -> Vec<u8> {
         serde_json::to_vec(&Snapshot {
             offset,
             table: self.clone(),
+            streams: streams.clone(),
         })
         .expect("producer table serializes")
     }
 
     /// Parse a snapshot; `None` if it is damaged (it is then ignored and the log replayed).
-    pub fn from_snapshot(bytes: &[u8]) -> Option<(i64, ProducerTable)> {
+    pub fn from_snapshot(bytes: &[u8]) -> Option<(i64, ProducerTable, StreamTable)> {
         serde_json::from_slice::<Snapshot>(bytes)
             .ok()
-            .map(|s| (s.offset, s.table))
+            .map(|s| (s.offset, s.table, s.streams))
     }
 }
 
+/// A snapshot of the producers, and of the streams (see [`crate::streams`]; absent from
+/// snapshots written before it existed).
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     offset: i64,
     table: ProducerTable,
+    #[serde(default)]
+    streams: StreamTable,
 }
 
 #[cfg(test)]
@@ -311,8 +318,8 @@ mod tests {
         let mut t = ProducerTable::default();
         t.record(&header(1, 0, 0, 1, 0));
         t.record(&header(2, 0, 0, 1, 1));
-        let snap = t.to_snapshot(2);
-        let (off, back) = ProducerTable::from_snapshot(&snap).unwrap();
+        let snap = t.to_snapshot(2, &StreamTable::default());
+        let (off, back, _) = ProducerTable::from_snapshot(&snap).unwrap();
         assert_eq!((off, &back), (2, &t));
         assert!(ProducerTable::from_snapshot(b"{garbage").is_none());
         t.truncate_from(1);

@@ -444,3 +444,79 @@ fn an_epoch_without_records_goes_when_a_follower_truncates_at_its_start() {
     assert_eq!(log.log_end_offset(), 2);
     assert_eq!(log.epochs().end_offset_for(0, 2), (0, 2));
 }
+
+/// A batch an edge gateway forwards: records `seqs` of stream `b/t/0`, as producer `pid`.
+fn stamped(seqs: std::ops::RangeInclusive<i64>, pid: i64) -> Vec<RawBatch> {
+    use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
+    let values: Vec<String> = seqs.clone().map(|s| format!("e{s}")).collect();
+    let records: Vec<(Option<&str>, Option<&str>)> =
+        values.iter().map(|v| (None, Some(v.as_str()))).collect();
+    let first = *seqs.start();
+    common::encode_with_headers(&records, Some((pid, 0, 0)), NOW, |i| {
+        let mut h = kafka_protocol::indexmap::IndexMap::new();
+        h.insert(
+            STREAM_HEADER.into(),
+            Some(bytes::Bytes::from_static(b"b/t/0")),
+        );
+        let seq = first + i as i64;
+        h.insert(
+            SEQUENCE_HEADER.into(),
+            Some(bytes::Bytes::copy_from_slice(&seq.to_be_bytes())),
+        );
+        h
+    })
+}
+
+#[test]
+fn a_stream_s_batch_sent_again_under_a_new_producer_is_recognised_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let dedup = LogConfig {
+        stream_dedup: true,
+        ..small_segments()
+    };
+    let mut log = open(dir.path(), dedup.clone(), false);
+    append_values(&mut log, 3, "plain");
+    let first = log.append_as_leader(&stamped(0..=4, 1), 0, NOW).unwrap();
+    assert_eq!((first.first_offset, first.last_offset), (3, 7));
+    // The producer's state expired at the hub: the gateway sends it again as another producer.
+    let again = log.append_as_leader(&stamped(0..=4, 2), 0, NOW).unwrap();
+    assert_eq!((again.duplicate, again.last_offset), (true, 7));
+    let part = log.append_as_leader(&stamped(3..=6, 2), 0, NOW);
+    assert!(
+        matches!(part, Err(AppendError::InvalidRecord(_))),
+        "{part:?}"
+    );
+    log.append_as_leader(&stamped(5..=6, 2), 0, NOW).unwrap();
+    flush(&mut log);
+    drop(log); // crash: the table comes back from the log itself
+
+    let mut log = open(dir.path(), dedup.clone(), false);
+    assert!(
+        log.append_as_leader(&stamped(5..=6, 3), 0, NOW)
+            .unwrap()
+            .duplicate
+    );
+    assert!(
+        log.append_as_leader(&stamped(0..=4, 3), 0, NOW)
+            .unwrap()
+            .duplicate
+    );
+    log.close().unwrap();
+    let mut log = open(dir.path(), dedup, true);
+    assert!(
+        log.append_as_leader(&stamped(5..=6, 4), 0, NOW)
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(read_all(&log, 0).len(), 10);
+
+    // Without the setting the same batch is stored twice: the test above is not vacuous.
+    let plain = tempfile::tempdir().unwrap();
+    let mut log = open(plain.path(), small_segments(), false);
+    log.append_as_leader(&stamped(0..=4, 1), 0, NOW).unwrap();
+    assert!(
+        !log.append_as_leader(&stamped(0..=4, 2), 0, NOW)
+            .unwrap()
+            .duplicate
+    );
+}

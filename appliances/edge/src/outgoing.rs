@@ -16,10 +16,10 @@ use kafka_protocol::records::{
 
 use crate::journal::{Batch, LocalOffset, Producer};
 
-/// The header naming a record's stream (`<gateway>/<topic>/<local partition>`).
-pub const STREAM_HEADER: &str = "clk-stream";
-/// The header holding a record's local offset in its stream (8 bytes, big-endian).
-pub const SEQUENCE_HEADER: &str = "clk-seq";
+/// The headers naming a record's stream (`<gateway>/<topic>/<local partition>`) and its
+/// local offset there (8 bytes, big-endian): the hub's log reads them to recognise a batch
+/// sent again (`durable_log::streams`).
+pub use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
 
 /// Where a local partition's records come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

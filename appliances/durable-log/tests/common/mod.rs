@@ -13,6 +13,21 @@ pub fn encode(
     producer: Option<(i64, i16, i32)>,
     ts: i64,
 ) -> Vec<RawBatch> {
+    encode_with_headers(records, producer, ts, |_| Default::default())
+}
+
+/// [`encode`], record `i` with the headers `headers(i)` gives.
+pub fn encode_with_headers(
+    records: &[(Option<&str>, Option<&str>)],
+    producer: Option<(i64, i16, i32)>,
+    ts: i64,
+    headers: impl Fn(
+        usize,
+    ) -> kafka_protocol::indexmap::IndexMap<
+        kafka_protocol::protocol::StrBytes,
+        Option<Bytes>,
+    >,
+) -> Vec<RawBatch> {
     let (pid, epoch, seq) = producer.unwrap_or((-1, -1, -1));
     let bytes = |s: Option<&str>| s.map(|s| Bytes::copy_from_slice(s.as_bytes()));
     let records: Vec<Record> = records
@@ -31,7 +46,7 @@ pub fn encode(
             timestamp: ts + i as i64,
             key: bytes(*k),
             value: bytes(*v),
-            headers: Default::default(),
+            headers: headers(i),
         })
         .collect();
     let mut buf = BytesMut::new();
