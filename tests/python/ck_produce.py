@@ -13,6 +13,8 @@ ap.add_argument("--acks", default="all")
 ap.add_argument("--idempotence", action="store_true")
 ap.add_argument("--acked-file")
 ap.add_argument("--prefix", default="v")
+ap.add_argument("--value-bytes", type=int, default=0,
+                help="pad each value to about this size (the padding goes before the prefix)")
 ap.add_argument("--rate", type=float, default=0, help="records per second (0: as fast as possible)")
 ap.add_argument("--fast-reconnect", action="store_true", help="cap reconnect backoff (for flaky-link tests)")
 ap.add_argument("--config", action="append", default=[],
@@ -47,6 +49,7 @@ if a.fast_reconnect:
     conf.update({"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 200})
 conf.update(dict(kv.split("=", 1) for kv in a.config))
 p = Producer(conf)
+pad = "x" * a.value_bytes
 t0 = time.time()
 i = 0
 while not stopping and (a.count == 0 or i < a.count):
@@ -56,7 +59,7 @@ while not stopping and (a.count == 0 or i < a.count):
             p.poll(ahead)
             continue
     try:
-        p.produce(a.topic, key=str(i % 64), value=f"{a.prefix}-{i}", callback=done)
+        p.produce(a.topic, key=str(i % 64), value=f"{pad}{a.prefix}-{i}", callback=done)
         i += 1
     except BufferError:
         p.poll(0.05)

@@ -120,40 +120,62 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
 
     // Everything acknowledged is in the buffer, once; the hub then holds exactly the buffer.
     let acks = acked::read_acked(&acked_file);
-    let buffered = acked::everything(&edge.bootstrap(), TOPIC, T);
-    acked::verify(&acks, &buffered);
-    let buffer = records(&edge.bootstrap());
     wait_until("the gateway to have forwarded its whole buffer", T, || {
         (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
     });
     let at_hub = records(&hub.bootstrap());
-    let values: Vec<&String> = at_hub.iter().map(|(_, _, v)| v).collect();
-    let unique: HashSet<&String> = values.iter().copied().collect();
-    assert_eq!(unique.len(), values.len(), "an event is at the hub twice");
-    let expected: HashSet<&String> = buffer.iter().map(|(_, _, v)| v).collect();
-    assert_eq!(unique, expected, "the hub holds what the buffer holds");
-    for (p, k, v) in &at_hub {
+    let sent = report["sent"].as_u64().unwrap();
+    check_at_hub(&at_hub, acks.iter().map(|a| a.value.as_str()), sent);
+    let by_partition: BTreeMap<i32, usize> = at_hub.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.0).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "{} acknowledged ({report}), at the hub {by_partition:?}, {} answers lost",
+        acks.len(),
+        proxy.lost_responses()
+    );
+}
+
+/// The number in a value `<padding>v-<n>`.
+fn number(value: &str) -> u64 {
+    let (_, n) = value.rsplit_once('-').expect("<prefix>-<n>");
+    n.parse().expect("a number")
+}
+
+/// What the hub must hold: every value of `must` (what the producers were told is stored),
+/// nothing twice, nothing that was never sent (numbers below `sent`, or at 10 000 and above:
+/// the later kcat runs), each record on the hub partition Kafka's partitioner gives its key,
+/// and each key's events in the order they were sent.
+fn check_at_hub<'a>(
+    at_hub: &[(i32, String, String)],
+    must: impl Iterator<Item = &'a str>,
+    sent: u64,
+) {
+    let values: HashSet<&str> = at_hub.iter().map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(values.len(), at_hub.len(), "an event is at the hub twice");
+    for v in must {
+        assert!(
+            values.contains(v),
+            "{v} was acknowledged but is not at the hub"
+        );
+    }
+    for (p, k, v) in at_hub {
+        let n = number(v);
+        assert!(n < sent || n >= 10_000, "{v} was never sent");
         let want = edge::partitioner::hub_partition(Some(k.as_bytes()), -1, HUB_PARTITIONS);
         assert_eq!(
             *p, want,
             "{v} (key {k}) is on hub partition {p}, not {want}"
         );
     }
-    assert_eq!(
-        per_key(&at_hub),
-        per_key(&buffer),
-        "the order of a key's events changed"
-    );
-    let by_partition: BTreeMap<i32, usize> = at_hub.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r.0).or_default() += 1;
-        m
-    });
-    eprintln!(
-        "{} acknowledged ({report}), {} buffered, at the hub {by_partition:?}, {} answers lost",
-        acks.len(),
-        buffer.len(),
-        proxy.lost_responses()
-    );
+    for (k, vs) in per_key(at_hub) {
+        let ns: Vec<u64> = vs.iter().map(|v| number(v)).collect();
+        assert!(
+            ns.is_sorted(),
+            "key {k}: its events are out of order at the hub: {ns:?}"
+        );
+    }
 }
 
 /// Produce `values` (`key:value` lines) to the gateway with kcat.
@@ -211,16 +233,87 @@ fn a_batch_sent_again_after_the_hub_forgot_its_producer_is_stored_once() {
     wait_until("the gateway to have forwarded its whole buffer", T, || {
         (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
     });
-    let buffer = records(&edge.bootstrap());
-    assert_eq!(buffer.len(), 300);
     let at_hub = records(&hub.bootstrap());
-    let values: Vec<&String> = at_hub.iter().map(|(_, _, v)| v).collect();
-    let unique: HashSet<&String> = values.iter().copied().collect();
-    assert_eq!(unique.len(), values.len(), "an event is at the hub twice");
-    assert_eq!(values.len(), 300, "the hub holds every event");
+    assert_eq!(at_hub.len(), 300, "the hub holds every event once");
+    let all: Vec<String> = (0..300).map(|i| format!("v-{i}")).collect();
+    check_at_hub(&at_hub, all.iter().map(String::as_str), 300);
+}
+
+/// With the hub out of reach, the buffer fills to its limit and then refuses new events (the
+/// producer is told, nothing it was told is stored goes missing); once the hub is back the
+/// buffer drains, removes what the hub acknowledged, and takes events again.
+#[test]
+fn a_full_buffer_refuses_events_until_the_hub_drains_it() {
+    let proxy = ChaosProxy::start();
+    let hub = Broker::start_with(&format!(
+        "[kafka]\nadvertised = \"{}\"\n[topics]\npartitions = {HUB_PARTITIONS}\n",
+        proxy.addr
+    ));
+    // The WAN is down from the start.
+    proxy.set_target(nowhere());
+    let edge = Edge::start(
+        &proxy.addr.to_string(),
+        "[buffer.topics]\npartitions = 2\nsegment_bytes = \"64KiB\"\n[limits]\nmax_bytes = \"2MiB\"\n[forward]\nlinger = \"20ms\"\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked");
+    let produce_ck = |count: &str, prefix: &str| {
+        Producer::start(
+            &acked_file,
+            &[
+                "--bootstrap",
+                &edge.bootstrap(),
+                "--topic",
+                TOPIC,
+                "--count",
+                count,
+                "--prefix",
+                prefix,
+                "--value-bytes",
+                "1000",
+                "--config",
+                "message.timeout.ms=3000",
+            ],
+        )
+        .finish(T)
+    };
+    // 3 MB into a buffer of 2 MiB: taken (the limit is measured every second, so a burst
+    // may pass it by a second's worth), then the buffer is full.
+    let filled = produce_ck("3000", "v");
+    assert_eq!(filled["acked"], 3000, "{filled}");
+    wait_until("the buffer to measure itself full", T, || {
+        let bytes = metric(&edge.metrics_url(), "edge_buffer_bytes")?;
+        (bytes >= (2 << 20) as f64).then_some(())
+    });
+    let refused = produce_ck("200", "w");
     assert_eq!(
-        per_key(&at_hub),
-        per_key(&buffer),
-        "the order of a key's events changed"
+        refused["acked"], 0,
+        "the full buffer took events: {refused}"
+    );
+    let counted = format!("edge_ingest_refused_total{{topic=\"{TOPIC}\"}}");
+    assert!(metric(&edge.metrics_url(), &counted).unwrap_or(0.0) > 0.0);
+    let acks = acked::read_acked(&acked_file);
+    assert_eq!(acks.len(), 3000);
+
+    // The hub comes back: the buffer drains and removes what the hub acknowledged.
+    proxy.set_target(hub.kafka);
+    wait_until("the buffer to drain below its limit", T, || {
+        let drained = unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0);
+        let bytes = metric(&edge.metrics_url(), "edge_buffer_bytes")?;
+        // What is left is the active segments (a log keeps its last one).
+        (drained && bytes < (3 << 19) as f64).then_some(())
+    });
+    produce(&edge, 10_000, 10_100);
+
+    wait_until("the events taken after the drain at the hub", T, || {
+        let r = records(&hub.bootstrap());
+        (r.iter().filter(|(_, _, v)| number(v) >= 10_000).count() >= 100).then_some(())
+    });
+    let at_hub = records(&hub.bootstrap());
+    check_at_hub(&at_hub, acks.iter().map(|a| a.value.as_str()), 3000);
+    eprintln!(
+        "{} acknowledged before the buffer was full, {} at the hub",
+        acks.len(),
+        at_hub.len()
     );
 }

@@ -34,4 +34,4 @@ pub mod topic_config;
 pub mod topics;
 
 pub use config::BrokerConfig;
-pub use server::{BrokerHandle, start, start_with};
+pub use server::{BrokerHandle, Embedding, start, start_with};

@@ -164,14 +164,24 @@ impl prometheus_client::collector::Collector for LateQuorumCollector {
 
 /// Start a broker: recover storage, join the cluster, then serve Kafka and admin HTTP.
 pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
-    start_with(config, |_| {}).await
+    start_with(config, Embedding::default()).await
 }
 
-/// [`start`], with more metrics on the admin port: `register` adds them to its registry (an
-/// appliance that embeds the broker, as the edge gateway does its buffer).
+/// Adds an embedding appliance's metrics to the admin port's registry.
+pub type RegisterMetrics = Box<dyn FnOnce(&mut Registry) + Send>;
+
+/// What an appliance that embeds the broker (the edge gateway, its buffer) adds to it.
+#[derive(Default)]
+pub struct Embedding {
+    pub register: Option<RegisterMetrics>,
+    /// Asked before every produce append.
+    pub ingest: Option<Arc<dyn crate::state::IngestGate>>,
+}
+
+/// [`start`], embedded in another appliance.
 pub async fn start_with(
     mut config: BrokerConfig,
-    register: impl FnOnce(&mut Registry),
+    embedding: Embedding,
 ) -> anyhow::Result<BrokerHandle> {
     // Settings left for the topology resolved, however the configuration was built (a file
     // goes through this already; a test or fuzz harness may deserialize it directly).
@@ -194,7 +204,9 @@ pub async fn start_with(
             &mut registry,
         ))
     });
-    register(&mut registry);
+    if let Some(register) = embedding.register {
+        register(&mut registry);
+    }
     let health = Arc::new(Health::new());
     health.require("quorum", "joining the cluster");
     health.require("storage", "recovering logs");
@@ -358,6 +370,7 @@ pub async fn start_with(
         authorizer: Arc::new(config.authorization.clone()),
         bearer,
         principals: admission::Principals::new(config.kafka.principal_limits()),
+        ingest: embedding.ingest,
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));

@@ -35,6 +35,16 @@ pub struct BrokerState {
     pub bearer: Option<Arc<sasl::oauthbearer::Verifier>>,
     /// Connections per authenticated principal, across listeners.
     pub principals: Arc<admission::Principals>,
+    /// Whether produce requests may append now (an embedding appliance's limits).
+    pub ingest: Option<Arc<dyn IngestGate>>,
+}
+
+/// An embedding appliance's say over produce requests: the edge gateway refuses events while
+/// its buffer is full.
+pub trait IngestGate: Send + Sync {
+    /// `Err(why)` refuses an append to `topic` (`KAFKA_STORAGE_ERROR`, retriable: clients
+    /// wait and try again, so they block until there is room, with `why` in the answer).
+    fn admit(&self, topic: &str) -> Result<(), String>;
 }
 
 /// `host:port` split for Kafka's metadata answers.

@@ -39,6 +39,29 @@ pub struct EdgeConfig {
     pub hub: HubSettings,
     #[serde(default)]
     pub forward: ForwardSettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
+}
+
+/// How much the buffer holds before it refuses new events (seed 004: 3 days or 20 GiB,
+/// whichever is reached first). The buffer's own time and size retention are off: it deletes
+/// only what the hub acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    #[serde(with = "appconfig::size")]
+    pub max_bytes: u64,
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_bytes: 20 << 30,
+            max_age: Duration::from_secs(3 * 24 * 3600),
+        }
+    }
 }
 
 /// Where the hub is and how the gateway reaches it.
@@ -109,6 +132,10 @@ fn default_retry_backoff_max() -> Duration {
     Duration::from_secs(5)
 }
 
+/// The buffer's segments at most: acknowledged data stays until its segment is rolled.
+const BUFFER_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+const BUFFER_SEGMENT_AGE_MAX: Duration = Duration::from_secs(3600);
+
 /// Topic names Kafka accepts (`[a-zA-Z0-9._-]`, at most 249 characters).
 fn is_topic_name(s: &str) -> bool {
     !s.is_empty()
@@ -134,6 +161,15 @@ impl EdgeConfig {
 impl Validate for EdgeConfig {
     fn complete(&mut self) {
         self.buffer.complete();
+        // Unforwarded events are never removed by age or size: `[limits]` acts on ingest.
+        self.buffer.topics.retention = None;
+        self.buffer.topics.retention_bytes = None;
+        // What the hub acknowledged leaves with whole segments, and a log keeps its active
+        // one: small segments, rolled often, so that acknowledged data does not fill the
+        // buffer's disk limit.
+        let t = &mut self.buffer.topics;
+        t.segment_bytes = t.segment_bytes.min(BUFFER_SEGMENT_BYTES_MAX);
+        t.segment_age = t.segment_age.min(BUFFER_SEGMENT_AGE_MAX);
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -163,6 +199,11 @@ impl Validate for EdgeConfig {
             .validate()
             .map_err(|e| format!("[buffer] {e}"))?;
         self.hub.check()?;
+        if self.limits.max_bytes < 1 << 20 || self.limits.max_age < Duration::from_secs(1) {
+            return Err(
+                "limits.max_bytes must be at least 1MiB and limits.max_age at least 1s".into(),
+            );
+        }
         self.forward.check()
     }
 }
@@ -248,6 +289,10 @@ bootstrap = ["hub:9092"]
         assert!(c.forwards("readings"));
         assert!(!c.forwards("__consumer_offsets"));
         assert_eq!(c.hub_topic("readings"), "readings");
+        // The buffer deletes only what the hub acknowledged, in small segments.
+        assert_eq!(c.buffer.topics.retention, None);
+        assert_eq!(c.buffer.topics.segment_bytes, BUFFER_SEGMENT_BYTES_MAX);
+        assert_eq!(c.limits.max_bytes, 20 << 30);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ForwardSettings;
 use crate::hub::{Hub, HubError, TopicLayout};
 use crate::journal::{Batch, Entry, JournalFile, LocalOffset, Round, Stream};
+use crate::limits::Cursors;
 use crate::metrics::EdgeMetrics;
 use crate::outgoing::{self, StreamId};
 use crate::partitioner::hub_partition;
@@ -43,6 +44,8 @@ pub struct Forwarding {
     pub metrics: Arc<EdgeMetrics>,
     /// Where the journals are.
     pub dir: PathBuf,
+    /// Each stream's acknowledged cursor, for the buffer's monitor (`limits`).
+    pub cursors: Cursors,
 }
 
 /// Why a step stopped short.
@@ -455,6 +458,10 @@ impl StreamTask {
     }
 
     fn publish_lag(&self) {
+        self.f.cursors.lock().expect("cursors lock").insert(
+            (self.local.topic_id, self.local.index),
+            self.stream.forwarded().0,
+        );
         let hw = self.local.high_watermark();
         let lag = (hw - self.stream.forwarded().0).max(0);
         self.f

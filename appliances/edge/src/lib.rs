@@ -11,6 +11,8 @@
 //! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
 //!   and sequence headers, the producer's stamp, lz4;
 //! - [`hub`]: the hub's metadata, producer ids and acks=all produce;
+//! - [`limits`]: the buffer's size and age limits on ingest, and the removal of what the hub
+//!   acknowledged;
 //! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
 //! - [`pgoutput`] and [`outbox`]: the branch database's outbox rows out of its logical
 //!   replication messages, transactions already buffered skipped (not wired in yet).
@@ -20,6 +22,7 @@ pub mod config;
 pub mod forwarder;
 pub mod hub;
 pub mod journal;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod outgoing;

@@ -35,12 +35,34 @@ pub struct EdgeMetrics {
     /// Records removed from the buffer before they were forwarded (by an operator).
     pub lost_locally: Counter,
     pub streams: Gauge,
+    /// The buffer's size on disk.
+    pub buffer_bytes: Gauge,
+    /// How long the oldest event the hub has not acknowledged has waited.
+    pub oldest_unforwarded_age_seconds: Gauge,
+    /// Events refused because the buffer was full.
+    pub ingest_refused: Family<TopicLabel, Counter>,
 }
 
 impl EdgeMetrics {
-    pub fn register(registry: &mut Registry) -> EdgeMetrics {
-        let m = EdgeMetrics::default();
+    /// Add these metrics (shared with the registry, not copied) to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let m = self;
         let r = registry.sub_registry_with_prefix("edge");
+        r.register(
+            "buffer_bytes",
+            "The buffer's size on disk",
+            m.buffer_bytes.clone(),
+        );
+        r.register(
+            "oldest_unforwarded_age_seconds",
+            "How long the oldest event the hub has not acknowledged has waited",
+            m.oldest_unforwarded_age_seconds.clone(),
+        );
+        r.register(
+            "ingest_refused",
+            "Produce requests refused because the buffer was full",
+            m.ingest_refused.clone(),
+        );
         r.register(
             "forwarded_records",
             "Records the hub acknowledged",
@@ -71,7 +93,14 @@ impl EdgeMetrics {
             "Local partitions being forwarded",
             m.streams.clone(),
         );
-        m
+    }
+
+    pub fn refused(&self, topic: &str) {
+        self.ingest_refused
+            .get_or_create(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .inc();
     }
 
     pub fn forwarded(&self, topic: &str, records: u64) {

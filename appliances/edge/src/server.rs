@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::config::EdgeConfig;
 use crate::forwarder::{self, Forwarding};
 use crate::hub::Hub;
+use crate::limits::{self, BufferLimits, Cursors};
 use crate::metrics::EdgeMetrics;
 
 /// Local partitions forwarded at most (each is a task, a journal and a hub producer).
@@ -32,13 +33,19 @@ pub struct EdgeHandle {
 
 /// Start the gateway.
 pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
-    let mut metrics = None;
-    let buffer = broker::start_with(config.buffer.clone(), |r| {
-        metrics = Some(Arc::new(EdgeMetrics::register(r)));
-    })
-    .await
-    .context("starting the buffer")?;
-    let metrics = metrics.expect("the broker registers metrics first");
+    let metrics = Arc::new(EdgeMetrics::default());
+    let limits = Arc::new(BufferLimits::new(
+        config.limits.clone(),
+        Arc::clone(&metrics),
+    ));
+    let m = Arc::clone(&metrics);
+    let embedding = broker::Embedding {
+        register: Some(Box::new(move |r| m.register(r))),
+        ingest: Some(Arc::clone(&limits) as Arc<dyn broker::state::IngestGate>),
+    };
+    let buffer = broker::start_with(config.buffer.clone(), embedding)
+        .await
+        .context("starting the buffer")?;
     let dir = config.buffer.data_dir.join("forwarder");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let hub = Hub::new(config.hub.clone(), format!("edge-{}", config.gateway))?;
@@ -49,6 +56,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         backoff: (config.hub.retry_backoff, config.hub.retry_backoff_max),
         metrics,
         dir,
+        cursors: Cursors::default(),
     });
     let gateway = config.gateway.clone();
     let stop = CancellationToken::new();
@@ -56,6 +64,12 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     if let Some(tls) = forwarding.hub.tls() {
         tasks.spawn(Arc::clone(tls).watch(stop.clone()));
     }
+    tasks.spawn(limits::monitor(
+        limits,
+        buffer.state().clone(),
+        Arc::clone(&forwarding.cursors),
+        stop.clone(),
+    ));
     tasks.spawn(discover(
         Arc::new(config),
         buffer.state().clone(),

@@ -145,6 +145,11 @@ async fn append_one(
             format!("this broker does not lead {topic}-{} now", data.index),
         );
     }
+    if let Some(gate) = &s.ingest
+        && let Err(why) = gate.admit(topic)
+    {
+        return Appended::Failed(err(ResponseError::KafkaStorageError), why);
+    }
     let policy = partition.policy();
     if acks == -1
         && let Some((needed, in_sync)) = insync_shortfall(s, &partition, policy.min_insync_replicas)
