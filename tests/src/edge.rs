@@ -66,6 +66,12 @@ impl Edge {
     }
 
     fn write_config(&self) -> PathBuf {
+        // Keys of `[hub]` in `extra` (`[hub]` then its keys and `[hub.tls]`) go under the
+        // generated `[hub]`.
+        let (hub_extra, extra) = match self.extra.split_once("[hub]\n") {
+            Some((before, after)) => (after.to_string(), before.to_string()),
+            None => (String::new(), self.extra.clone()),
+        };
         let text = format!(
             r#"gateway = "branch-e2e"
 
@@ -74,6 +80,7 @@ bootstrap = ["{hub}"]
 request_timeout = "10s"
 retry_backoff = "20ms"
 retry_backoff_max = "500ms"
+{hub_extra}
 
 [buffer]
 data_dir = "{data}"
@@ -93,7 +100,8 @@ level = "info,openraft=warn"
             kafka = self.kafka,
             admin = self.admin,
             token = crate::ADMIN_TOKEN,
-            extra = self.extra,
+            extra = extra,
+            hub_extra = hub_extra,
         );
         let path = self.dir.path().join("edge.toml");
         std::fs::write(&path, text).expect("write config");

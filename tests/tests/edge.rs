@@ -317,3 +317,78 @@ fn a_full_buffer_refuses_events_until_the_hub_drains_it() {
         at_hub.len()
     );
 }
+
+/// The gateway forwards over mutual TLS with the branch's certificate: the hub's listener
+/// for branches takes it; a gateway whose certificate the hub's CA did not issue forwards
+/// nothing (its events stay in its buffer, the refusals counted).
+#[test]
+fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
+    use tls::test_pki::{TestPki, Usage, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("broker", &["127.0.0.1"]);
+    let branches = e2e::hub::free_addr();
+    let hub = Broker::start_with(&format!(
+        "[topics]\npartitions = {HUB_PARTITIONS}\n\
+         [[kafka.listeners]]\nname = \"branches\"\nlisten = \"{branches}\"\nsecurity = \"SSL\"\n\
+         [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
+        server.certificate.display(),
+        server.key.display(),
+        pki.ca.display()
+    ));
+    let hub_tls = |cert: &tls::test_pki::Issued, ca: &std::path::Path| {
+        format!(
+            "[hub]\nsecurity = \"SSL\"\n[hub.tls]\ncertificate = \"{}\"\nkey = \"{}\"\nserver_ca = \"{}\"\n",
+            cert.certificate.display(),
+            cert.key.display(),
+            ca.display()
+        )
+    };
+    let branch = pki.client(
+        "branch-017",
+        "branch-017",
+        Validity::Current,
+        Usage::ClientAuth,
+    );
+    let edge = Edge::start(
+        &branches.to_string(),
+        &format!(
+            "{}[forward]\nlinger = \"20ms\"\n",
+            hub_tls(&branch, &pki.ca)
+        ),
+    );
+    produce(&edge, 0, 100);
+    wait_forwarded(&edge, 100);
+    let at_hub = records(&hub.bootstrap());
+    let all: Vec<String> = (0..100).map(|i| format!("v-{i}")).collect();
+    check_at_hub(&at_hub, all.iter().map(String::as_str), 100);
+
+    // A certificate from another CA: the hub refuses the handshake.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::new(other_dir.path(), "other");
+    let stranger = other.client(
+        "branch-666",
+        "branch-666",
+        Validity::Current,
+        Usage::ClientAuth,
+    );
+    let rogue = Edge::start(
+        &branches.to_string(),
+        &format!(
+            "{}[forward]\nlinger = \"20ms\"\n",
+            hub_tls(&stranger, &pki.ca)
+        ),
+    );
+    produce(&rogue, 1000, 1010);
+    let unreachable =
+        format!("edge_forward_errors_total{{topic=\"{TOPIC}\",reason=\"unreachable\"}}");
+    wait_until("the stranger's attempts to fail", T, || {
+        metric(&rogue.metrics_url(), &unreachable).filter(|n| *n >= 3.0)
+    });
+    assert_eq!(forwarded(&rogue), 0);
+    assert_eq!(
+        records(&hub.bootstrap()).len(),
+        100,
+        "the stranger's events reached the hub"
+    );
+}
