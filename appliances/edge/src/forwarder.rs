@@ -86,42 +86,63 @@ pub async fn run(
         topic: local.topic.to_string(),
         partition: local.index,
     };
-    let mut task = match StreamTask::open(Arc::clone(&f), id, hub_topic, local).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "a stream cannot start; it is not forwarded");
-            return;
-        }
+    let open = || {
+        StreamTask::open(
+            Arc::clone(&f),
+            id.clone(),
+            hub_topic.clone(),
+            Arc::clone(&local),
+        )
     };
     let mut backoff = f.backoff.0;
     // A dropped connection is tried again at once, but only once in a row.
     let mut dropped_before = false;
+    // `None` until the journal is read (again, after it failed to take an entry: the
+    // state in memory may then be ahead of it).
+    let mut task: Option<StreamTask> = None;
     loop {
+        let current = match task.as_mut() {
+            Some(t) => t,
+            None => match open().await {
+                Ok(t) => task.insert(t),
+                Err(e) => {
+                    tracing::error!(stream = %String::from_utf8_lossy(&id.header_value()), error = %e, "the stream's journal cannot be read; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(f.backoff.1) => {}
+                    }
+                    continue;
+                }
+            },
+        };
         let step = tokio::select! {
             _ = stop.cancelled() => return,
-            r = task.step() => r,
+            r = current.step() => r,
         };
-        task.publish_lag();
+        current.publish_lag();
         let e = match step {
             Ok(()) => {
                 (backoff, dropped_before) = (f.backoff.0, false);
                 continue;
             }
             Err(StepError::Again(e)) => {
-                task.count_error(&StepError::Hub(e));
+                current.count_error(&StepError::Hub(e));
                 (backoff, dropped_before) = (f.backoff.0, false);
                 continue;
             }
             Err(e) => e,
         };
-        task.count_error(&e);
+        current.count_error(&e);
         let dropped = matches!(e, StepError::Hub(HubError::Dropped(_)));
         if dropped && !dropped_before {
-            tracing::info!(stream = %task.name(), error = %e, "trying again on a new connection");
+            tracing::info!(stream = %current.name(), error = %e, "trying again on a new connection");
             dropped_before = true;
             continue;
         }
-        tracing::warn!(stream = %task.name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding stopped short; trying again");
+        tracing::warn!(stream = %current.name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding stopped short; trying again");
+        if let StepError::Journal(_) = e {
+            task = None;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
