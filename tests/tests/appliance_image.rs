@@ -4,7 +4,8 @@
 //! port, the ACPI power button shuts it down cleanly, and the data is there after the next
 //! boot. A bad per-VM configuration gives one clear console line and a power-off; a failing
 //! upgrade is tried, then rolled back. The S3 gateway's image boots with its access keys
-//! from cloud-init and serves boto3; the witness's image boots and serves its admin port.
+//! from cloud-init and serves boto3; the witness's image boots and serves its admin port; the
+//! edge gateway's image boots, buffers kcat's events and forwards them to a hub on the host.
 //!
 //! These tests share the package cache and are heavy under TCG: nextest runs them one at a
 //! time, and never beside a hub test (test group `heavy` in .config/nextest.toml).
@@ -463,6 +464,105 @@ fn witness_image_boots_serves_its_admin_port_and_stops_cleanly() {
     vm.wait_for_exit(Duration::from_secs(120)).unwrap();
     let console = vm.console();
     assert!(console.contains(r#""hostname":"witness-c1""#), "{console}");
+    assert!(console.contains("system going down"), "{console}");
+}
+
+/// The edge gateway's image, as a branch receives it: it boots with its gateway name and the
+/// hub's address from cloud-init, takes events from kcat on its Kafka port (fsynced in its
+/// buffer) and forwards them to a hub broker on the host, then stops cleanly.
+#[test]
+fn edge_image_boots_buffers_events_and_forwards_them_to_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    // The hub: a broker on the host with a listener for branches, advertised at the address
+    // the VM reaches the host by (QEMU's user network).
+    let branches = free_port().unwrap();
+    let hub = e2e::Broker::start_with(&format!(
+        "[[kafka.listeners]]\nname = \"branches\"\nlisten = \"127.0.0.1:{branches}\"\nadvertised = \"10.0.2.2:{branches}\"\n"
+    ));
+    let report = build_appliance_image("edge", &dir.path().join("images"), &[]);
+    let disk = dir.path().join("vm.qcow2");
+    std::fs::copy(report["qcow2"].as_str().unwrap(), &disk).unwrap();
+    let kafka = free_port().unwrap();
+    let admin = free_port().unwrap();
+    let iso = dir.path().join("cidata.iso");
+    cloud_init_iso(
+        &iso,
+        "instance-id: e2e-e\n",
+        &format!(
+            "#cloud-config\nhostname: edge-017\nclk_config: |\n  gateway = \"branch-017\"\n  [hub]\n  bootstrap = [\"10.0.2.2:{branches}\"]\n  security = \"PLAINTEXT\"\n  [buffer.kafka]\n  advertised = \"127.0.0.1:{kafka}\"\n  [forward]\n  linger = \"50ms\"\n"
+        ),
+        None,
+    )
+    .unwrap();
+    let mut opts = VmOptions::new(&disk);
+    opts.forwards = vec![(kafka, 9092), (admin, 9644)];
+    opts.cidata = Some(iso);
+    let mut vm = Vm::boot(&opts).unwrap();
+    let ready = vm.wait_for_http(admin, "/ready", BOOT_TIMEOUT).unwrap();
+    eprintln!("edge image first boot to ready: {ready:?} under TCG");
+
+    let records: String = (0..200)
+        .map(|i| format!("{}:reading-{i}\n", i % 8))
+        .collect();
+    kcat(
+        &[
+            "-b",
+            &format!("127.0.0.1:{kafka}"),
+            "-t",
+            "readings",
+            "-P",
+            "-K:",
+            "-X",
+            "acks=all",
+        ],
+        Some(records.as_bytes()),
+        Duration::from_secs(60),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let at_hub = loop {
+        // kcat fails until the gateway's first batch makes the hub create the topic.
+        let lines = std::panic::catch_unwind(|| {
+            e2e::clients::kcat_consume_all(
+                &hub.bootstrap(),
+                "readings",
+                "%s\n",
+                Duration::from_secs(60),
+            )
+        });
+        if let Some(lines) = lines.ok().filter(|l| l.len() >= 200) {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events did not reach the hub; the VM's console:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut values = at_hub.clone();
+    values.sort();
+    values.dedup();
+    assert_eq!(
+        (at_hub.len(), values.len()),
+        (200, 200),
+        "each event once at the hub"
+    );
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    assert_eq!(
+        e2e::clients::metric(&url, "edge_forwarded_records_total{topic=\"readings\"}"),
+        Some(200.0)
+    );
+    eprintln!(
+        "edge image: {} bytes (qcow2), resident memory {:?} bytes",
+        std::fs::metadata(report["qcow2"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        e2e::clients::metric(&url, "process_resident_memory_bytes")
+    );
+    vm.press_power_button().unwrap();
+    vm.wait_for_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    assert!(console.contains(r#""hostname":"edge-017""#), "{console}");
     assert!(console.contains("system going down"), "{console}");
 }
 
