@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_client::Connection;
@@ -23,6 +23,9 @@ const PRODUCE_V: i16 = 9;
 const INIT_PRODUCER_ID_V: i16 = 4;
 /// Connections kept open at once (one per hub broker; a hub has a handful).
 const CONNECTIONS_MAX: usize = 64;
+/// A topic's layout is asked for again when it is this old (Kafka's `metadata.max.age.ms`),
+/// so that partitions the hub topic gained are used for new rounds.
+const LAYOUT_AGE_MAX: Duration = Duration::from_secs(300);
 
 /// Why a request to the hub did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +82,8 @@ impl TopicLayout {
 #[derive(Default)]
 struct Known {
     connections: HashMap<String, Arc<Connection>>,
-    topics: HashMap<String, TopicLayout>,
+    /// Each topic's layout and when it was learned.
+    topics: HashMap<String, (TopicLayout, Instant)>,
 }
 
 /// The hub, as every forwarder of this gateway sees it (connections and metadata shared).
@@ -156,7 +160,10 @@ impl Hub {
     /// request went to a broker that no longer leads) or not known yet. The hub creates
     /// the topic if it auto-creates topics.
     pub async fn topic(&self, name: &str, refresh: bool) -> Result<TopicLayout, HubError> {
-        if !refresh && let Some(t) = self.known.lock().await.topics.get(name) {
+        if !refresh
+            && let Some((t, at)) = self.known.lock().await.topics.get(name)
+            && at.elapsed() < LAYOUT_AGE_MAX
+        {
             return Ok(t.clone());
         }
         let (addr, conn) = self.any_connection().await?;
@@ -217,7 +224,7 @@ impl Hub {
             .lock()
             .await
             .topics
-            .insert(name.to_string(), layout.clone());
+            .insert(name.to_string(), (layout.clone(), Instant::now()));
         Ok(layout)
     }
 
@@ -323,8 +330,8 @@ fn classify_produce(
     let what = format!("{topic}/{partition}");
     let name = error_name(code);
     match E::try_from_code(code) {
-        // 46: the hub holds this batch already (an older one than its last five).
-        None if code == 0 => Ok(()),
+        None => Ok(()),
+        // The hub holds this batch already (older than the last five it remembers).
         Some(E::DuplicateSequenceNumber) => Ok(()),
         Some(E::UnknownProducerId | E::InvalidProducerEpoch | E::OutOfOrderSequenceNumber) => {
             Err(HubError::ProducerLost {
