@@ -444,11 +444,6 @@ impl Log {
         Ok(())
     }
 
-    /// The streams this log has de-duplicated batches of (`stream_dedup`).
-    pub fn streams(&self) -> &StreamTable {
-        &self.streams
-    }
-
     fn snapshot_path(&self, offset: i64) -> PathBuf {
         self.dir.join(segment::file_name(offset, "snapshot"))
     }

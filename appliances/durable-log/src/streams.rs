@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use kafka_protocol::records::Record;
 use serde::{Deserialize, Serialize};
 
 use crate::records::{RecordsError, decode_records};
@@ -25,8 +26,7 @@ use crate::records::{RecordsError, decode_records};
 pub const STREAM_HEADER: &str = "clk-stream";
 /// The header holding a record's sequence in its stream (8 bytes, big-endian).
 pub const SEQUENCE_HEADER: &str = "clk-seq";
-/// Streams one partition remembers at most; past this, new streams are not de-duplicated
-/// (counted by the caller through [`StreamTable::is_full`]).
+/// Streams one partition remembers at most; past this, new streams are not de-duplicated.
 pub const STREAMS_MAX: usize = 65_536;
 
 /// The stream and sequences of one batch's records.
@@ -37,22 +37,26 @@ pub struct Origin {
     pub last: i64,
 }
 
+/// The stream and sequence one record carries, if it carries both.
+pub fn record_origin(r: &Record) -> Option<(Bytes, i64)> {
+    let header = |name: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .and_then(|(_, v)| v.clone())
+    };
+    let stream = header(STREAM_HEADER)?;
+    let seq = <[u8; 8]>::try_from(header(SEQUENCE_HEADER)?.as_ref()).ok()?;
+    Some((stream, i64::from_be_bytes(seq)))
+}
+
 /// The origin of a batch (header included): `None` unless every record carries the same
 /// stream and sequences that grow from record to record.
 pub fn origin_of(batch: &Bytes) -> Result<Option<Origin>, RecordsError> {
     let records = decode_records(batch)?;
     let mut origin: Option<Origin> = None;
     for r in &records {
-        let header = |name: &str| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .and_then(|(_, v)| v.clone())
-        };
-        let (Some(stream), Some(seq)) = (header(STREAM_HEADER), header(SEQUENCE_HEADER)) else {
-            return Ok(None);
-        };
-        let Ok(seq) = <[u8; 8]>::try_from(seq.as_ref()).map(i64::from_be_bytes) else {
+        let Some((stream, seq)) = record_origin(r) else {
             return Ok(None);
         };
         let stream = String::from_utf8_lossy(&stream);
@@ -98,18 +102,6 @@ pub struct StreamTable {
 }
 
 impl StreamTable {
-    pub fn len(&self) -> usize {
-        self.marks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.marks.is_empty()
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.marks.len() >= STREAMS_MAX
-    }
-
     pub fn get(&self, stream: &str) -> Option<Mark> {
         self.marks.get(stream).copied()
     }
@@ -124,7 +116,7 @@ impl StreamTable {
 
     /// A batch of `o` stored with its last record at `last_offset`.
     pub fn record(&mut self, o: &Origin, last_offset: i64) {
-        let full = self.is_full();
+        let full = self.marks.len() >= STREAMS_MAX;
         match self.marks.get_mut(&o.stream) {
             // An older batch recorded later (a follower catching up) never lowers the mark.
             Some(m) if o.last > m.sequence => {

@@ -113,19 +113,10 @@ fn anyhow_error(e: String) -> anyhow::Error {
     anyhow::Error::msg(e)
 }
 
-/// The stream and local offset a forwarded record carries, if it carries them.
+/// The stream and local offset a forwarded record carries, if it carries them (read as the
+/// hub reads them).
 pub fn origin(record: &Record) -> Option<(Bytes, LocalOffset)> {
-    let header = |name: &str| {
-        record
-            .headers
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .and_then(|(_, v)| v.clone())
-    };
-    let stream = header(STREAM_HEADER)?;
-    let seq = header(SEQUENCE_HEADER)?;
-    let seq: [u8; 8] = seq.as_ref().try_into().ok()?;
-    Some((stream, LocalOffset(i64::from_be_bytes(seq))))
+    durable_log::streams::record_origin(record).map(|(stream, seq)| (stream, LocalOffset(seq)))
 }
 
 #[cfg(test)]
