@@ -12,6 +12,7 @@
 //! logged, until an operator acts: parking such an event and letting other keys flow on is
 //! still to come (issue 13).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ pub async fn run(
             None => match open().await {
                 Ok(t) => task.insert(t),
                 Err(e) => {
-                    tracing::error!(stream = %String::from_utf8_lossy(&id.header_value()), error = %e, "the stream's journal cannot be read; retrying");
+                    tracing::error!(stream = %id, error = %e, "the stream's journal cannot be read; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(f.backoff.1) => {}
@@ -135,11 +136,11 @@ pub async fn run(
         current.count_error(&e);
         let dropped = matches!(e, StepError::Hub(HubError::Dropped(_)));
         if dropped && !dropped_before {
-            tracing::info!(stream = %current.name(), error = %e, "trying again on a new connection");
+            tracing::info!(stream = %current.id, error = %e, "trying again on a new connection");
             dropped_before = true;
             continue;
         }
-        tracing::warn!(stream = %current.name(), error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding stopped short; trying again");
+        tracing::warn!(stream = %current.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding stopped short; trying again");
         if let StepError::Journal(_) = e {
             task = None;
         }
@@ -183,7 +184,7 @@ impl StreamTask {
         .map_err(|e| StepError::Journal(e.to_string()))?
         .map_err(StepError::Journal)?;
         tracing::info!(
-            stream = %String::from_utf8_lossy(&id.header_value()),
+            stream = %id,
             hub_topic,
             forwarded = stream.forwarded().0,
             in_flight = stream.in_flight().count(),
@@ -199,10 +200,6 @@ impl StreamTask {
             appends: 0,
             stream,
         })
-    }
-
-    fn name(&self) -> String {
-        String::from_utf8_lossy(&self.id.header_value()).into_owned()
     }
 
     /// Append entries (already applied to `stream`) and fsync them; now and then rewrite
@@ -265,7 +262,7 @@ impl StreamTask {
     /// A new hub producer: sequences restart, unacknowledged batches are renumbered.
     async fn new_producer(&mut self) -> Result<(), StepError> {
         let producer = self.f.hub.init_producer().await?;
-        tracing::info!(stream = %self.name(), producer_id = producer.id, epoch = producer.epoch, "a new hub producer");
+        tracing::info!(stream = %self.id, producer_id = producer.id, epoch = producer.epoch, "a new hub producer");
         self.f.metrics.new_producers.inc();
         let entries = self.stream.new_producer(producer);
         self.journal(entries).await
@@ -281,16 +278,14 @@ impl StreamTask {
         records: &[(LocalOffset, Record)],
     ) -> Result<(), StepError> {
         let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+        let mut by_partition: BTreeMap<i32, Vec<(LocalOffset, Record)>> = BTreeMap::new();
+        for (o, r) in records {
+            let p = hub_partition(r.key.as_deref(), self.local.index, round.hub_partitions);
+            by_partition.entry(p).or_default().push((*o, r.clone()));
+        }
         let mut sends = Vec::with_capacity(open.len());
         for b in open {
-            let mine: Vec<(LocalOffset, Record)> = records
-                .iter()
-                .filter(|(_, r)| {
-                    hub_partition(r.key.as_deref(), self.local.index, round.hub_partitions)
-                        == b.hub_partition
-                })
-                .cloned()
-                .collect();
+            let mine = by_partition.remove(&b.hub_partition).unwrap_or_default();
             let bytes =
                 outgoing::encode(&self.id, &mine, round.producer, b).map_err(StepError::Local)?;
             let hub = Arc::clone(&self.f.hub);
@@ -334,29 +329,23 @@ impl StreamTask {
         if progress {
             self.journal(entries).await?;
         }
-        match failure {
-            None => Ok(()),
-            Some(e @ HubError::ProducerLost { .. }) => {
-                // The batches not yet acknowledged go again under a new producer; the hub
-                // recognises what it already holds by the events' headers.
-                tracing::warn!(stream = %self.name(), error = %e, "the hub lost this stream's producer");
-                self.new_producer().await?;
-                Err(if progress {
-                    StepError::Again(e)
-                } else {
-                    e.into()
-                })
-            }
-            Some(e) => {
-                // The leader may have moved: ask again before the next attempt.
-                let _ = self.f.hub.topic(&self.hub_topic, true).await;
-                Err(if progress {
-                    StepError::Again(e)
-                } else {
-                    e.into()
-                })
-            }
+        let Some(e) = failure else {
+            return Ok(());
+        };
+        if let HubError::ProducerLost { .. } = e {
+            // The batches not yet acknowledged go again under a new producer; the hub
+            // recognises what it already holds by the events' headers.
+            tracing::warn!(stream = %self.id, error = %e, "the hub lost this stream's producer");
+            self.new_producer().await?;
+        } else {
+            // The leader may have moved: ask again before the next attempt.
+            let _ = self.f.hub.topic(&self.hub_topic, true).await;
         }
+        Err(if progress {
+            StepError::Again(e)
+        } else {
+            e.into()
+        })
     }
 
     /// The records of `first..=last` (a round planned before), with their offsets.
@@ -405,7 +394,7 @@ impl StreamTask {
         if at < offsets.log_start {
             // Removed from the buffer before it was forwarded: never by the gateway's own
             // limits (they act on ingest); an operator deleted records.
-            tracing::error!(stream = %self.name(), from = at, to = offsets.log_start, "records removed from the buffer before they were forwarded");
+            tracing::error!(stream = %self.id, from = at, to = offsets.log_start, "records removed from the buffer before they were forwarded");
             self.f
                 .metrics
                 .lost_locally

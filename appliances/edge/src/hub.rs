@@ -12,7 +12,7 @@ use kafka_client::Connection;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{InitProducerIdRequest, MetadataRequest, ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::sync::Mutex;
 
 use crate::config::HubSettings;
@@ -172,24 +172,10 @@ impl Hub {
                 TopicName(StrBytes::from_string(name.to_string())),
             ))]))
             .with_allow_auto_topic_creation(true);
-        let meta = match tokio::time::timeout(self.timeout(), conn.request(req, METADATA_V)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                self.drop_connection(&addr).await;
-                return Err(HubError::Unreachable(format!("metadata from {addr}: {e}")));
-            }
-            Err(_) => {
-                self.drop_connection(&addr).await;
-                return Err(HubError::Unreachable(format!(
-                    "metadata from {addr} timed out"
-                )));
-            }
-        };
-        let brokers: HashMap<i32, String> = meta
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", &*b.host, b.port)))
-            .collect();
+        let meta = self
+            .call(&addr, &conn, req, METADATA_V, self.timeout(), "metadata")
+            .await?;
+        let brokers = kafka_client::broker_addresses(&meta);
         let t = meta
             .topics
             .iter()
@@ -228,27 +214,48 @@ impl Hub {
         Ok(layout)
     }
 
+    /// `req` on `conn` (to `addr`), answered within `within`. A connection that failed or
+    /// timed out is forgotten: an answer that comes late on it must never be taken for the
+    /// answer to a request sent again on another. A connection that closed while the
+    /// request waited is `Dropped` (worth one immediate try); other failures `Unreachable`.
+    async fn call<R: Request>(
+        &self,
+        addr: &str,
+        conn: &Connection,
+        req: R,
+        version: i16,
+        within: Duration,
+        what: &str,
+    ) -> Result<R::Response, HubError> {
+        let failed = match tokio::time::timeout(within, conn.request(req, version)).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e)) => Some(e),
+            Err(_) => None,
+        };
+        self.drop_connection(addr).await;
+        Err(match failed {
+            Some(e @ (kafka_client::Error::Closed | kafka_client::Error::Io(_))) => {
+                HubError::Dropped(format!("{what} at {addr}: {e}"))
+            }
+            Some(e) => HubError::Unreachable(format!("{what} at {addr}: {e}")),
+            None => HubError::Unreachable(format!("{what} at {addr} timed out")),
+        })
+    }
+
     /// A new idempotent producer id from the hub.
     pub async fn init_producer(&self) -> Result<Producer, HubError> {
         let (addr, conn) = self.any_connection().await?;
         let req = InitProducerIdRequest::default().with_transaction_timeout_ms(i32::MAX);
-        let r = match tokio::time::timeout(self.timeout(), conn.request(req, INIT_PRODUCER_ID_V))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.drop_connection(&addr).await;
-                return Err(HubError::Unreachable(format!(
-                    "InitProducerId at {addr}: {e}"
-                )));
-            }
-            Err(_) => {
-                self.drop_connection(&addr).await;
-                return Err(HubError::Unreachable(format!(
-                    "InitProducerId at {addr} timed out"
-                )));
-            }
-        };
+        let r = self
+            .call(
+                &addr,
+                &conn,
+                req,
+                INIT_PRODUCER_ID_V,
+                self.timeout(),
+                "InitProducerId",
+            )
+            .await?;
         if r.error_code != 0 {
             return Err(HubError::Retriable {
                 what: "a producer id".into(),
@@ -289,26 +296,9 @@ impl Hub {
         // The request timeout plus a margin: the hub answers a slow acks=all itself
         // (REQUEST_TIMED_OUT) at `timeout_ms`.
         let within = self.timeout() + Duration::from_secs(5);
-        let r = match tokio::time::timeout(within, conn.request(req, PRODUCE_V)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.drop_connection(leader).await;
-                return Err(match e {
-                    kafka_client::Error::Closed | kafka_client::Error::Io(_) => {
-                        HubError::Dropped(format!("produce at {leader}: {e}"))
-                    }
-                    e => HubError::Unreachable(format!("produce at {leader}: {e}")),
-                });
-            }
-            Err(_) => {
-                // The answer may still come on this connection, after the batch is sent
-                // again on another: drop it so answers never cross.
-                self.drop_connection(leader).await;
-                return Err(HubError::Unreachable(format!(
-                    "produce at {leader} timed out"
-                )));
-            }
-        };
+        let r = self
+            .call(leader, &conn, req, PRODUCE_V, within, "produce")
+            .await?;
         let code = r
             .responses
             .iter()

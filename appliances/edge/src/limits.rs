@@ -86,7 +86,6 @@ pub async fn monitor(
     cursors: Cursors,
     stop: CancellationToken,
 ) {
-    let mut trimmed: HashMap<(Uuid, i32), i64> = HashMap::new();
     loop {
         let partitions = state.replicas.all();
         let mut bytes = 0u64;
@@ -100,18 +99,13 @@ pub async fn monitor(
             if p.high_watermark() > cursor {
                 oldest = oldest.min(timestamp_at(p, cursor).await.unwrap_or(NONE));
             }
-            if trimmed.get(&key) != Some(&cursor) && cursor > p.offsets().log_start {
-                match p.delete_records(cursor).await {
-                    Ok(_) => {
-                        trimmed.insert(key, cursor);
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "cannot remove forwarded records from the buffer")
-                    }
-                }
+            // The log start moves to the cursor: once there, nothing more to remove.
+            if cursor > p.offsets().log_start
+                && let Err(e) = p.delete_records(cursor).await
+            {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "cannot remove forwarded records from the buffer")
             }
         }
-        trimmed.retain(|k, _| partitions.iter().any(|p| (p.topic_id, p.index) == *k));
         limits.bytes.store(bytes, Ordering::Relaxed);
         limits.oldest_ms.store(oldest, Ordering::Relaxed);
         limits.metrics.buffer_bytes.set(bytes as i64);

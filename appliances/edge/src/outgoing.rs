@@ -29,12 +29,16 @@ pub struct StreamId {
     pub partition: i32,
 }
 
+/// `<gateway>/<topic>/<partition>`: the header's value, and the stream's name in logs.
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.gateway, self.topic, self.partition)
+    }
+}
+
 impl StreamId {
     pub fn header_value(&self) -> Bytes {
-        Bytes::from(format!(
-            "{}/{}/{}",
-            self.gateway, self.topic, self.partition
-        ))
+        Bytes::from(self.to_string())
     }
 }
 

@@ -10,7 +10,9 @@
 pub mod batch;
 pub mod conn;
 pub mod login;
+pub mod metadata;
 
 pub use batch::encode_batch;
 pub use conn::{Connection, Error};
 pub use login::LoggedIn;
+pub use metadata::broker_addresses;

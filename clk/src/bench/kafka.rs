@@ -190,11 +190,7 @@ async fn leaders(
         ]))
         .with_allow_auto_topic_creation(false);
     let meta = conn.request(req, METADATA_V).await?;
-    let brokers: BTreeMap<i32, String> = meta
-        .brokers
-        .iter()
-        .map(|b| (b.node_id.0, format!("{}:{}", &*b.host, b.port)))
-        .collect();
+    let brokers = kafka_client::broker_addresses(&meta);
     let t = meta
         .topics
         .first()
