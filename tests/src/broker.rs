@@ -196,13 +196,7 @@ impl Broker {
 
     /// Everything the broker logged so far (all runs).
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("broker-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("")
+        crate::process::run_logs(self.dir.path(), "broker", self.starts)
     }
 
     /// The broker's process id, while it runs.
@@ -236,7 +230,7 @@ impl Broker {
     fn launch(&mut self) {
         let config = self.write_config();
         self.starts += 1;
-        let log_path = self.dir.path().join(format!("broker-{}.log", self.starts));
+        let log_path = crate::process::run_log(self.dir.path(), "broker", self.starts);
         match spawn_in_until_ready(
             self.netns.as_deref(),
             &bin("broker"),
@@ -261,10 +255,7 @@ impl Broker {
 
     /// Crash the broker (SIGKILL) and reap it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Stop the broker cleanly (SIGTERM) and wait for it to exit; returns its exit status.

@@ -56,13 +56,7 @@ impl Edge {
 
     /// Everything the gateway logged so far (all runs).
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("edge-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("")
+        crate::process::run_logs(self.dir.path(), "edge", self.starts)
     }
 
     fn write_config(&self) -> PathBuf {
@@ -111,7 +105,7 @@ level = "info,openraft=warn"
     fn launch(&mut self) {
         let config = self.write_config();
         self.starts += 1;
-        let log_path = self.dir.path().join(format!("edge-{}.log", self.starts));
+        let log_path = crate::process::run_log(self.dir.path(), "edge", self.starts);
         match spawn_until_ready(&bin("edge"), &config, &log_path, START_TIMEOUT, ready) {
             Ok((child, (kafka, admin))) => {
                 self.kafka = kafka;
@@ -129,10 +123,7 @@ level = "info,openraft=warn"
 
     /// Crash the gateway (SIGKILL) and reap it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Start again on the same ports and data directory.

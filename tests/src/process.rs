@@ -2,7 +2,7 @@
 //! carries the addresses it bound (port 0 in the config: no port races between parallel tests).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -87,5 +87,25 @@ pub fn spawn_in_until_ready<T: Send + 'static>(
             };
             Err(NotReady(how))
         }
+    }
+}
+
+/// Where run `n` (from 1) of appliance `name` logs, in the test's directory `dir`.
+pub fn run_log(dir: &Path, name: &str, n: usize) -> PathBuf {
+    dir.join(format!("{name}-{n}.log"))
+}
+
+/// Everything the first `starts` runs of `name` logged (see [`run_log`]), in order.
+pub fn run_logs(dir: &Path, name: &str, starts: usize) -> String {
+    (1..=starts)
+        .map(|n| std::fs::read_to_string(run_log(dir, name, n)).unwrap_or_default())
+        .collect()
+}
+
+/// Crash the child (SIGKILL), if it runs, and reap it.
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

@@ -93,12 +93,7 @@ impl S3gw {
     }
 
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("s3gw-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect()
+        crate::process::run_logs(self.dir.path(), "s3gw", self.starts)
     }
 
     fn launch(&mut self) {
@@ -125,7 +120,7 @@ impl S3gw {
         );
         std::fs::write(&config, text).expect("write config");
         self.starts += 1;
-        let log = self.dir.path().join(format!("s3gw-{}.log", self.starts));
+        let log = crate::process::run_log(self.dir.path(), "s3gw", self.starts);
         match spawn_until_ready(
             &bin("s3gw"),
             &config,
@@ -154,10 +149,7 @@ impl S3gw {
 
     /// Crash it (SIGKILL) and reap it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Start again on the same ports and data directory.

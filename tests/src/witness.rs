@@ -80,7 +80,7 @@ impl Witness {
         let path = self.dir.path().join("witness.toml");
         std::fs::write(&path, &self.config).expect("write config");
         self.starts += 1;
-        let log = self.dir.path().join(format!("witness-{}.log", self.starts));
+        let log = crate::process::run_log(self.dir.path(), "witness", self.starts);
         match spawn_in_until_ready(
             self.netns.as_deref(),
             &bin("witness"),
@@ -108,12 +108,7 @@ impl Witness {
     }
 
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("witness-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect()
+        crate::process::run_logs(self.dir.path(), "witness", self.starts)
     }
 
     pub fn metrics_url(&self) -> String {
@@ -125,10 +120,7 @@ impl Witness {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     pub fn restart(&mut self) {
