@@ -283,7 +283,16 @@ impl Drop for Broker {
 
 /// `(kafka, admin)` addresses from the JSON "broker ready" log line.
 fn ready_addresses(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
-    if v.get("message")?.as_str()? != "broker ready" {
+    kafka_and_admin(v, "broker ready")
+}
+
+/// `(kafka_addr, admin)` from a JSON log line whose message is `message` (the broker's ready
+/// line, and the edge gateway's, whose buffer is a broker).
+pub(crate) fn kafka_and_admin(
+    v: &serde_json::Value,
+    message: &str,
+) -> Option<(SocketAddr, SocketAddr)> {
+    if v.get("message")?.as_str()? != message {
         return None;
     }
     let kafka = v.get("kafka_addr")?.as_str()?.parse().ok()?;

@@ -144,10 +144,5 @@ impl Drop for Edge {
 
 /// `(kafka, admin)` from the JSON "edge ready" log line.
 fn ready(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
-    if v.get("message")?.as_str()? != "edge ready" {
-        return None;
-    }
-    let kafka = v.get("kafka_addr")?.as_str()?.parse().ok()?;
-    let admin = v.get("admin")?.as_str()?.parse().ok()?;
-    Some((kafka, admin))
+    crate::broker::kafka_and_admin(v, "edge ready")
 }

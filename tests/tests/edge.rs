@@ -27,6 +27,11 @@ fn unforwarded(edge: &Edge, p: i32) -> Option<u64> {
     metric(&edge.metrics_url(), &name).map(|v| v as u64)
 }
 
+/// The hub has acknowledged everything both local partitions hold.
+fn drained(edge: &Edge) -> bool {
+    unforwarded(edge, 0) == Some(0) && unforwarded(edge, 1) == Some(0)
+}
+
 fn wait_forwarded(edge: &Edge, n: u64) {
     wait_until(&format!("{n} records forwarded"), T, || {
         (forwarded(edge) >= n).then_some(())
@@ -121,7 +126,7 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
     // Everything acknowledged is in the buffer, once; the hub then holds exactly the buffer.
     let acks = acked::read_acked(&acked_file);
     wait_until("the gateway to have forwarded its whole buffer", T, || {
-        (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
+        drained(&edge).then_some(())
     });
     let at_hub = records(&hub.bootstrap());
     let sent = report["sent"].as_u64().unwrap();
@@ -231,7 +236,7 @@ fn a_batch_sent_again_after_the_hub_forgot_its_producer_is_stored_once() {
     proxy.set_target(hub.kafka);
 
     wait_until("the gateway to have forwarded its whole buffer", T, || {
-        (unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0)).then_some(())
+        drained(&edge).then_some(())
     });
     let at_hub = records(&hub.bootstrap());
     assert_eq!(at_hub.len(), 300, "the hub holds every event once");
@@ -298,7 +303,7 @@ fn a_full_buffer_refuses_events_until_the_hub_drains_it() {
     // The hub comes back: the buffer drains and removes what the hub acknowledged.
     proxy.set_target(hub.kafka);
     wait_until("the buffer to drain below its limit", T, || {
-        let drained = unforwarded(&edge, 0) == Some(0) && unforwarded(&edge, 1) == Some(0);
+        let drained = drained(&edge);
         let bytes = metric(&edge.metrics_url(), "edge_buffer_bytes")?;
         // What is left is the active segments (a log keeps its last one).
         (drained && bytes < (3 << 19) as f64).then_some(())
@@ -336,27 +341,25 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
         server.key.display(),
         pki.ca.display()
     ));
-    let hub_tls = |cert: &tls::test_pki::Issued, ca: &std::path::Path| {
-        format!(
+    // A gateway presenting `cert` to the hub's listener for branches.
+    let gateway = |cert: &tls::test_pki::Issued| {
+        let hub_tls = format!(
             "[hub]\nsecurity = \"SSL\"\n[hub.tls]\ncertificate = \"{}\"\nkey = \"{}\"\nserver_ca = \"{}\"\n",
             cert.certificate.display(),
             cert.key.display(),
-            ca.display()
+            pki.ca.display()
+        );
+        Edge::start(
+            &branches.to_string(),
+            &format!("{hub_tls}[forward]\nlinger = \"20ms\"\n"),
         )
     };
-    let branch = pki.client(
+    let edge = gateway(&pki.client(
         "branch-017",
         "branch-017",
         Validity::Current,
         Usage::ClientAuth,
-    );
-    let edge = Edge::start(
-        &branches.to_string(),
-        &format!(
-            "{}[forward]\nlinger = \"20ms\"\n",
-            hub_tls(&branch, &pki.ca)
-        ),
-    );
+    ));
     produce(&edge, 0, 100);
     wait_forwarded(&edge, 100);
     let at_hub = records(&hub.bootstrap());
@@ -366,19 +369,12 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
     // A certificate from another CA: the hub refuses the handshake.
     let other_dir = tempfile::tempdir().unwrap();
     let other = TestPki::new(other_dir.path(), "other");
-    let stranger = other.client(
+    let rogue = gateway(&other.client(
         "branch-666",
         "branch-666",
         Validity::Current,
         Usage::ClientAuth,
-    );
-    let rogue = Edge::start(
-        &branches.to_string(),
-        &format!(
-            "{}[forward]\nlinger = \"20ms\"\n",
-            hub_tls(&stranger, &pki.ca)
-        ),
-    );
+    ));
     produce(&rogue, 1000, 1010);
     let unreachable =
         format!("edge_forward_errors_total{{topic=\"{TOPIC}\",reason=\"unreachable\"}}");
