@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
             name: "clients".into(),
             role: ListenerRole::Clients,
             serves_replication: true,
+            security: broker::config::ListenerSecurity::Plaintext,
         }),
         "127.0.0.1:40000".parse().expect("an address"),
     );

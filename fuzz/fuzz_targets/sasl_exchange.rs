@@ -32,7 +32,10 @@ fn bearer() -> &'static sasl::oauthbearer::Verifier {
         sasl::oauthbearer::Verifier::load(sasl::oauthbearer::BearerSettings {
             issuer: "iss".into(),
             audience: "hub".into(),
-            jwks_file: issuer.jwks,
+            jwks_file: Some(issuer.jwks),
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh_secs: 300,
             principal_claim: "sub".into(),
             leeway_secs: 0,
         })

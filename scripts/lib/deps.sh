@@ -159,6 +159,9 @@ require_commands() {
 # `stage_summary`.
 STAGE_NAMES=()
 STAGE_SECONDS=()
+# Run one stage of a script, timed. Bash ignores errexit inside the command (it runs under
+# `||`), also in subshells: a function given here must end at its first failing step itself
+# (`&&` between steps, or `|| return`).
 stage() {
     local name=$1; shift
     local t0=$SECONDS
