@@ -21,14 +21,16 @@ declare -A DEB_PROVIDES=(
     [iproute2]="ip"
     [dpkg-dev]="dpkg-deb"
     [musl-tools]="musl-gcc"
+    [postgresql-15]="/usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl psql runuser useradd"
 )
 
 # What the tests drive. kcat: Kafka client; qemu-system-x86, ovmf: boot images; qemu-utils:
 # qcow2; genisoimage: cloud-init drives; binutils (objcopy): UKIs; e2fsprogs (mke2fs): the data
 # area seed; dpkg-dev (dpkg-deb): unpacking kernel packages; iproute2: network namespaces;
-# musl-tools (musl-gcc): ring's C and assembly in the static appliance binaries.
+# musl-tools (musl-gcc): ring's C and assembly in the static appliance binaries;
+# postgresql-15: the branch database whose outbox the edge gateway reads.
 TEST_DEB_PACKAGES=(kcat qemu-system-x86 ovmf qemu-utils genisoimage binutils e2fsprogs s3cmd
-    rclone curl iproute2 dpkg-dev musl-tools)
+    rclone curl iproute2 dpkg-dev musl-tools postgresql-15)
 
 _sudo() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 

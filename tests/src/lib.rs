@@ -11,6 +11,7 @@ pub mod compacted;
 pub mod edge;
 pub mod hub;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod s3gw;

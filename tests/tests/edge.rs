@@ -8,6 +8,7 @@ use std::time::Duration;
 use e2e::acked::{self, Producer};
 use e2e::clients::{kcat_consume_all, metric};
 use e2e::edge::Edge;
+use e2e::postgres::Postgres;
 use e2e::proxy::ChaosProxy;
 use e2e::{Broker, wait_until};
 
@@ -387,4 +388,194 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
         100,
         "the stranger's events reached the hub"
     );
+}
+
+/// Debezium's outbox table, and the Debezium router's topics for its two aggregate types.
+const OUTBOX_TABLE: &str = "CREATE TABLE outbox (id uuid PRIMARY KEY, \
+    aggregatetype varchar(255) NOT NULL, aggregateid varchar(255) NOT NULL, \
+    type varchar(255) NOT NULL, payload jsonb);";
+const OUTBOX_TOPICS: [&str; 2] = ["outbox.event.order", "outbox.event.invoice"];
+const AGGREGATES: u64 = 20;
+
+/// Insert outbox events `from..to` (`{"n": <n>}` for aggregate `agg-<n % 20>`, its type
+/// `order` or `invoice` by aggregate), 1 to `per_txn_max` in each transaction.
+fn insert_outbox(pg: &Postgres, from: u64, to: u64, per_txn_max: u64) {
+    let mut sql = String::new();
+    let mut i = from;
+    while i < to {
+        let end = (i + 1 + i % per_txn_max).min(to);
+        sql += &format!(
+            "INSERT INTO outbox SELECT md5(n::text)::uuid, \
+             CASE WHEN n % {AGGREGATES} < 10 THEN 'order' ELSE 'invoice' END, \
+             'agg-' || (n % {AGGREGATES}), 'Created', jsonb_build_object('n', n) \
+             FROM generate_series({i}, {last}) n;\n",
+            last = end - 1
+        );
+        i = end;
+    }
+    pg.sql(&sql);
+}
+
+fn edge_metric(edge: &Edge, name: &str) -> u64 {
+    metric(&edge.metrics_url(), name).unwrap_or(0.0) as u64
+}
+
+/// The gateway has buffered every outbox transaction the database flushed so far.
+fn wait_outbox_buffered(edge: &Edge, pg: &Postgres) {
+    let flushed = pg.sql("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn");
+    let flushed: u64 = flushed.parse().expect("an LSN as a number");
+    wait_until("the outbox to be buffered", T, || {
+        (edge_metric(edge, "edge_outbox_buffered_lsn") >= flushed).then_some(())
+    });
+}
+
+/// The WAL the gateway's slot holds back, in bytes, after a checkpoint.
+fn retained_wal(pg: &Postgres) -> u64 {
+    pg.sql(
+        "CHECKPOINT; SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+         FROM pg_replication_slots WHERE slot_name = 'clk_edge'",
+    )
+    .parse()
+    .expect("bytes")
+}
+
+/// `(topic, partition, key, n)` of every outbox event at the hub.
+fn outbox_at_hub(bootstrap: &str) -> Vec<(String, i32, String, u64)> {
+    let mut out = Vec::new();
+    for topic in OUTBOX_TOPICS {
+        for line in kcat_consume_all(bootstrap, topic, "%p %k %s\n", T) {
+            let mut it = line.splitn(3, ' ');
+            let p = it.next().unwrap().parse().unwrap();
+            let k = it.next().unwrap().to_string();
+            let payload: serde_json::Value = serde_json::from_str(it.next().unwrap()).unwrap();
+            out.push((topic.to_string(), p, k, payload["n"].as_u64().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_both_ends() {
+    const CUT_EVENTS: u64 = 100_000;
+    let proxy = ChaosProxy::start();
+    let mut hub = Broker::start_with(&format!(
+        "[kafka]\nadvertised = \"{}\"\n[topics]\npartitions = {HUB_PARTITIONS}\n",
+        proxy.addr
+    ));
+    proxy.set_target(hub.kafka);
+    let pg = Postgres::start();
+    pg.sql(OUTBOX_TABLE);
+    let mut edge = Edge::start(
+        &proxy.addr.to_string(),
+        &format!(
+            "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\n\
+             [outbox]\nconnection = \"{}\"\npoll_interval = \"50ms\"\n",
+            pg.connection()
+        ),
+    );
+
+    // Forwarding as events are committed.
+    insert_outbox(&pg, 0, 2_000, 5);
+    wait_outbox_buffered(&edge, &pg);
+
+    // The WAN cut while 10^5 events are committed; the gateway is killed while it buffers
+    // them. The slot's WAL is released all the same.
+    proxy.set_target(nowhere());
+    proxy.cut_all();
+    let before: u64 = pg
+        .sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        .parse()
+        .unwrap();
+    let inserts = std::thread::scope(|s| {
+        let inserting = s.spawn(|| insert_outbox(&pg, 2_000, 2_000 + CUT_EVENTS, 50));
+        wait_until("outbox events to be buffered", T, || {
+            (edge_metric(&edge, "edge_outbox_events_total") >= CUT_EVENTS / 4).then_some(())
+        });
+        edge.kill9();
+        edge.restart();
+        inserting.join()
+    });
+    inserts.expect("inserting");
+    wait_outbox_buffered(&edge, &pg);
+    let after: u64 = pg
+        .sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        .parse()
+        .unwrap();
+    let written = after - before;
+    let retained = wait_until("the slot to release the buffered WAL", T, || {
+        let r = retained_wal(&pg);
+        (r < written / 4).then_some(r)
+    });
+    eprintln!("during the cut: {written} bytes of WAL written, {retained} retained");
+
+    // PostgreSQL crashes after the slot advanced: the slot goes back to its last checkpoint
+    // and delivers those transactions again; the gateway buffers none of them twice.
+    let total = 2_000 + CUT_EVENTS + 3_000;
+    insert_outbox(&pg, 2_000 + CUT_EVENTS, total, 5);
+    wait_outbox_buffered(&edge, &pg);
+    pg.crash_and_restart();
+    wait_until("the slot's transactions to come again", T, || {
+        (edge_metric(&edge, "edge_outbox_redelivered_transactions_total") > 0).then_some(())
+    });
+    let total = total + 1_000;
+    insert_outbox(&pg, total - 1_000, total, 5);
+    wait_outbox_buffered(&edge, &pg);
+
+    // The WAN is back; the hub broker crashes while the backlog drains.
+    proxy.set_target(hub.kafka);
+    wait_until("forwarding to resume", T, || {
+        let n: u64 = OUTBOX_TOPICS
+            .iter()
+            .map(|t| {
+                edge_metric(
+                    &edge,
+                    &format!("edge_forwarded_records_total{{topic=\"{t}\"}}"),
+                )
+            })
+            .sum();
+        (n > 0).then_some(())
+    });
+    hub.kill9();
+    hub.restart();
+    let at_hub = wait_until("the hub to hold every outbox event", T, || {
+        let r = outbox_at_hub(&hub.bootstrap());
+        (r.len() as u64 >= total).then_some(r)
+    });
+    check_outbox_at_hub(&at_hub, total);
+    eprintln!(
+        "{total} outbox events at the hub once each; {} transactions delivered again skipped",
+        edge_metric(&edge, "edge_outbox_redelivered_transactions_total")
+    );
+}
+
+/// The hub holds events `0..total` once each, each on its aggregate's topic, on the
+/// partition Kafka's partitioner gives the aggregate, in commit order per aggregate.
+fn check_outbox_at_hub(at_hub: &[(String, i32, String, u64)], total: u64) {
+    let mut seen = HashSet::new();
+    let mut per_key: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (topic, p, k, n) in at_hub {
+        assert!(seen.insert(*n), "event {n} is at the hub twice");
+        assert!(*n < total, "event {n} was never committed");
+        let aggregate = n % AGGREGATES;
+        assert_eq!(*k, format!("agg-{aggregate}"), "event {n}'s key");
+        let want = if aggregate < 10 {
+            OUTBOX_TOPICS[0]
+        } else {
+            OUTBOX_TOPICS[1]
+        };
+        assert_eq!(topic, want, "event {n}'s topic");
+        let want = edge::partitioner::hub_partition(Some(k.as_bytes()), -1, HUB_PARTITIONS);
+        assert_eq!(
+            *p, want,
+            "event {n} (key {k}) is on partition {p}, not {want}"
+        );
+        per_key.entry(k).or_default().push(*n);
+    }
+    assert_eq!(seen.len() as u64, total, "events are missing at the hub");
+    for (k, ns) in per_key {
+        assert!(
+            ns.is_sorted(),
+            "aggregate {k}: events out of order at the hub"
+        );
+    }
 }

@@ -41,6 +41,100 @@ pub struct EdgeConfig {
     pub forward: ForwardSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The branch database's transactional outbox, read when present.
+    #[serde(default)]
+    pub outbox: Option<OutboxSettings>,
+}
+
+/// The branch PostgreSQL's outbox table, read by logical decoding (`pgoutput` through SQL
+/// functions) into the buffer's `outbox.event.<aggregatetype>` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// libpq-style connection string (`host=/run/postgresql dbname=branch user=edge`). The
+    /// user needs the REPLICATION attribute, and to own the table if the gateway is to
+    /// create the publication.
+    pub connection: String,
+    /// The outbox table (`schema.table`, Debezium's columns).
+    #[serde(default = "default_outbox_table")]
+    pub table: String,
+    /// The logical replication slot the gateway reads and advances (created if missing).
+    #[serde(default = "default_outbox_slot")]
+    pub slot: String,
+    /// The publication of the outbox table (created if missing).
+    #[serde(default = "default_outbox_publication")]
+    pub publication: String,
+    /// How often the slot is read when it had nothing more.
+    #[serde(default = "default_outbox_poll", with = "duration")]
+    pub poll_interval: Duration,
+    /// Changes read per round at most (whole transactions: a round may hold more).
+    #[serde(default = "default_outbox_changes")]
+    pub changes_max: u32,
+}
+
+fn default_outbox_table() -> String {
+    "public.outbox".into()
+}
+
+fn default_outbox_slot() -> String {
+    "clk_edge".into()
+}
+
+fn default_outbox_publication() -> String {
+    "clk_outbox".into()
+}
+
+fn default_outbox_poll() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_outbox_changes() -> u32 {
+    10_000
+}
+
+/// PostgreSQL identifiers the gateway names in SQL (slot, publication, table parts): plain
+/// lower-case ones, so that they never need quoting rules.
+fn is_pg_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl OutboxSettings {
+    /// The table's schema and name.
+    pub fn table_parts(&self) -> (&str, &str) {
+        self.table
+            .split_once('.')
+            .unwrap_or(("public", &self.table))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let (schema, table) = self.table_parts();
+        for (what, name) in [
+            ("outbox.slot", self.slot.as_str()),
+            ("outbox.publication", self.publication.as_str()),
+            ("outbox.table", schema),
+            ("outbox.table", table),
+        ] {
+            if !is_pg_identifier(name) {
+                return Err(format!(
+                    "{what}: {name:?} must be 1 to 63 lower-case letters, digits and '_'"
+                ));
+            }
+        }
+        if self.connection.trim().is_empty() {
+            return Err("outbox.connection must say how to reach the database".into());
+        }
+        if !(1..=1_000_000).contains(&self.changes_max) {
+            return Err("outbox.changes_max must be between 1 and 1000000".into());
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            return Err("outbox.poll_interval must be at least 10ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// How much the buffer holds before it refuses new events (seed 004: 3 days or 20 GiB,
@@ -204,6 +298,9 @@ impl Validate for EdgeConfig {
                 "limits.max_bytes must be at least 1MiB and limits.max_age at least 1s".into(),
             );
         }
+        if let Some(o) = &self.outbox {
+            o.check()?;
+        }
         self.forward.check()
     }
 }
@@ -312,6 +409,10 @@ bootstrap = ["hub:9092"]
             (
                 format!("{MINIMAL}[forward]\nrename = {{ a = \"b c\" }}\n"),
                 "topic name",
+            ),
+            (
+                format!("{MINIMAL}[outbox]\nconnection = \"dbname=b\"\nslot = \"Edge\"\n"),
+                "outbox.slot",
             ),
         ];
         for (text, expected) in cases {

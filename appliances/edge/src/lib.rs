@@ -15,7 +15,9 @@
 //!   acknowledged;
 //! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
 //! - [`pgoutput`] and [`outbox`]: the branch database's outbox rows out of its logical
-//!   replication messages, transactions already buffered skipped (not wired in yet).
+//!   replication messages, transactions already buffered skipped;
+//! - [`outbox_reader`]: the replication slot read through SQL, each round appended to the
+//!   buffer (de-duplicated by stream) before the slot advances.
 
 pub mod appliance;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod outbox_reader;
 pub mod outgoing;
 pub mod partitioner;
 pub mod pgoutput;

@@ -41,6 +41,16 @@ pub struct EdgeMetrics {
     pub oldest_unforwarded_age_seconds: Gauge,
     /// Events refused because the buffer was full.
     pub ingest_refused: Family<TopicLabel, Counter>,
+    /// Outbox events buffered (each once, whatever the slot delivered again).
+    pub outbox_events: Counter,
+    /// The commit LSN through which the outbox is buffered (and the slot may advance).
+    pub outbox_buffered_lsn: Gauge,
+    /// WAL the branch database keeps for the gateway's slot (from its restart position).
+    pub outbox_retained_wal_bytes: Gauge,
+    /// Outbox sessions that failed (database unreachable, bad rows, buffer full).
+    pub outbox_errors: Counter,
+    /// Transactions the slot delivered again (after a PostgreSQL crash) and that were skipped.
+    pub outbox_redelivered_transactions: Counter,
 }
 
 impl EdgeMetrics {
@@ -87,6 +97,31 @@ impl EdgeMetrics {
             "lost_locally",
             "Records removed from the buffer before they were forwarded",
             m.lost_locally.clone(),
+        );
+        r.register(
+            "outbox_events",
+            "Outbox events buffered",
+            m.outbox_events.clone(),
+        );
+        r.register(
+            "outbox_buffered_lsn",
+            "The commit LSN through which the outbox is buffered",
+            m.outbox_buffered_lsn.clone(),
+        );
+        r.register(
+            "outbox_retained_wal_bytes",
+            "WAL the branch database keeps for the gateway's replication slot",
+            m.outbox_retained_wal_bytes.clone(),
+        );
+        r.register(
+            "outbox_redelivered_transactions",
+            "Outbox transactions the replication slot delivered again, skipped as buffered already",
+            m.outbox_redelivered_transactions.clone(),
+        );
+        r.register(
+            "outbox_errors",
+            "Outbox reading attempts that failed",
+            m.outbox_errors.clone(),
         );
         r.register(
             "streams",

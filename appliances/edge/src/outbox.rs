@@ -68,6 +68,8 @@ pub struct Outbox {
     /// Transactions ending at or below this are already buffered.
     buffered_through: Lsn,
     current: Option<Vec<OutboxEvent>>,
+    /// Committed transactions skipped because they were buffered already.
+    redelivered: u64,
 }
 
 impl Outbox {
@@ -78,6 +80,7 @@ impl Outbox {
             relations: HashMap::new(),
             buffered_through,
             current: None,
+            redelivered: 0,
         }
     }
 
@@ -112,6 +115,7 @@ impl Outbox {
             Message::Commit { end_lsn, .. } => {
                 let events = self.current.take().ok_or(OutboxError::NoTransaction)?;
                 if end_lsn <= self.buffered_through {
+                    self.redelivered += 1;
                     return Ok(None);
                 }
                 return Ok(Some(Committed { end_lsn, events }));
@@ -119,6 +123,11 @@ impl Outbox {
             Message::Logical { .. } | Message::Other(_) => {}
         }
         Ok(None)
+    }
+
+    /// Transactions the slot delivered again and that were skipped.
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered
     }
 
     /// The gateway fsynced a transaction's events with `end_lsn`.
@@ -242,6 +251,7 @@ mod tests {
         // PostgreSQL crashed before the slot's advance was durable: the same transaction
         // comes again, and is skipped; the next one is not.
         assert_eq!(transaction(&mut o, 100, &[row]), None);
+        assert_eq!(o.redelivered(), 1);
         assert!(transaction(&mut o, 101, &[row]).is_some());
     }
 

@@ -22,6 +22,19 @@ impl std::fmt::Display for Lsn {
     }
 }
 
+impl std::str::FromStr for Lsn {
+    type Err = String;
+
+    /// PostgreSQL's notation, as `pg_lsn::text` gives it.
+    fn from_str(s: &str) -> Result<Lsn, String> {
+        let bad = || format!("{s:?} is not an LSN");
+        let (high, low) = s.split_once('/').ok_or_else(bad)?;
+        let high = u32::from_str_radix(high, 16).map_err(|_| bad())?;
+        let low = u32::from_str_radix(low, 16).map_err(|_| bad())?;
+        Ok(Lsn((u64::from(high) << 32) | u64::from(low)))
+    }
+}
+
 /// One column value of a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -299,6 +312,16 @@ pub mod encode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsns_read_back_as_postgresql_writes_them() {
+        for lsn in [0, 0x16_B374_D848, u64::MAX] {
+            assert_eq!(Lsn(lsn).to_string().parse::<Lsn>(), Ok(Lsn(lsn)));
+        }
+        assert_eq!("16/B374D848".parse::<Lsn>(), Ok(Lsn(0x16_B374_D848)));
+        assert!("16B374D848".parse::<Lsn>().is_err());
+        assert!("1/FFFFFFFFF".parse::<Lsn>().is_err());
+    }
 
     #[test]
     fn the_messages_an_outbox_insert_makes_decode() {

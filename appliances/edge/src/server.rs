@@ -61,6 +61,17 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     let gateway = config.gateway.clone();
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    if let Some(outbox) = &config.outbox {
+        let dir = config.buffer.data_dir.join("outbox");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        tasks.spawn(crate::outbox_reader::run(
+            outbox.clone(),
+            buffer.state().clone(),
+            dir,
+            Arc::clone(&forwarding.metrics),
+            stop.clone(),
+        ));
+    }
     if let Some(tls) = forwarding.hub.tls() {
         tasks.spawn(Arc::clone(tls).watch(stop.clone()));
     }

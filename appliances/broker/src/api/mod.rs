@@ -207,3 +207,24 @@ pub(crate) fn check_leader_epoch(requested: i32, current: i32) -> Result<(), i16
         Err(err(ResponseError::FencedLeaderEpoch))
     }
 }
+
+/// Produce from inside the process, for an embedding's own writer (the edge gateway's outbox
+/// reader): the same checks, limits and appends as a client's request, with every right, and
+/// without a connection. `acks` must be 1 or -1: the answer is the response.
+pub async fn produce_in_process(
+    state: &Arc<BrokerState>,
+    request: kafka_protocol::messages::ProduceRequest,
+) -> kafka_protocol::messages::ProduceResponse {
+    assert!(
+        matches!(request.acks, 1 | -1),
+        "an in-process produce waits for its answer"
+    );
+    // Version 9: the oldest that carries error messages and flexible fields alike.
+    match produce::handle(state, &Access::everything(), 9, request)
+        .await
+        .await
+    {
+        Reply::Send(ResponseKind::Produce(r)) => r,
+        _ => unreachable!("a produce with acks 1 or -1 is answered with a produce response"),
+    }
+}

@@ -1,0 +1,473 @@
+//! The outbox reader: the I/O around [`crate::outbox::Outbox`]. It reads the branch
+//! database's replication slot through SQL (`pg_logical_slot_peek_binary_changes`, pgoutput),
+//! appends each round's events to the buffer, fsyncs its own position, and only then advances
+//! the slot, so that WAL is released as soon as events are buffered, whatever the WAN does.
+//!
+//! Nothing is buffered twice, although the slot may deliver a transaction again (after a
+//! PostgreSQL crash its position is back where the last checkpoint left it, and the gateway
+//! may die between appending and writing its position):
+//! - transactions that end at or below the position's `buffered_through` are skipped;
+//! - a round is fixed before it is appended: its end LSN is written as `pending`, and after a
+//!   restart the reader reads exactly the transactions up to it again, so the round holds the
+//!   same events in the same batches;
+//! - each event carries the stream `outbox/<slot>` and a sequence numbered from the
+//!   position's `next_seq`, and the buffer's outbox topics de-duplicate by stream
+//!   (`clk.stream.dedup`): a round appended before the crash is answered as a duplicate.
+//!
+//! The forwarder replaces the stream headers with its own when it sends events to the hub.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use broker::state::BrokerState;
+use broker::topics::{NewTopic, TopicError};
+use bytes::{Bytes, BytesMut};
+use durable_log::checkpoint;
+use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
+use indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::OutboxSettings;
+use crate::metrics::EdgeMetrics;
+use crate::outbox::{Committed, Outbox, OutboxEvent};
+use crate::partitioner::hub_partition;
+use crate::pgoutput::{Lsn, decode};
+
+/// Outbox topics the reader keeps partition counts for (one per aggregate type).
+const TOPICS_MAX: usize = 1024;
+/// The wait before trying again after a failed session, doubled up to the maximum.
+const BACKOFF: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long an append to the buffer may take before the round is tried again.
+const APPEND_TIMEOUT_MS: i32 = 30_000;
+
+/// What the reader has durably done, in `<data_dir>/outbox/<slot>.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    /// Transactions that end at or below this are in the buffer.
+    buffered_through: u64,
+    /// The sequence of the next event in the stream `outbox/<slot>`.
+    next_seq: i64,
+    /// A round being appended: the transactions up to this LSN.
+    pending: Option<u64>,
+}
+
+struct Reader {
+    settings: OutboxSettings,
+    state: Arc<BrokerState>,
+    metrics: Arc<EdgeMetrics>,
+    path: PathBuf,
+    stream: Bytes,
+    position: Position,
+    /// Outbox topic -> its partition count in the buffer.
+    partitions: HashMap<String, i32>,
+}
+
+/// Read the outbox until `stop`.
+pub async fn run(
+    settings: OutboxSettings,
+    state: Arc<BrokerState>,
+    dir: PathBuf,
+    metrics: Arc<EdgeMetrics>,
+    stop: CancellationToken,
+) {
+    let path = dir.join(format!("{}.json", settings.slot));
+    let position = match load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            // Guessing a position could buffer events twice or skip them: an operator looks.
+            tracing::error!(path = %path.display(), error = %format!("{e:#}"), "the outbox position cannot be read; the outbox is not read");
+            metrics.outbox_errors.inc();
+            return;
+        }
+    };
+    let mut reader = Reader {
+        stream: Bytes::from(format!("outbox/{}", settings.slot)),
+        settings,
+        state,
+        metrics,
+        path,
+        position,
+        partitions: HashMap::new(),
+    };
+    reader
+        .metrics
+        .outbox_buffered_lsn
+        .set(position.buffered_through as i64);
+    let mut backoff = BACKOFF;
+    loop {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = reader.session(&mut backoff) => r,
+        };
+        if let Err(e) = outcome {
+            reader.metrics.outbox_errors.inc();
+            tracing::warn!(slot = %reader.settings.slot, error = %format!("{e:#}"), "reading the outbox failed; trying again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Position> {
+    match checkpoint::read_optional(path).with_context(|| format!("reading {}", path.display()))? {
+        None => Ok(Position::default()),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not an outbox position", path.display())),
+    }
+}
+
+impl Reader {
+    /// One connection's life: prepare the slot, then read rounds until something fails.
+    async fn session(&mut self, backoff: &mut Duration) -> anyhow::Result<()> {
+        let (client, connection) = tokio_postgres::connect(&self.settings.connection, NoTls)
+            .await
+            .context("connecting to the branch database")?;
+        let connection = tokio::spawn(connection);
+        let _abort = AbortOnDrop(connection);
+        self.prepare(&client).await?;
+        loop {
+            let more = self.round(&client).await?;
+            *backoff = BACKOFF;
+            if !more {
+                tokio::time::sleep(self.settings.poll_interval).await;
+            }
+        }
+    }
+
+    /// Create the publication and the slot unless they exist.
+    async fn prepare(&self, client: &Client) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let (schema, table) = s.table_parts();
+        // Identifiers are checked by the config to be plain lower-case names: no quoting.
+        let has_publication = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&s.publication],
+            )
+            .await
+            .context("looking for the publication")?
+            .is_some();
+        if !has_publication {
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {schema}.{table}",
+                s.publication
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .with_context(|| sql.clone())?;
+            tracing::info!(publication = %s.publication, table = %s.table, "created the outbox publication");
+        }
+        let has_slot = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&s.slot],
+            )
+            .await
+            .context("looking for the replication slot")?
+            .is_some();
+        if !has_slot {
+            client
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&s.slot],
+                )
+                .await
+                .context("creating the replication slot")?;
+            tracing::info!(slot = %s.slot, "created the outbox replication slot");
+        }
+        Ok(())
+    }
+
+    /// Read, buffer and acknowledge one round; whether the slot may hold more right away.
+    async fn round(&mut self, client: &Client) -> anyhow::Result<bool> {
+        let (flushed, retained) = self.wal(client).await?;
+        self.metrics.outbox_retained_wal_bytes.set(retained);
+        let pending = self.position.pending;
+        // A pending round is read again exactly, whole; a new one is bounded by count.
+        let limit = pending
+            .is_none()
+            .then_some(self.settings.changes_max as i32);
+        let rows = client
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
+                 'proto_version', '1', 'publication_names', $4)",
+                &[
+                    &self.settings.slot,
+                    &pending.map(|l| Lsn(l).to_string()),
+                    &limit,
+                    &self.settings.publication,
+                ],
+            )
+            .await
+            .context("reading the replication slot")?;
+        let truncated = limit.is_some_and(|l| rows.len() >= l as usize);
+        let txns = self.transactions(&rows)?;
+        let end = match (pending, txns.last()) {
+            (Some(p), _) => p,
+            // Everything up to what was flushed before the read was decoded: the slot may go
+            // there even if no outbox row was in it (other tables' WAL is released too).
+            (None, last) if !truncated => flushed.max(last.map_or(0, |t| t.end_lsn.0)),
+            (None, Some(last)) => last.end_lsn.0,
+            (None, None) => return Ok(false),
+        };
+        if end <= self.position.buffered_through {
+            return Ok(false);
+        }
+        let events: Vec<&OutboxEvent> = txns.iter().flat_map(|t| &t.events).collect();
+        if !events.is_empty() {
+            if pending.is_none() {
+                self.save(Position {
+                    pending: Some(end),
+                    ..self.position
+                })
+                .await?;
+            }
+            self.append(&events).await?;
+        }
+        let count = events.len() as i64;
+        let next = Position {
+            buffered_through: end,
+            next_seq: self.position.next_seq + count,
+            pending: None,
+        };
+        self.save(next).await?;
+        self.metrics.outbox_events.inc_by(count as u64);
+        self.metrics.outbox_buffered_lsn.set(end as i64);
+        self.advance(client, end).await?;
+        Ok(truncated)
+    }
+
+    /// The database's flushed WAL position, and the WAL the slot keeps.
+    async fn wal(&self, client: &Client) -> anyhow::Result<(u64, i64)> {
+        let row = client
+            .query_opt(
+                "SELECT pg_current_wal_flush_lsn()::text, \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.settings.slot],
+            )
+            .await
+            .context("reading the WAL position")?
+            .context("the replication slot is gone")?;
+        let flushed: String = row.get(0);
+        let retained: Option<i64> = row.get(1);
+        let flushed = flushed.parse::<Lsn>().map_err(anyhow::Error::msg)?;
+        Ok((flushed.0, retained.unwrap_or(0)))
+    }
+
+    /// The committed transactions of a read, past what is buffered and within a pending round.
+    fn transactions(&self, rows: &[tokio_postgres::Row]) -> anyhow::Result<Vec<Committed>> {
+        let (schema, table) = self.settings.table_parts();
+        let mut outbox = Outbox::new(schema, table, Lsn(self.position.buffered_through));
+        let mut out = Vec::new();
+        for row in rows {
+            let data: Vec<u8> = row.get(0);
+            let message = decode(&Bytes::from(data)).context("a replication message")?;
+            if let Some(c) = outbox.feed(message).context("the outbox table")?
+                && self.position.pending.is_none_or(|p| c.end_lsn.0 <= p)
+            {
+                out.push(c);
+            }
+        }
+        self.metrics
+            .outbox_redelivered_transactions
+            .inc_by(outbox.redelivered());
+        Ok(out)
+    }
+
+    async fn save(&mut self, next: Position) -> anyhow::Result<()> {
+        assert!(
+            next.buffered_through >= self.position.buffered_through,
+            "the outbox position only grows"
+        );
+        assert!(
+            next.next_seq >= self.position.next_seq,
+            "outbox sequences only grow"
+        );
+        let path = self.path.clone();
+        let bytes = serde_json::to_vec(&next).expect("a position serializes");
+        tokio::task::spawn_blocking(move || checkpoint::write_atomic(&path, &bytes))
+            .await
+            .context("the position writer")?
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.position = next;
+        Ok(())
+    }
+
+    /// Let the slot go to `end` (never back: after a lost position file the slot may be ahead).
+    async fn advance(&self, client: &Client, end: u64) -> anyhow::Result<()> {
+        client
+            .query_opt(
+                "SELECT pg_replication_slot_advance(slot_name, \
+                 GREATEST($2::text::pg_lsn, confirmed_flush_lsn)) \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.settings.slot, &Lsn(end).to_string()],
+            )
+            .await
+            .context("advancing the replication slot")?;
+        Ok(())
+    }
+
+    /// Append a round's events, one batch per buffer partition, and wait until they are
+    /// fsynced (acks=all on the one-node buffer).
+    async fn append(&mut self, events: &[&OutboxEvent]) -> anyhow::Result<()> {
+        let mut batches: BTreeMap<(String, i32), Vec<Record>> = BTreeMap::new();
+        // Sequences in commit order: they grow within every partition, as the stream's
+        // de-duplication needs.
+        for (seq, e) in (self.position.next_seq..).zip(events) {
+            let topic = e.topic();
+            let partitions = self.partition_count(&topic).await?;
+            let partition = hub_partition(Some(&e.aggregate_id), 0, partitions);
+            let batch = batches.entry((topic, partition)).or_default();
+            batch.push(self.record(e, seq, batch.len() as i64));
+        }
+        let mut topics: IndexMap<String, Vec<PartitionProduceData>> = IndexMap::new();
+        for ((topic, partition), records) in batches {
+            topics.entry(topic).or_default().push(
+                PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(encode(&records)?)),
+            );
+        }
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(APPEND_TIMEOUT_MS)
+            .with_topic_data(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        TopicProduceData::default()
+                            .with_name(TopicName(StrBytes::from_string(t)))
+                            .with_partition_data(ps)
+                    })
+                    .collect(),
+            );
+        let response = broker::api::produce_in_process(&self.state, request).await;
+        for t in response.responses {
+            for p in t.partition_responses {
+                if p.error_code != 0 {
+                    bail!(
+                        "the buffer refused outbox events for {}-{}: error {}: {}",
+                        t.name.0,
+                        p.index,
+                        p.error_code,
+                        p.error_message.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An event as a record: `offset` is its index in its batch.
+    fn record(&self, e: &OutboxEvent, seq: i64, offset: i64) -> Record {
+        let mut headers = IndexMap::new();
+        headers.insert(StrBytes::from_static_str("id"), Some(e.id.clone()));
+        headers.insert(
+            StrBytes::from_static_str("type"),
+            Some(e.event_type.clone()),
+        );
+        headers.insert(
+            StrBytes::from_static_str(STREAM_HEADER),
+            Some(self.stream.clone()),
+        );
+        headers.insert(
+            StrBytes::from_static_str(SEQUENCE_HEADER),
+            Some(Bytes::copy_from_slice(&seq.to_be_bytes())),
+        );
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: -1,
+            timestamp: broker::partition::now_ms(),
+            key: Some(e.aggregate_id.clone()),
+            value: e.payload.clone(),
+            headers,
+        }
+    }
+
+    /// The partition count of an outbox topic, created (de-duplicating by stream) if missing.
+    async fn partition_count(&mut self, topic: &str) -> anyhow::Result<i32> {
+        if let Some(n) = self.partitions.get(topic) {
+            return Ok(*n);
+        }
+        let info = match self.state.topics.get(topic) {
+            Some(t) => t,
+            None => {
+                let configs =
+                    BTreeMap::from([("clk.stream.dedup".to_string(), "true".to_string())]);
+                let new = NewTopic {
+                    name: topic.to_string(),
+                    partitions: -1,
+                    replication_factor: -1,
+                    configs,
+                };
+                match self.state.topics.create(new, false).await {
+                    Ok(t) => t,
+                    Err(TopicError::AlreadyExists(_)) => {
+                        self.state.topics.get(topic).context("a topic vanished")?
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating outbox topic {topic}"));
+                    }
+                }
+            }
+        };
+        let dedup = info
+            .configs
+            .get("clk.stream.dedup")
+            .map_or(self.state.config.topics.stream_dedup, |v| v == "true");
+        if !dedup {
+            bail!(
+                "outbox topic {topic} exists without clk.stream.dedup=true: events could be buffered twice"
+            );
+        }
+        if self.partitions.len() >= TOPICS_MAX {
+            self.partitions.clear();
+        }
+        self.partitions.insert(topic.to_string(), info.partitions);
+        Ok(info.partitions)
+    }
+}
+
+/// Encode records as one uncompressed batch (the forwarder compresses for the WAN).
+fn encode(records: &[Record]) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, records, &options).context("encoding outbox events")?;
+    Ok(buf.freeze())
+}
+
+/// Stops the connection task when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
