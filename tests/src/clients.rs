@@ -172,6 +172,22 @@ pub fn http_json(method: &str, url: &str, body: Option<&str>) -> (u16, serde_jso
     )
 }
 
+/// `curl` a POST of `body` as `content_type`: the status and the answer's JSON (`Null` when
+/// it is not JSON).
+pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("Content-Type: {content_type}")])
+        .args(["--data-binary", "@-", url]);
+    let out = run(cmd, Some(body), Duration::from_secs(90));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Send a Kafka ApiVersions request in plain text to `addr` (a TLS port) and return what
 /// comes back before the connection ends: nothing, or a TLS alert (starting with 0x15), never
 /// a Kafka answer, is what a TLS listener must give.

@@ -16,6 +16,8 @@ pub struct Edge {
     child: Option<Child>,
     pub kafka: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTP ingest, when the configuration has `[http]`.
+    pub http: Option<SocketAddr>,
     hub: String,
     extra: String,
     starts: usize,
@@ -34,6 +36,7 @@ impl Edge {
             child: None,
             kafka: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),
+            http: None,
             hub: hub.to_string(),
             extra: extra.to_string(),
             starts: 0,
@@ -44,6 +47,14 @@ impl Edge {
 
     pub fn bootstrap(&self) -> String {
         self.kafka.to_string()
+    }
+
+    /// `http://<ingest>/topics/<topic>`.
+    pub fn http_url(&self, topic: &str) -> String {
+        let http = self
+            .http
+            .expect("the gateway serves HTTP ([http] in its configuration)");
+        format!("http://{http}/topics/{topic}")
     }
 
     pub fn metrics_url(&self) -> String {
@@ -107,9 +118,10 @@ level = "info,openraft=warn"
         self.starts += 1;
         let log_path = crate::process::run_log(self.dir.path(), "edge", self.starts);
         match spawn_until_ready(&bin("edge"), &config, &log_path, START_TIMEOUT, ready) {
-            Ok((child, (kafka, admin))) => {
+            Ok((child, (kafka, admin, http))) => {
                 self.kafka = kafka;
                 self.admin = admin;
+                self.http = http;
                 self.child = Some(child);
             }
             Err(NotReady(how)) => {
@@ -142,7 +154,9 @@ impl Drop for Edge {
     }
 }
 
-/// `(kafka, admin)` from the JSON "edge ready" log line.
-fn ready(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
-    crate::broker::kafka_and_admin(v, "edge ready")
+/// `(kafka, admin, http)` from the JSON "edge ready" log line.
+fn ready(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+    let (kafka, admin) = crate::broker::kafka_and_admin(v, "edge ready")?;
+    let http = v.get("http").and_then(|h| h.as_str()?.parse().ok());
+    Some((kafka, admin, http))
 }

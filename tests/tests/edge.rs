@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use e2e::acked::{self, Producer};
-use e2e::clients::{kcat_consume_all, metric};
+use e2e::clients::{http_post, kcat_consume_all, metric};
 use e2e::edge::Edge;
 use e2e::postgres::Postgres;
 use e2e::proxy::ChaosProxy;
@@ -578,4 +578,105 @@ fn check_outbox_at_hub(at_hub: &[(String, i32, String, u64)], total: u64) {
             "aggregate {k}: events out of order at the hub"
         );
     }
+}
+
+const JSON_V2: &str = "application/vnd.kafka.json.v2+json";
+const BINARY_V2: &str = "application/vnd.kafka.binary.v2+json";
+
+#[test]
+fn devices_post_events_over_http_and_the_hub_gets_each_once() {
+    use base64::Engine;
+    let hub = Broker::start_with(&format!("[topics]\npartitions = {HUB_PARTITIONS}\n"));
+    let edge = Edge::start(
+        &hub.bootstrap(),
+        "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nbody_bytes_max = \"64KiB\"\n",
+    );
+
+    // JSON events, keyed by device, in two requests; and binary ones (as Confluent
+    // wire-format Avro would come), keyless.
+    for (from, to) in [(0, 60), (60, 100)] {
+        let records: Vec<String> = (from..to)
+            .map(|i| format!(r#"{{"key":"dev-{}","value":{{"n":{i}}}}}"#, i % 5))
+            .collect();
+        let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+        let (status, answer) = http_post(&edge.http_url("devices"), JSON_V2, body.as_bytes());
+        assert_eq!(status, 200, "{answer}");
+        let offsets = answer["offsets"].as_array().unwrap();
+        assert_eq!(offsets.len(), to - from);
+        assert!(offsets.iter().all(|o| o["offset"].is_i64()), "{answer}");
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let records: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"value":"{}"}}"#, b64(&format!("bin-{i}"))))
+        .collect();
+    let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+    let (status, answer) = http_post(&edge.http_url("blobs"), BINARY_V2, body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+
+    // Bad requests get their status and Confluent's error code, and store nothing.
+    let too_big = format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(70 << 10));
+    let bad: [(&str, &str, &[u8], u16); 6] = [
+        ("devices", JSON_V2, b"{\"records\":[{\"value\":", 422),
+        (
+            "devices",
+            JSON_V2,
+            b"{\"records\":[{\"partition\":99}]}",
+            404,
+        ),
+        (
+            "devices",
+            BINARY_V2,
+            b"{\"records\":[{\"value\":\"not base64!\"}]}",
+            422,
+        ),
+        ("devices", "text/plain", b"hello", 415),
+        ("devices", JSON_V2, too_big.as_bytes(), 413),
+        ("devices/partitions/0", JSON_V2, b"{\"records\":[{}]}", 404),
+    ];
+    for (topic, content_type, body, want) in bad {
+        let (status, answer) = http_post(&edge.http_url(topic), content_type, body);
+        assert_eq!(status, want, "{topic} {content_type}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+    let refused = metric(
+        &edge.metrics_url(),
+        "edge_http_requests_total{status=\"422\"}",
+    );
+    assert_eq!(refused, Some(2.0));
+
+    // The hub holds each event once, JSON keys and values as their JSON text, each device's
+    // events in order on the partition Kafka's partitioner gives its key.
+    for (topic, n) in [("devices", 100), ("blobs", 10)] {
+        let name = format!("edge_forwarded_records_total{{topic=\"{topic}\"}}");
+        wait_until(&format!("{topic} forwarded"), T, || {
+            (edge_metric(&edge, &name) >= n).then_some(())
+        });
+    }
+    let devices = kcat_consume_all(&hub.bootstrap(), "devices", "%p|%k|%s\n", T);
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for line in &devices {
+        let mut it = line.splitn(3, '|');
+        let p: i32 = it.next().unwrap().parse().unwrap();
+        let key = it.next().unwrap().to_string();
+        let value: serde_json::Value = serde_json::from_str(it.next().unwrap()).unwrap();
+        let want = edge::partitioner::hub_partition(Some(key.as_bytes()), -1, HUB_PARTITIONS);
+        assert_eq!(p, want, "{line}");
+        assert!(key.starts_with("\"dev-"), "{line}");
+        per_key
+            .entry(key)
+            .or_default()
+            .push(value["n"].as_u64().unwrap());
+    }
+    let mut all: Vec<u64> = per_key.values().flatten().copied().collect();
+    all.sort();
+    assert_eq!(all, (0..100).collect::<Vec<_>>(), "each event once");
+    for (k, ns) in &per_key {
+        assert!(ns.is_sorted(), "device {k}: out of order: {ns:?}");
+    }
+    let mut blobs = kcat_consume_all(&hub.bootstrap(), "blobs", "%s\n", T);
+    blobs.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("bin-{i}")).collect();
+    want.sort();
+    assert_eq!(blobs, want);
 }

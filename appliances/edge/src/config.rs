@@ -44,6 +44,49 @@ pub struct EdgeConfig {
     /// The branch database's transactional outbox, read when present.
     #[serde(default)]
     pub outbox: Option<OutboxSettings>,
+    /// The HTTP ingest for devices without a Kafka client, served when present.
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+/// The HTTP ingest: Confluent REST Proxy v2's produce (`POST /topics/<topic>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Where devices connect (REST Proxy's port is 8082).
+    pub listen: std::net::SocketAddr,
+    /// `SSL`: HTTPS with the buffer's `[buffer.tls]` (client certificates as it says).
+    #[serde(default)]
+    pub security: tls::SecurityProtocol,
+    /// The largest request body taken.
+    #[serde(default = "default_http_body_bytes", with = "appconfig::size")]
+    pub body_bytes_max: u64,
+    /// Records one request may hold.
+    #[serde(default = "default_http_records")]
+    pub records_max: usize,
+}
+
+fn default_http_body_bytes() -> u64 {
+    8 << 20
+}
+
+fn default_http_records() -> usize {
+    10_000
+}
+
+impl HttpSettings {
+    fn check(&self, buffer: &BrokerConfig) -> Result<(), String> {
+        if self.security == tls::SecurityProtocol::Ssl && buffer.tls.is_none() {
+            return Err("http.security = \"SSL\" needs [buffer.tls]".into());
+        }
+        if !(1024..=256 << 20).contains(&self.body_bytes_max) {
+            return Err("http.body_bytes_max must be between 1KiB and 256MiB".into());
+        }
+        if !(1..=100_000).contains(&self.records_max) {
+            return Err("http.records_max must be between 1 and 100000".into());
+        }
+        Ok(())
+    }
 }
 
 /// The branch PostgreSQL's outbox table, read by logical decoding (`pgoutput` through SQL
@@ -300,6 +343,9 @@ impl Validate for EdgeConfig {
         }
         if let Some(o) = &self.outbox {
             o.check()?;
+        }
+        if let Some(h) = &self.http {
+            h.check(&self.buffer)?;
         }
         self.forward.check()
     }

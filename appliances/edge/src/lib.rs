@@ -22,15 +22,18 @@
 pub mod appliance;
 pub mod config;
 pub mod forwarder;
+pub mod http;
 pub mod hub;
 pub mod journal;
 pub mod limits;
+pub mod local;
 pub mod metrics;
 pub mod outbox;
 pub mod outbox_reader;
 pub mod outgoing;
 pub mod partitioner;
 pub mod pgoutput;
+pub mod rest;
 pub mod server;
 
 pub use config::EdgeConfig;

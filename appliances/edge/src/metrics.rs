@@ -25,8 +25,17 @@ pub struct ErrorLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
 #[derive(Default)]
 pub struct EdgeMetrics {
+    /// HTTP ingest requests by the status they were answered with.
+    pub http_requests: Family<StatusLabel, Counter>,
+    /// Events the HTTP ingest stored.
+    pub http_records: Family<TopicLabel, Counter>,
     pub forwarded_records: Family<TopicLabel, Counter>,
     pub forward_errors: Family<ErrorLabel, Counter>,
     /// Records in the buffer the hub has not acknowledged yet, per local partition.
@@ -97,6 +106,16 @@ impl EdgeMetrics {
             "lost_locally",
             "Records removed from the buffer before they were forwarded",
             m.lost_locally.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP ingest requests, by the status answered",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_records",
+            "Events stored through the HTTP ingest",
+            m.http_records.clone(),
         );
         r.register(
             "outbox_events",

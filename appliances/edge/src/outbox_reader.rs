@@ -23,22 +23,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use broker::state::BrokerState;
-use broker::topics::{NewTopic, TopicError};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use durable_log::checkpoint;
 use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
 use indexmap::IndexMap;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Record;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OutboxSettings;
+use crate::local::{self, TopicPartition};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Committed, Outbox, OutboxEvent};
 use crate::partitioner::hub_partition;
@@ -49,8 +45,8 @@ const TOPICS_MAX: usize = 1024;
 /// The wait before trying again after a failed session, doubled up to the maximum.
 const BACKOFF: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long an append to the buffer may take before the round is tried again.
-const APPEND_TIMEOUT_MS: i32 = 30_000;
+/// The topic config that makes the buffer de-duplicate by stream.
+const DEDUP: &str = "clk.stream.dedup";
 
 /// What the reader has durably done, in `<data_dir>/outbox/<slot>.json`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,9 +321,9 @@ impl Reader {
     }
 
     /// Append a round's events, one batch per buffer partition, and wait until they are
-    /// fsynced (acks=all on the one-node buffer).
+    /// fsynced.
     async fn append(&mut self, events: &[&OutboxEvent]) -> anyhow::Result<()> {
-        let mut batches: BTreeMap<(String, i32), Vec<Record>> = BTreeMap::new();
+        let mut batches: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
         // Sequences in commit order: they grow within every partition, as the stream's
         // de-duplication needs.
         for (seq, e) in (self.position.next_seq..).zip(events) {
@@ -335,77 +331,33 @@ impl Reader {
             let partitions = self.partition_count(&topic).await?;
             let partition = hub_partition(Some(&e.aggregate_id), 0, partitions);
             let batch = batches.entry((topic, partition)).or_default();
-            batch.push(self.record(e, seq, batch.len() as i64));
+            batch.push(self.record(e, seq, batch.len()));
         }
-        let mut topics: IndexMap<String, Vec<PartitionProduceData>> = IndexMap::new();
-        for ((topic, partition), records) in batches {
-            topics.entry(topic).or_default().push(
-                PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(encode(&records)?)),
-            );
-        }
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(APPEND_TIMEOUT_MS)
-            .with_topic_data(
-                topics
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        TopicProduceData::default()
-                            .with_name(TopicName(StrBytes::from_string(t)))
-                            .with_partition_data(ps)
-                    })
-                    .collect(),
-            );
-        let response = broker::api::produce_in_process(&self.state, request).await;
-        for t in response.responses {
-            for p in t.partition_responses {
-                if p.error_code != 0 {
-                    bail!(
-                        "the buffer refused outbox events for {}-{}: error {}: {}",
-                        t.name.0,
-                        p.index,
-                        p.error_code,
-                        p.error_message.as_deref().unwrap_or("")
-                    );
-                }
+        let access = broker::authz::Access::everything();
+        for ((topic, partition), result) in local::append(&self.state, &access, batches).await {
+            if let Err(refused) = result {
+                bail!("the buffer refused outbox events for {topic}-{partition}: {refused}");
             }
         }
         Ok(())
     }
 
-    /// An event as a record: `offset` is its index in its batch.
-    fn record(&self, e: &OutboxEvent, seq: i64, offset: i64) -> Record {
+    /// An event as a record, `index` in its batch, with its id, type, stream and sequence.
+    fn record(&self, e: &OutboxEvent, seq: i64, index: usize) -> Record {
         let mut headers = IndexMap::new();
-        headers.insert(StrBytes::from_static_str("id"), Some(e.id.clone()));
-        headers.insert(
-            StrBytes::from_static_str("type"),
-            Some(e.event_type.clone()),
-        );
-        headers.insert(
-            StrBytes::from_static_str(STREAM_HEADER),
-            Some(self.stream.clone()),
-        );
-        headers.insert(
-            StrBytes::from_static_str(SEQUENCE_HEADER),
-            Some(Bytes::copy_from_slice(&seq.to_be_bytes())),
-        );
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset,
-            sequence: -1,
-            timestamp: broker::partition::now_ms(),
-            key: Some(e.aggregate_id.clone()),
-            value: e.payload.clone(),
+        let mut header = |name: &'static str, value: Bytes| {
+            headers.insert(StrBytes::from_static_str(name), Some(value));
+        };
+        header("id", e.id.clone());
+        header("type", e.event_type.clone());
+        header(STREAM_HEADER, self.stream.clone());
+        header(SEQUENCE_HEADER, Bytes::copy_from_slice(&seq.to_be_bytes()));
+        local::record(
+            Some(e.aggregate_id.clone()),
+            e.payload.clone(),
             headers,
-        }
+            index,
+        )
     }
 
     /// The partition count of an outbox topic, created (de-duplicating by stream) if missing.
@@ -413,54 +365,22 @@ impl Reader {
         if let Some(n) = self.partitions.get(topic) {
             return Ok(*n);
         }
-        let info = match self.state.topics.get(topic) {
-            Some(t) => t,
-            None => {
-                let configs =
-                    BTreeMap::from([("clk.stream.dedup".to_string(), "true".to_string())]);
-                let new = NewTopic {
-                    name: topic.to_string(),
-                    partitions: -1,
-                    replication_factor: -1,
-                    configs,
-                };
-                match self.state.topics.create(new, false).await {
-                    Ok(t) => t,
-                    Err(TopicError::AlreadyExists(_)) => {
-                        self.state.topics.get(topic).context("a topic vanished")?
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("creating outbox topic {topic}"));
-                    }
-                }
-            }
-        };
-        let dedup = info
-            .configs
-            .get("clk.stream.dedup")
+        let wanted = BTreeMap::from([(DEDUP.to_string(), "true".to_string())]);
+        let (partitions, configs) = local::partitions(&self.state, topic, true, &wanted).await?;
+        let dedup = configs
+            .get(DEDUP)
             .map_or(self.state.config.topics.stream_dedup, |v| v == "true");
         if !dedup {
             bail!(
-                "outbox topic {topic} exists without clk.stream.dedup=true: events could be buffered twice"
+                "outbox topic {topic} exists without {DEDUP}=true: events could be buffered twice"
             );
         }
         if self.partitions.len() >= TOPICS_MAX {
             self.partitions.clear();
         }
-        self.partitions.insert(topic.to_string(), info.partitions);
-        Ok(info.partitions)
+        self.partitions.insert(topic.to_string(), partitions);
+        Ok(partitions)
     }
-}
-
-/// Encode records as one uncompressed batch (the forwarder compresses for the WAN).
-fn encode(records: &[Record]) -> anyhow::Result<Bytes> {
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records, &options).context("encoding outbox events")?;
-    Ok(buf.freeze())
 }
 
 /// Stops the connection task when the session ends.

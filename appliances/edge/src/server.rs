@@ -26,6 +26,8 @@ pub struct EdgeHandle {
     /// Where the branch's Kafka clients connect.
     pub kafka_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTP ingest, when `[http]` asks for it.
+    pub http_addr: Option<SocketAddr>,
     buffer: BrokerHandle,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -75,6 +77,12 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     if let Some(tls) = forwarding.hub.tls() {
         tasks.spawn(Arc::clone(tls).watch(stop.clone()));
     }
+    let http_addr = match &config.http {
+        Some(settings) => {
+            Some(start_http(&config, settings, &buffer, &forwarding, &tasks, &stop).await?)
+        }
+        None => None,
+    };
     tasks.spawn(limits::monitor(
         limits,
         buffer.state().clone(),
@@ -92,15 +100,48 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         gateway = %gateway,
         kafka_addr = %buffer.kafka_addr,
         admin = %buffer.admin_addr,
+        http = %http_addr.map(|a| a.to_string()).unwrap_or_default(),
         "edge ready"
     );
     Ok(EdgeHandle {
         kafka_addr: buffer.kafka_addr,
         admin_addr: buffer.admin_addr,
+        http_addr,
         buffer,
         stop,
         tasks,
     })
+}
+
+/// Bind the HTTP ingest's listener (with the buffer's TLS for `SSL`) and serve it.
+async fn start_http(
+    config: &EdgeConfig,
+    settings: &crate::config::HttpSettings,
+    buffer: &BrokerHandle,
+    forwarding: &Forwarding,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the HTTP ingest listener {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let tls = match (settings.security, &config.buffer.tls) {
+        (tls::SecurityProtocol::Ssl, Some(t)) => {
+            let server =
+                tls::TlsServer::load(t.clone()).context("loading [buffer.tls] for HTTP")?;
+            tasks.spawn(Arc::clone(&server).watch("HTTP ingest [tls]".into(), stop.clone()));
+            Some(server)
+        }
+        _ => None,
+    };
+    let ingest = crate::http::Ingest::new(
+        buffer.state().clone(),
+        settings.clone(),
+        Arc::clone(&forwarding.metrics),
+    );
+    tasks.spawn(crate::http::serve(listener, ingest, tls, stop.clone()));
+    Ok(addr)
 }
 
 impl EdgeHandle {

@@ -178,8 +178,8 @@ where
 }
 
 /// Read a body of at most `max` bytes within `within`, taking memory from `bodies` as its
-/// bytes arrive (never as a length is announced).
-async fn read_body(
+/// bytes arrive (never as a length is announced). Also the edge gateway's HTTP ingest's.
+pub async fn read_body(
     mut body: Incoming,
     max: usize,
     bodies: &Arc<Semaphore>,

@@ -208,11 +208,13 @@ pub(crate) fn check_leader_epoch(requested: i32, current: i32) -> Result<(), i16
     }
 }
 
-/// Produce from inside the process, for an embedding's own writer (the edge gateway's outbox
-/// reader): the same checks, limits and appends as a client's request, with every right, and
-/// without a connection. `acks` must be 1 or -1: the answer is the response.
+/// Produce from inside the process, for an embedding's own writers (the edge gateway's outbox
+/// reader with [`Access::everything`], its HTTP ingest with the caller's): the same checks,
+/// limits and appends as a client's request, without a connection. `acks` must be 1 or -1:
+/// the answer is the response.
 pub async fn produce_in_process(
     state: &Arc<BrokerState>,
+    access: &Access,
     request: kafka_protocol::messages::ProduceRequest,
 ) -> kafka_protocol::messages::ProduceResponse {
     assert!(
@@ -220,10 +222,7 @@ pub async fn produce_in_process(
         "an in-process produce waits for its answer"
     );
     // Version 9: the oldest that carries error messages and flexible fields alike.
-    match produce::handle(state, &Access::everything(), 9, request)
-        .await
-        .await
-    {
+    match produce::handle(state, access, 9, request).await.await {
         Reply::Send(ResponseKind::Produce(r)) => r,
         _ => unreachable!("a produce with acks 1 or -1 is answered with a produce response"),
     }
