@@ -680,3 +680,119 @@ fn devices_post_events_over_http_and_the_hub_gets_each_once() {
     want.sort();
     assert_eq!(blobs, want);
 }
+
+const READING: &str = r#"{"type":"record","name":"Reading","fields":[{"name":"pump","type":"string"},{"name":"bar","type":"double"}]}"#;
+
+/// Produce `value` to `topic` with kcat, acks=all; kcat's stderr (its delivery errors).
+fn kcat_produce_one(bootstrap: &str, topic: &str, value: &str) -> String {
+    let mut cmd = std::process::Command::new("kcat");
+    cmd.args(["-b", bootstrap, "-P", "-t", topic, "-X", "acks=all"]);
+    let out = e2e::clients::run(cmd, Some(format!("{value}\n").as_bytes()), T);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_outage() {
+    let registry = e2e::hub::free_addr();
+    let mut hub = Broker::start_with(&format!(
+        "[topics]\npartitions = {HUB_PARTITIONS}\n[schema_registry]\nlisten = \"{registry}\"\n"
+    ));
+    let url = format!("http://{registry}");
+    let body = serde_json::json!({ "schema": READING }).to_string();
+    let (status, answer) = wait_until("the hub's registry to register", T, || {
+        let r = e2e::clients::http_json(
+            "POST",
+            &format!("{url}/subjects/readings-value/versions"),
+            Some(&body),
+        );
+        (r.0 == 200).then_some(r)
+    });
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["id"].as_i64().unwrap() as u8;
+    let mut edge = Edge::start(
+        &hub.bootstrap(),
+        &format!(
+            "[forward]\nlinger = \"20ms\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [hub]\nschema_registry = [\"{url}\"]\nschema_refresh = \"1s\"\n"
+        ),
+    );
+    wait_until("the gateway to know the hub's schema", T, || {
+        (edge_metric(&edge, "edge_schema_subjects") == 1).then_some(())
+    });
+
+    // JSON posted to the topic is encoded with its schema; what does not fit is refused, by
+    // HTTP and by Kafka alike.
+    let post = |edge: &Edge, from: usize| {
+        let records: Vec<String> = (from..from + 20)
+            .map(|i| {
+                format!(
+                    r#"{{"key":"p{}","value":{{"pump":"p{i}","bar":1.5}}}}"#,
+                    i % 4
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+        http_post(&edge.http_url("readings"), JSON_V2, body.as_bytes())
+    };
+    let refused = |edge: &Edge| {
+        let bad = br#"{"records":[{"value":{"pump":"p1"}}]}"#;
+        let (status, answer) = http_post(&edge.http_url("readings"), JSON_V2, bad);
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{answer}"
+        );
+        let stderr = kcat_produce_one(&edge.bootstrap(), "readings", "not avro");
+        assert!(stderr.contains("failed to validate record"), "{stderr}");
+    };
+    let (status, answer) = post(&edge, 0);
+    assert_eq!(status, 200, "{answer}");
+    refused(&edge);
+
+    // The hub is gone and the gateway restarts: its schemas come from its disk.
+    hub.kill9();
+    edge.kill9();
+    edge.restart();
+    assert_eq!(edge_metric(&edge, "edge_schema_subjects"), 1);
+    let (status, answer) = post(&edge, 20);
+    assert_eq!(status, 200, "{answer}");
+    refused(&edge);
+    assert!(edge_metric(&edge, "edge_schema_refresh_errors_total") > 0);
+
+    // Back: the hub holds the 40 valid events, each in Confluent's wire format.
+    hub.restart();
+    wait_until("the readings to be forwarded", T, || {
+        (forwarded(&edge) >= 20).then_some(())
+    });
+    // Avro values are bytes, not text: kcat's output split at each newline (none of these
+    // values holds one).
+    let values = wait_until("the hub to hold every reading", T, || {
+        let mut cmd = std::process::Command::new("kcat");
+        cmd.args([
+            "-b",
+            &hub.bootstrap(),
+            "-C",
+            "-t",
+            "readings",
+            "-e",
+            "-q",
+            "-f",
+            "%s\n",
+        ]);
+        let out = e2e::clients::run(cmd, None, T);
+        let v: Vec<Vec<u8>> = out
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        (v.len() >= 40).then_some(v)
+    });
+    assert_eq!(values.len(), 40, "only the valid events, once each");
+    for v in &values {
+        assert!(v.starts_with(&[0, 0, 0, 0, id]), "{v:?}");
+    }
+}

@@ -176,6 +176,8 @@ pub struct Embedding {
     pub register: Option<RegisterMetrics>,
     /// Asked before every produce append.
     pub ingest: Option<Arc<dyn crate::state::IngestGate>>,
+    /// Checks records of the topics it names before they are appended.
+    pub record_check: Option<Arc<dyn crate::state::RecordCheck>>,
 }
 
 /// [`start`], embedded in another appliance.
@@ -371,6 +373,7 @@ pub async fn start_with(
         bearer,
         principals: admission::Principals::new(config.kafka.principal_limits()),
         ingest: embedding.ingest,
+        record_check: embedding.record_check,
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));

@@ -37,6 +37,8 @@ pub struct BrokerState {
     pub principals: Arc<admission::Principals>,
     /// Whether produce requests may append now (an embedding appliance's limits).
     pub ingest: Option<Arc<dyn IngestGate>>,
+    /// What an embedding appliance checks in records before they are appended.
+    pub record_check: Option<Arc<dyn RecordCheck>>,
 }
 
 /// An embedding appliance's say over produce requests: the edge gateway refuses events while
@@ -45,6 +47,18 @@ pub trait IngestGate: Send + Sync {
     /// `Err(why)` refuses an append to `topic` (`KAFKA_STORAGE_ERROR`, retriable: clients
     /// wait and try again, so they block until there is room, with `why` in the answer).
     fn admit(&self, topic: &str) -> Result<(), String>;
+}
+
+/// An embedding appliance's check of the records themselves before they are appended: the
+/// edge gateway validates values against their topic's registered Avro schema. Runs in the
+/// produce handler before the append, under no lock, and only on topics it `checks`.
+pub trait RecordCheck: Send + Sync {
+    /// Whether `topic`'s records are checked (asked for every append: cheap).
+    fn checks(&self, topic: &str) -> bool;
+    /// The records refused (`INVALID_RECORD`), by their index among the request's records for
+    /// the partition, with why; empty when all pass.
+    fn check(&self, topic: &str, records: &[kafka_protocol::records::Record])
+    -> Vec<(i32, String)>;
 }
 
 /// `host:port` split for Kafka's metadata answers.

@@ -222,6 +222,18 @@ pub struct HubSettings {
     pub retry_backoff: Duration,
     #[serde(default = "default_retry_backoff_max", with = "duration")]
     pub retry_backoff_max: Duration,
+    /// The hub's Schema Registry (`http://host:8081` or `https://...` with `[hub.tls]`),
+    /// tried in turn. With it, topics with a `<topic>-value` Avro subject take only values
+    /// valid against it, and JSON posted over HTTP is encoded with it.
+    #[serde(default)]
+    pub schema_registry: Vec<String>,
+    /// How often the hub's schemas are read again (they are cached on disk meanwhile).
+    #[serde(default = "default_schema_refresh", with = "duration")]
+    pub schema_refresh: Duration,
+}
+
+fn default_schema_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How local topics are forwarded.
@@ -371,6 +383,20 @@ impl HubSettings {
             && t.client_ca.is_none()
         {
             return Err("[hub.tls] needs server_ca, the CA the hub's certificates chain to".into());
+        }
+        for u in &self.schema_registry {
+            let https = u.starts_with("https://");
+            if !(https || u.starts_with("http://")) {
+                return Err(format!(
+                    "hub.schema_registry: {u:?} is not http://host:port or https://host:port"
+                ));
+            }
+            if https && self.tls.is_none() {
+                return Err(format!("hub.schema_registry: {u:?} needs [hub.tls]"));
+            }
+        }
+        if self.schema_refresh < Duration::from_secs(1) {
+            return Err("hub.schema_refresh must be at least 1s".into());
         }
         if self.request_timeout < Duration::from_millis(100) {
             return Err("hub.request_timeout must be at least 100ms".into());

@@ -36,6 +36,7 @@ use crate::local::{self, Refused, TopicPartition, TopicRefused};
 use crate::metrics::{EdgeMetrics, StatusLabel, TopicLabel};
 use crate::partitioner::hub_partition;
 use crate::rest::{RestError, embedded_format, offsets_body, parse_records};
+use crate::schemas::Schemas;
 
 /// Connections served at once, and from one address.
 const CONNECTIONS_MAX: usize = 1024;
@@ -50,6 +51,8 @@ pub struct Ingest {
     state: Arc<BrokerState>,
     settings: HttpSettings,
     metrics: Arc<EdgeMetrics>,
+    /// The hub's schemas: JSON values for a topic with one are encoded with it.
+    schemas: Option<Arc<Schemas>>,
     bodies: Arc<Semaphore>,
     /// Keyless records of one request go together to one partition, the next request's to
     /// the next partition.
@@ -61,11 +64,13 @@ impl Ingest {
         state: Arc<BrokerState>,
         settings: HttpSettings,
         metrics: Arc<EdgeMetrics>,
+        schemas: Option<Arc<Schemas>>,
     ) -> Arc<Ingest> {
         Arc::new(Ingest {
             state,
             settings,
             metrics,
+            schemas,
             bodies: Arc::new(Semaphore::new(BODIES_BYTES_MAX)),
             keyless: AtomicU32::new(0),
         })
@@ -229,14 +234,19 @@ async fn produce(
             Some(p) => p,
             None => hub_partition(r.key.as_deref(), keyless, partitions),
         };
+        let value = match (&ingest.schemas, &r.json) {
+            (Some(schemas), Some(json)) => match schemas.encode_json(topic, json) {
+                Some(encoded) => Some(encoded.map_err(|e| {
+                    ingest.metrics.refused_by_schema(topic, 1);
+                    RestError::new(422, 42203, format!("record {i}: {e}"))
+                })?),
+                None => r.value,
+            },
+            _ => r.value,
+        };
         let batch = batches.entry((topic.to_string(), partition)).or_default();
         places.push((partition, batch.len()));
-        batch.push(local::record(
-            r.key,
-            r.value,
-            Default::default(),
-            batch.len(),
-        ));
+        batch.push(local::record(r.key, value, Default::default(), batch.len()));
     }
     let appended = local::append(&ingest.state, &access, batches).await;
     let results: Vec<Result<(i32, i64), Refused>> = places

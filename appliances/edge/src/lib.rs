@@ -16,6 +16,11 @@
 //! - [`partitioner`]: the hub partition a key goes to, as Kafka's default partitioner picks it;
 //! - [`pgoutput`] and [`outbox`]: the branch database's outbox rows out of its logical
 //!   replication messages, transactions already buffered skipped;
+//! - [`http`] and [`rest`]: the HTTP ingest (REST Proxy v2's produce); [`local`]: writing
+//!   to the buffer through the broker's produce path in-process;
+//! - [`schemas`]: the hub's Avro schemas mirrored to disk, values validated against them
+//!   (the broker's `RecordCheck`) and JSON encoded with them; [`registry_client`] reads the
+//!   hub's registry;
 //! - [`outbox_reader`]: the replication slot read through SQL, each round appended to the
 //!   buffer (de-duplicated by stream) before the slot advances.
 
@@ -33,7 +38,9 @@ pub mod outbox_reader;
 pub mod outgoing;
 pub mod partitioner;
 pub mod pgoutput;
+pub mod registry_client;
 pub mod rest;
+pub mod schemas;
 pub mod server;
 
 pub use config::EdgeConfig;

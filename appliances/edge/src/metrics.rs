@@ -60,6 +60,12 @@ pub struct EdgeMetrics {
     pub outbox_errors: Counter,
     /// Transactions the slot delivered again (after a PostgreSQL crash) and that were skipped.
     pub outbox_redelivered_transactions: Counter,
+    /// `<topic>-value` Avro subjects the gateway validates against.
+    pub schema_subjects: Gauge,
+    /// Failed reads of the hub's schema registry (the cached schemas stay in use).
+    pub schema_refresh_errors: Counter,
+    /// Records refused because their value did not match the topic's schema.
+    pub schema_refused_records: Family<TopicLabel, Counter>,
 }
 
 impl EdgeMetrics {
@@ -118,6 +124,21 @@ impl EdgeMetrics {
             m.http_records.clone(),
         );
         r.register(
+            "schema_subjects",
+            "Avro subjects of the hub the gateway validates values against",
+            m.schema_subjects.clone(),
+        );
+        r.register(
+            "schema_refresh_errors",
+            "Failed reads of the hub's schema registry",
+            m.schema_refresh_errors.clone(),
+        );
+        r.register(
+            "schema_refused_records",
+            "Records refused because their value did not match the topic's schema",
+            m.schema_refused_records.clone(),
+        );
+        r.register(
             "outbox_events",
             "Outbox events buffered",
             m.outbox_events.clone(),
@@ -155,6 +176,14 @@ impl EdgeMetrics {
                 topic: topic.to_string(),
             })
             .inc();
+    }
+
+    pub fn refused_by_schema(&self, topic: &str, records: u64) {
+        self.schema_refused_records
+            .get_or_create(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .inc_by(records);
     }
 
     pub fn forwarded(&self, topic: &str, records: u64) {

@@ -32,6 +32,9 @@ pub enum Embedded {
 pub struct RestRecord {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
+    /// The value as posted, in the JSON format: encoded with the topic's Avro schema
+    /// instead of stored as text when the topic has one.
+    pub json: Option<serde_json::Value>,
     pub partition: Option<i32>,
 }
 
@@ -76,7 +79,8 @@ pub fn embedded_format(content_type: Option<&str>) -> Result<Embedded, RestError
         Some("application/vnd.kafka.avro.v2+json") => Err(RestError::new(
             415,
             415,
-            "Avro embedded in JSON is not taken yet: send Confluent wire-format Avro as binary",
+            "post the value as JSON (application/vnd.kafka.json.v2+json): it is encoded with the \
+             topic's registered schema; or Confluent wire-format Avro as binary",
         )),
         other => Err(RestError::new(
             415,
@@ -137,9 +141,11 @@ pub fn parse_records(
                     r.partition
                 )));
             }
+            let json = (format == Embedded::Json && !r.value.is_null()).then(|| r.value.clone());
             Ok(RestRecord {
                 key: embedded(format, r.key).map_err(|e| at(i, "key", e))?,
                 value: embedded(format, r.value).map_err(|e| at(i, "value", e))?,
+                json,
                 partition: r.partition,
             })
         })

@@ -40,10 +40,19 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         config.limits.clone(),
         Arc::clone(&metrics),
     ));
+    let schemas = if config.hub.schema_registry.is_empty() {
+        None
+    } else {
+        let dir = config.buffer.data_dir.join("schemas");
+        Some(crate::schemas::Schemas::load(dir, Arc::clone(&metrics))?)
+    };
     let m = Arc::clone(&metrics);
     let embedding = broker::Embedding {
         register: Some(Box::new(move |r| m.register(r))),
         ingest: Some(Arc::clone(&limits) as Arc<dyn broker::state::IngestGate>),
+        record_check: schemas
+            .clone()
+            .map(|s| s as Arc<dyn broker::state::RecordCheck>),
     };
     let buffer = broker::start_with(config.buffer.clone(), embedding)
         .await
@@ -77,9 +86,29 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     if let Some(tls) = forwarding.hub.tls() {
         tasks.spawn(Arc::clone(tls).watch(stop.clone()));
     }
+    if let Some(s) = &schemas {
+        let client = crate::registry_client::RegistryClient::new(
+            &config.hub.schema_registry,
+            forwarding.hub.tls().cloned(),
+            config.hub.request_timeout,
+        )?;
+        let every = config.hub.schema_refresh;
+        tasks.spawn(crate::schemas::refresh(
+            Arc::clone(s),
+            client,
+            every,
+            stop.clone(),
+        ));
+    }
     let http_addr = match &config.http {
         Some(settings) => {
-            Some(start_http(&config, settings, &buffer, &forwarding, &tasks, &stop).await?)
+            let ingest = crate::http::Ingest::new(
+                buffer.state().clone(),
+                settings.clone(),
+                Arc::clone(&forwarding.metrics),
+                schemas.clone(),
+            );
+            Some(start_http(&config, settings, ingest, &tasks, &stop).await?)
         }
         None => None,
     };
@@ -117,8 +146,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
 async fn start_http(
     config: &EdgeConfig,
     settings: &crate::config::HttpSettings,
-    buffer: &BrokerHandle,
-    forwarding: &Forwarding,
+    ingest: Arc<crate::http::Ingest>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -135,11 +163,6 @@ async fn start_http(
         }
         _ => None,
     };
-    let ingest = crate::http::Ingest::new(
-        buffer.state().clone(),
-        settings.clone(),
-        Arc::clone(&forwarding.metrics),
-    );
     tasks.spawn(crate::http::serve(listener, ingest, tls, stop.clone()));
     Ok(addr)
 }

@@ -92,6 +92,30 @@ fn keyless_records(topic: &str, index: i32, batches: &[RawBatch]) -> Result<(), 
     Err(Appended::InvalidRecords(message, keyless))
 }
 
+/// The embedding appliance's check of the records (the edge's schema validation).
+fn checked_records(
+    check: &dyn crate::state::RecordCheck,
+    topic: &str,
+    batches: &[RawBatch],
+) -> Result<(), Appended> {
+    let mut records = Vec::new();
+    for b in batches {
+        let decoded = durable_log::records::decode_records(&b.bytes)
+            .map_err(|e| Appended::Failed(err(ResponseError::CorruptMessage), e.to_string()))?;
+        records.extend(decoded);
+    }
+    let refused = check.check(topic, &records);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "{} record(s) refused: {}",
+        refused.len(),
+        refused.first().map_or("", |(_, why)| why.as_str())
+    );
+    Err(Appended::InvalidRecords(message, refused))
+}
+
 /// CreateTime timestamps must lie within the topic's allowed window around now.
 fn check_timestamps(
     batches: &[RawBatch],
@@ -169,6 +193,12 @@ async fn append_one(
     }
     if policy.compacted
         && let Err(refused) = keyless_records(topic, data.index, &batches)
+    {
+        return refused;
+    }
+    if let Some(check) = &s.record_check
+        && check.checks(topic)
+        && let Err(refused) = checked_records(check.as_ref(), topic, &batches)
     {
         return refused;
     }
