@@ -796,3 +796,111 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
         assert!(v.starts_with(&[0, 0, 0, 0, id]), "{v:?}");
     }
 }
+
+/// The payload of claim-checked event `i`: 200 KiB, or 6 MiB (a multipart upload) for the
+/// last one.
+fn payload(i: usize, large: usize) -> Vec<u8> {
+    let len = if i + 1 == large { 6 << 20 } else { 200 << 10 };
+    e2e::clients::noise(i as u64 + 1, len)
+}
+
+#[test]
+fn large_payloads_reach_the_hubs_s3_by_claim_check_once_through_a_cut_upload() {
+    use base64::Engine;
+    use e2e::s3gw::{ACCESS_KEY, S3gw, SECRET_KEY};
+    const LARGE: usize = 12;
+    let hub = Broker::start_with(&format!("[topics]\npartitions = {HUB_PARTITIONS}\n"));
+    let mut s3 = S3gw::start();
+    let client = s3_client::S3Client::new(
+        &s3.endpoint(),
+        "payloads",
+        ACCESS_KEY,
+        SECRET_KEY,
+        "us-east-1",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(client.create_bucket()).unwrap();
+    let edge = Edge::start(
+        &hub.bootstrap(),
+        &format!(
+            "[buffer.topics]\nmax_message_bytes = 8388608\n[forward]\nlinger = \"20ms\"\n\
+             batch_records = 4\n[http]\nlisten = \"127.0.0.1:0\"\nbody_bytes_max = \"16MiB\"\n\
+             [claim_check]\nendpoint = \"{}\"\nbucket = \"payloads\"\naccess_key = \"{ACCESS_KEY}\"\n\
+             secret_key = \"{SECRET_KEY}\"\nthreshold_bytes = \"64KiB\"\npart_bytes = \"5MiB\"\n",
+            s3.endpoint()
+        ),
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let post = |i: usize, value: &[u8]| {
+        let key = b64(format!("k{i}").as_bytes());
+        let body = format!(
+            r#"{{"records":[{{"key":"{key}","value":"{}"}}]}}"#,
+            b64(value)
+        );
+        let (status, answer) = http_post(&edge.http_url("scans"), BINARY_V2, body.as_bytes());
+        assert_eq!(status, 200, "{answer}");
+    };
+
+    // Large and small events; the S3 gateway is killed while payloads are being uploaded,
+    // and comes back.
+    for i in 0..LARGE / 2 {
+        post(i, &payload(i, LARGE));
+        post(100 + i, format!("small-{i}").as_bytes());
+    }
+    wait_until("some payloads to be uploaded", T, || {
+        (edge_metric(&edge, "edge_claim_checks_total{topic=\"scans\"}") >= 2).then_some(())
+    });
+    s3.kill9();
+    for i in LARGE / 2..LARGE {
+        post(i, &payload(i, LARGE));
+        post(100 + i, format!("small-{i}").as_bytes());
+    }
+    wait_until("an upload to fail", T, || {
+        let name = "edge_forward_errors_total{topic=\"scans\",reason=\"claim_check\"}";
+        (edge_metric(&edge, name) > 0).then_some(())
+    });
+    s3.restart();
+
+    // Every large event is a reference to its complete payload, every small one is itself.
+    wait_until("every event to be forwarded", T, || {
+        (edge_metric(&edge, "edge_forwarded_records_total{topic=\"scans\"}") >= 2 * LARGE as u64)
+            .then_some(())
+    });
+    let at_hub = kcat_consume_all(&hub.bootstrap(), "scans", "%k|%s\n", T);
+    assert_eq!(at_hub.len(), 2 * LARGE, "each event once");
+    let mut keys = HashSet::new();
+    for line in &at_hub {
+        let (k, v) = line.split_once('|').unwrap();
+        let i: usize = k[1..].parse().unwrap();
+        if i >= 100 {
+            assert_eq!(v, format!("small-{}", i - 100));
+            continue;
+        }
+        let reference: serde_json::Value = serde_json::from_str(v).unwrap();
+        let want = payload(i, LARGE);
+        assert_eq!(reference["size"].as_u64(), Some(want.len() as u64), "{v}");
+        assert_eq!(reference["bucket"], "payloads");
+        assert_eq!(reference["content_type"], "application/octet-stream");
+        let key = reference["key"].as_str().unwrap().to_string();
+        let mut got = Vec::new();
+        rt.block_on(client.get_with(&key, |c| got.extend_from_slice(c)))
+            .unwrap();
+        assert!(
+            got == want,
+            "event {i}: the object {key} is not its payload"
+        );
+        let sha: String = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&want)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(reference["sha256"].as_str(), Some(sha.as_str()));
+        keys.insert(key);
+    }
+    assert_eq!(keys.len(), LARGE);
+    let objects = rt.block_on(client.list()).unwrap();
+    assert_eq!(objects.len(), LARGE, "one object per payload: {objects:?}");
+}

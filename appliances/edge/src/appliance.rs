@@ -18,6 +18,10 @@ pub const MANIFEST: pid1::Manifest = pid1::Manifest {
             name: "kafka",
         },
         pid1::Port {
+            number: 8082,
+            name: "http",
+        },
+        pid1::Port {
             number: 9644,
             name: "admin",
         },

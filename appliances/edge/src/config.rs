@@ -47,6 +47,59 @@ pub struct EdgeConfig {
     /// The HTTP ingest for devices without a Kafka client, served when present.
     #[serde(default)]
     pub http: Option<HttpSettings>,
+    /// Large payloads to the hub's S3 gateway, the events carrying references, when present.
+    #[serde(default)]
+    pub claim_check: Option<ClaimCheckSettings>,
+}
+
+/// The hub's S3 gateway for claim checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimCheckSettings {
+    /// `http://host:port` or `https://host:port` (the system's CA roots).
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Payloads over this travel by claim check (and any event with a `clk-claim-check`
+    /// header).
+    #[serde(default = "default_claim_threshold", with = "appconfig::size")]
+    pub threshold_bytes: u64,
+    /// Payloads over this are uploaded in parts of this size (S3: at least 5 MiB).
+    #[serde(default = "default_part_bytes", with = "appconfig::size")]
+    pub part_bytes: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_claim_threshold() -> u64 {
+    256 << 10
+}
+
+fn default_part_bytes() -> u64 {
+    16 << 20
+}
+
+impl ClaimCheckSettings {
+    fn check(&self) -> Result<(), String> {
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return Err(format!(
+                "claim_check.endpoint: {:?} is not http://host:port or https://host:port",
+                self.endpoint
+            ));
+        }
+        if self.bucket.is_empty() || self.access_key.is_empty() || self.secret_key.is_empty() {
+            return Err("claim_check needs bucket, access_key and secret_key".into());
+        }
+        if !(5 << 20..=1 << 30).contains(&self.part_bytes) {
+            return Err("claim_check.part_bytes must be between 5MiB and 1GiB".into());
+        }
+        Ok(())
+    }
 }
 
 /// The HTTP ingest: Confluent REST Proxy v2's produce (`POST /topics/<topic>`).
@@ -358,6 +411,9 @@ impl Validate for EdgeConfig {
         }
         if let Some(h) = &self.http {
             h.check(&self.buffer)?;
+        }
+        if let Some(c) = &self.claim_check {
+            c.check()?;
         }
         self.forward.check()
     }

@@ -47,6 +47,8 @@ pub struct Forwarding {
     pub dir: PathBuf,
     /// Each stream's acknowledged cursor, for the buffer's monitor (`limits`).
     pub cursors: Cursors,
+    /// Large payloads to the hub's S3 gateway (`[claim_check]`).
+    pub claim_check: Option<crate::claim_check::ClaimCheck>,
 }
 
 /// Why a step stopped short.
@@ -62,6 +64,9 @@ enum StepError {
     Local(String),
     #[error("the journal: {0}")]
     Journal(String),
+    /// A payload could not be uploaded to the hub's S3 gateway: its batch waits.
+    #[error("the claim check: {0}")]
+    ClaimCheck(String),
 }
 
 /// One stream's state and the I/O it needs.
@@ -286,6 +291,7 @@ impl StreamTask {
         let mut sends = Vec::with_capacity(open.len());
         for b in open {
             let mine = by_partition.remove(&b.hub_partition).unwrap_or_default();
+            let mine = self.claim_checked(mine).await?;
             let bytes =
                 outgoing::encode(&self.id, &mine, round.producer, b).map_err(StepError::Local)?;
             let hub = Arc::clone(&self.f.hub);
@@ -346,6 +352,33 @@ impl StreamTask {
         } else {
             e.into()
         })
+    }
+
+    /// `records` with the payloads that travel by claim check uploaded (complete and
+    /// checked by the S3 gateway) and replaced by their references.
+    async fn claim_checked(
+        &self,
+        mut records: Vec<(LocalOffset, Record)>,
+    ) -> Result<Vec<(LocalOffset, Record)>, StepError> {
+        let Some(cc) = &self.f.claim_check else {
+            return Ok(records);
+        };
+        for (offset, r) in records.iter_mut() {
+            if !cc.wants(r) {
+                continue;
+            }
+            let (checked, bytes) = cc
+                .check_in(&self.id, *offset, r)
+                .await
+                .map_err(|e| StepError::ClaimCheck(format!("{e:#}")))?;
+            *r = checked;
+            let label = crate::metrics::TopicLabel {
+                topic: self.id.topic.clone(),
+            };
+            self.f.metrics.claim_checks.get_or_create(&label).inc();
+            self.f.metrics.claim_check_bytes.inc_by(bytes);
+        }
+        Ok(records)
     }
 
     /// The records of `first..=last` (a round planned before), with their offsets.
@@ -490,6 +523,7 @@ impl StreamTask {
             },
             StepError::Local(_) => "local",
             StepError::Journal(_) => "journal",
+            StepError::ClaimCheck(_) => "claim_check",
         };
         self.f.metrics.error(&self.id.topic, reason);
     }

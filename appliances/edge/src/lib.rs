@@ -10,6 +10,8 @@
 //!   recognises them; and [`journal::JournalFile`], its fsynced file;
 //! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
 //!   and sequence headers, the producer's stamp, lz4;
+//! - [`claim_check`]: large payloads to the hub's S3 gateway, the forwarded event carrying
+//!   the reference;
 //! - [`hub`]: the hub's metadata, producer ids and acks=all produce;
 //! - [`limits`]: the buffer's size and age limits on ingest, and the removal of what the hub
 //!   acknowledged;
@@ -25,6 +27,7 @@
 //!   buffer (de-duplicated by stream) before the slot advances.
 
 pub mod appliance;
+pub mod claim_check;
 pub mod config;
 pub mod forwarder;
 pub mod http;

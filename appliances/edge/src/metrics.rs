@@ -21,7 +21,8 @@ pub struct StreamLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub topic: String,
-    /// `unreachable`, `dropped`, `retriable`, `producer_lost`, `refused`, `local`, `journal`.
+    /// `unreachable`, `dropped`, `retriable`, `producer_lost`, `refused`, `local`, `journal`,
+    /// `claim_check`.
     pub reason: &'static str,
 }
 
@@ -60,6 +61,9 @@ pub struct EdgeMetrics {
     pub outbox_errors: Counter,
     /// Transactions the slot delivered again (after a PostgreSQL crash) and that were skipped.
     pub outbox_redelivered_transactions: Counter,
+    /// Payloads uploaded to the hub's S3 gateway, and their bytes.
+    pub claim_checks: Family<TopicLabel, Counter>,
+    pub claim_check_bytes: Counter,
     /// `<topic>-value` Avro subjects the gateway validates against.
     pub schema_subjects: Gauge,
     /// Failed reads of the hub's schema registry (the cached schemas stay in use).
@@ -122,6 +126,16 @@ impl EdgeMetrics {
             "http_records",
             "Events stored through the HTTP ingest",
             m.http_records.clone(),
+        );
+        r.register(
+            "claim_checks",
+            "Payloads uploaded to the hub's S3 gateway (each time their batch was sent)",
+            m.claim_checks.clone(),
+        );
+        r.register(
+            "claim_check_bytes",
+            "Bytes of payloads uploaded to the hub's S3 gateway",
+            m.claim_check_bytes.clone(),
         );
         r.register(
             "schema_subjects",

@@ -68,6 +68,12 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         metrics,
         dir,
         cursors: Cursors::default(),
+        claim_check: config
+            .claim_check
+            .clone()
+            .map(crate::claim_check::ClaimCheck::new)
+            .transpose()
+            .context("[claim_check]")?,
     });
     let gateway = config.gateway.clone();
     let stop = CancellationToken::new();

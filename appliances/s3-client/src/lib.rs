@@ -1,4 +1,4 @@
-//! A small S3 client for benchmarks and tests: requests are SigV4 presigned URLs made by
+//! A small S3 client for benchmarks, tests and the edge gateway's claim checks: requests are SigV4 presigned URLs made by
 //! `rusty-s3` (sans-IO signing, so any S3 endpoint accepts them: AWS, MinIO, this gateway) and
 //! sent with hyper over HTTP or HTTPS (rustls, the system's roots). Bodies stream both ways:
 //! an upload of any size is produced chunk by chunk, a download is consumed chunk by chunk,
@@ -107,6 +107,113 @@ impl S3Client {
         Ok(())
     }
 
+    /// Upload `data` so that the server checks every byte: with its SHA-256
+    /// (`x-amz-checksum-sha256`, signed), refused by the server when the body it got does not
+    /// match. Over `part_bytes`, a multipart upload whose parts each carry their own SHA-256.
+    /// Returns the SHA-256 of the whole object.
+    pub async fn put_verified(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        part_bytes: usize,
+    ) -> anyhow::Result<[u8; 32]> {
+        let sha256 = sha256(&data);
+        if data.len() <= part_bytes {
+            let mut action = self.bucket.put_object(Some(&self.credentials), key);
+            let checksum = b64(&sha256);
+            let headers = [
+                ("x-amz-checksum-sha256", checksum.as_str()),
+                ("content-type", content_type),
+            ];
+            for (k, v) in headers {
+                action.headers_mut().insert(k, v);
+            }
+            let url = action.sign(VALID_FOR);
+            let (status, text) = self.send_with("PUT", url, &headers, full(data)).await?;
+            if !status.is_success() {
+                bail!("PUT {key}: {status}: {}", String::from_utf8_lossy(&text));
+            }
+        } else {
+            self.put_multipart(key, data, content_type, part_bytes)
+                .await?;
+        }
+        Ok(sha256)
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        part_bytes: usize,
+    ) -> anyhow::Result<()> {
+        let mut create = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key);
+        create.headers_mut().insert("content-type", content_type);
+        let url = create.sign(VALID_FOR);
+        let headers = [("content-type", content_type)];
+        let (status, text) = self.send_with("POST", url, &headers, empty()).await?;
+        if !status.is_success() {
+            bail!(
+                "creating the upload of {key}: {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(
+            &String::from_utf8_lossy(&text),
+        )
+        .with_context(|| format!("the answer to creating the upload of {key}"))?;
+        let upload_id = created.upload_id().to_string();
+        let mut etags = Vec::new();
+        for (i, part) in data.chunks(part_bytes).enumerate() {
+            let number = u16::try_from(i + 1).context("more than 65535 parts")?;
+            let part = data.slice_ref(part);
+            let mut action =
+                self.bucket
+                    .upload_part(Some(&self.credentials), key, number, &upload_id);
+            let checksum = b64(&sha256(&part));
+            action
+                .headers_mut()
+                .insert("x-amz-checksum-sha256", checksum.as_str());
+            let url = action.sign(VALID_FOR);
+            let headers = [("x-amz-checksum-sha256", checksum.as_str())];
+            let resp = self.request_with("PUT", url, &headers, full(part)).await?;
+            let status = resp.status();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let text = resp.into_body().collect().await?.to_bytes();
+            match (status.is_success(), etag) {
+                (true, Some(etag)) => etags.push(etag),
+                _ => bail!(
+                    "part {number} of {key}: {status}: {}",
+                    String::from_utf8_lossy(&text)
+                ),
+            }
+        }
+        let complete = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            key,
+            &upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = complete.sign(VALID_FOR);
+        let body = Bytes::from(complete.body());
+        let (status, text) = self.send_with("POST", url, &[], full(body)).await?;
+        // S3 may answer 200 with an error inside the body.
+        if !status.is_success() || String::from_utf8_lossy(&text).contains("<Error>") {
+            bail!(
+                "completing the upload of {key}: {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        Ok(())
+    }
+
     /// Download an object, handing each chunk to `sink`; returns the bytes read.
     pub async fn get_with(&self, key: &str, mut sink: impl FnMut(&[u8])) -> anyhow::Result<u64> {
         let url = self
@@ -137,6 +244,26 @@ impl S3Client {
         self.get_with(key, |_| {}).await
     }
 
+    /// The keys and sizes of the bucket's objects (the first 1000).
+    pub async fn list(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let url = self
+            .bucket
+            .list_objects_v2(Some(&self.credentials))
+            .sign(VALID_FOR);
+        let (status, text) = self.send("GET", url, empty()).await?;
+        if !status.is_success() {
+            bail!("LIST: {status}: {}", String::from_utf8_lossy(&text));
+        }
+        let listed =
+            rusty_s3::actions::ListObjectsV2::parse_response(&String::from_utf8_lossy(&text))
+                .context("the listing")?;
+        Ok(listed
+            .contents
+            .into_iter()
+            .map(|c| (c.key, c.size.unwrap_or(0)))
+            .collect())
+    }
+
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
         let url = self
             .bucket
@@ -155,11 +282,22 @@ impl S3Client {
         url: url::Url,
         body: Body,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(url.as_str())
-            .body(body)
-            .context("building the request")?;
+        self.request_with(method, url, &[], body).await
+    }
+
+    /// A request with `headers` (those the URL's signature covers must be sent as signed).
+    async fn request_with(
+        &self,
+        method: &str,
+        url: url::Url,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let mut req = hyper::Request::builder().method(method).uri(url.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body).context("building the request")?;
         self.http
             .request(req)
             .await
@@ -172,11 +310,35 @@ impl S3Client {
         url: url::Url,
         body: Body,
     ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-        let resp = self.request(method, url, body).await?;
+        self.send_with(method, url, &[], body).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        url: url::Url,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let resp = self.request_with(method, url, headers, body).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
+}
+
+fn full(data: Bytes) -> Body {
+    Full::new(data).map_err(|never| match never {}).boxed()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn empty() -> Body {
