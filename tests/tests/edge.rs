@@ -454,6 +454,10 @@ fn outbox_at_hub(bootstrap: &str) -> Vec<(String, i32, String, u64)> {
     out
 }
 
+/// The outbox, a Kafka client and devices over HTTP feed the gateway at once, through a WAN
+/// cut, kill -9 of the gateway, `pg_ctl -m immediate` and a hub broker crash: the hub holds
+/// every committed outbox row, every acknowledged Kafka record and every accepted HTTP event,
+/// once each, in order per key.
 #[test]
 fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_both_ends() {
     const CUT_EVENTS: u64 = 100_000;
@@ -469,10 +473,32 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
         &proxy.addr.to_string(),
         &format!(
             "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\n\
-             [outbox]\nconnection = \"{}\"\npoll_interval = \"50ms\"\n",
+             [outbox]\nconnection = \"{}\"\npoll_interval = \"50ms\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
             pg.connection()
         ),
     );
+    let dir = tempfile::tempdir().unwrap();
+    let acked_file = dir.path().join("acked");
+    let producer = Producer::start(
+        &acked_file,
+        &[
+            "--bootstrap",
+            &edge.bootstrap(),
+            "--topic",
+            TOPIC,
+            "--rate",
+            "1000",
+            "--idempotence",
+            "--fast-reconnect",
+        ],
+    );
+
+    // Rows committed before the gateway created its slot are not read: start once it read
+    // the slot.
+    wait_until("the gateway to read its slot", T, || {
+        (edge_metric(&edge, "edge_outbox_buffered_lsn") > 0).then_some(())
+    });
 
     // Forwarding as events are committed.
     insert_outbox(&pg, 0, 2_000, 5);
@@ -507,6 +533,15 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
         (r < written / 4).then_some(r)
     });
     eprintln!("during the cut: {written} bytes of WAL written, {retained} retained");
+    const DEVICE_EVENTS: usize = 200;
+    for from in (0..DEVICE_EVENTS).step_by(20) {
+        let records: Vec<String> = (from..from + 20)
+            .map(|i| format!(r#"{{"key":"dev-{}","value":{{"n":{i}}}}}"#, i % 5))
+            .collect();
+        let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+        let (status, answer) = http_post(&edge.http_url("devices"), JSON_V2, body.as_bytes());
+        assert_eq!(status, 200, "{answer}");
+    }
 
     // PostgreSQL crashes after the slot advanced: the slot goes back to its last checkpoint
     // and delivers those transactions again; the gateway buffers none of them twice.
@@ -542,8 +577,36 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
         (r.len() as u64 >= total).then_some(r)
     });
     check_outbox_at_hub(&at_hub, total);
+    let report = producer.stop(T);
+    let acks = acked::read_acked(&acked_file);
+    wait_until("the gateway to have forwarded its whole buffer", T, || {
+        drained(&edge).then_some(())
+    });
+    let sent = report["sent"].as_u64().unwrap();
+    check_at_hub(
+        &records(&hub.bootstrap()),
+        acks.iter().map(|a| a.value.as_str()),
+        sent,
+    );
+    let devices = kcat_consume_all(&hub.bootstrap(), "devices", "%s\n", T);
+    let mut ns: Vec<u64> = devices
+        .iter()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        (0..DEVICE_EVENTS as u64).collect::<Vec<_>>(),
+        "each HTTP event once"
+    );
     eprintln!(
-        "{total} outbox events at the hub once each; {} transactions delivered again skipped",
+        "{total} outbox events, {} Kafka records, {DEVICE_EVENTS} HTTP events at the hub once \
+         each; {} outbox transactions delivered again skipped",
+        acks.len(),
         edge_metric(&edge, "edge_outbox_redelivered_transactions_total")
     );
 }
