@@ -87,19 +87,7 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
     );
     let dir = tempfile::tempdir().unwrap();
     let acked_file = dir.path().join("acked");
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &edge.bootstrap(),
-            "--topic",
-            TOPIC,
-            "--rate",
-            "2000",
-            "--idempotence",
-            "--fast-reconnect",
-        ],
-    );
+    let producer = idempotent_producer(&edge, &acked_file, 2000);
 
     // Forwarding while answers are lost, then the gateway killed mid-forward.
     wait_forwarded(&edge, 1500);
@@ -141,6 +129,23 @@ fn every_acknowledged_event_reaches_the_hub_once_in_order_through_crashes_and_cu
         acks.len(),
         proxy.lost_responses()
     );
+}
+
+/// An idempotent acks=all producer of `TOPIC` at the gateway, `rate` records/s, writing what
+/// was acknowledged to `acked_file`; it reconnects at once after the gateway restarts.
+fn idempotent_producer(edge: &Edge, acked_file: &std::path::Path, rate: u32) -> Producer {
+    let rate = rate.to_string();
+    let args = [
+        "--bootstrap",
+        &edge.bootstrap(),
+        "--topic",
+        TOPIC,
+        "--rate",
+        &rate,
+    ];
+    let flags = ["--idempotence", "--fast-reconnect"];
+    let all: Vec<&str> = args.iter().chain(flags.iter()).copied().collect();
+    Producer::start(acked_file, &all)
 }
 
 /// The number in a value `<padding>v-<n>`.
@@ -480,19 +485,7 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
     );
     let dir = tempfile::tempdir().unwrap();
     let acked_file = dir.path().join("acked");
-    let producer = Producer::start(
-        &acked_file,
-        &[
-            "--bootstrap",
-            &edge.bootstrap(),
-            "--topic",
-            TOPIC,
-            "--rate",
-            "1000",
-            "--idempotence",
-            "--fast-reconnect",
-        ],
-    );
+    let producer = idempotent_producer(&edge, &acked_file, 1000);
 
     // Rows committed before the gateway created its slot are not read: start once it read
     // the slot.
