@@ -185,7 +185,9 @@ fn default_outbox_poll() -> Duration {
 }
 
 fn default_outbox_changes() -> u32 {
-    10_000
+    // Each read decodes from the slot's restart point: few large rounds cost less than many
+    // small ones, and a round is buffered in slices, so its size costs no memory here.
+    100_000
 }
 
 /// PostgreSQL identifiers the gateway names in SQL (slot, publication, table parts): plain

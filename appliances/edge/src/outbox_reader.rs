@@ -7,9 +7,10 @@
 //! PostgreSQL crash its position is back where the last checkpoint left it, and the gateway
 //! may die between appending and writing its position):
 //! - transactions that end at or below the position's `buffered_through` are skipped;
-//! - a round is fixed before it is appended: its end LSN is written as `pending`, and after a
-//!   restart the reader reads exactly the transactions up to it again, so the round holds the
-//!   same events in the same batches;
+//! - a round's rows stream in and are appended in slices of whole transactions; a slice is
+//!   fixed before it is appended: its end LSN is written as `pending`, and after a restart
+//!   the reader reads exactly the transactions up to it again, so the slice holds the same
+//!   events in the same batches;
 //! - each event carries the stream `outbox/<slot>` and a sequence numbered from the
 //!   position's `next_seq`, and the buffer's outbox topics de-duplicate by stream
 //!   (`clk.stream.dedup`): a round appended before the crash is answered as a duplicate.
@@ -26,6 +27,7 @@ use broker::state::BrokerState;
 use bytes::Bytes;
 use durable_log::checkpoint;
 use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
+use futures::TryStreamExt;
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Record;
@@ -40,6 +42,9 @@ use crate::outbox::{Committed, Outbox, OutboxEvent};
 use crate::partitioner::hub_partition;
 use crate::pgoutput::{Lsn, decode};
 
+/// Events a slice of a round holds at least (whole transactions): what the reader appends
+/// to the buffer at once.
+const SLICE_EVENTS: usize = 5_000;
 /// Outbox topics the reader keeps partition counts for (one per aggregate type).
 const TOPICS_MAX: usize = 1024;
 /// The wait before trying again after a failed session, doubled up to the maximum.
@@ -191,43 +196,94 @@ impl Reader {
     }
 
     /// Read, buffer and acknowledge one round; whether the slot may hold more right away.
+    ///
+    /// The round's rows stream in and are buffered slice by slice (whole transactions, at
+    /// least [`SLICE_EVENTS`] events each), so that memory holds one slice whatever the
+    /// round's size; the slot advances once, after the last slice.
     async fn round(&mut self, client: &Client) -> anyhow::Result<bool> {
         let (flushed, retained) = self.wal(client).await?;
         self.metrics.outbox_retained_wal_bytes.set(retained);
         let pending = self.position.pending;
-        // A pending round is read again exactly, whole; a new one is bounded by count.
+        let start = self.position.buffered_through;
+        // A pending slice is read again exactly; a new round is bounded by count.
         let limit = pending
             .is_none()
             .then_some(self.settings.changes_max as i32);
+        let upto = pending.map(|l| Lsn(l).to_string());
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &self.settings.slot,
+            &upto,
+            &limit,
+            &self.settings.publication,
+        ];
         let rows = client
-            .query(
+            .query_raw(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
                  'proto_version', '1', 'publication_names', $4)",
-                &[
-                    &self.settings.slot,
-                    &pending.map(|l| Lsn(l).to_string()),
-                    &limit,
-                    &self.settings.publication,
-                ],
+                params,
             )
             .await
             .context("reading the replication slot")?;
-        let truncated = limit.is_some_and(|l| rows.len() >= l as usize);
-        let txns = self.transactions(&rows)?;
-        let end = match (pending, txns.last()) {
+        futures::pin_mut!(rows);
+        let (schema, table) = self.settings.table_parts();
+        let mut outbox = Outbox::new(schema, table, Lsn(start));
+        let (mut slice, mut slice_events, mut changes) = (Vec::new(), 0, 0usize);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .context("reading the replication slot")?
+        {
+            changes += 1;
+            let data: &[u8] = row.get(0);
+            let message = decode(&Bytes::copy_from_slice(data)).context("a replication message")?;
+            let Some(c) = outbox.feed(message).context("the outbox table")? else {
+                continue;
+            };
+            let end = c.end_lsn.0;
+            if pending.is_some_and(|p| end > p) {
+                continue;
+            }
+            slice_events += c.events.len();
+            slice.push(c);
+            // A pending slice ends exactly where it ended before; a new one at its size.
+            if pending.map_or(slice_events >= SLICE_EVENTS, |p| end == p) {
+                self.buffer_slice(std::mem::take(&mut slice), end).await?;
+                slice_events = 0;
+            }
+        }
+        self.metrics
+            .outbox_redelivered_transactions
+            .inc_by(outbox.redelivered());
+        let truncated = limit.is_some_and(|l| changes >= l as usize);
+        let last = slice.last().map(|t: &Committed| t.end_lsn.0);
+        let end = match (pending, last) {
             (Some(p), _) => p,
             // Everything up to what was flushed before the read was decoded: the slot may go
             // there even if no outbox row was in it (other tables' WAL is released too).
-            (None, last) if !truncated => flushed.max(last.map_or(0, |t| t.end_lsn.0)),
-            (None, Some(last)) => last.end_lsn.0,
-            (None, None) => return Ok(false),
+            (None, last) if !truncated => flushed.max(last.unwrap_or(0)),
+            (None, last) => last.unwrap_or(start),
         };
-        if end <= self.position.buffered_through {
-            return Ok(false);
+        self.buffer_slice(slice, end).await?;
+        if self.position.buffered_through > start {
+            self.advance(client, self.position.buffered_through).await?;
         }
-        let events: Vec<&OutboxEvent> = txns.iter().flat_map(|t| &t.events).collect();
+        Ok(truncated)
+    }
+
+    /// Buffer a slice's events and move the position to `end`: the slice is first fixed as
+    /// `pending` (unless it is the pending one read again), so that after a crash it is read
+    /// again whole.
+    async fn buffer_slice(&mut self, slice: Vec<Committed>, end: u64) -> anyhow::Result<()> {
+        if end <= self.position.buffered_through {
+            return Ok(());
+        }
+        assert!(
+            self.position.pending.is_none_or(|p| p == end),
+            "a pending slice is read again up to its end"
+        );
+        let events: Vec<&OutboxEvent> = slice.iter().flat_map(|t| &t.events).collect();
         if !events.is_empty() {
-            if pending.is_none() {
+            if self.position.pending.is_none() {
                 self.save(Position {
                     pending: Some(end),
                     ..self.position
@@ -245,8 +301,7 @@ impl Reader {
         self.save(next).await?;
         self.metrics.outbox_events.inc_by(count as u64);
         self.metrics.outbox_buffered_lsn.set(end as i64);
-        self.advance(client, end).await?;
-        Ok(truncated)
+        Ok(())
     }
 
     /// The database's flushed WAL position, and the WAL the slot keeps.
@@ -265,26 +320,6 @@ impl Reader {
         let retained: Option<i64> = row.get(1);
         let flushed = flushed.parse::<Lsn>().map_err(anyhow::Error::msg)?;
         Ok((flushed.0, retained.unwrap_or(0)))
-    }
-
-    /// The committed transactions of a read, past what is buffered and within a pending round.
-    fn transactions(&self, rows: &[tokio_postgres::Row]) -> anyhow::Result<Vec<Committed>> {
-        let (schema, table) = self.settings.table_parts();
-        let mut outbox = Outbox::new(schema, table, Lsn(self.position.buffered_through));
-        let mut out = Vec::new();
-        for row in rows {
-            let data: Vec<u8> = row.get(0);
-            let message = decode(&Bytes::from(data)).context("a replication message")?;
-            if let Some(c) = outbox.feed(message).context("the outbox table")?
-                && self.position.pending.is_none_or(|p| c.end_lsn.0 <= p)
-            {
-                out.push(c);
-            }
-        }
-        self.metrics
-            .outbox_redelivered_transactions
-            .inc_by(outbox.redelivered());
-        Ok(out)
     }
 
     async fn save(&mut self, next: Position) -> anyhow::Result<()> {
