@@ -60,7 +60,7 @@ struct Position {
     buffered_through: u64,
     /// The sequence of the next event in the stream `outbox/<slot>`.
     next_seq: i64,
-    /// A round being appended: the transactions up to this LSN.
+    /// A slice being appended: the transactions up to this LSN.
     pending: Option<u64>,
 }
 
