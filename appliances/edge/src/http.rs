@@ -27,6 +27,7 @@ use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::records::Record;
+use schema_registry::server::{BodyError, read_body};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -200,13 +201,17 @@ async fn produce(
         .and_then(|v| v.to_str().ok());
     let format = embedded_format(content_type)?;
     let max = ingest.settings.body_bytes_max as usize;
-    let (body, _held) =
-        schema_registry::server::read_body(req.into_body(), max, &ingest.bodies, REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| {
-                let status = if e.contains("larger than") { 413 } else { 408 };
-                RestError::new(status, u32::from(status), e)
-            })?;
+    let (body, _held) = read_body(req.into_body(), max, &ingest.bodies, REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| {
+            let status = match e {
+                BodyError::TooLarge(_) => 413,
+                BodyError::TooSlow(_) => 408,
+                BodyError::Stopping => 503,
+                BodyError::Read(_) => 400,
+            };
+            RestError::new(status, u32::from(status), e.to_string())
+        })?;
     let records = parse_records(format, &body, ingest.settings.records_max)?;
     let access = Access::of_principal(&ingest.state, || {
         (principal.to_string(), peer.ip().to_string())

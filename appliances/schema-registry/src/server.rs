@@ -177,6 +177,19 @@ where
     Ok(sender)
 }
 
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body did not arrive within {0:?}")]
+    TooSlow(Duration),
+    #[error("the server is stopping")]
+    Stopping,
+    #[error("reading the body: {0}")]
+    Read(String),
+}
+
 /// Read a body of at most `max` bytes within `within`, taking memory from `bodies` as its
 /// bytes arrive (never as a length is announced). Also the edge gateway's HTTP ingest's.
 pub async fn read_body(
@@ -184,22 +197,25 @@ pub async fn read_body(
     max: usize,
     bodies: &Arc<Semaphore>,
     within: Duration,
-) -> Result<(Bytes, OwnedSemaphorePermit), String> {
+) -> Result<(Bytes, OwnedSemaphorePermit), BodyError> {
     let take = |n: usize| async move {
         Arc::clone(bodies)
             .acquire_many_owned(n as u32)
             .await
-            .map_err(|_| "the server is stopping".to_string())
+            .map_err(|_| BodyError::Stopping)
     };
     let read = async {
         let mut held = take(0).await?;
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else {
+            let Ok(data) = frame
+                .map_err(|e| BodyError::Read(e.to_string()))?
+                .into_data()
+            else {
                 continue;
             };
             if buf.len() + data.len() > max {
-                return Err(format!("the body is larger than {max} bytes"));
+                return Err(BodyError::TooLarge(max));
             }
             held.merge(take(data.len()).await?);
             buf.extend_from_slice(&data);
@@ -208,7 +224,7 @@ pub async fn read_body(
     };
     tokio::time::timeout(within, read)
         .await
-        .map_err(|_| format!("the body did not arrive within {within:?}"))?
+        .map_err(|_| BodyError::TooSlow(within))?
 }
 
 async fn answer(
