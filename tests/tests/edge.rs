@@ -954,9 +954,21 @@ fn large_payloads_reach_the_hubs_s3_by_claim_check_once_through_a_cut_upload() {
                 .collect()
         };
         assert_eq!(reference["sha256"].as_str(), Some(sha.as_str()));
+        // The checksum the gateway compares before uploading again is the one it keeps.
+        let stored = rt.block_on(client.stored_sha256(&key)).unwrap();
+        let expected = s3_client::S3Client::expected_sha256(&want, 5 << 20);
+        assert_eq!(stored, Some(expected), "event {i}: {key}'s checksum");
         keys.insert(key);
     }
     assert_eq!(keys.len(), LARGE);
+    // Each payload uploaded once at most: a batch sent again after the failed upload does
+    // not upload the payloads the gateway holds already.
+    let total: u64 = (0..LARGE).map(|i| payload(i, LARGE).len() as u64).sum();
+    let uploaded = edge_metric(&edge, "edge_claim_check_bytes_total");
+    assert!(
+        uploaded <= total,
+        "{uploaded} bytes uploaded for {total} bytes of payloads"
+    );
     let objects = rt.block_on(client.list()).unwrap();
     assert_eq!(objects.len(), LARGE, "one object per payload: {objects:?}");
 }

@@ -7,7 +7,8 @@
 //! its stream and sequence, so that sending the batch again (after a restart, a lost answer)
 //! overwrites the same object and never makes a second one. The upload is checked by the
 //! server byte for byte (SHA-256, per part when multipart) and complete before the batch is
-//! sent: an event never reaches the hub before its payload. The reference is JSON with a
+//! sent: an event never reaches the hub before its payload. An object already there with the
+//! checksum this payload's upload leaves (a batch sent again) is not uploaded again. The reference is JSON with a
 //! fixed field order, so that the batch is the same bytes every time it is sent (the hub's
 //! idempotence compares batches):
 //!
@@ -70,8 +71,10 @@ impl ClaimCheck {
         large || header(r, CLAIM_HEADER).is_some()
     }
 
-    /// Upload `r`'s payload (record `offset` of stream `stream`) and return the record to
-    /// forward in its place.
+    /// Upload `r`'s payload (record `offset` of stream `stream`) unless the S3 gateway holds
+    /// it already, whole (its stored checksum is the one this payload's upload leaves: a
+    /// batch sent again after a lost answer or a restart does not upload its payloads
+    /// again); the record to forward in its place, and the bytes uploaded.
     pub async fn check_in(
         &self,
         stream: &StreamId,
@@ -86,10 +89,16 @@ impl ClaimCheck {
             .to_string();
         let size = value.len() as u64;
         let part_bytes = self.settings.part_bytes as usize;
-        let sha256 = self
-            .s3
-            .put_verified(&key, value, &content_type, part_bytes)
-            .await?;
+        let expected = s3_client::S3Client::expected_sha256(&value, part_bytes);
+        let (sha256, uploaded) = if self.s3.stored_sha256(&key).await? == Some(expected) {
+            (s3_client::sha256(&value), 0)
+        } else {
+            let sha256 = self
+                .s3
+                .put_verified(&key, value, &content_type, part_bytes)
+                .await?;
+            (sha256, size)
+        };
         let reference = Reference {
             bucket: &self.settings.bucket,
             key: &key,
@@ -105,7 +114,7 @@ impl ClaimCheck {
             StrBytes::from_static_str(CLAIM_HEADER),
             Some(Bytes::from_static(b"v1")),
         );
-        Ok((out, size))
+        Ok((out, uploaded))
     }
 }
 

@@ -61,7 +61,8 @@ pub struct EdgeMetrics {
     pub outbox_errors: Counter,
     /// Transactions the slot delivered again (after a PostgreSQL crash) and that were skipped.
     pub outbox_redelivered_transactions: Counter,
-    /// Payloads uploaded to the hub's S3 gateway, and their bytes.
+    /// Payloads sent by claim check (each time their batch was sent), and the bytes uploaded
+    /// (a payload the S3 gateway holds already, whole, is not uploaded again).
     pub claim_checks: Family<TopicLabel, Counter>,
     pub claim_check_bytes: Counter,
     /// `<topic>-value` Avro subjects the gateway validates against.
@@ -129,7 +130,7 @@ impl EdgeMetrics {
         );
         r.register(
             "claim_checks",
-            "Payloads uploaded to the hub's S3 gateway (each time their batch was sent)",
+            "Payloads sent by claim check (each time their batch was sent)",
             m.claim_checks.clone(),
         );
         r.register(

@@ -141,6 +141,46 @@ impl S3Client {
         Ok(sha256)
     }
 
+    /// The SHA-256 checksum the server keeps for an object (`x-amz-checksum-sha256` of a HEAD
+    /// with checksum mode on): what [`S3Client::expected_sha256`] gives for a
+    /// [`S3Client::put_verified`] upload. `None` when the object, or its checksum, is missing.
+    pub async fn stored_sha256(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut action = self.bucket.head_object(Some(&self.credentials), key);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-mode", "ENABLED");
+        let url = action.sign(VALID_FOR);
+        let headers = [("x-amz-checksum-mode", "ENABLED")];
+        let resp = self.request_with("HEAD", url, &headers, empty()).await?;
+        let status = resp.status();
+        if status == hyper::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            bail!("HEAD {key}: {status}");
+        }
+        Ok(resp
+            .headers()
+            .get("x-amz-checksum-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
+    /// The checksum the server keeps after [`S3Client::put_verified`] uploads `data`: its
+    /// SHA-256 in base64, or over `part_bytes` the multipart "composite" (the SHA-256 of the
+    /// parts' SHA-256s, then `-<parts>`).
+    pub fn expected_sha256(data: &[u8], part_bytes: usize) -> String {
+        if data.len() <= part_bytes {
+            return b64(&sha256(data));
+        }
+        let parts: Vec<u8> = data.chunks(part_bytes).flat_map(sha256).collect();
+        format!(
+            "{}-{}",
+            b64(&sha256(&parts)),
+            data.len().div_ceil(part_bytes)
+        )
+    }
+
     async fn put_multipart(
         &self,
         key: &str,
@@ -151,9 +191,16 @@ impl S3Client {
         let mut create = self
             .bucket
             .create_multipart_upload(Some(&self.credentials), key);
-        create.headers_mut().insert("content-type", content_type);
+        // With the algorithm named, the server keeps the composite checksum of the parts'
+        // SHA-256s, which `stored_sha256` reads back.
+        let headers = [
+            ("content-type", content_type),
+            ("x-amz-checksum-algorithm", "SHA256"),
+        ];
+        for (k, v) in headers {
+            create.headers_mut().insert(k, v);
+        }
         let url = create.sign(VALID_FOR);
-        let headers = [("content-type", content_type)];
         let (status, text) = self.send_with("POST", url, &headers, empty()).await?;
         if !status.is_success() {
             bail!(
@@ -188,7 +235,7 @@ impl S3Client {
                 .map(str::to_string);
             let text = resp.into_body().collect().await?.to_bytes();
             match (status.is_success(), etag) {
-                (true, Some(etag)) => etags.push(etag),
+                (true, Some(etag)) => etags.push((etag, checksum)),
                 _ => bail!(
                     "part {number} of {key}: {status}: {}",
                     String::from_utf8_lossy(&text)
@@ -199,10 +246,26 @@ impl S3Client {
             Some(&self.credentials),
             key,
             &upload_id,
-            etags.iter().map(String::as_str),
+            etags.iter().map(|(e, _)| e.as_str()),
         );
         let url = complete.sign(VALID_FOR);
-        let body = Bytes::from(complete.body());
+        // Written here rather than by rusty-s3, whose body has no part checksums: S3 wants
+        // each part's checksum when the upload named its algorithm.
+        let parts: String = etags
+            .iter()
+            .enumerate()
+            .map(|(i, (etag, checksum))| {
+                format!(
+                    "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>\
+                     <ChecksumSHA256>{checksum}</ChecksumSHA256></Part>",
+                    i + 1,
+                    xml_text(etag)
+                )
+            })
+            .collect();
+        let body = Bytes::from(format!(
+            "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{parts}</CompleteMultipartUpload>"
+        ));
         let (status, text) = self.send_with("POST", url, &[], full(body)).await?;
         // S3 may answer 200 with an error inside the body.
         if !status.is_success() || String::from_utf8_lossy(&text).contains("<Error>") {
@@ -331,7 +394,16 @@ fn full(data: Bytes) -> Body {
     Full::new(data).map_err(|never| match never {}).boxed()
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
+/// `s` as XML text.
+fn xml_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// SHA-256, as [`S3Client::put_verified`] computes it.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
 }
@@ -343,4 +415,23 @@ fn b64(bytes: &[u8]) -> String {
 
 fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expected_checksum_is_plain_or_composite_by_size() {
+        let data = vec![7u8; 10];
+        assert_eq!(S3Client::expected_sha256(&data, 10), b64(&sha256(&data)));
+        let parts: Vec<u8> = [&data[..4], &data[4..8], &data[8..]]
+            .iter()
+            .flat_map(|p| sha256(p))
+            .collect();
+        assert_eq!(
+            S3Client::expected_sha256(&data, 4),
+            format!("{}-3", b64(&sha256(&parts)))
+        );
+    }
 }
