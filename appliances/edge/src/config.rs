@@ -340,14 +340,6 @@ fn default_retry_backoff_max() -> Duration {
 const BUFFER_SEGMENT_BYTES_MAX: u64 = 64 << 20;
 const BUFFER_SEGMENT_AGE_MAX: Duration = Duration::from_secs(3600);
 
-/// Topic names Kafka accepts (`[a-zA-Z0-9._-]`, at most 249 characters).
-fn is_topic_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 249
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 impl EdgeConfig {
     /// The hub topic a local topic is forwarded to.
     pub fn hub_topic<'a>(&'a self, local: &'a str) -> &'a str {
@@ -476,7 +468,7 @@ impl ForwardSettings {
             .chain(self.rename.keys())
             .chain(self.rename.values())
         {
-            if !is_topic_name(t) {
+            if broker::topics::validate_name(t).is_err() {
                 return Err(format!("forward: {t:?} is not a topic name"));
             }
         }

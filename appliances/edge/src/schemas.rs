@@ -160,7 +160,10 @@ impl Schemas {
     /// Ask the hub's registry for what changed; whether anything did.
     async fn refresh(&self, client: &RegistryClient) -> anyhow::Result<bool> {
         let mut subjects: Vec<String> = client.get("/subjects").await?;
-        subjects.retain(|s| s.strip_suffix(SUFFIX).is_some_and(is_topic_name));
+        subjects.retain(|s| {
+            s.strip_suffix(SUFFIX)
+                .is_some_and(|t| broker::topics::validate_name(t).is_ok())
+        });
         subjects.truncate(SUBJECTS_MAX);
         let old = self.known.read().file.clone();
         let mut file = CacheFile::default();
@@ -251,13 +254,6 @@ pub fn datum_error(schema: &Schema, id: i32, mut datum: &[u8]) -> Option<String>
         )),
         Err(e) => Some(format!("the value does not match schema id {id}: {e}")),
     }
-}
-
-fn is_topic_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 249
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `json` as an Avro datum of `schema`, framed as Confluent's serializers frame it.
