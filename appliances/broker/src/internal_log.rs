@@ -140,13 +140,24 @@ fn encode<T: Serialize>(records: &[T]) -> Bytes {
     }))
 }
 
+/// A record's headers, as kafka-protocol holds them.
+pub type Headers = indexmap::IndexMap<kafka_protocol::protocol::StrBytes, Option<Bytes>>;
+
 /// `(key, value)` pairs as one uncompressed batch of an internal topic (offsets from 0, no
 /// producer id; the log assigns the real offsets).
 pub fn encode_batch(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>)>) -> Bytes {
+    encode_records(records.map(|(key, value)| (key, value, Headers::default())))
+}
+
+/// `(key, value, headers)` as one uncompressed batch, stamped now (offsets from 0, no
+/// producer id): what an embedding appliance appends in-process, too.
+pub fn encode_records(
+    records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, Headers)>,
+) -> Bytes {
     let now = now_ms();
     let records: Vec<Record> = records
         .enumerate()
-        .map(|(i, (key, value))| Record {
+        .map(|(i, (key, value, headers))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -160,7 +171,7 @@ pub fn encode_batch(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>)
             timestamp: now,
             key,
             value,
-            headers: Default::default(),
+            headers,
         })
         .collect();
     let mut buf = BytesMut::new();

@@ -151,7 +151,7 @@ mod tests {
             if marked {
                 headers.insert(StrBytes::from_static_str(CLAIM_HEADER), None);
             }
-            crate::local::record(None, Some(Bytes::copy_from_slice(value)), headers, 0)
+            crate::local::decoded((None, Some(Bytes::copy_from_slice(value)), headers))
         };
         assert!(!cc.wants(&record(b"0123456789", false)));
         assert!(cc.wants(&record(b"0123456789a", false)));

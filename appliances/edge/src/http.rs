@@ -26,7 +26,6 @@ use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::Record;
 use schema_registry::server::{BodyError, read_body};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
@@ -228,7 +227,7 @@ async fn produce(
             TopicRefused::Create(..) => RestError::new(422, 42200, e.to_string()),
         })?;
     let keyless = ingest.keyless.fetch_add(1, Ordering::Relaxed) as i32;
-    let mut batches: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
+    let mut batches: BTreeMap<TopicPartition, Vec<local::Entry>> = BTreeMap::new();
     let mut places = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {
         let partition = match r.partition {
@@ -251,7 +250,7 @@ async fn produce(
         };
         let batch = batches.entry((topic.to_string(), partition)).or_default();
         places.push((partition, batch.len()));
-        batch.push(local::record(r.key, value, Default::default(), batch.len()));
+        batch.push((r.key, value, Default::default()));
     }
     let appended = local::append(&ingest.state, &access, batches).await;
     let results: Vec<Result<(i32, i64), Refused>> = places

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use broker::authz::Access;
+use broker::internal_log::{Headers, encode_records};
 use broker::state::BrokerState;
 use broker::topics::{NewTopic, TopicError};
 use bytes::{Bytes, BytesMut};
@@ -14,9 +15,6 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 /// How long an append may wait for its fsync before it is answered with a timeout.
 const APPEND_TIMEOUT_MS: i32 = 30_000;
@@ -44,51 +42,31 @@ impl std::fmt::Display for Refused {
     }
 }
 
-/// A record as the gateway writes it: its index in its batch, now as its time.
-pub fn record(
-    key: Option<Bytes>,
-    value: Option<Bytes>,
-    headers: IndexMap<StrBytes, Option<Bytes>>,
-    index: usize,
-) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: index as i64,
-        sequence: -1,
-        timestamp: broker::partition::now_ms(),
-        key,
-        value,
-        headers,
-    }
-}
+/// A record as the gateway writes it: key, value and headers (stamped when encoded).
+pub type Entry = (Option<Bytes>, Option<Bytes>, Headers);
 
-/// Append one batch per partition and wait until each is fsynced (acks=all on the one-node
-/// buffer); each partition's first offset, or why it was refused.
+/// Bytes of keys, values and headers one batch holds at most: below the buffer's default
+/// `max.message.bytes` (1 MiB), so a partition's records go in as several batches when they
+/// are more. The split depends only on the records, so the same records are always the same
+/// batches (the outbox reader's de-duplication relies on it).
+const BATCH_BYTES_MAX: usize = 512 << 10;
+
+/// Append each partition's records (in one request: batches of [`BATCH_BYTES_MAX`]) and wait
+/// until they are fsynced (acks=all on the one-node buffer); each partition's first offset,
+/// or why it was refused.
 pub async fn append(
     state: &Arc<BrokerState>,
     access: &Access,
-    batches: BTreeMap<TopicPartition, Vec<Record>>,
+    batches: BTreeMap<TopicPartition, Vec<Entry>>,
 ) -> BTreeMap<TopicPartition, Result<i64, Refused>> {
     let mut out = BTreeMap::new();
     let mut topics: IndexMap<String, Vec<PartitionProduceData>> = IndexMap::new();
     for ((topic, partition), records) in batches {
-        match encode(&records) {
-            Ok(bytes) => topics.entry(topic).or_default().push(
-                PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(bytes)),
-            ),
-            Err(message) => {
-                let code = ResponseError::CorruptMessage.code();
-                out.insert((topic, partition), Err(Refused { code, message }));
-            }
-        }
+        topics.entry(topic).or_default().push(
+            PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(encode(records))),
+        );
     }
     let sent: Vec<TopicPartition> = topics
         .iter()
@@ -132,16 +110,40 @@ pub async fn append(
     out
 }
 
-/// Encode records as one uncompressed batch (the forwarder compresses for the WAN).
-fn encode(records: &[Record]) -> Result<Bytes, String> {
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
+/// Records as uncompressed batches of at most [`BATCH_BYTES_MAX`] (one record over it goes
+/// alone), one after the other (the forwarder compresses for the WAN).
+fn encode(records: Vec<Entry>) -> Bytes {
+    let size = |(k, v, h): &Entry| {
+        let headers: usize = h
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
+        k.as_ref().map_or(0, Bytes::len) + v.as_ref().map_or(0, Bytes::len) + headers
     };
-    RecordBatchEncoder::encode(&mut buf, records, &options)
-        .map_err(|e| format!("encoding records: {e}"))?;
-    Ok(buf.freeze())
+    let mut out = BytesMut::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for r in records {
+        let n = size(&r);
+        if !batch.is_empty() && bytes + n > BATCH_BYTES_MAX {
+            out.extend_from_slice(&encode_records(batch.drain(..)));
+            bytes = 0;
+        }
+        bytes += n;
+        batch.push(r);
+    }
+    if !batch.is_empty() {
+        out.extend_from_slice(&encode_records(batch.into_iter()));
+    }
+    out.freeze()
+}
+
+/// A record as the log gives it back after it was written as `entry` (tests).
+#[cfg(test)]
+pub fn decoded(entry: Entry) -> kafka_protocol::records::Record {
+    let batch = encode(vec![entry]);
+    durable_log::records::decode_records(&batch)
+        .expect("a batch just encoded decodes")
+        .remove(0)
 }
 
 /// Why a topic cannot be written to.
@@ -180,5 +182,39 @@ pub async fn partitions(
             .map(|t| (t.partitions, t.configs.clone()))
             .ok_or_else(|| TopicRefused::Unknown(topic.into())),
         Err(e) => Err(TopicRefused::Create(topic.into(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches(records: Vec<Entry>) -> Vec<usize> {
+        let bytes = encode(records);
+        durable_log::split_batches(&bytes)
+            .expect("batches")
+            .iter()
+            .map(|b| b.header.records_count as usize)
+            .collect()
+    }
+
+    #[test]
+    fn records_go_in_as_few_batches_as_the_size_limit_allows() {
+        let small = |i: usize| (None, Some(Bytes::from(format!("v{i}"))), Headers::default());
+        assert_eq!(batches((0..1000).map(small).collect()), vec![1000]);
+        let big = || {
+            (
+                None,
+                Some(Bytes::from(vec![0u8; 200 << 10])),
+                Headers::default(),
+            )
+        };
+        assert_eq!(batches((0..5).map(|_| big()).collect()), vec![2, 2, 1]);
+        let huge = (
+            None,
+            Some(Bytes::from(vec![0u8; 600 << 10])),
+            Headers::default(),
+        );
+        assert_eq!(batches(vec![small(0), huge, small(1)]), vec![1, 1, 1]);
     }
 }

@@ -30,7 +30,6 @@ use durable_log::streams::{SEQUENCE_HEADER, STREAM_HEADER};
 use futures::TryStreamExt;
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::Record;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -355,18 +354,19 @@ impl Reader {
         Ok(())
     }
 
-    /// Append a round's events, one batch per buffer partition, and wait until they are
-    /// fsynced.
+    /// Append a slice's events to their buffer partitions and wait until they are fsynced.
     async fn append(&mut self, events: &[&OutboxEvent]) -> anyhow::Result<()> {
-        let mut batches: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
+        let mut batches: BTreeMap<TopicPartition, Vec<local::Entry>> = BTreeMap::new();
         // Sequences in commit order: they grow within every partition, as the stream's
         // de-duplication needs.
         for (seq, e) in (self.position.next_seq..).zip(events) {
             let topic = e.topic();
             let partitions = self.partition_count(&topic).await?;
             let partition = hub_partition(Some(&e.aggregate_id), 0, partitions);
-            let batch = batches.entry((topic, partition)).or_default();
-            batch.push(self.record(e, seq, batch.len()));
+            batches
+                .entry((topic, partition))
+                .or_default()
+                .push(self.record(e, seq));
         }
         let access = broker::authz::Access::everything();
         for ((topic, partition), result) in local::append(&self.state, &access, batches).await {
@@ -377,8 +377,8 @@ impl Reader {
         Ok(())
     }
 
-    /// An event as a record, `index` in its batch, with its id, type, stream and sequence.
-    fn record(&self, e: &OutboxEvent, seq: i64, index: usize) -> Record {
+    /// An event as a record, with its id, type, stream and sequence.
+    fn record(&self, e: &OutboxEvent, seq: i64) -> local::Entry {
         let mut headers = IndexMap::new();
         let mut header = |name: &'static str, value: Bytes| {
             headers.insert(StrBytes::from_static_str(name), Some(value));
@@ -387,12 +387,7 @@ impl Reader {
         header("type", e.event_type.clone());
         header(STREAM_HEADER, self.stream.clone());
         header(SEQUENCE_HEADER, Bytes::copy_from_slice(&seq.to_be_bytes()));
-        local::record(
-            Some(e.aggregate_id.clone()),
-            e.payload.clone(),
-            headers,
-            index,
-        )
+        (Some(e.aggregate_id.clone()), e.payload.clone(), headers)
     }
 
     /// The partition count of an outbox topic, created (de-duplicating by stream) if missing.

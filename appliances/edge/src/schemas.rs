@@ -337,7 +337,7 @@ mod tests {
     }
 
     fn record(value: Option<Bytes>) -> Record {
-        crate::local::record(None, value, Default::default(), 0)
+        crate::local::decoded((None, value, Default::default()))
     }
 
     #[test]
