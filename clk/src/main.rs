@@ -9,6 +9,7 @@
 
 mod bench;
 mod cluster;
+mod edge;
 mod image;
 mod lab;
 mod pki;
@@ -79,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         what: cluster::ClusterCommand,
     },
+    /// An edge gateway's parked events: list, release or drop a key.
+    Edge {
+        #[command(subcommand)]
+        what: edge::EdgeCommand,
+    },
     /// The hub's private PKI: CAs, appliance and branch certificates, renewal, revocation
     /// (CRL), cloud-init user-data.
     Pki {
@@ -115,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { what } => runtime.block_on(bench::run(what)),
         Command::Image { what } => image::run(what),
         Command::Cluster { what } => runtime.block_on(cluster::run(what)),
+        Command::Edge { what } => runtime.block_on(edge::run(what)),
         Command::Lab { what } => runtime.block_on(lab::run(what)),
         Command::Pki { what } => pki::run(what),
         Command::Vm {

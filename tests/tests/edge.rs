@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use e2e::acked::{self, Producer};
-use e2e::clients::{http_post, kcat_consume_all, metric};
+use e2e::clients::{http_json, http_post, kcat_consume_all, metric};
 use e2e::edge::Edge;
 use e2e::postgres::Postgres;
 use e2e::proxy::ChaosProxy;
@@ -545,9 +545,16 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
     wait_until("the slot's transactions to come again", T, || {
         (edge_metric(&edge, "edge_outbox_redelivered_transactions_total") > 0).then_some(())
     });
+    // A row whose aggregatetype makes no topic name goes to outbox.invalid; the rows after
+    // it flow on.
+    pg.sql(
+        "INSERT INTO outbox VALUES (gen_random_uuid(), 'bad type', 'agg-x', 'Created', \
+         '{\"bad\": true}');",
+    );
     let total = total + 1_000;
     insert_outbox(&pg, total - 1_000, total, 5);
     wait_outbox_buffered(&edge, &pg);
+    assert_eq!(edge_metric(&edge, "edge_outbox_invalid_rows_total"), 1);
 
     // The WAN is back; the hub broker crashes while the backlog drains.
     proxy.set_target(hub.kafka);
@@ -570,6 +577,16 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
         (r.len() as u64 >= total).then_some(r)
     });
     check_outbox_at_hub(&at_hub, total);
+    let invalid = wait_until("the invalid row at the hub", T, || {
+        let r = kcat_consume_all(&hub.bootstrap(), "outbox.invalid", "%h %s\n", T);
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(
+        invalid[0].contains("clk-outbox-error=aggregatetype makes no topic name")
+            && invalid[0].ends_with(r#"{"bad": true}"#),
+        "{invalid:?}"
+    );
     let report = producer.stop(T);
     let acks = acked::read_acked(&acked_file);
     wait_until("the gateway to have forwarded its whole buffer", T, || {
@@ -971,4 +988,267 @@ fn large_payloads_reach_the_hubs_s3_by_claim_check_once_through_a_cut_upload() {
     );
     let objects = rt.block_on(client.list()).unwrap();
     assert_eq!(objects.len(), LARGE, "one object per payload: {objects:?}");
+}
+
+/// The hub's admin call of the gateway: `method path` with the admin token and a JSON body.
+fn edge_admin(
+    edge: &Edge,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", edge.admin);
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, &url])
+        .args(["-H", &format!("Authorization: Bearer {}", e2e::ADMIN_TOKEN)]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or_default(),
+    )
+}
+
+/// `(key, records, reason)` of every parked key, by key.
+fn parked_keys(edge: &Edge) -> BTreeMap<String, (u64, String)> {
+    let (status, list) = edge_admin(edge, "GET", "/v1/parked", None);
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            let key = v["key"].as_str().expect("text keys").to_string();
+            let reason = v["reason"].as_str().unwrap().to_string();
+            (key, (v["records"].as_u64().unwrap(), reason))
+        })
+        .collect()
+}
+
+/// `key:value` lines for kcat: events `from..to` keyed `k<i % 8>`, and after event
+/// `poison_after` (when in range) a poison event of `poison_key`: 200 KB the hub refuses.
+fn keyed_events(from: usize, to: usize, poison: &[(usize, usize)]) -> String {
+    let mut out = String::new();
+    for i in from..to {
+        out.push_str(&format!("k{}:v-{i}\n", i % 8));
+        for (after, key) in poison {
+            if *after == i {
+                // Random hex: lz4 cannot shrink it under the hub's limit.
+                let hex: String = e2e::clients::noise(i as u64, 100_000)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                out.push_str(&format!("k{key}:poison-{i}-{hex}\n"));
+            }
+        }
+    }
+    out
+}
+
+fn kcat_keyed(edge: &Edge, input: &str) {
+    let args = [
+        "-b",
+        &edge.bootstrap(),
+        "-P",
+        "-t",
+        TOPIC,
+        "-K:",
+        "-X",
+        "acks=all",
+    ];
+    e2e::clients::kcat(&args, Some(input.as_bytes()), T);
+}
+
+/// Each key's values at the hub (poison values shortened to `poison-<i>`).
+fn hub_values(hub: &Broker) -> HashMap<String, Vec<String>> {
+    let lines = kcat_consume_all(&hub.bootstrap(), TOPIC, "%k %s\n", T);
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for l in lines {
+        let (k, v) = l.split_once(' ').expect("key and value");
+        let v = match v.strip_prefix("poison-") {
+            Some(rest) => format!("poison-{}", rest.split('-').next().unwrap()),
+            None => v.to_string(),
+        };
+        out.entry(k.to_string()).or_default().push(v);
+    }
+    out
+}
+
+/// What key `k<key>` holds after events `0..to` with the poison events in `poison`.
+fn expected_values(key: usize, to: usize, poison: &[(usize, usize)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..to {
+        if i % 8 == key {
+            out.push(format!("v-{i}"));
+        }
+        if poison.contains(&(i, key)) {
+            out.push(format!("poison-{i}"));
+        }
+    }
+    out
+}
+
+/// An event the hub refuses for good (larger than the hub topic's `max.message.bytes`) is
+/// parked at the branch, counted and listed; the events of its key wait behind it, in order,
+/// through a crash of the gateway; every other key flows on. Released by an operator (after
+/// the hub's limit is raised), the key's events reach the hub in order, once; dropped, they
+/// never do, and the key's new events flow again.
+#[test]
+fn a_poison_event_waits_with_its_key_while_other_keys_flow_until_an_operator_acts() {
+    let hub = Broker::start_with(&format!(
+        "[topics]\npartitions = {HUB_PARTITIONS}\nmax_message_bytes = 65536\n"
+    ));
+    let mut edge = Edge::start(
+        &hub.bootstrap(),
+        "[buffer.topics]\npartitions = 2\n[forward]\nlinger = \"20ms\"\nbatch_bytes = 16384\n",
+    );
+    // k3 is poisoned after event 99, k5 after event 199.
+    let poison = [(99, 3), (199, 5)];
+    kcat_keyed(&edge, &keyed_events(0, 300, &poison));
+    // k3: the poison event and the 25 of k3 after it; k5: the poison and 12 after it.
+    let want = BTreeMap::from([
+        ("k3".to_string(), (26, "MessageTooLarge".to_string())),
+        ("k5".to_string(), (13, "MessageTooLarge".to_string())),
+    ]);
+    wait_until("the poison events and their keys parked", T, || {
+        (parked_keys(&edge) == want && drained(&edge)).then_some(())
+    });
+    let at_hub = hub_values(&hub);
+    for key in [0, 1, 2, 4, 6, 7] {
+        assert_eq!(
+            at_hub[&format!("k{key}")],
+            expected_values(key, 300, &poison),
+            "k{key} flows on"
+        );
+    }
+    // Before the poison only.
+    assert_eq!(at_hub["k3"], expected_values(3, 100, &[]));
+    assert_eq!(at_hub["k5"], expected_values(5, 200, &[]));
+    let parked_metric = |edge: &Edge| {
+        (0..2)
+            .map(|p| {
+                let name = format!("edge_parked_records{{topic=\"{TOPIC}\",partition=\"{p}\"}}");
+                metric(&edge.metrics_url(), &name).unwrap_or(0.0) as u64
+            })
+            .sum::<u64>()
+    };
+    assert_eq!(parked_metric(&edge), 39);
+
+    // Parked keys survive a crash, and their new events still wait behind the poison.
+    edge.kill9();
+    edge.restart();
+    kcat_keyed(&edge, &keyed_events(300, 320, &[]));
+    // k3's 307 and 315, k5's 301, 309 and 317.
+    let want = BTreeMap::from([
+        ("k3".to_string(), (28, "MessageTooLarge".to_string())),
+        ("k5".to_string(), (16, "MessageTooLarge".to_string())),
+    ]);
+    wait_until("new events parked behind the poison", T, || {
+        (parked_keys(&edge) == want && drained(&edge)).then_some(())
+    });
+    // Only with the admin token.
+    let k3 = format!(
+        r#"{{"topic":"{TOPIC}","partition":{},"key":"k3"}}"#,
+        local_partition(&edge, "k3")
+    );
+    let (status, _) = http_json(
+        "POST",
+        &format!("http://{}/v1/parked/release", edge.admin),
+        Some(&k3),
+    );
+    assert_eq!(status, 401, "a release needs the admin's token");
+
+    // The hub takes larger events now: k3 is released and reaches the hub whole, in order.
+    let raised = e2e::clients::python(
+        "ck_topic_config.py",
+        &[
+            "--bootstrap",
+            &hub.bootstrap(),
+            "--topic",
+            TOPIC,
+            "--set",
+            "max.message.bytes=1048576",
+        ],
+        T,
+    );
+    assert_eq!(raised["max.message.bytes"], "1048576");
+    // Through the operator's CLI.
+    let partition = local_partition(&edge, "k3").to_string();
+    let admin = edge.admin.to_string();
+    let mut clk = std::process::Command::new(e2e::broker::bin("clk"));
+    clk.args(["edge", "release", "--admin", &admin, "--topic", TOPIC])
+        .args(["--partition", &partition, "--key", "k3"])
+        .env("CLK_ADMIN_TOKEN", e2e::ADMIN_TOKEN);
+    let out = e2e::clients::run(clk, None, T);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("k3 released", T, || {
+        (!parked_keys(&edge).contains_key("k3")).then_some(())
+    });
+    // k5 is dropped: its poison and the events behind it never reach the hub.
+    let k5 = format!(
+        r#"{{"topic":"{TOPIC}","partition":{},"key":"k5"}}"#,
+        local_partition(&edge, "k5")
+    );
+    assert_eq!(
+        edge_admin(&edge, "POST", "/v1/parked/drop", Some(&k5)).0,
+        202
+    );
+    wait_until("k5 dropped", T, || {
+        parked_keys(&edge).is_empty().then_some(())
+    });
+    assert_eq!(
+        edge_admin(&edge, "POST", "/v1/parked/drop", Some(&k5)).0,
+        404
+    );
+    kcat_keyed(&edge, &keyed_events(320, 340, &[]));
+    wait_until("the gateway to have forwarded its whole buffer", T, || {
+        drained(&edge).then_some(())
+    });
+
+    let at_hub = hub_values(&hub);
+    assert_eq!(
+        at_hub["k3"],
+        expected_values(3, 340, &poison),
+        "k3 whole, in order, once"
+    );
+    let mut k5 = expected_values(5, 200, &[]);
+    k5.extend(
+        expected_values(5, 340, &[])
+            .into_iter()
+            .filter(|v| number(v) >= 320),
+    );
+    assert_eq!(at_hub["k5"], k5, "k5 without what was dropped");
+    for key in [0, 1, 2, 4, 6, 7] {
+        assert_eq!(
+            at_hub[&format!("k{key}")],
+            expected_values(key, 340, &poison),
+            "k{key}"
+        );
+    }
+    assert_eq!(parked_metric(&edge), 0);
+    let counter = |name: &str| {
+        let name = format!("{name}{{topic=\"{TOPIC}\"}}");
+        metric(&edge.metrics_url(), &name).unwrap_or(0.0) as u64
+    };
+    assert_eq!(counter("edge_released_records_total"), 28);
+    assert_eq!(counter("edge_dropped_records_total"), 16);
+}
+
+/// The local partition a key is buffered in (the gateway's two partitions, by Kafka's
+/// default partitioner, as kcat's librdkafka picks them: consistent_random = murmur2).
+fn local_partition(edge: &Edge, key: &str) -> i32 {
+    let (_, list) = edge_admin(edge, "GET", "/v1/parked", None);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == key)
+        .map(|v| v["partition"].as_i64().unwrap() as i32)
+        .unwrap_or_else(|| panic!("{key} is not parked: {list}"))
 }

@@ -178,6 +178,8 @@ pub struct Embedding {
     pub ingest: Option<Arc<dyn crate::state::IngestGate>>,
     /// Checks records of the topics it names before they are appended.
     pub record_check: Option<Arc<dyn crate::state::RecordCheck>>,
+    /// The embedding appliance's own routes on the admin port.
+    pub admin_routes: Option<Arc<dyn telemetry::AdminRoutes>>,
 }
 
 /// [`start`], embedded in another appliance.
@@ -222,6 +224,7 @@ pub async fn start_with(
         Some(admin_routes(
             Arc::clone(&cluster_routes) as Arc<dyn telemetry::AdminRoutes>,
             config.tls.as_ref(),
+            embedding.admin_routes,
         )),
         config.admin.access(config.tls.as_ref())?,
         shutdown.clone(),
@@ -640,12 +643,17 @@ impl BrokerHandle {
 pub(crate) fn admin_routes(
     cluster: Arc<dyn telemetry::AdminRoutes>,
     tls: Option<&tls::TlsSettings>,
+    embedded: Option<Arc<dyn telemetry::AdminRoutes>>,
 ) -> Arc<dyn telemetry::AdminRoutes> {
-    match tls {
-        None => cluster,
-        Some(t) => Arc::new(telemetry::Routes(vec![
-            cluster,
-            Arc::new(telemetry::TlsFilesRoute(t.clone())),
-        ])),
+    let mut routes = vec![cluster];
+    routes.extend(
+        tls.map(|t| {
+            Arc::new(telemetry::TlsFilesRoute(t.clone())) as Arc<dyn telemetry::AdminRoutes>
+        }),
+    );
+    routes.extend(embedded);
+    match routes.len() {
+        1 => routes.pop().expect("one route set"),
+        _ => Arc::new(telemetry::Routes(routes)),
     }
 }

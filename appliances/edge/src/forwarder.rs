@@ -8,9 +8,14 @@
 //! whole before the next is planned (one round in flight per stream): simple, and enough for
 //! a branch's rates; the journal allows up to five.
 //!
-//! What the hub refuses for good (too large, not authorized) blocks its stream, counted and
-//! logged, until an operator acts: parking such an event and letting other keys flow on is
-//! still to come (issue 13).
+//! A batch the hub refuses for something in its records (too large, invalid, a timestamp
+//! out of range) is split: its records go one per batch, in order, and the one refused alone
+//! is *parked*: copied beside the journal ([`crate::parked`]), journaled, counted, shown on
+//! the admin port ([`crate::parking`]). The records of its key after it are parked behind it
+//! (diverted as rounds are planned), so the key's order holds; other keys flow on. An
+//! operator releases the key (its records go to the hub in order, then the key is free) or
+//! drops it. What the hub refuses for the topic as a whole (not authorized, a policy) blocks
+//! the stream, counted and logged, until an operator acts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,10 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ForwardSettings;
 use crate::hub::{Hub, HubError, TopicLayout};
-use crate::journal::{Batch, Entry, JournalFile, LocalOffset, Round, Stream};
+use crate::journal::{
+    Batch, Entry, JournalFile, LocalOffset, PARKED_RECORDS_MAX, ParkKey, Round, Stream,
+};
 use crate::limits::Cursors;
 use crate::metrics::EdgeMetrics;
 use crate::outgoing::{self, StreamId};
+use crate::parked::ParkedStore;
+use crate::parking::{Action, Parking};
 use crate::partitioner::hub_partition;
 
 /// Journal appends after which the journal is rewritten as a snapshot of its state.
@@ -49,6 +58,8 @@ pub struct Forwarding {
     pub cursors: Cursors,
     /// Large payloads to the hub's S3 gateway (`[claim_check]`).
     pub claim_check: Option<crate::claim_check::ClaimCheck>,
+    /// Parked keys shown to the operator, and the operator's requests.
+    pub parking: Arc<Parking>,
 }
 
 /// Why a step stopped short.
@@ -67,6 +78,10 @@ enum StepError {
     /// A payload could not be uploaded to the hub's S3 gateway: its batch waits.
     #[error("the claim check: {0}")]
     ClaimCheck(String),
+    /// A record to park, but [`PARKED_RECORDS_MAX`] are parked already: the stream waits
+    /// for an operator.
+    #[error("{0} records are parked already: release or drop some")]
+    ParkedFull(usize),
 }
 
 /// One stream's state and the I/O it needs.
@@ -78,6 +93,10 @@ struct StreamTask {
     journal: Arc<std::sync::Mutex<JournalFile>>,
     appends: u32,
     stream: Stream,
+    parked: ParkedStore,
+    /// Keys an operator released whose records are still parked (in memory: after a
+    /// restart the rest of a key waits for the operator again, in order).
+    releases: Vec<ParkKey>,
 }
 
 /// Forward `local` to `hub_topic` until `stop`.
@@ -172,18 +191,26 @@ impl StreamTask {
             local.topic_id.simple()
         ));
         let start = local.offsets().log_start;
-        let (file, stream, fresh) = tokio::task::spawn_blocking(move || {
+        let parked_dir = path.with_extension("parked");
+        let (file, stream, fresh, parked) = tokio::task::spawn_blocking(move || {
             let (mut file, entries) =
                 JournalFile::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-            if entries.is_empty() {
+            let fresh = entries.is_empty();
+            let stream = if fresh {
                 let stream = Stream::new(LocalOffset(start));
                 file.append(&stream.snapshot())
                     .map_err(|e| format!("writing {}: {e}", path.display()))?;
-                return Ok((file, stream, true));
-            }
-            let stream = Stream::replay(entries)
-                .map_err(|e| format!("replaying {}: {e}", path.display()))?;
-            Ok((file, stream, false))
+                stream
+            } else {
+                Stream::replay(entries).map_err(|e| format!("replaying {}: {e}", path.display()))?
+            };
+            let parked = ParkedStore::open(parked_dir.clone())
+                .map_err(|e| format!("opening {}: {e}", parked_dir.display()))?;
+            // Files no entry names: a crash between writing one and journaling it.
+            parked
+                .retain(&parked_offsets(&stream))
+                .map_err(|e| format!("cleaning {}: {e}", parked_dir.display()))?;
+            Ok((file, stream, fresh, parked))
         })
         .await
         .map_err(|e| StepError::Journal(e.to_string()))?
@@ -193,10 +220,11 @@ impl StreamTask {
             hub_topic,
             forwarded = stream.forwarded().0,
             in_flight = stream.in_flight().count(),
+            parked = stream.parked_records(),
             fresh,
             "forwarding a local partition"
         );
-        Ok(StreamTask {
+        let task = StreamTask {
             f,
             id,
             hub_topic,
@@ -204,7 +232,11 @@ impl StreamTask {
             journal: Arc::new(std::sync::Mutex::new(file)),
             appends: 0,
             stream,
-        })
+            parked,
+            releases: Vec::new(),
+        };
+        task.publish_parked();
+        Ok(task)
     }
 
     /// Append entries (already applied to `stream`) and fsync them; now and then rewrite
@@ -233,6 +265,7 @@ impl StreamTask {
         if self.stream.producer().is_none() {
             self.new_producer().await?;
         }
+        self.take_requests().await?;
         let in_flight: Vec<(Round, Vec<Batch>)> = self
             .stream
             .in_flight()
@@ -242,18 +275,24 @@ impl StreamTask {
             let records = self.read(round.first, round.last).await?;
             self.send(&round, &open, &records).await?;
         }
+        self.release().await?;
         let Some((first, records)) = self.next_records().await? else {
             return Ok(());
         };
         let layout = self.f.hub.topic(&self.hub_topic, false).await?;
         let partitions = layout.partitions();
-        let hubs: Vec<i32> = records
+        // A record whose key is parked is diverted behind it.
+        let hubs: Vec<Option<i32>> = records
             .iter()
-            .map(|(_, r)| hub_partition(r.key.as_deref(), self.local.index, partitions))
+            .map(|(_, r)| {
+                let key = r.key.as_deref();
+                (!self.stream.is_parked(key))
+                    .then(|| hub_partition(key, self.local.index, partitions))
+            })
             .collect();
         let entry = self
             .stream
-            .plan(first, &hubs, partitions)
+            .plan_diverting(first, &hubs, partitions)
             .map_err(|e| StepError::Journal(e.to_string()))?;
         let Entry::Planned(round) = &entry else {
             unreachable!("plan returns a planned round")
@@ -285,15 +324,31 @@ impl StreamTask {
         let layout = self.f.hub.topic(&self.hub_topic, false).await?;
         let mut by_partition: BTreeMap<i32, Vec<(LocalOffset, Record)>> = BTreeMap::new();
         for (o, r) in records {
+            if round.diverted.binary_search(o).is_ok() {
+                continue;
+            }
             let p = hub_partition(r.key.as_deref(), self.local.index, round.hub_partitions);
             by_partition.entry(p).or_default().push((*o, r.clone()));
         }
+        for o in self.stream.diverted(round.first) {
+            let r = records
+                .iter()
+                .find(|(at, _)| *at == o)
+                .map(|(_, r)| r)
+                .ok_or_else(|| StepError::Local(format!("diverted record {} not read", o.0)))?;
+            self.park(round.first, o, r, BEHIND).await?;
+        }
         let mut sends = Vec::with_capacity(open.len());
+        let mut split = Vec::new();
         for b in open {
             let mine = by_partition.remove(&b.hub_partition).unwrap_or_default();
+            if self.stream.singles(round.first, b.hub_partition).is_some() {
+                split.push((b.hub_partition, mine));
+                continue;
+            }
             let mine = self.claim_checked(mine).await?;
-            let bytes =
-                outgoing::encode(&self.id, &mine, round.producer, b).map_err(StepError::Local)?;
+            let bytes = outgoing::encode(&self.id.header_value(), &mine, round.producer, b)
+                .map_err(StepError::Local)?;
             let hub = Arc::clone(&self.f.hub);
             let (topic, partition, producer) =
                 (self.hub_topic.clone(), b.hub_partition, round.producer);
@@ -326,14 +381,37 @@ impl StreamTask {
                     entries.push(entry);
                     self.f.metrics.forwarded(&self.id.topic, count);
                 }
+                Err(e) if refused_for_records(&e).is_some() => {
+                    // Something in the records: they go one by one, and only the culprit
+                    // stays behind (the hub took none of the batch).
+                    tracing::warn!(stream = %self.id, first = round.first.0, hub_partition = partition, error = %e, "the hub refused a batch: sending its records one by one");
+                    self.f.metrics.error(&self.id.topic, "refused");
+                    let mine = by_partition_of(records, round, partition, self.local.index);
+                    let offsets: Vec<LocalOffset> = mine.iter().map(|(o, _)| *o).collect();
+                    let entry = self
+                        .stream
+                        .split(round.first, partition, &offsets)
+                        .map_err(|e| StepError::Journal(e.to_string()))?;
+                    entries.push(entry);
+                    split.push((partition, mine));
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
             }
         }
-        let progress = !entries.is_empty();
+        let mut progress = !entries.is_empty();
         if progress {
             self.journal(entries).await?;
+        }
+        for (partition, mine) in split {
+            match self.send_singles(round, partition, &mine).await {
+                Ok(sent) => progress |= sent,
+                Err(StepError::Hub(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let Some(e) = failure else {
             return Ok(());
@@ -352,6 +430,287 @@ impl StreamTask {
         } else {
             e.into()
         })
+    }
+
+    /// Send the open records of a split batch one per batch, in order: each acknowledged
+    /// is journaled, each the hub refuses for something in it is parked (with every later
+    /// record of its key). Whether any record was settled; the first other failure.
+    async fn send_singles(
+        &mut self,
+        round: &Round,
+        partition: i32,
+        mine: &[(LocalOffset, Record)],
+    ) -> Result<bool, StepError> {
+        let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+        let mut progress = false;
+        while let Some(next) = self
+            .stream
+            .singles(round.first, partition)
+            .and_then(|s| s.first().copied())
+        {
+            let (_, record) = mine
+                .iter()
+                .find(|(o, _)| *o == next.offset)
+                .ok_or_else(|| StepError::Local(format!("record {} not read", next.offset.0)))?;
+            if self.stream.is_parked(record.key.as_deref()) {
+                self.park(round.first, next.offset, record, BEHIND).await?;
+                progress = true;
+                continue;
+            }
+            let one = self
+                .claim_checked(vec![(next.offset, record.clone())])
+                .await?;
+            let batch = Batch {
+                hub_partition: partition,
+                base_sequence: next.sequence,
+                records: 1,
+            };
+            let bytes = outgoing::encode(&self.id.header_value(), &one, round.producer, &batch)
+                .map_err(StepError::Local)?;
+            let leader = leader(&layout, partition).ok_or_else(|| HubError::Retriable {
+                what: format!("{}/{partition}", self.hub_topic),
+                code: 5,
+                name: "LeaderNotAvailable".into(),
+            })?;
+            let sent = self
+                .f
+                .hub
+                .produce(&self.hub_topic, partition, &leader, round.producer, bytes)
+                .await;
+            match sent {
+                Ok(()) => {
+                    let entry = Entry::AckedSingle {
+                        first: round.first,
+                        hub_partition: partition,
+                        offset: next.offset,
+                    };
+                    self.apply_and_journal(entry).await?;
+                    self.f.metrics.forwarded(&self.id.topic, 1);
+                }
+                Err(e) => match refused_for_records(&e) {
+                    Some(reason) => self.park(round.first, next.offset, record, reason).await?,
+                    None => return Err(e.into()),
+                },
+            }
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    /// Park record `offset` of the round starting at `first`: its copy fsynced beside the
+    /// journal, then its entry journaled.
+    async fn park(
+        &mut self,
+        first: LocalOffset,
+        offset: LocalOffset,
+        record: &Record,
+        reason: &str,
+    ) -> Result<(), StepError> {
+        if self.stream.parked_records() >= PARKED_RECORDS_MAX {
+            return Err(StepError::ParkedFull(self.stream.parked_records()));
+        }
+        let key = match &record.key {
+            Some(k) => ParkKey::Key(k.to_vec()),
+            None => ParkKey::Keyless(offset),
+        };
+        let store = self.parked.clone();
+        let copy = record.clone();
+        tokio::task::spawn_blocking(move || store.put(offset, &copy))
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?
+            .map_err(|e| StepError::Local(format!("parking record {}: {e}", offset.0)))?;
+        let entry = Entry::Parked {
+            first,
+            offset,
+            key: key.clone(),
+            reason: reason.to_string(),
+        };
+        self.apply_and_journal(entry).await?;
+        let label = crate::metrics::ParkLabel {
+            topic: self.id.topic.clone(),
+            reason: reason.to_string(),
+        };
+        self.f.metrics.parked_total.get_or_create(&label).inc();
+        let key = record.key.as_deref().map(String::from_utf8_lossy);
+        tracing::warn!(stream = %self.id, offset = offset.0, key = ?key, reason, "a record is parked at the branch: its key waits for an operator");
+        self.publish_parked();
+        Ok(())
+    }
+
+    async fn apply_and_journal(&mut self, entry: Entry) -> Result<(), StepError> {
+        self.stream
+            .apply(&entry)
+            .map_err(|e| StepError::Journal(e.to_string()))?;
+        self.journal(vec![entry]).await
+    }
+
+    /// The operator's requests: drops at once, releases queued for [`StreamTask::release`].
+    async fn take_requests(&mut self) -> Result<(), StepError> {
+        let requests = self.f.parking.take(&self.id.topic, self.id.partition);
+        if requests.is_empty() {
+            return Ok(());
+        }
+        for (key, action) in requests {
+            let Some(parked) = self.stream.parked().get(&key) else {
+                continue;
+            };
+            let releasing = self.stream.releasing().is_some_and(|r| r.key == key);
+            match action {
+                Action::Release => {
+                    if !self.releases.contains(&key) {
+                        self.releases.push(key);
+                    }
+                }
+                // A record on its way to the hub may be stored there already: it is
+                // released whole, and a drop must be asked again after it.
+                Action::Drop if releasing => {
+                    tracing::warn!(stream = %self.id, ?key, "not dropped: a record of the key is being released");
+                }
+                Action::Drop => {
+                    let records = parked.offsets.len() as u64;
+                    self.apply_and_journal(Entry::Dropped { key: key.clone() })
+                        .await?;
+                    self.releases.retain(|k| *k != key);
+                    self.remove_unparked().await?;
+                    let label = crate::metrics::TopicLabel {
+                        topic: self.id.topic.clone(),
+                    };
+                    self.f
+                        .metrics
+                        .dropped_records
+                        .get_or_create(&label)
+                        .inc_by(records);
+                    tracing::warn!(stream = %self.id, ?key, records, "parked records dropped by an operator");
+                }
+            }
+        }
+        self.publish_parked();
+        Ok(())
+    }
+
+    /// Remove the copies of records no longer parked.
+    async fn remove_unparked(&self) -> Result<(), StepError> {
+        let store = self.parked.clone();
+        let keep = parked_offsets(&self.stream);
+        tokio::task::spawn_blocking(move || store.retain(&keep))
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?
+            .map_err(|e| StepError::Local(format!("removing parked copies: {e}")))?;
+        Ok(())
+    }
+
+    /// Send the released keys' records, one at a time, oldest first, while no round is in
+    /// flight (a release journaled before a restart first).
+    async fn release(&mut self) -> Result<(), StepError> {
+        loop {
+            if self.stream.releasing().is_none() {
+                if self.stream.in_flight().next().is_some() {
+                    return Ok(());
+                }
+                let parked = self.stream.parked();
+                self.releases.retain(|k| parked.contains_key(k));
+                let Some(key) = self.releases.first().cloned() else {
+                    return Ok(());
+                };
+                let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+                let bytes = match &key {
+                    ParkKey::Key(k) => Some(k.as_slice()),
+                    ParkKey::Keyless(_) => None,
+                };
+                let partition = hub_partition(bytes, self.local.index, layout.partitions());
+                let entry = self
+                    .stream
+                    .release(&key, partition)
+                    .map_err(|e| StepError::Journal(e.to_string()))?;
+                self.journal(vec![entry]).await?;
+                self.publish_parked();
+            }
+            self.send_release().await?;
+        }
+    }
+
+    /// Send the release in flight and journal what the hub answered.
+    async fn send_release(&mut self) -> Result<(), StepError> {
+        let r = self
+            .stream
+            .releasing()
+            .cloned()
+            .expect("a release in flight");
+        let store = self.parked.clone();
+        let record = tokio::task::spawn_blocking(move || store.get(r.offset))
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?
+            .map_err(|e| StepError::Local(format!("reading parked record {}: {e}", r.offset.0)))?;
+        let one = self.claim_checked(vec![(r.offset, record)]).await?;
+        // Numbered in the stream of released records (see `StreamId::released_header`).
+        let numbered = vec![(LocalOffset(r.number), one[0].1.clone())];
+        let batch = Batch {
+            hub_partition: r.hub_partition,
+            base_sequence: r.sequence,
+            records: 1,
+        };
+        let stream = self.id.released_header();
+        let bytes =
+            outgoing::encode(&stream, &numbered, r.producer, &batch).map_err(StepError::Local)?;
+        let layout = self.f.hub.topic(&self.hub_topic, false).await?;
+        let leader = leader(&layout, r.hub_partition).ok_or_else(|| HubError::Retriable {
+            what: format!("{}/{}", self.hub_topic, r.hub_partition),
+            code: 5,
+            name: "LeaderNotAvailable".into(),
+        })?;
+        let sent = self
+            .f
+            .hub
+            .produce(&self.hub_topic, r.hub_partition, &leader, r.producer, bytes)
+            .await;
+        let label = crate::metrics::TopicLabel {
+            topic: self.id.topic.clone(),
+        };
+        match sent {
+            Ok(()) => {
+                let entry = Entry::Released {
+                    key: r.key.clone(),
+                    offset: r.offset,
+                };
+                self.apply_and_journal(entry).await?;
+                self.remove_unparked().await?;
+                self.f.metrics.released_records.get_or_create(&label).inc();
+                self.f.metrics.forwarded(&self.id.topic, 1);
+            }
+            Err(e) => {
+                let Some(reason) = refused_for_records(&e) else {
+                    if let HubError::ProducerLost { .. } = e {
+                        self.new_producer().await?;
+                    }
+                    return Err(e.into());
+                };
+                tracing::warn!(stream = %self.id, key = ?r.key, offset = r.offset.0, reason, "the hub refused a released record again: its key stays parked");
+                let entry = Entry::ReleaseRefused {
+                    key: r.key.clone(),
+                    reason: reason.to_string(),
+                };
+                self.apply_and_journal(entry).await?;
+                self.releases.retain(|k| *k != r.key);
+            }
+        }
+        self.publish_parked();
+        Ok(())
+    }
+
+    fn publish_parked(&self) {
+        self.f
+            .parking
+            .publish(&self.id.topic, self.id.partition, &self.stream);
+        let label = crate::metrics::StreamLabel {
+            topic: self.id.topic.clone(),
+            partition: self.id.partition.to_string(),
+        };
+        let parked = self.stream.parked_records() as i64;
+        self.f
+            .metrics
+            .parked_records
+            .get_or_create(&label)
+            .set(parked);
     }
 
     /// `records` with the payloads that travel by claim check uploaded (complete and
@@ -524,9 +883,61 @@ impl StreamTask {
             StepError::Local(_) => "local",
             StepError::Journal(_) => "journal",
             StepError::ClaimCheck(_) => "claim_check",
+            StepError::ParkedFull(_) => "parked_full",
         };
         self.f.metrics.error(&self.id.topic, reason);
     }
+}
+
+/// The reason parked records of a key give for the records behind the first.
+const BEHIND: &str = "behind_parked_key";
+
+/// The hub's error name when it refused a batch for something in its records (one may be
+/// too large, invalid, corrupt, or stamped out of the time it accepts): sent one by one,
+/// the others may pass. `None` for what concerns the topic or the producer as a whole.
+fn refused_for_records(e: &HubError) -> Option<&str> {
+    use kafka_protocol::error::ResponseError as E;
+    let HubError::Refused { code, name, .. } = e else {
+        return None;
+    };
+    matches!(
+        E::try_from_code(*code),
+        Some(
+            E::MessageTooLarge
+                | E::RecordListTooLarge
+                | E::InvalidRecord
+                | E::CorruptMessage
+                | E::InvalidTimestamp
+        )
+    )
+    .then_some(name.as_str())
+}
+
+/// The records of `round` that go to hub partition `partition` (not the diverted ones).
+fn by_partition_of(
+    records: &[(LocalOffset, Record)],
+    round: &Round,
+    partition: i32,
+    local_partition: i32,
+) -> Vec<(LocalOffset, Record)> {
+    records
+        .iter()
+        .filter(|(o, r)| {
+            round.diverted.binary_search(o).is_err()
+                && hub_partition(r.key.as_deref(), local_partition, round.hub_partitions)
+                    == partition
+        })
+        .cloned()
+        .collect()
+}
+
+/// The local offsets of every record parked in `stream`.
+fn parked_offsets(stream: &Stream) -> std::collections::BTreeSet<LocalOffset> {
+    stream
+        .parked()
+        .values()
+        .flat_map(|p| p.offsets.iter().copied())
+        .collect()
 }
 
 fn leader(layout: &TopicLayout, partition: i32) -> Option<String> {

@@ -335,6 +335,7 @@ fn classify_produce(
             | E::RecordListTooLarge
             | E::InvalidRecord
             | E::CorruptMessage
+            | E::InvalidTimestamp
             | E::InvalidTopicException
             | E::TopicAuthorizationFailed
             | E::ClusterAuthorizationFailed

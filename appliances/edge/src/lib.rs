@@ -10,6 +10,8 @@
 //!   recognises them; and [`journal::JournalFile`], its fsynced file;
 //! - [`outgoing`]: a batch as it leaves for the hub: the local records with their stream
 //!   and sequence headers, the producer's stamp, lz4;
+//! - [`parked`] and [`parking`]: records the hub refused for good, and those of their key
+//!   behind them, kept at the branch until an operator releases or drops the key;
 //! - [`claim_check`]: large payloads to the hub's S3 gateway, the forwarded event carrying
 //!   the reference;
 //! - [`hub`]: the hub's metadata, producer ids and acks=all produce;
@@ -39,6 +41,8 @@ pub mod metrics;
 pub mod outbox;
 pub mod outbox_reader;
 pub mod outgoing;
+pub mod parked;
+pub mod parking;
 pub mod partitioner;
 pub mod pgoutput;
 pub mod registry_client;

@@ -27,6 +27,14 @@ pub struct ErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParkLabel {
+    pub topic: String,
+    /// The hub's error name (`MessageTooLarge`, `InvalidRecord`...), or `behind_parked_key`
+    /// for a record held back behind a parked one of its key.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
 }
@@ -61,6 +69,8 @@ pub struct EdgeMetrics {
     pub outbox_errors: Counter,
     /// Transactions the slot delivered again (after a PostgreSQL crash) and that were skipped.
     pub outbox_redelivered_transactions: Counter,
+    /// Outbox rows that were no valid event, sent to `outbox.invalid`.
+    pub outbox_invalid_rows: Counter,
     /// Payloads sent by claim check (each time their batch was sent), and the bytes uploaded
     /// (a payload the S3 gateway holds already, whole, is not uploaded again).
     pub claim_checks: Family<TopicLabel, Counter>,
@@ -71,6 +81,14 @@ pub struct EdgeMetrics {
     pub schema_refresh_errors: Counter,
     /// Records refused because their value did not match the topic's schema.
     pub schema_refused_records: Family<TopicLabel, Counter>,
+    /// Records parked at the branch now, per local partition.
+    pub parked_records: Family<StreamLabel, Gauge>,
+    /// Records parked, by why.
+    pub parked_total: Family<ParkLabel, Counter>,
+    /// Parked records an operator released that the hub took.
+    pub released_records: Family<TopicLabel, Counter>,
+    /// Parked records an operator dropped.
+    pub dropped_records: Family<TopicLabel, Counter>,
 }
 
 impl EdgeMetrics {
@@ -174,6 +192,11 @@ impl EdgeMetrics {
             m.outbox_redelivered_transactions.clone(),
         );
         r.register(
+            "outbox_invalid_rows",
+            "Outbox rows that were no valid event (a required column null, no topic name), sent to outbox.invalid",
+            m.outbox_invalid_rows.clone(),
+        );
+        r.register(
             "outbox_errors",
             "Outbox reading attempts that failed",
             m.outbox_errors.clone(),
@@ -182,6 +205,26 @@ impl EdgeMetrics {
             "streams",
             "Local partitions being forwarded",
             m.streams.clone(),
+        );
+        r.register(
+            "parked_records",
+            "Records parked at the branch (refused by the hub, or behind a refused one of their key)",
+            m.parked_records.clone(),
+        );
+        r.register(
+            "parked",
+            "Records parked, by reason",
+            m.parked_total.clone(),
+        );
+        r.register(
+            "released_records",
+            "Parked records released by an operator and taken by the hub",
+            m.released_records.clone(),
+        );
+        r.register(
+            "dropped_records",
+            "Parked records dropped by an operator",
+            m.dropped_records.clone(),
         );
     }
 

@@ -2,6 +2,10 @@
 //! messages ([`crate::pgoutput`]): rows inserted into a Debezium-compatible outbox table
 //! (`id`, `aggregatetype`, `aggregateid`, `type`, `payload`) become events for topic
 //! `outbox.event.<aggregatetype>`, keyed by `aggregateid`, with `id` in a header.
+//! A row that cannot be one (a required column null, an `aggregatetype` that makes no topic
+//! name) must not stop the rows behind it, nor vanish: it goes to [`INVALID_TOPIC`] with
+//! what it has and the reason in the `clk-outbox-error` header, counted, and reaches the hub
+//! like any other event, where an operator sees it.
 //!
 //! [`Outbox`] is a pure state machine fed one message at a time; a committed transaction's
 //! events come out together with the transaction's end LSN, which the gateway fsyncs with
@@ -18,6 +22,11 @@ use crate::pgoutput::{Column, Lsn, Message, Value};
 /// The outbox table's columns, by their Debezium names.
 const COLUMNS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type", "payload"];
 
+/// Where rows that cannot be events go (the outbox's dead letters).
+pub const INVALID_TOPIC: &str = "outbox.invalid";
+/// The header saying why a row went to [`INVALID_TOPIC`].
+pub const INVALID_HEADER: &str = "clk-outbox-error";
+
 /// One outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
@@ -26,12 +35,25 @@ pub struct OutboxEvent {
     pub aggregate_id: Bytes,
     pub event_type: Bytes,
     pub payload: Option<Bytes>,
+    /// Why the row is not a valid event (it goes to [`INVALID_TOPIC`]).
+    pub invalid: Option<String>,
 }
 
 impl OutboxEvent {
-    /// Debezium's outbox event router's topic.
-    pub fn topic(&self) -> String {
-        format!("outbox.event.{}", self.aggregate_type)
+    /// Debezium's outbox event router's topic, and why the event goes to [`INVALID_TOPIC`]
+    /// instead when it does.
+    pub fn route(&self) -> (String, Option<String>) {
+        if let Some(why) = &self.invalid {
+            return (INVALID_TOPIC.into(), Some(why.clone()));
+        }
+        let topic = format!("outbox.event.{}", self.aggregate_type);
+        match broker::topics::validate_name(&topic) {
+            Ok(()) => (topic, None),
+            Err(e) => (
+                INVALID_TOPIC.into(),
+                Some(format!("aggregatetype makes no topic name: {e}")),
+            ),
+        }
     }
 }
 
@@ -109,7 +131,7 @@ impl Outbox {
                     .ok_or(OutboxError::UnknownRelation(relation))?;
                 let current = self.current.as_mut().ok_or(OutboxError::NoTransaction)?;
                 if let Some(p) = positions {
-                    current.push(event(&row, p)?);
+                    current.push(event(&row, p).unwrap_or_else(|e| invalid(&row, p, &e)));
                 }
             }
             Message::Commit { end_lsn, .. } => {
@@ -184,7 +206,24 @@ fn event(row: &[Value], p: &[usize; 5]) -> Result<OutboxEvent, OutboxError> {
         aggregate_id: required(2)?,
         event_type: required(3)?,
         payload: get(4)?,
+        invalid: None,
     })
+}
+
+/// A row that is no valid event, with what can be read of it, for [`INVALID_TOPIC`].
+fn invalid(row: &[Value], p: &[usize; 5], why: &OutboxError) -> OutboxEvent {
+    let get = |i: usize| match row.get(p[i]) {
+        Some(Value::Text(b) | Value::Binary(b)) => Some(b.clone()),
+        _ => None,
+    };
+    OutboxEvent {
+        id: get(0).unwrap_or_default(),
+        aggregate_type: String::new(),
+        aggregate_id: get(2).unwrap_or_default(),
+        event_type: get(3).unwrap_or_default(),
+        payload: get(4),
+        invalid: Some(why.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +266,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.end_lsn, Lsn(100));
         let e = &c.events[0];
-        assert_eq!(e.topic(), "outbox.event.order");
+        assert_eq!(e.route(), ("outbox.event.order".to_string(), None));
         assert_eq!(
             (&e.id[..], &e.aggregate_id[..]),
             (&b"e1"[..], &b"order-7"[..])
@@ -273,20 +312,49 @@ mod tests {
         let insert = decode(&encode::insert(OUTBOX, &[Some("p")])).unwrap();
         assert_eq!(o.feed(insert.clone()), Err(OutboxError::NoTransaction));
         feed(&mut o, encode::begin(5, 1));
-        assert!(matches!(o.feed(insert), Err(OutboxError::BadValue { .. })));
         let unknown = decode(&encode::insert(5, &[Some("p")])).unwrap();
         assert_eq!(o.feed(unknown), Err(OutboxError::UnknownRelation(5)));
-        let null_type = decode(&encode::insert(
-            OUTBOX,
-            &[Some("p"), Some("a"), Some("e"), Some("T"), None],
-        ))
-        .unwrap();
-        assert!(matches!(
-            o.feed(null_type),
-            Err(OutboxError::BadValue {
-                column: "aggregatetype",
-                why: "null"
-            })
-        ));
+    }
+
+    /// Rows that are no valid event go to `outbox.invalid` with the reason, and the rows
+    /// after them flow on.
+    #[test]
+    fn invalid_rows_go_to_the_dead_letter_topic_and_do_not_stop_the_others() {
+        let mut o = described();
+        feed(&mut o, encode::begin(100, 1));
+        let rows: [&[Option<&str>]; 4] = [
+            &[Some("p")],
+            &[Some("p"), Some("a"), Some("e1"), Some("T"), None],
+            &[
+                Some("p"),
+                Some("a"),
+                Some("e2"),
+                Some("T"),
+                Some("no spaces"),
+            ],
+            &[Some("p"), Some("a"), Some("e3"), Some("T"), Some("order")],
+        ];
+        for r in rows {
+            assert_eq!(feed(&mut o, encode::insert(OUTBOX, r)), None);
+        }
+        let c = feed(&mut o, encode::commit(92, 100)).unwrap();
+        let routes: Vec<(String, Option<String>)> = c.events.iter().map(|e| e.route()).collect();
+        assert_eq!(routes[0].0, INVALID_TOPIC);
+        assert!(
+            routes[0].1.as_ref().unwrap().contains("missing"),
+            "{routes:?}"
+        );
+        assert_eq!(routes[1].0, INVALID_TOPIC);
+        assert_eq!(
+            routes[1].1.as_deref(),
+            Some("outbox row: column \"aggregatetype\" is null")
+        );
+        assert_eq!(c.events[1].id, Bytes::from_static(b"e1"));
+        assert_eq!(routes[2].0, INVALID_TOPIC);
+        assert!(
+            routes[2].1.as_ref().unwrap().contains("no topic name"),
+            "{routes:?}"
+        );
+        assert_eq!(routes[3], ("outbox.event.order".to_string(), None));
     }
 }

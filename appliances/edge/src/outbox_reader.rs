@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::OutboxSettings;
 use crate::local::{self, TopicPartition};
 use crate::metrics::EdgeMetrics;
-use crate::outbox::{Committed, Outbox, OutboxEvent};
+use crate::outbox::{Committed, INVALID_HEADER, Outbox, OutboxEvent};
 use crate::partitioner::hub_partition;
 use crate::pgoutput::{Lsn, decode};
 
@@ -360,13 +360,17 @@ impl Reader {
         // Sequences in commit order: they grow within every partition, as the stream's
         // de-duplication needs.
         for (seq, e) in (self.position.next_seq..).zip(events) {
-            let topic = e.topic();
+            let (topic, invalid) = e.route();
+            if let Some(why) = &invalid {
+                tracing::warn!(id = %String::from_utf8_lossy(&e.id), why, "an outbox row that is no valid event goes to {}", crate::outbox::INVALID_TOPIC);
+                self.metrics.outbox_invalid_rows.inc();
+            }
             let partitions = self.partition_count(&topic).await?;
             let partition = hub_partition(Some(&e.aggregate_id), 0, partitions);
             batches
                 .entry((topic, partition))
                 .or_default()
-                .push(self.record(e, seq));
+                .push(self.record(e, seq, invalid));
         }
         let access = broker::authz::Access::everything();
         for ((topic, partition), result) in local::append(&self.state, &access, batches).await {
@@ -378,7 +382,7 @@ impl Reader {
     }
 
     /// An event as a record, with its id, type, stream and sequence.
-    fn record(&self, e: &OutboxEvent, seq: i64) -> local::Entry {
+    fn record(&self, e: &OutboxEvent, seq: i64, invalid: Option<String>) -> local::Entry {
         let mut headers = IndexMap::new();
         let mut header = |name: &'static str, value: Bytes| {
             headers.insert(StrBytes::from_static_str(name), Some(value));
@@ -387,6 +391,9 @@ impl Reader {
         header("type", e.event_type.clone());
         header(STREAM_HEADER, self.stream.clone());
         header(SEQUENCE_HEADER, Bytes::copy_from_slice(&seq.to_be_bytes()));
+        if let Some(why) = invalid {
+            header(INVALID_HEADER, Bytes::from(why));
+        }
         (Some(e.aggregate_id.clone()), e.payload.clone(), headers)
     }
 

@@ -40,11 +40,19 @@ impl StreamId {
     pub fn header_value(&self) -> Bytes {
         Bytes::from(self.to_string())
     }
+
+    /// `<gateway>/<topic>/<partition>/released`: the stream of parked records an operator
+    /// released. Their own stream, numbered by release, since their local offsets lie below
+    /// what the hub already holds of the main stream (which would take them for repeats).
+    pub fn released_header(&self) -> Bytes {
+        Bytes::from(format!("{self}/released"))
+    }
 }
 
-/// Encode `records` (each with its local offset) as `batch` of `producer` for the hub.
+/// Encode `records` (each with its sequence in `stream`: its local offset, or its release
+/// number in the released stream) as `batch` of `producer` for the hub.
 pub fn encode(
-    stream: &StreamId,
+    stream: &Bytes,
     records: &[(LocalOffset, Record)],
     producer: Producer,
     batch: &Batch,
@@ -56,7 +64,7 @@ pub fn encode(
             records.len()
         ));
     }
-    let stream_value = stream.header_value();
+    let stream_value = stream.clone();
     let out: Vec<Record> = records
         .iter()
         .enumerate()
@@ -166,8 +174,11 @@ mod tests {
             records: 4,
         };
         let records = local(4);
-        let bytes = encode(&stream, &records, producer, &batch).unwrap();
-        assert_eq!(bytes, encode(&stream, &records, producer, &batch).unwrap());
+        let bytes = encode(&stream.header_value(), &records, producer, &batch).unwrap();
+        assert_eq!(
+            bytes,
+            encode(&stream.header_value(), &records, producer, &batch).unwrap()
+        );
         let header = durable_log::BatchHeader::parse(&bytes).unwrap();
         assert_eq!(
             header.compression().unwrap(),
@@ -199,6 +210,6 @@ mod tests {
             records: 3,
             ..batch
         };
-        assert!(encode(&stream, &records, producer, &wrong).is_err());
+        assert!(encode(&stream.header_value(), &records, producer, &wrong).is_err());
     }
 }

@@ -47,7 +47,9 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         Some(crate::schemas::Schemas::load(dir, Arc::clone(&metrics))?)
     };
     let m = Arc::clone(&metrics);
+    let parking = Arc::new(crate::parking::Parking::default());
     let embedding = broker::Embedding {
+        admin_routes: Some(Arc::clone(&parking) as Arc<dyn telemetry::AdminRoutes>),
         register: Some(Box::new(move |r| m.register(r))),
         ingest: Some(Arc::clone(&limits) as Arc<dyn broker::state::IngestGate>),
         record_check: schemas
@@ -74,6 +76,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
             .map(crate::claim_check::ClaimCheck::new)
             .transpose()
             .context("[claim_check]")?,
+        parking,
     });
     let gateway = config.gateway.clone();
     let stop = CancellationToken::new();

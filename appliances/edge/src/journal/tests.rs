@@ -94,6 +94,7 @@ fn what_does_not_fit_is_refused() {
             base_sequence: 9,
             records: 1,
         }],
+        diverted: vec![],
     };
     assert!(matches!(
         s.apply(&Entry::Planned(stray.clone())),
@@ -189,6 +190,7 @@ fn replaying_the_journal_gives_back_the_state_at_every_step() {
             next: LocalOffset(100),
             producer: Some(P),
             next_sequence: BTreeMap::new(),
+            released: 0,
         }];
         // Per producer and hub partition: the next sequence a new batch must start at.
         let mut expected_seq: BTreeMap<(i64, i32), i32> = BTreeMap::new();
@@ -320,4 +322,154 @@ fn the_file_keeps_whole_entries_and_cuts_a_torn_tail() {
     let replayed = Stream::replay(entries).unwrap();
     assert_eq!(state(&replayed), state(&s));
     assert_eq!(replayed.forwarded(), LocalOffset(102));
+}
+
+/// Apply `e` to `s` and keep it in `journal`; the journal replayed is always `s`.
+fn step(s: &mut Stream, journal: &mut Vec<Entry>, e: Entry) {
+    s.apply(&e).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+    journal.push(e);
+    let replayed = Stream::replay(journal.iter().cloned()).unwrap();
+    assert_eq!(state(&replayed), state(s));
+    let rewritten = Stream::replay(s.snapshot()).unwrap();
+    assert_eq!(state(&rewritten), state(s));
+}
+
+fn key(k: &str) -> ParkKey {
+    ParkKey::Key(k.as_bytes().to_vec())
+}
+
+fn parked(first: i64, offset: i64, k: &str) -> Entry {
+    Entry::Parked {
+        first: LocalOffset(first),
+        offset: LocalOffset(offset),
+        key: key(k),
+        reason: "MessageTooLarge".into(),
+    }
+}
+
+fn single(first: i64, offset: i64) -> Entry {
+    Entry::AckedSingle {
+        first: LocalOffset(first),
+        hub_partition: 0,
+        offset: LocalOffset(offset),
+    }
+}
+
+/// A batch the hub refuses goes record by record; the refused record is parked, the records
+/// after it move down one sequence (the hub took none for it), later records of its key are
+/// diverted behind it, and a release sends them on in order under the next sequences.
+#[test]
+fn a_refused_record_is_parked_and_its_key_waits_behind_it_until_released() {
+    let mut s = started();
+    let mut journal = s.snapshot();
+    let planned = s.plan(LocalOffset(100), &[0, 0, 0, 0], 1).unwrap();
+    journal.push(planned);
+    let offsets: Vec<LocalOffset> = (100..104).map(LocalOffset).collect();
+    let split = s.split(LocalOffset(100), 0, &offsets).unwrap();
+    journal.push(split);
+    let seqs = |s: &Stream| -> Vec<i32> {
+        s.singles(LocalOffset(100), 0)
+            .unwrap_or(&[])
+            .iter()
+            .map(|x| x.sequence)
+            .collect()
+    };
+    assert_eq!(seqs(&s), vec![0, 1, 2, 3]);
+    step(&mut s, &mut journal, single(100, 100));
+    // 101 is refused: parked; 102 and 103 take sequences 1 and 2.
+    step(&mut s, &mut journal, parked(100, 101, "k"));
+    assert_eq!(seqs(&s), vec![1, 2]);
+    assert!(s.is_parked(Some(b"k")) && !s.is_parked(Some(b"j")) && !s.is_parked(None));
+    // Singles go in order only.
+    assert!(s.apply(&single(100, 103)).is_err());
+    step(&mut s, &mut journal, single(100, 102));
+    assert_eq!(s.forwarded(), LocalOffset(100), "103 is still open");
+    // 103 has key k too: it waits behind 101, and the hub's next sequence is 2.
+    step(&mut s, &mut journal, parked(100, 103, "k"));
+    assert_eq!(s.forwarded(), LocalOffset(104));
+    // The next round diverts k's record 105.
+    let e = s
+        .plan_diverting(LocalOffset(104), &[Some(0), None, Some(0)], 1)
+        .unwrap();
+    let Entry::Planned(r) = &e else { panic!() };
+    assert_eq!(r.batches[0].base_sequence, 2);
+    assert_eq!(r.diverted, vec![LocalOffset(105)]);
+    journal.push(e);
+    assert!(
+        s.release(&key("k"), 0).is_err(),
+        "no release while a round is in flight"
+    );
+    step(&mut s, &mut journal, parked(104, 105, "k"));
+    assert_eq!(s.forwarded(), LocalOffset(104), "the batch is open");
+    let ack = s.ack(LocalOffset(104), 0).unwrap();
+    journal.push(ack);
+    assert_eq!(s.forwarded(), LocalOffset(107));
+    assert_eq!(s.parked_records(), 3);
+    // Released one record at a time, in order, under sequences 4, 5, 6.
+    for (offset, sequence) in [(101, 4), (103, 5), (105, 6)] {
+        let e = s.release(&key("k"), 0).unwrap();
+        let Entry::Releasing(r) = &e else { panic!() };
+        assert_eq!((r.offset, r.sequence), (LocalOffset(offset), sequence));
+        assert_eq!(
+            r.number,
+            i64::from(sequence) - 4,
+            "released records are numbered"
+        );
+        journal.push(e);
+        let released = Entry::Released {
+            key: key("k"),
+            offset: LocalOffset(offset),
+        };
+        step(&mut s, &mut journal, released);
+    }
+    assert!(!s.is_parked(Some(b"k")) && s.parked_records() == 0);
+}
+
+/// A release the hub refuses again leaves the key parked and its sequence unused; a new
+/// producer renumbers split batches and the release in flight; a dropped key's records never
+/// leave.
+#[test]
+fn a_refused_release_keeps_its_key_parked_and_a_new_producer_renumbers_singles() {
+    let mut s = started();
+    let mut journal = s.snapshot();
+    let e = s.plan(LocalOffset(100), &[0, 0, 0], 1).unwrap();
+    journal.push(e);
+    let offsets: Vec<LocalOffset> = (100..103).map(LocalOffset).collect();
+    let e = s.split(LocalOffset(100), 0, &offsets).unwrap();
+    journal.push(e);
+    step(&mut s, &mut journal, parked(100, 100, "k"));
+    // A new producer: the two open singles start at 0 again.
+    let entries = s.new_producer(Producer { id: 8, epoch: 0 });
+    for e in entries {
+        journal.push(e);
+    }
+    let seqs: Vec<i32> = s
+        .singles(LocalOffset(100), 0)
+        .unwrap()
+        .iter()
+        .map(|x| x.sequence)
+        .collect();
+    assert_eq!(seqs, vec![0, 1]);
+    step(&mut s, &mut journal, single(100, 101));
+    step(&mut s, &mut journal, single(100, 102));
+    assert_eq!(s.forwarded(), LocalOffset(103));
+    let e = s.release(&key("k"), 0).unwrap();
+    journal.push(e);
+    assert_eq!(s.releasing().unwrap().sequence, 2);
+    let refused = Entry::ReleaseRefused {
+        key: key("k"),
+        reason: "InvalidRecord".into(),
+    };
+    step(&mut s, &mut journal, refused);
+    assert_eq!(s.parked()[&key("k")].reason, "InvalidRecord");
+    let e = s.release(&key("k"), 0).unwrap();
+    let Entry::Releasing(r) = &e else { panic!() };
+    assert_eq!(r.sequence, 2, "the refused release took no sequence");
+    journal.push(e);
+    let entries = s.new_producer(Producer { id: 9, epoch: 0 });
+    assert!(matches!(entries.last(), Some(Entry::Releasing(r)) if r.sequence == 0));
+    journal.extend(entries);
+    step(&mut s, &mut journal, Entry::Dropped { key: key("k") });
+    assert!(s.releasing().is_none() && s.parked().is_empty());
+    assert!(s.release(&key("k"), 0).is_err());
 }
