@@ -339,6 +339,34 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
     let pki = TestPki::new(dir.path(), "hub");
     let server = pki.server("broker", &["127.0.0.1"]);
     let branches = e2e::hub::free_addr();
+    // The hub's S3 gateway, taking only clients with a certificate of the hub's CA; the
+    // branch's credential (`biometrics` = write, principal User:branch-018) goes with its
+    // certificate.
+    let s3_server = pki.server("s3gw", &["127.0.0.1", "localhost"]);
+    let s3 = e2e::S3gw::start_https(&format!(
+        "certificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"\n",
+        s3_server.certificate.display(),
+        s3_server.key.display(),
+        pki.ca.display(),
+    ));
+    let s3_endpoint = format!("https://localhost:{}", s3.s3.port());
+    let client_tls = |cert: &tls::test_pki::Issued| {
+        let settings: tls::TlsSettings = serde_json::from_value(serde_json::json!({
+            "certificate": cert.certificate, "key": cert.key, "server_ca": pki.ca,
+        }))
+        .unwrap();
+        tls::TlsClient::load(settings).unwrap().client_config()
+    };
+    let admin = pki.client("admin", "hub-admin", Validity::Current, Usage::ClientAuth);
+    let s3_as = |cert: &tls::test_pki::Issued, key: &str, secret: &str| {
+        let tls = Some(client_tls(cert));
+        s3_client::S3Client::with_tls(&s3_endpoint, "biometrics", key, secret, "us-east-1", tls)
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (key, secret) = (e2e::s3gw::ACCESS_KEY, e2e::s3gw::SECRET_KEY);
+    rt.block_on(s3_as(&admin, key, secret).create_bucket())
+        .unwrap();
     let hub = Broker::start_with(&format!(
         "[topics]\npartitions = {HUB_PARTITIONS}\n\
          [[kafka.listeners]]\nname = \"branches\"\nlisten = \"{branches}\"\nsecurity = \"SSL\"\n\
@@ -355,22 +383,53 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
             cert.key.display(),
             pki.ca.display()
         );
+        let claim_check = format!(
+            "[claim_check]\nendpoint = \"{s3_endpoint}\"\nbucket = \"biometrics\"\n\
+             access_key = \"{}\"\nsecret_key = \"{}\"\n",
+            e2e::s3gw::WRITER_KEY,
+            e2e::s3gw::WRITER_SECRET
+        );
         Edge::start(
             &branches.to_string(),
-            &format!("{hub_tls}[forward]\nlinger = \"20ms\"\n"),
+            &format!("{hub_tls}[forward]\nlinger = \"20ms\"\n{claim_check}"),
         )
     };
-    let edge = gateway(&pki.client(
-        "branch-017",
-        "branch-017",
+    let branch = pki.client(
+        "branch-018",
+        "branch-018",
         Validity::Current,
         Usage::ClientAuth,
-    ));
+    );
+    let edge = gateway(&branch);
     produce(&edge, 0, 100);
-    wait_forwarded(&edge, 100);
+    // Marked for a claim check: the payload goes to the hub's S3 gateway over mutual TLS
+    // with the branch's certificate (and the branch's write-only credential).
+    let args = [
+        "-b",
+        &edge.bootstrap(),
+        "-P",
+        "-t",
+        TOPIC,
+        "-K:",
+        "-H",
+        "clk-claim-check=1",
+    ];
+    e2e::clients::kcat(&args, Some(b"scan:v-100\n"), T);
+    wait_forwarded(&edge, 101);
     let at_hub = records(&hub.bootstrap());
+    let (scan, others): (Vec<_>, Vec<_>) = at_hub.into_iter().partition(|r| r.1 == "scan");
     let all: Vec<String> = (0..100).map(|i| format!("v-{i}")).collect();
-    check_at_hub(&at_hub, all.iter().map(String::as_str), 100);
+    check_at_hub(&others, all.iter().map(String::as_str), 100);
+    let reference: serde_json::Value = serde_json::from_str(&scan[0].2).unwrap();
+    assert_eq!(reference["bucket"], "biometrics", "{reference}");
+    let object = reference["key"].as_str().unwrap();
+    let (key, secret) = (e2e::s3gw::ACCESS_KEY, e2e::s3gw::SECRET_KEY);
+    let stored = rt.block_on(s3_as(&admin, key, secret).stored_sha256(object));
+    assert_eq!(
+        stored.unwrap(),
+        Some(s3_client::S3Client::expected_sha256(b"v-100", 16 << 20)),
+        "the payload is in the hub's S3 gateway, whole"
+    );
 
     // A certificate from another CA: the hub refuses the handshake.
     let other_dir = tempfile::tempdir().unwrap();
@@ -390,7 +449,7 @@ fn the_gateway_forwards_over_mutual_tls_with_the_branch_certificate() {
     assert_eq!(forwarded(&rogue), 0);
     assert_eq!(
         records(&hub.bootstrap()).len(),
-        100,
+        101,
         "the stranger's events reached the hub"
     );
 }

@@ -18,6 +18,12 @@
 //! ```
 //!
 //! and the outgoing record's `clk-claim-check` header says `v1`.
+//!
+//! With `[hub.tls]` (the branch's certificate and the hub's CA), an `https://` endpoint is
+//! reached over mutual TLS with them, as the Kafka forwarding is; renewed files are picked up
+//! by the next upload.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::protocol::StrBytes;
@@ -45,21 +51,41 @@ pub struct Reference<'a> {
     pub content_type: &'a str,
 }
 
+/// The S3 client and the TLS configuration it was built with.
+type Client = (Option<Arc<tls::ClientConfig>>, s3_client::S3Client);
+
 pub struct ClaimCheck {
-    s3: s3_client::S3Client,
+    client: parking_lot::Mutex<Client>,
+    tls: Option<Arc<tls::TlsClient>>,
     settings: ClaimCheckSettings,
 }
 
 impl ClaimCheck {
-    pub fn new(settings: ClaimCheckSettings) -> anyhow::Result<ClaimCheck> {
-        let s3 = s3_client::S3Client::new(
-            &settings.endpoint,
-            &settings.bucket,
-            &settings.access_key,
-            &settings.secret_key,
-            &settings.region,
-        )?;
-        Ok(ClaimCheck { s3, settings })
+    /// Uploads to `settings.endpoint`, with `tls` (the hub's) for an `https://` one.
+    pub fn new(
+        settings: ClaimCheckSettings,
+        tls: Option<Arc<tls::TlsClient>>,
+    ) -> anyhow::Result<ClaimCheck> {
+        let tls = tls.filter(|_| settings.endpoint.starts_with("https://"));
+        let config = tls.as_ref().map(|t| t.client_config());
+        let s3 = build(&settings, config.clone())?;
+        Ok(ClaimCheck {
+            client: parking_lot::Mutex::new((config, s3)),
+            tls,
+            settings,
+        })
+    }
+
+    /// The client, built again when the TLS files were reloaded since.
+    fn s3(&self) -> anyhow::Result<s3_client::S3Client> {
+        let mut client = self.client.lock();
+        if let Some(t) = &self.tls {
+            let now = t.client_config();
+            if !client.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &now)) {
+                *client = (Some(Arc::clone(&now)), build(&self.settings, Some(now))?);
+            }
+        }
+        Ok(client.1.clone())
     }
 
     /// Whether `r`'s payload travels by claim check.
@@ -90,11 +116,11 @@ impl ClaimCheck {
         let size = value.len() as u64;
         let part_bytes = self.settings.part_bytes as usize;
         let expected = s3_client::S3Client::expected_sha256(&value, part_bytes);
-        let (sha256, uploaded) = if self.s3.stored_sha256(&key).await? == Some(expected) {
+        let s3 = self.s3()?;
+        let (sha256, uploaded) = if s3.stored_sha256(&key).await? == Some(expected) {
             (s3_client::sha256(&value), 0)
         } else {
-            let sha256 = self
-                .s3
+            let sha256 = s3
                 .put_verified(&key, value, &content_type, part_bytes)
                 .await?;
             (sha256, size)
@@ -118,6 +144,20 @@ impl ClaimCheck {
     }
 }
 
+fn build(
+    s: &ClaimCheckSettings,
+    tls: Option<Arc<tls::ClientConfig>>,
+) -> anyhow::Result<s3_client::S3Client> {
+    s3_client::S3Client::with_tls(
+        &s.endpoint,
+        &s.bucket,
+        &s.access_key,
+        &s.secret_key,
+        &s.region,
+        tls,
+    )
+}
+
 /// A header's value (the first of that name; headers are few).
 fn header<'a>(r: &'a Record, name: &str) -> Option<&'a [u8]> {
     r.headers
@@ -131,15 +171,18 @@ mod tests {
     use super::*;
 
     fn claim_check() -> ClaimCheck {
-        ClaimCheck::new(ClaimCheckSettings {
-            endpoint: "http://127.0.0.1:1".into(),
-            bucket: "payloads".into(),
-            access_key: "a".into(),
-            secret_key: "s".into(),
-            region: "us-east-1".into(),
-            threshold_bytes: 10,
-            part_bytes: 5 << 20,
-        })
+        ClaimCheck::new(
+            ClaimCheckSettings {
+                endpoint: "http://127.0.0.1:1".into(),
+                bucket: "payloads".into(),
+                access_key: "a".into(),
+                secret_key: "s".into(),
+                region: "us-east-1".into(),
+                threshold_bytes: 10,
+                part_bytes: 5 << 20,
+            },
+            None,
+        )
         .unwrap()
     }
 

@@ -56,7 +56,8 @@ pub struct EdgeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimCheckSettings {
-    /// `http://host:port` or `https://host:port` (the system's CA roots).
+    /// `http://host:port` or `https://host:port` (over mutual TLS with `[hub.tls]` when it is
+    /// set, the branch's certificate and the hub's CA; the system's CA roots otherwise).
     pub endpoint: String,
     pub bucket: String,
     pub access_key: String,

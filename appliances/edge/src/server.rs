@@ -62,6 +62,12 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     let dir = config.buffer.data_dir.join("forwarder");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let hub = Hub::new(config.hub.clone(), format!("edge-{}", config.gateway))?;
+    let claim_check = config
+        .claim_check
+        .clone()
+        .map(|c| crate::claim_check::ClaimCheck::new(c, hub.tls().cloned()))
+        .transpose()
+        .context("[claim_check]")?;
     let forwarding = Arc::new(Forwarding {
         gateway: config.gateway.clone(),
         hub: Arc::new(hub),
@@ -70,12 +76,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         metrics,
         dir,
         cursors: Cursors::default(),
-        claim_check: config
-            .claim_check
-            .clone()
-            .map(crate::claim_check::ClaimCheck::new)
-            .transpose()
-            .context("[claim_check]")?,
+        claim_check,
         parking,
     });
     let gateway = config.gateway.clone();

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use principal::{PrincipalRules, dn_of};
 pub use revocation::{Revocation, Revoked};
+/// The rustls this crate builds on, for libraries that take its configurations.
+pub use rustls::ClientConfig;
 /// The DER types callers hand in (certificates, CRLs).
 pub use rustls::pki_types;
 pub use tokio_rustls::server::TlsStream;
@@ -371,6 +373,12 @@ impl TlsClient {
 
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         self.config.reload_if_changed()
+    }
+
+    /// The configuration as the files are now (a new `Arc` after each reload), for a
+    /// client library that takes a rustls configuration (an HTTPS client).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.current()
     }
 
     /// Check the files every `reload_check` until `shutdown`.
