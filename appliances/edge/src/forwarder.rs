@@ -97,6 +97,13 @@ struct StreamTask {
     /// Keys an operator released whose records are still parked (in memory: after a
     /// restart the rest of a key waits for the operator again, in order).
     releases: Vec<ParkKey>,
+    /// Acknowledgements applied to `stream` but not journaled yet: they go with the next
+    /// entry (the next round's plan, mostly), saving an fsync per round. Lost in a crash,
+    /// they cost the round's re-sending, which the hub recognises as its last batch.
+    staged: Vec<Entry>,
+    /// What the journal says is forwarded: the cursor the buffer may remove records below
+    /// (an acknowledgement only staged must not let a round in flight be removed).
+    durable_forwarded: LocalOffset,
 }
 
 /// Forward `local` to `hub_topic` until `stop`.
@@ -224,6 +231,7 @@ impl StreamTask {
             fresh,
             "forwarding a local partition"
         );
+        let stream_forwarded = stream.forwarded();
         let task = StreamTask {
             f,
             id,
@@ -234,14 +242,23 @@ impl StreamTask {
             stream,
             parked,
             releases: Vec::new(),
+            staged: Vec::new(),
+            durable_forwarded: stream_forwarded,
         };
         task.publish_parked();
         Ok(task)
     }
 
-    /// Append entries (already applied to `stream`) and fsync them; now and then rewrite
-    /// the journal as a snapshot so it stays small.
+    /// Append the staged entries and `entries` (all already applied to `stream`) and fsync
+    /// them; now and then rewrite the journal as a snapshot so it stays small.
     async fn journal(&mut self, entries: Vec<Entry>) -> Result<(), StepError> {
+        let mut entries = entries;
+        if !self.staged.is_empty() {
+            entries.splice(0..0, self.staged.drain(..));
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.appends += 1;
         let snapshot = (self.appends >= JOURNAL_APPENDS_MAX).then(|| self.stream.snapshot());
         if snapshot.is_some() {
@@ -258,7 +275,9 @@ impl StreamTask {
         })
         .await
         .map_err(|e| StepError::Journal(e.to_string()))?
-        .map_err(|e| StepError::Journal(e.to_string()))
+        .map_err(|e| StepError::Journal(e.to_string()))?;
+        self.durable_forwarded = self.stream.forwarded();
+        Ok(())
     }
 
     async fn step(&mut self) -> Result<(), StepError> {
@@ -277,7 +296,8 @@ impl StreamTask {
         }
         self.release().await?;
         let Some((first, records)) = self.next_records().await? else {
-            return Ok(());
+            // Idle: what was acknowledged becomes durable (and removable) now.
+            return self.journal(Vec::new()).await;
         };
         let layout = self.f.hub.topic(&self.hub_topic, false).await?;
         let partitions = layout.partitions();
@@ -401,7 +421,11 @@ impl StreamTask {
             }
         }
         let mut progress = !entries.is_empty();
-        if progress {
+        if split.is_empty() {
+            // Acknowledgements only: they go with the next entry.
+            self.staged.extend(entries);
+        } else {
+            // A split is durable before its first single leaves.
             self.journal(entries).await?;
         }
         for (partition, mine) in split {
@@ -862,7 +886,7 @@ impl StreamTask {
     fn publish_lag(&self) {
         self.f.cursors.lock().expect("cursors lock").insert(
             (self.local.topic_id, self.local.index),
-            self.stream.forwarded().0,
+            self.durable_forwarded.0,
         );
         let hw = self.local.high_watermark();
         let lag = (hw - self.stream.forwarded().0).max(0);
