@@ -7,11 +7,11 @@
 
 use std::sync::LazyLock;
 
-use apache_avro::Schema;
+use edge::schemas::Parsed;
 use libfuzzer_sys::fuzz_target;
 
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
-    Schema::parse_str(
+static SCHEMA: LazyLock<Parsed> = LazyLock::new(|| {
+    Parsed::parse(
         r#"{"type":"record","name":"R","fields":[
             {"name":"s","type":"string"},
             {"name":"b","type":"bytes"},
@@ -21,6 +21,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
             {"name":"f","type":{"type":"fixed","name":"F","size":4}},
             {"name":"n","type":["null",{"type":"array","items":"R"}]}
         ]}"#,
+        &[],
     )
     .expect("the fuzz schema parses")
 });

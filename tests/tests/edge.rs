@@ -841,6 +841,14 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
     });
     assert_eq!(status, 200, "{answer}");
     let id = answer["id"].as_i64().unwrap() as u8;
+    // A schema naming the Reading type by a reference to readings-value.
+    let alarm = r#"{"type":"record","name":"Alarm","fields":[{"name":"level","type":"int"},{"name":"at","type":"Reading"}]}"#;
+    let body = serde_json::json!({ "schema": alarm, "references": [
+        {"name": "Reading", "subject": "readings-value", "version": 1}] })
+    .to_string();
+    let subjects = format!("{url}/subjects/alarms-value/versions");
+    let (status, answer) = e2e::clients::http_json("POST", &subjects, Some(&body));
+    assert_eq!(status, 200, "{answer}");
     let mut edge = Edge::start(
         &hub.bootstrap(),
         &format!(
@@ -848,9 +856,17 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
              [hub]\nschema_registry = [\"{url}\"]\nschema_refresh = \"1s\"\n"
         ),
     );
-    wait_until("the gateway to know the hub's schema", T, || {
-        (edge_metric(&edge, "edge_schema_subjects") == 1).then_some(())
+    wait_until("the gateway to know the hub's schemas", T, || {
+        (edge_metric(&edge, "edge_schema_subjects") == 2).then_some(())
     });
+    let alarm = |level: &str| {
+        let body = format!(
+            r#"{{"records":[{{"value":{{"level":{level},"at":{{"pump":"p1","bar":2.5}}}}}}]}}"#
+        );
+        http_post(&edge.http_url("alarms"), JSON_V2, body.as_bytes()).0
+    };
+    assert_eq!(alarm("3"), 200, "encoded with the referenced type");
+    assert_eq!(alarm("\"high\""), 422);
 
     // JSON posted to the topic is encoded with its schema; what does not fit is refused, by
     // HTTP and by Kafka alike.
@@ -888,7 +904,7 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
     hub.kill9();
     edge.kill9();
     edge.restart();
-    assert_eq!(edge_metric(&edge, "edge_schema_subjects"), 1);
+    assert_eq!(edge_metric(&edge, "edge_schema_subjects"), 2);
     let (status, answer) = post(&edge, 20);
     assert_eq!(status, 200, "{answer}");
     refused(&edge);

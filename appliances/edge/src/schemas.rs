@@ -14,7 +14,10 @@
 //! of Kafka clients and of the HTTP ingest alike). A schema registered at the hub after the
 //! last refresh is unknown until the next one.
 //!
-//! Subjects with references, or of another type than Avro, are not validated (logged once).
+//! A version with references (Confluent's schema references: named types registered under
+//! other subjects) is fetched with the schemas it references, transitively (at most
+//! [`REFERENCES_MAX`]), kept beside it in the cache, and parsed and read with them.
+//! Subjects of another type than Avro are not validated (logged).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -24,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::ResolvedSchema;
 use apache_avro::writer::datum::GenericDatumWriter;
 use bytes::{BufMut, Bytes, BytesMut};
 use durable_log::checkpoint;
@@ -37,14 +41,50 @@ use crate::registry_client::RegistryClient;
 
 /// Subjects mirrored at most, and versions per subject.
 const SUBJECTS_MAX: usize = 10_000;
+/// Schemas one version references at most, transitively.
+pub const REFERENCES_MAX: usize = 64;
 const VERSIONS_MAX: usize = 1_000;
 const SUFFIX: &str = "-value";
 
-/// What is on disk: per subject its versions' ids, and each id's schema text.
+/// What is on disk: per subject its versions' ids, each id's schema text, and the texts of
+/// the schemas it references (transitively).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct CacheFile {
     subjects: BTreeMap<String, BTreeMap<i32, i32>>,
     schemas: BTreeMap<i32, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    references: BTreeMap<i32, Vec<String>>,
+}
+
+/// A schema parsed with the schemas it references.
+pub struct Parsed {
+    pub schema: Schema,
+    pub references: Vec<Schema>,
+}
+
+impl Parsed {
+    /// Parse `text`, its names resolved against `references` (their texts, in any order).
+    pub fn parse(text: &str, references: &[String]) -> Result<Parsed, String> {
+        if references.is_empty() {
+            let schema = Schema::parse_str(text).map_err(|e| e.to_string())?;
+            return Ok(Parsed {
+                schema,
+                references: Vec::new(),
+            });
+        }
+        let (schema, references) =
+            Schema::parse_str_with_list(text, references.iter().map(String::as_str))
+                .map_err(|e| e.to_string())?;
+        Ok(Parsed { schema, references })
+    }
+
+    /// Every schema names resolve against: the referenced ones and this one.
+    fn schemata(&self) -> Vec<&Schema> {
+        self.references
+            .iter()
+            .chain(std::iter::once(&self.schema))
+            .collect()
+    }
 }
 
 /// A topic's schemas: the ids its subject's versions have, the latest last.
@@ -56,7 +96,7 @@ struct TopicSchemas {
 #[derive(Default)]
 struct Known {
     file: CacheFile,
-    parsed: HashMap<i32, Arc<Schema>>,
+    parsed: HashMap<i32, Arc<Parsed>>,
     topics: HashMap<String, TopicSchemas>,
 }
 
@@ -64,7 +104,8 @@ impl Known {
     fn from_file(file: CacheFile) -> Known {
         let mut parsed = HashMap::new();
         for (id, text) in &file.schemas {
-            match Schema::parse_str(text) {
+            let references = file.references.get(id).map_or(&[][..], Vec::as_slice);
+            match Parsed::parse(text, references) {
                 Ok(s) => {
                     parsed.insert(*id, Arc::new(s));
                 }
@@ -178,11 +219,17 @@ impl Schemas {
                 let id = match known {
                     Some(id) if old.schemas.contains_key(id) => {
                         file.schemas.insert(*id, old.schemas[id].clone());
+                        if let Some(r) = old.references.get(id) {
+                            file.references.insert(*id, r.clone());
+                        }
                         *id
                     }
                     _ => match fetch(client, &subject, v).await? {
-                        Some((id, schema)) => {
+                        Some((id, schema, references)) => {
                             file.schemas.insert(id, schema);
+                            if !references.is_empty() {
+                                file.references.insert(id, references);
+                            }
                             id
                         }
                         None => continue,
@@ -210,43 +257,90 @@ impl Schemas {
     }
 }
 
-/// One version of a subject: its id and schema, `None` unless it is a plain Avro schema.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Version {
+    id: i32,
+    schema: String,
+    #[serde(default)]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    subject: String,
+    version: i32,
+}
+
+/// One version of a subject: its id, its schema and the texts of the schemas it references
+/// (transitively); `None` unless they are all Avro and parse.
 async fn fetch(
     client: &RegistryClient,
     subject: &str,
     version: i32,
-) -> anyhow::Result<Option<(i32, String)>> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Version {
-        id: i32,
-        schema: String,
-        #[serde(default)]
-        schema_type: Option<String>,
-        #[serde(default)]
-        references: Vec<serde_json::Value>,
+) -> anyhow::Result<Option<(i32, String, Vec<String>)>> {
+    let get = |subject: &str, version: i32| {
+        let path = format!("/subjects/{subject}/versions/{version}");
+        async move { client.get::<Version>(&path).await }
+    };
+    let avro = |v: &Version| v.schema_type.as_deref().is_none_or(|t| t == "AVRO");
+    let v = get(subject, version).await?;
+    let mut texts = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut next: Vec<(String, i32)> = v
+        .references
+        .iter()
+        .map(|r| (r.subject.clone(), r.version))
+        .collect();
+    let mut fits = avro(&v);
+    while let Some(r) = next.pop() {
+        if !fits || !seen.insert(r.clone()) {
+            continue;
+        }
+        if seen.len() > REFERENCES_MAX {
+            fits = false;
+            break;
+        }
+        let referenced = get(&r.0, r.1).await?;
+        fits = avro(&referenced);
+        next.extend(
+            referenced
+                .references
+                .iter()
+                .map(|x| (x.subject.clone(), x.version)),
+        );
+        texts.push(referenced.schema);
     }
-    let v: Version = client
-        .get(&format!("/subjects/{subject}/versions/{version}"))
-        .await?;
-    let avro = v.schema_type.as_deref().is_none_or(|t| t == "AVRO");
-    if !avro || !v.references.is_empty() || Schema::parse_str(&v.schema).is_err() {
+    if !fits || Parsed::parse(&v.schema, &texts).is_err() {
         tracing::info!(
             subject,
             version,
-            "a schema with references, or not Avro: not validated at the edge"
+            "not an Avro schema (or its references are not, or too many): not validated at the edge"
         );
         return Ok(None);
     }
-    Ok(Some((v.id, v.schema)))
+    Ok(Some((v.id, v.schema, texts)))
 }
 
 /// Why `datum` is not exactly one Avro datum of `schema` (schema id `id`), if it is not.
 /// Values come from the branch's applications: hostile bytes are an error, never a panic
 /// (the `avro_datum` fuzz target).
-pub fn datum_error(schema: &Schema, id: i32, mut datum: &[u8]) -> Option<String> {
-    let reader = GenericDatumReader::builder(schema).build();
+pub fn datum_error(schema: &Parsed, id: i32, mut datum: &[u8]) -> Option<String> {
+    let reader = GenericDatumReader::builder(&schema.schema)
+        .writer_schemata(schema.schemata())
+        .and_then(|b| b.build());
+    let names = match ResolvedSchema::new_with_schemata(schema.schemata()) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("schema id {id} does not resolve: {e}")),
+    };
     match reader.and_then(|r| r.read_value(&mut datum)) {
+        // apache-avro reads a string or bytes cut short at the end as null: the value must
+        // also be one of the schema's.
+        Ok(v) if !v.validate_with_names(&schema.schema, names.get_names()) => Some(format!(
+            "the value does not match schema id {id}: cut short, or not of its types"
+        )),
         Ok(_) if datum.is_empty() => None,
         Ok(_) => Some(format!(
             "the value holds {} bytes past its Avro datum (schema id {id})",
@@ -257,13 +351,14 @@ pub fn datum_error(schema: &Schema, id: i32, mut datum: &[u8]) -> Option<String>
 }
 
 /// `json` as an Avro datum of `schema`, framed as Confluent's serializers frame it.
-fn encode(schema: &Schema, id: i32, json: &serde_json::Value) -> Result<Bytes, String> {
+fn encode(schema: &Parsed, id: i32, json: &serde_json::Value) -> Result<Bytes, String> {
     let value = apache_avro::types::Value::try_from(json.clone())
         .map_err(|e| format!("the value cannot be Avro: {e}"))?
-        .resolve(schema)
+        .resolve_schemata(&schema.schema, schema.schemata())
         .map_err(|e| format!("the value does not match schema id {id}: {e}"))?;
-    let datum = GenericDatumWriter::builder(schema)
-        .build()
+    let datum = GenericDatumWriter::builder(&schema.schema)
+        .schemata(schema.schemata())
+        .and_then(|b| b.build())
         .and_then(|w| w.write_value_to_vec(value))
         .map_err(|e| format!("encoding the value with schema id {id}: {e}"))?;
     let mut out = BytesMut::with_capacity(5 + datum.len());
@@ -326,11 +421,17 @@ mod tests {
     use broker::state::RecordCheck;
 
     const READING: &str = r#"{"type":"record","name":"Reading","fields":[{"name":"bar","type":"double"},{"name":"pump","type":"string"}]}"#;
+    const ALARM: &str = r#"{"type":"record","name":"Alarm","fields":[{"name":"level","type":"int"},{"name":"at","type":"Reading"}]}"#;
 
     fn schemas(dir: &std::path::Path) -> Arc<Schemas> {
         let file = CacheFile {
-            subjects: BTreeMap::from([("readings-value".into(), BTreeMap::from([(1, 7)]))]),
-            schemas: BTreeMap::from([(7, READING.to_string())]),
+            subjects: BTreeMap::from([
+                ("readings-value".into(), BTreeMap::from([(1, 7)])),
+                ("alarms-value".into(), BTreeMap::from([(1, 9)])),
+            ]),
+            schemas: BTreeMap::from([(7, READING.to_string()), (9, ALARM.to_string())]),
+            // Alarm names the Reading type, registered under readings-value.
+            references: BTreeMap::from([(9, vec![READING.to_string()])]),
         };
         std::fs::write(dir.join("cache.json"), serde_json::to_vec(&file).unwrap()).unwrap();
         Schemas::load(dir.to_path_buf(), Arc::new(EdgeMetrics::default())).unwrap()
@@ -380,5 +481,36 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("does not match schema id 7"), "{e}");
         assert!(s.encode_json("other", &serde_json::json!({})).is_none());
+    }
+
+    /// A schema that names a type registered under another subject (a reference) is parsed,
+    /// read and written with the schema it references.
+    #[test]
+    fn a_schema_with_references_validates_and_encodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schemas(dir.path());
+        assert!(s.checks("alarms"));
+        let alarm = serde_json::json!({"level": 3, "at": {"bar": 9.5, "pump": "p2"}});
+        let good = s.encode_json("alarms", &alarm).unwrap().unwrap();
+        assert_eq!(&good[..5], &[0, 0, 0, 0, 9]);
+        let reading = s
+            .encode_json("readings", &serde_json::json!({"bar": 1.0, "pump": "p"}))
+            .unwrap()
+            .unwrap();
+        let mut short = BytesMut::from(&good[..good.len() - 1]);
+        short[4] = 9;
+        let records = [
+            record(Some(good)),
+            record(Some(reading)),
+            record(Some(short.freeze())),
+        ];
+        let refused: Vec<i32> = s
+            .check("alarms", &records)
+            .iter()
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(refused, vec![1, 2], "another subject's id, a cut datum");
+        let bad = serde_json::json!({"level": 3, "at": {"bar": "x"}});
+        assert!(s.encode_json("alarms", &bad).unwrap().is_err());
     }
 }
