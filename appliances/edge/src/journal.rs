@@ -182,7 +182,7 @@ pub enum JournalError {
     ParkedFull(usize),
     #[error("no key parked as {0:?}")]
     NotParked(ParkKey),
-    #[error("a release must wait for the rounds in flight and for the release before it")]
+    #[error("a release waits for the rounds in flight, and a round for the release in flight")]
     Busy,
 }
 
@@ -317,6 +317,11 @@ impl Stream {
         let producer = self.producer.ok_or(JournalError::NoProducer)?;
         if hubs.is_empty() {
             return Err(JournalError::BadRound);
+        }
+        if self.releasing.is_some() {
+            // A release is the last thing planned until it is answered: a refused one gives
+            // its sequence back.
+            return Err(JournalError::Busy);
         }
         let mut counts: BTreeMap<i32, i32> = BTreeMap::new();
         let mut diverted = Vec::new();

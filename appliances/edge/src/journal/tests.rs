@@ -473,3 +473,341 @@ fn a_refused_release_keeps_its_key_parked_and_a_new_producer_renumbers_singles()
     assert!(s.releasing().is_none() && s.parked().is_empty());
     assert!(s.release(&key("k"), 0).is_err());
 }
+
+/// The hub as the forwarder's sequences meet it: per producer and partition the next
+/// sequence it expects and the last batch it took (a re-send of it is a duplicate); a batch
+/// holding a poison record is refused whole and takes no sequence. Then, as
+/// `clk.stream.dedup`, per partition and stream (the main one, or the released one) the
+/// highest sequence held: a batch at or below it is a duplicate whatever its producer, and
+/// leaves the producer's state as it was (its next batch is then out of order, and the
+/// forwarder takes a new producer). Any other sequence out of order is one the forwarder got
+/// wrong, and fails the test.
+#[derive(Default)]
+struct ModelHub {
+    next: BTreeMap<(i64, i32), i32>,
+    last: BTreeMap<(i64, i32), (i32, Vec<i64>)>,
+    marks: BTreeMap<(i32, bool), i64>,
+    /// Producers and partitions whose state a stream duplicate left behind.
+    behind: BTreeSet<(i64, i32)>,
+    /// The last producer id given.
+    ids: i64,
+    /// Per key, the local offsets the hub holds, in the order it took them.
+    held: BTreeMap<Option<u8>, Vec<i64>>,
+    poison: BTreeSet<i64>,
+}
+
+enum Answer {
+    Taken,
+    Refused,
+    ProducerLost,
+}
+
+impl ModelHub {
+    /// `records` are `(local offset, key)`; `released` is the released record's number.
+    fn produce(
+        &mut self,
+        producer: Producer,
+        partition: i32,
+        base: i32,
+        records: &[(i64, Option<u8>)],
+        released: Option<i64>,
+        what: &str,
+    ) -> Answer {
+        if records.iter().any(|(o, _)| self.poison.contains(o)) {
+            return Answer::Refused;
+        }
+        let at = (producer.id, partition);
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        if self.last.get(&at) == Some(&(base, offsets.clone())) {
+            return Answer::Taken;
+        }
+        let expected = self.next.get(&at).copied().unwrap_or(0);
+        if base != expected {
+            assert!(
+                self.behind.contains(&at),
+                "{what}: sequence {base} out of order at the hub, {expected} expected"
+            );
+            return Answer::ProducerLost;
+        }
+        let (stream, first, last) = match released {
+            Some(n) => ((partition, true), n, n),
+            None => ((partition, false), offsets[0], *offsets.last().unwrap()),
+        };
+        let mark = self.marks.get(&stream).copied().unwrap_or(-1);
+        if last <= mark {
+            self.behind.insert(at);
+            return Answer::Taken;
+        }
+        assert!(first > mark, "{what}: a batch straddles its stream's mark");
+        self.marks.insert(stream, last);
+        self.next.insert(at, expected + records.len() as i32);
+        self.last.insert(at, (base, offsets));
+        for (o, k) in records {
+            self.held.entry(*k).or_default().push(*o);
+        }
+        Answer::Taken
+    }
+}
+
+/// Random rounds over a few keys, some records poison (refused by the hub until "fixed"),
+/// crashes (the journal replayed), new producers, journal rewrites, releases and drops, the
+/// forwarder's steps done as `forwarder.rs` does them: the hub never sees a sequence out of
+/// order, holds every record not parked or dropped exactly once, and each key's records in
+/// offset order. `SEED=<n>` runs one seed.
+#[test]
+fn parking_keeps_sequences_and_per_key_order_through_crashes_and_releases() {
+    let only: Option<u64> = std::env::var("SEED").ok().map(|v| v.parse().unwrap());
+    for seed in 1..=300u64 {
+        if only.is_some_and(|o| o != seed) {
+            continue;
+        }
+        let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut s = started();
+        let mut journal = s.snapshot();
+        let mut hub = ModelHub {
+            ids: 1000,
+            ..ModelHub::default()
+        };
+        // Local records: offset -> key (None: keyless); keys 0..4.
+        let mut keys: BTreeMap<i64, Option<u8>> = BTreeMap::new();
+        let mut dropped: BTreeSet<i64> = BTreeSet::new();
+        let mut fixed = false;
+        let partitions = 2;
+        let hub_of = |k: Option<u8>| i32::from(k.unwrap_or(0) % 2);
+        for step in 0..200 {
+            let what = format!("seed {seed} step {step}");
+            // New local records now and then, some poison.
+            for _ in 0..rng.below(4) {
+                let o = 100 + keys.len() as i64;
+                let k = (rng.below(6) != 0).then(|| rng.below(4) as u8);
+                keys.insert(o, k);
+                if rng.below(8) == 0 {
+                    hub.poison.insert(o);
+                }
+            }
+            match rng.below(12) {
+                0 => {
+                    // A crash: the journal is the state, without the acknowledgements the
+                    // forwarder had only staged (it journals them with the next entry).
+                    for _ in 0..rng.below(3) {
+                        if matches!(journal.last(), Some(Entry::Acked { .. })) {
+                            journal.pop();
+                        }
+                    }
+                    s = Stream::replay(journal.iter().cloned()).unwrap();
+                }
+                1 => new_producer(&mut s, &mut journal, &mut hub),
+                2 => journal = s.snapshot(),
+                3 if !s.parked().is_empty() && s.in_flight().next().is_none() => {
+                    // An operator acts on the first parked key.
+                    let key = s.parked().keys().next().unwrap().clone();
+                    if rng.below(3) == 0 && s.releasing().is_none() {
+                        dropped.extend(s.parked()[&key].offsets.iter().map(|o| o.0));
+                        let e = Entry::Dropped { key };
+                        s.apply(&e).unwrap();
+                        journal.push(e);
+                    } else {
+                        fixed |= rng.below(2) == 0;
+                        release(&mut s, &mut journal, &mut hub, &keys, &key, fixed, &what);
+                    }
+                }
+                _ => {
+                    send_in_flight(&mut s, &mut journal, &mut hub, &keys, &what);
+                    if let Some(r) = s.releasing().cloned() {
+                        // The forwarder answers a release in flight before the next round.
+                        release(&mut s, &mut journal, &mut hub, &keys, &r.key, fixed, &what);
+                    }
+                    let next = s.next().0;
+                    let n = (keys.len() as i64 + 100 - next).min(5);
+                    let idle = s.in_flight().next().is_none() && s.releasing().is_none();
+                    if n > 0 && idle {
+                        let hubs: Vec<Option<i32>> = (next..next + n)
+                            .map(|o| {
+                                let k = keys[&o];
+                                let key = k.map(|k| vec![k]);
+                                (!s.is_parked(key.as_deref())).then(|| hub_of(k))
+                            })
+                            .collect();
+                        let e = s
+                            .plan_diverting(LocalOffset(next), &hubs, partitions)
+                            .unwrap();
+                        journal.push(e);
+                        send_in_flight(&mut s, &mut journal, &mut hub, &keys, &what);
+                    }
+                }
+            }
+            let replayed =
+                Stream::replay(journal.iter().cloned()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(state(&replayed), state(&s), "{what}");
+        }
+        // Everything settles: every parked key released, the hub's limit lifted.
+        hub.poison.clear();
+        for round in 0.. {
+            assert!(round < 1000, "seed {seed}: does not settle");
+            if s.in_flight().next().is_some() {
+                send_in_flight(&mut s, &mut journal, &mut hub, &keys, "settle");
+            } else if let Some(key) = s.parked().keys().next().cloned() {
+                release(&mut s, &mut journal, &mut hub, &keys, &key, true, "settle");
+            } else {
+                break;
+            }
+        }
+        let mut all: Vec<i64> = hub.held.values().flatten().copied().collect();
+        all.sort();
+        let expected: Vec<i64> = (100..s.forwarded().0)
+            .filter(|o| !dropped.contains(o))
+            .collect();
+        assert_eq!(all, expected, "seed {seed}: each record once, none lost");
+        for (k, offsets) in &hub.held {
+            if k.is_some() {
+                assert!(
+                    offsets.is_sorted(),
+                    "seed {seed}: key {k:?} out of order: {offsets:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Send what is in flight as the forwarder does: diverted records parked, whole batches
+/// (split when refused), then singles in order.
+fn send_in_flight(
+    s: &mut Stream,
+    journal: &mut Vec<Entry>,
+    hub: &mut ModelHub,
+    keys: &BTreeMap<i64, Option<u8>>,
+    what: &str,
+) {
+    let rounds: Vec<(Round, Vec<Batch>)> =
+        s.in_flight().map(|(r, open)| (r.clone(), open)).collect();
+    for (round, open) in rounds {
+        let park = |s: &mut Stream, journal: &mut Vec<Entry>, o: LocalOffset| {
+            let key = match keys[&o.0] {
+                Some(k) => ParkKey::Key(vec![k]),
+                None => ParkKey::Keyless(o),
+            };
+            let e = Entry::Parked {
+                first: round.first,
+                offset: o,
+                key,
+                reason: "refused".into(),
+            };
+            s.apply(&e).unwrap_or_else(|err| panic!("{what}: {err}"));
+            journal.push(e);
+        };
+        for o in s.diverted(round.first) {
+            park(s, journal, o);
+        }
+        for b in open {
+            let mine: Vec<(i64, Option<u8>)> = (round.first.0..=round.last.0)
+                .filter(|o| round.diverted.binary_search(&LocalOffset(*o)).is_err())
+                .map(|o| (o, keys[&o]))
+                .filter(|(_, k)| i32::from(k.unwrap_or(0) % 2) == b.hub_partition)
+                .collect();
+            if s.singles(round.first, b.hub_partition).is_none() {
+                match hub.produce(
+                    round.producer,
+                    b.hub_partition,
+                    b.base_sequence,
+                    &mine,
+                    None,
+                    what,
+                ) {
+                    Answer::Taken => journal.push(s.ack(round.first, b.hub_partition).unwrap()),
+                    Answer::ProducerLost => return new_producer(s, journal, hub),
+                    Answer::Refused => {
+                        let offsets: Vec<LocalOffset> =
+                            mine.iter().map(|(o, _)| LocalOffset(*o)).collect();
+                        journal.push(s.split(round.first, b.hub_partition, &offsets).unwrap());
+                    }
+                }
+            }
+            while let Some(next) = s
+                .singles(round.first, b.hub_partition)
+                .and_then(|x| x.first().copied())
+            {
+                let k = keys[&next.offset.0];
+                if s.is_parked(k.map(|k| vec![k]).as_deref()) {
+                    park(s, journal, next.offset);
+                    continue;
+                }
+                let one = [(next.offset.0, k)];
+                let (p, seq) = (b.hub_partition, next.sequence);
+                match hub.produce(round.producer, p, seq, &one, None, what) {
+                    Answer::ProducerLost => return new_producer(s, journal, hub),
+                    Answer::Taken => {
+                        let e = Entry::AckedSingle {
+                            first: round.first,
+                            hub_partition: b.hub_partition,
+                            offset: next.offset,
+                        };
+                        s.apply(&e).unwrap();
+                        journal.push(e);
+                    }
+                    Answer::Refused => park(s, journal, next.offset),
+                }
+            }
+        }
+    }
+}
+
+/// The hub lost track of the producer: a new one, as the forwarder takes it.
+fn new_producer(s: &mut Stream, journal: &mut Vec<Entry>, hub: &mut ModelHub) {
+    hub.ids += 1;
+    journal.extend(s.new_producer(Producer {
+        id: hub.ids,
+        epoch: 0,
+    }));
+}
+
+/// Release `key` as the forwarder does: its records one at a time until one is refused.
+fn release(
+    s: &mut Stream,
+    journal: &mut Vec<Entry>,
+    hub: &mut ModelHub,
+    keys: &BTreeMap<i64, Option<u8>>,
+    key: &ParkKey,
+    fixed: bool,
+    what: &str,
+) {
+    if fixed {
+        hub.poison.clear();
+    }
+    loop {
+        // A release in flight first (of whatever key), as the forwarder sends it.
+        if s.releasing().is_none() {
+            if !s.parked().contains_key(key) {
+                return;
+            }
+            let partition = match key {
+                ParkKey::Key(k) => i32::from(k[0] % 2),
+                ParkKey::Keyless(_) => 0,
+            };
+            let e = s.release(key, partition).unwrap();
+            journal.push(e);
+        }
+        let r = s.releasing().unwrap().clone();
+        let one = [(r.offset.0, keys[&r.offset.0])];
+        let (p, seq) = (r.hub_partition, r.sequence);
+        match hub.produce(r.producer, p, seq, &one, Some(r.number), what) {
+            Answer::ProducerLost => return new_producer(s, journal, hub),
+            Answer::Taken => {
+                let e = Entry::Released {
+                    key: r.key.clone(),
+                    offset: r.offset,
+                };
+                s.apply(&e).unwrap();
+                journal.push(e);
+            }
+            Answer::Refused => {
+                let e = Entry::ReleaseRefused {
+                    key: r.key.clone(),
+                    reason: "again".into(),
+                };
+                s.apply(&e).unwrap();
+                journal.push(e);
+                return;
+            }
+        }
+    }
+}
