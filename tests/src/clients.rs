@@ -158,8 +158,21 @@ pub fn metric(url: &str, name: &str) -> Option<f64> {
 /// `curl` an HTTP JSON API: the status and the answer's JSON (`Null` when it is not JSON),
 /// with `body` sent as `application/json`.
 pub fn http_json(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    http_json_with(method, url, body, &[])
+}
+
+/// [`http_json`] with extra request headers (`"Authorization: Bearer ..."`).
+pub fn http_json_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> (u16, serde_json::Value) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     if let Some(b) = body {
         cmd.args(["-H", "Content-Type: application/json", "-d", b]);
     }

@@ -192,20 +192,7 @@ fn check_at_hub<'a>(
 /// Produce `values` (`key:value` lines) to the gateway with kcat.
 fn produce(edge: &Edge, from: usize, to: usize) {
     let input: String = (from..to).map(|i| format!("{}:v-{i}\n", i % 16)).collect();
-    e2e::clients::kcat(
-        &[
-            "-b",
-            &edge.bootstrap(),
-            "-P",
-            "-t",
-            TOPIC,
-            "-K:",
-            "-X",
-            "acks=all",
-        ],
-        Some(input.as_bytes()),
-        T,
-    );
+    kcat_keyed(edge, &input);
 }
 
 /// The hub's producer-state expiry passes while a batch the hub stored waits for its answer:
@@ -1065,7 +1052,7 @@ fn large_payloads_reach_the_hubs_s3_by_claim_check_once_through_a_cut_upload() {
     assert_eq!(objects.len(), LARGE, "one object per payload: {objects:?}");
 }
 
-/// The hub's admin call of the gateway: `method path` with the admin token and a JSON body.
+/// An admin call of the gateway: `method path` with the admin token and a JSON body.
 fn edge_admin(
     edge: &Edge,
     method: &str,
@@ -1073,19 +1060,8 @@ fn edge_admin(
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
     let url = format!("http://{}{path}", edge.admin);
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, &url])
-        .args(["-H", &format!("Authorization: Bearer {}", e2e::ADMIN_TOKEN)]);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(json).unwrap_or_default(),
-    )
+    let bearer = format!("Authorization: Bearer {}", e2e::ADMIN_TOKEN);
+    e2e::clients::http_json_with(method, &url, body, &[&bearer])
 }
 
 /// `(key, records, reason)` of every parked key, by key.

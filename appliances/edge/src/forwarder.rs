@@ -401,7 +401,7 @@ impl StreamTask {
                     entries.push(entry);
                     self.f.metrics.forwarded(&self.id.topic, count);
                 }
-                Err(e) if refused_for_records(&e).is_some() => {
+                Err(e) if e.refused_for_records().is_some() => {
                     // Something in the records: they go one by one, and only the culprit
                     // stays behind (the hub took none of the batch).
                     tracing::warn!(stream = %self.id, first = round.first.0, hub_partition = partition, error = %e, "the hub refused a batch: sending its records one by one");
@@ -511,7 +511,7 @@ impl StreamTask {
                     self.apply_and_journal(entry).await?;
                     self.f.metrics.forwarded(&self.id.topic, 1);
                 }
-                Err(e) => match refused_for_records(&e) {
+                Err(e) => match e.refused_for_records() {
                     Some(reason) => self.park(round.first, next.offset, record, reason).await?,
                     None => return Err(e.into()),
                 },
@@ -702,7 +702,7 @@ impl StreamTask {
                 self.f.metrics.forwarded(&self.id.topic, 1);
             }
             Err(e) => {
-                let Some(reason) = refused_for_records(&e) else {
+                let Some(reason) = e.refused_for_records() else {
                     if let HubError::ProducerLost { .. } = e {
                         self.new_producer().await?;
                     }
@@ -915,27 +915,6 @@ impl StreamTask {
 
 /// The reason parked records of a key give for the records behind the first.
 const BEHIND: &str = "behind_parked_key";
-
-/// The hub's error name when it refused a batch for something in its records (one may be
-/// too large, invalid, corrupt, or stamped out of the time it accepts): sent one by one,
-/// the others may pass. `None` for what concerns the topic or the producer as a whole.
-fn refused_for_records(e: &HubError) -> Option<&str> {
-    use kafka_protocol::error::ResponseError as E;
-    let HubError::Refused { code, name, .. } = e else {
-        return None;
-    };
-    matches!(
-        E::try_from_code(*code),
-        Some(
-            E::MessageTooLarge
-                | E::RecordListTooLarge
-                | E::InvalidRecord
-                | E::CorruptMessage
-                | E::InvalidTimestamp
-        )
-    )
-    .then_some(name.as_str())
-}
 
 /// The records of `round` that go to hub partition `partition` (not the diverted ones).
 fn by_partition_of(

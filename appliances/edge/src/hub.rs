@@ -61,6 +61,30 @@ pub enum HubError {
     },
 }
 
+impl HubError {
+    /// The hub's error name when it refused a batch for something in its records (one may
+    /// be too large, invalid, corrupt, or stamped out of the time it accepts): sent one by
+    /// one, the others may pass. `None` for what concerns the topic or the producer as a
+    /// whole (the rest of [`classify_produce`]'s refusals).
+    pub fn refused_for_records(&self) -> Option<&str> {
+        use kafka_protocol::error::ResponseError as E;
+        let HubError::Refused { code, name, .. } = self else {
+            return None;
+        };
+        let records = matches!(
+            E::try_from_code(*code),
+            Some(
+                E::MessageTooLarge
+                    | E::RecordListTooLarge
+                    | E::InvalidRecord
+                    | E::CorruptMessage
+                    | E::InvalidTimestamp
+            )
+        );
+        records.then_some(name.as_str())
+    }
+}
+
 fn error_name(code: i16) -> String {
     kafka_protocol::error::ResponseError::try_from_code(code)
         .map_or_else(|| format!("error {code}"), |e| format!("{e:?}"))
@@ -368,6 +392,20 @@ mod tests {
                 Err(HubError::Refused { .. })
             ));
         }
+        // Too large, invalid, corrupt, a timestamp out of range: something in the records,
+        // sent one by one; not authorized: the topic as a whole.
+        let about_records = |code| {
+            classify_produce(code, "t", 0, p)
+                .unwrap_err()
+                .refused_for_records()
+                .map(str::to_string)
+        };
+        assert_eq!(about_records(10).as_deref(), Some("MessageTooLarge"));
+        for records in [18, 87, 2, 32] {
+            assert!(about_records(records).is_some(), "{records}");
+        }
+        assert_eq!(about_records(29), None);
+        assert_eq!(about_records(6), None);
         // Not the leader, too few in-sync replicas, timed out, unknown: try again.
         for retry in [6, 19, 20, 7, -1] {
             assert!(matches!(
