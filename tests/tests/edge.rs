@@ -1303,3 +1303,114 @@ fn local_partition(edge: &Edge, key: &str) -> i32 {
         .map(|v| v["partition"].as_i64().unwrap() as i32)
         .unwrap_or_else(|| panic!("{key} is not parked: {list}"))
 }
+
+/// The gateway's own Kafka listeners are the broker's: the branch's applications log in with
+/// SCRAM over TLS, or present a certificate of the hub's CA (mutual TLS); a wrong password,
+/// a stranger's certificate, or no TLS at all get nothing into the buffer. What they were
+/// told is stored reaches the hub.
+#[test]
+fn branch_applications_produce_to_the_gateway_with_scram_over_tls_or_a_certificate() {
+    use tls::test_pki::{TestPki, Usage, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let server = pki.server("edge", &["127.0.0.1", "localhost"]);
+    let hub = Broker::start_with(&format!("[topics]\npartitions = {HUB_PARTITIONS}\n"));
+    let (scram, mtls) = (e2e::hub::free_addr(), e2e::hub::free_addr());
+    let edge = Edge::start(
+        &hub.bootstrap(),
+        &format!(
+            "[forward]\nlinger = \"20ms\"\n\
+             [[buffer.kafka.listeners]]\nname = \"apps\"\nlisten = \"{scram}\"\nsecurity = \"SASL_SSL\"\n\
+             [[buffer.kafka.listeners]]\nname = \"devices\"\nlisten = \"{mtls}\"\nsecurity = \"SSL\"\n\
+             [buffer.tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"requested\"\n\
+             [buffer.sasl]\nmechanisms = [\"SCRAM-SHA-512\"]\nfailed_authentication_delay = \"100ms\"\n",
+            server.certificate.display(),
+            server.key.display(),
+            pki.ca.display(),
+        ),
+    );
+    // The branch's database agent's credential, set through Kafka's admin API on the
+    // gateway's local (plain) listener.
+    let bootstrap = edge.bootstrap();
+    let args = [
+        "--bootstrap",
+        &bootstrap,
+        "--upsert=outbox-agent:SCRAM-SHA-512:s3cret",
+    ];
+    e2e::clients::python("ck_scram.py", &args, T);
+    let ca = format!("ssl.ca.location={}", pki.ca.display());
+    let scram_login = |password: &str| {
+        vec![
+            "security.protocol=sasl_ssl".to_string(),
+            "sasl.mechanism=SCRAM-SHA-512".into(),
+            "sasl.username=outbox-agent".into(),
+            format!("sasl.password={password}"),
+            ca.clone(),
+        ]
+    };
+    let device = pki.client("device", "pump-7", Validity::Current, Usage::ClientAuth);
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger_pki = TestPki::new(stranger_dir.path(), "other");
+    let stranger = stranger_pki.client("device", "pump-666", Validity::Current, Usage::ClientAuth);
+    let cert_login = |cert: &tls::test_pki::Issued| {
+        vec![
+            "security.protocol=ssl".to_string(),
+            ca.clone(),
+            format!("ssl.certificate.location={}", cert.certificate.display()),
+            format!("ssl.key.location={}", cert.key.display()),
+        ]
+    };
+    let produce = |addr: std::net::SocketAddr, config: &[String], from: usize| {
+        let mut cmd = std::process::Command::new("kcat");
+        cmd.args([
+            "-b",
+            &addr.to_string(),
+            "-P",
+            "-t",
+            TOPIC,
+            "-K:",
+            "-X",
+            "acks=all",
+        ])
+        .args(["-X", "message.timeout.ms=10000"]);
+        for c in config {
+            cmd.args(["-X", c]);
+        }
+        let input: String = (from..from + 50)
+            .map(|i| format!("{}:v-{i}\n", i % 4))
+            .collect();
+        e2e::clients::run(cmd, Some(input.as_bytes()), T)
+    };
+    let ok = produce(scram, &scram_login("s3cret"), 0);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ok = produce(mtls, &cert_login(&device), 50);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Refused: a wrong password, a certificate of another CA, plain text on a TLS listener.
+    for (addr, config) in [
+        (scram, scram_login("guess")),
+        (mtls, cert_login(&stranger)),
+        (mtls, vec![]),
+    ] {
+        let refused = produce(addr, &config, 1000);
+        assert!(!refused.status.success(), "{config:?} was let in");
+    }
+    wait_forwarded(&edge, 100);
+    let at_hub = records(&hub.bootstrap());
+    let all: Vec<String> = (0..100).map(|i| format!("v-{i}")).collect();
+    check_at_hub(&at_hub, all.iter().map(String::as_str), 100);
+    let logins = |result: &str| {
+        let name = format!(
+            "broker_sasl_authentications_total{{listener=\"apps\",mechanism=\"SCRAM-SHA-512\",result=\"{result}\"}}"
+        );
+        metric(&edge.metrics_url(), &name).unwrap_or(0.0)
+    };
+    assert!(logins("success") >= 1.0 && logins("failure") >= 1.0);
+}
