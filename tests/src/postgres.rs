@@ -3,7 +3,8 @@
 //! (`clk-postgres`, created when missing), in a temporary directory it owns; the test talks
 //! to it with psql over TCP (trust authentication, loopback only).
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,6 +22,16 @@ pub struct Postgres {
 impl Postgres {
     /// initdb and start a server with logical decoding on.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`] taking TCP connections over TLS only (`hostssl`), with this
+    /// certificate and key.
+    pub fn start_with_tls(certificate: &Path, key: &Path) -> Postgres {
+        Postgres::start_with(Some((certificate, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Postgres {
         let bin = bin_dir();
         ensure_user();
         let dir = tempfile::Builder::new()
@@ -47,12 +58,27 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let conf = format!(
+        let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
              wal_level = logical\nmax_replication_slots = 4\nmax_wal_senders = 4\n\
              shared_buffers = 16MB\nmax_wal_size = 64MB\nmin_wal_size = 32MB\n",
             dir = pg.dir.path().display()
         );
+        if let Some((certificate, key)) = tls {
+            for (from, to) in [(certificate, "server.crt"), (key, "server.key")] {
+                let to = pg.data().join(to);
+                std::fs::copy(from, &to).expect("copy the TLS files");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+            }
+            let mut chown = Command::new("chown");
+            chown.args(["-R", USER]).arg(pg.data());
+            check(run(chown, None, T), "chown");
+            conf += "ssl = on\n";
+            let hba = "local all all trust\nlocal replication all trust\n\
+                       hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n";
+            std::fs::write(pg.data().join("pg_hba.conf"), hba).expect("pg_hba.conf");
+        }
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(pg.data().join("postgresql.conf"))

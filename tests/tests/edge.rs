@@ -1414,3 +1414,63 @@ fn branch_applications_produce_to_the_gateway_with_scram_over_tls_or_a_certifica
     };
     assert!(logins("success") >= 1.0 && logins("failure") >= 1.0);
 }
+
+/// The outbox of a branch database that takes TCP connections over TLS only: the gateway
+/// connects with `[outbox.tls]` (checking the database's certificate against the hub's CA),
+/// and every row reaches the hub once; with a CA that did not sign the database's
+/// certificate it reads nothing.
+#[test]
+fn the_outbox_is_read_over_tls_from_a_database_that_takes_nothing_else() {
+    use tls::test_pki::{TestPki, Usage, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "hub");
+    let db = pki.server("branch-db", &["127.0.0.1"]);
+    let pg = Postgres::start_with_tls(&db.certificate, &db.key);
+    pg.sql(OUTBOX_TABLE);
+    let hub = Broker::start_with(&format!("[topics]\npartitions = {HUB_PARTITIONS}\n"));
+    let branch = pki.client("branch", "branch-017", Validity::Current, Usage::ClientAuth);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::new(other_dir.path(), "other");
+    let gateway = |ca: &std::path::Path| {
+        Edge::start(
+            &hub.bootstrap(),
+            &format!(
+                "[forward]\nlinger = \"20ms\"\n\
+                 [outbox]\nconnection = \"{}\"\npoll_interval = \"50ms\"\n\
+                 [outbox.tls]\ncertificate = \"{}\"\nkey = \"{}\"\nserver_ca = \"{}\"\n",
+                pg.connection(),
+                branch.certificate.display(),
+                branch.key.display(),
+                ca.display()
+            ),
+        )
+    };
+    // A stranger's CA first: the handshake fails, nothing is read.
+    let doubting = gateway(&other.ca);
+    wait_until("the TLS handshake to fail", T, || {
+        (edge_metric(&doubting, "edge_outbox_errors_total") >= 2).then_some(())
+    });
+    assert!(doubting.log().contains("TLS"), "{}", doubting.log());
+    drop(doubting);
+
+    let edge = gateway(&pki.ca);
+    insert_outbox(&pg, 0, 200, 5);
+    wait_until("the outbox to be forwarded", T, || {
+        let forwarded: u64 = OUTBOX_TOPICS
+            .iter()
+            .map(|t| {
+                edge_metric(
+                    &edge,
+                    &format!("edge_forwarded_records_total{{topic=\"{t}\"}}"),
+                )
+            })
+            .sum();
+        (forwarded >= 200).then_some(())
+    });
+    let at_hub = wait_until("the hub to hold every outbox event", T, || {
+        let r = outbox_at_hub(&hub.bootstrap());
+        (r.len() >= 200).then_some(r)
+    });
+    check_outbox_at_hub(&at_hub, 200);
+    assert_eq!(edge_metric(&edge, "edge_outbox_events_total"), 200);
+}

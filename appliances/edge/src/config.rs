@@ -167,6 +167,11 @@ pub struct OutboxSettings {
     /// Changes read per round at most (whole transactions: a round may hold more).
     #[serde(default = "default_outbox_changes")]
     pub changes_max: u32,
+    /// TLS to the database, required when set: the branch's certificate and key (presented
+    /// if the server asks) and `server_ca`, the CA the database's certificate chains to; the
+    /// connection string's host must be a name or address that certificate carries.
+    #[serde(default)]
+    pub tls: Option<tls::TlsSettings>,
 }
 
 fn default_outbox_table() -> String {

@@ -44,6 +44,7 @@ pub mod outgoing;
 pub mod parked;
 pub mod parking;
 pub mod partitioner;
+pub mod pg_tls;
 pub mod pgoutput;
 pub mod registry_client;
 pub mod rest;

@@ -31,6 +31,7 @@ use futures::TryStreamExt;
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use serde::{Deserialize, Serialize};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,8 @@ struct Position {
 
 struct Reader {
     settings: OutboxSettings,
+    /// `[outbox.tls]`, loaded.
+    tls: Option<crate::pg_tls::PgTls>,
     state: Arc<BrokerState>,
     metrics: Arc<EdgeMetrics>,
     path: PathBuf,
@@ -92,7 +95,19 @@ pub async fn run(
             return;
         }
     };
+    let tls = match settings.tls.clone().map(tls::TlsClient::load).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "[outbox.tls] cannot be loaded; the outbox is not read");
+            metrics.outbox_errors.inc();
+            return;
+        }
+    };
+    if let Some(t) = &tls {
+        tokio::spawn(Arc::clone(t).watch(stop.clone()));
+    }
     let mut reader = Reader {
+        tls: tls.map(crate::pg_tls::PgTls),
         stream: Bytes::from(format!("outbox/{}", settings.slot)),
         settings,
         state,
@@ -134,10 +149,29 @@ fn load(path: &std::path::Path) -> anyhow::Result<Position> {
 impl Reader {
     /// One connection's life: prepare the slot, then read rounds until something fails.
     async fn session(&mut self, backoff: &mut Duration) -> anyhow::Result<()> {
-        let (client, connection) = tokio_postgres::connect(&self.settings.connection, NoTls)
-            .await
-            .context("connecting to the branch database")?;
-        let connection = tokio::spawn(connection);
+        let mut config: tokio_postgres::Config = self
+            .settings
+            .connection
+            .parse()
+            .context("[outbox] connection")?;
+        let (client, connection) = match &self.tls {
+            None => {
+                let (client, connection) = config
+                    .connect(NoTls)
+                    .await
+                    .context("connecting to the branch database")?;
+                (client, tokio::spawn(connection))
+            }
+            Some(tls) => {
+                // With [outbox.tls], never in plain text, whatever the string says.
+                config.ssl_mode(SslMode::Require);
+                let (client, connection) = config
+                    .connect(tls.clone())
+                    .await
+                    .context("connecting to the branch database over TLS")?;
+                (client, tokio::spawn(connection))
+            }
+        };
         let _abort = AbortOnDrop(connection);
         self.prepare(&client).await?;
         loop {

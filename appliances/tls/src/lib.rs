@@ -34,6 +34,7 @@ pub use revocation::{Revocation, Revoked};
 pub use rustls::ClientConfig;
 /// The DER types callers hand in (certificates, CRLs).
 pub use rustls::pki_types;
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::server::TlsStream;
 
 /// How a listener secures its connections (Kafka's `security.protocol` names; the SASL ones
