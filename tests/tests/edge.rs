@@ -836,6 +836,11 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
     let subjects = format!("{url}/subjects/alarms-value/versions");
     let (status, answer) = e2e::clients::http_json("POST", &subjects, Some(&body));
     assert_eq!(status, 200, "{answer}");
+    // Its keys: Avro strings.
+    let body = serde_json::json!({ "schema": r#""string""# }).to_string();
+    let subjects = format!("{url}/subjects/alarms-key/versions");
+    let (status, answer) = e2e::clients::http_json("POST", &subjects, Some(&body));
+    assert_eq!(status, 200, "{answer}");
     let mut edge = Edge::start(
         &hub.bootstrap(),
         &format!(
@@ -844,16 +849,23 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
         ),
     );
     wait_until("the gateway to know the hub's schemas", T, || {
-        (edge_metric(&edge, "edge_schema_subjects") == 2).then_some(())
+        (edge_metric(&edge, "edge_schema_subjects") == 3).then_some(())
     });
-    let alarm = |level: &str| {
+    let alarm = |key: &str, level: &str| {
         let body = format!(
-            r#"{{"records":[{{"value":{{"level":{level},"at":{{"pump":"p1","bar":2.5}}}}}}]}}"#
+            r#"{{"records":[{{"key":{key},"value":{{"level":{level},"at":{{"pump":"p1","bar":2.5}}}}}}]}}"#
         );
         http_post(&edge.http_url("alarms"), JSON_V2, body.as_bytes()).0
     };
-    assert_eq!(alarm("3"), 200, "encoded with the referenced type");
-    assert_eq!(alarm("\"high\""), 422);
+    assert_eq!(
+        alarm("\"pump-1\"", "3"),
+        200,
+        "encoded with the referenced type"
+    );
+    assert_eq!(alarm("\"pump-1\"", "\"high\""), 422);
+    assert_eq!(alarm("17", "3"), 422, "a key the key subject does not take");
+    let stderr = kcat_produce_one(&edge.bootstrap(), "alarms", "not avro");
+    assert!(stderr.contains("failed to validate record"), "{stderr}");
 
     // JSON posted to the topic is encoded with its schema; what does not fit is refused, by
     // HTTP and by Kafka alike.
@@ -891,7 +903,7 @@ fn values_of_a_topic_with_an_avro_schema_are_validated_at_the_branch_through_an_
     hub.kill9();
     edge.kill9();
     edge.restart();
-    assert_eq!(edge_metric(&edge, "edge_schema_subjects"), 2);
+    assert_eq!(edge_metric(&edge, "edge_schema_subjects"), 3);
     let (status, answer) = post(&edge, 20);
     assert_eq!(status, 200, "{answer}");
     refused(&edge);

@@ -229,7 +229,16 @@ async fn produce(
     let keyless = ingest.keyless.fetch_add(1, Ordering::Relaxed) as i32;
     let mut batches: BTreeMap<TopicPartition, Vec<local::Entry>> = BTreeMap::new();
     let mut places = Vec::with_capacity(records.len());
-    for (i, r) in records.into_iter().enumerate() {
+    for (i, mut r) in records.into_iter().enumerate() {
+        // An Avro key is encoded first: the partition is the encoded key's, as Kafka's.
+        if let (Some(schemas), Some(json)) = (&ingest.schemas, &r.key_json)
+            && let Some(encoded) = schemas.encode_json_key(topic, json)
+        {
+            r.key = Some(encoded.map_err(|e| {
+                ingest.metrics.refused_by_schema(topic, 1);
+                RestError::new(422, 42203, format!("record {i}: the key: {e}"))
+            })?);
+        }
         let partition = match r.partition {
             Some(p) if p >= partitions => {
                 let e = format!("record {i}: topic {topic} has no partition {p}");

@@ -35,6 +35,8 @@ pub struct RestRecord {
     /// The value as posted, in the JSON format: encoded with the topic's Avro schema
     /// instead of stored as text when the topic has one.
     pub json: Option<serde_json::Value>,
+    /// The key as posted, in the JSON format (for a topic with an Avro key subject).
+    pub key_json: Option<serde_json::Value>,
     pub partition: Option<i32>,
 }
 
@@ -142,10 +144,12 @@ pub fn parse_records(
                 )));
             }
             let json = (format == Embedded::Json && !r.value.is_null()).then(|| r.value.clone());
+            let key_json = (format == Embedded::Json && !r.key.is_null()).then(|| r.key.clone());
             Ok(RestRecord {
                 key: embedded(format, r.key).map_err(|e| at(i, "key", e))?,
                 value: embedded(format, r.value).map_err(|e| at(i, "value", e))?,
                 json,
+                key_json,
                 partition: r.partition,
             })
         })

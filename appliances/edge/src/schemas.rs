@@ -2,14 +2,15 @@
 //! work through a WAN outage.
 //!
 //! Every `schema_refresh` the gateway asks the hub's registry for its subjects and the
-//! versions of each `<topic>-value` Avro subject it does not know yet (a version's schema
+//! versions of each `<topic>-value` and `<topic>-key` Avro subject it does not know yet (a version's schema
 //! never changes, so it is fetched once), and writes what changed to
 //! `<data_dir>/schemas/cache.json` (atomically). At start the file is read back, so a gateway
 //! restarted during an outage validates as before.
 //!
 //! A topic with such a subject takes only values in Confluent's wire format (`0x00`, the
 //! schema id, the Avro datum) whose id is one of the subject's versions and whose datum
-//! decodes with it, whole; null values (tombstones) pass. Everything else is refused with
+//! decodes with it, whole; null values (tombstones) pass. Keys likewise for a topic with a
+//! `<topic>-key` subject (null keys pass). Everything else is refused with
 //! INVALID_RECORD, naming the record ([`broker::state::RecordCheck`], in the produce path
 //! of Kafka clients and of the HTTP ingest alike). A schema registered at the hub after the
 //! last refresh is unknown until the next one.
@@ -45,6 +46,17 @@ const SUBJECTS_MAX: usize = 10_000;
 pub const REFERENCES_MAX: usize = 64;
 const VERSIONS_MAX: usize = 1_000;
 const SUFFIX: &str = "-value";
+const KEY_SUFFIX: &str = "-key";
+
+/// The topic a mirrored subject is of, and whether it is its key's.
+fn subject_topic(subject: &str) -> Option<(&str, bool)> {
+    let (topic, key) = match subject.strip_suffix(SUFFIX) {
+        Some(t) => (t, false),
+        None => (subject.strip_suffix(KEY_SUFFIX)?, true),
+    };
+    broker::topics::validate_name(topic).ok()?;
+    Some((topic, key))
+}
 
 /// What is on disk: per subject its versions' ids, each id's schema text, and the texts of
 /// the schemas it references (transitively).
@@ -98,6 +110,8 @@ struct Known {
     file: CacheFile,
     parsed: HashMap<i32, Arc<Parsed>>,
     topics: HashMap<String, TopicSchemas>,
+    /// Topics with a key subject.
+    keys: HashMap<String, TopicSchemas>,
 }
 
 impl Known {
@@ -112,9 +126,9 @@ impl Known {
                 Err(e) => tracing::warn!(id, error = %e, "a cached schema does not parse; ignored"),
             }
         }
-        let mut topics = HashMap::new();
+        let (mut topics, mut keys) = (HashMap::new(), HashMap::new());
         for (subject, versions) in &file.subjects {
-            let Some(topic) = subject.strip_suffix(SUFFIX) else {
+            let Some((topic, key)) = subject_topic(subject) else {
                 continue;
             };
             let ids: BTreeSet<i32> = versions
@@ -124,13 +138,15 @@ impl Known {
                 .collect();
             let latest = versions.values().rev().find(|id| ids.contains(id));
             if let Some(&latest) = latest {
-                topics.insert(topic.to_string(), TopicSchemas { ids, latest });
+                let map = if key { &mut keys } else { &mut topics };
+                map.insert(topic.to_string(), TopicSchemas { ids, latest });
             }
         }
         Known {
             file,
             parsed,
             topics,
+            keys,
         }
     }
 }
@@ -156,7 +172,8 @@ impl Schemas {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let known = Known::from_file(file);
-        metrics.schema_subjects.set(known.topics.len() as i64);
+        let subjects = known.topics.len() + known.keys.len();
+        metrics.schema_subjects.set(subjects as i64);
         Ok(Arc::new(Schemas {
             path,
             known: RwLock::new(known),
@@ -171,28 +188,52 @@ impl Schemas {
         topic: &str,
         json: &serde_json::Value,
     ) -> Option<Result<Bytes, String>> {
+        self.encode_with(false, topic, json)
+    }
+
+    /// [`Schemas::encode_json`] for a key, with the topic's key subject.
+    pub fn encode_json_key(
+        &self,
+        topic: &str,
+        json: &serde_json::Value,
+    ) -> Option<Result<Bytes, String>> {
+        self.encode_with(true, topic, json)
+    }
+
+    fn encode_with(
+        &self,
+        key: bool,
+        topic: &str,
+        json: &serde_json::Value,
+    ) -> Option<Result<Bytes, String>> {
         let known = self.known.read();
-        let t = known.topics.get(topic)?;
+        let map = if key { &known.keys } else { &known.topics };
+        let t = map.get(topic)?;
         let schema = Arc::clone(&known.parsed[&t.latest]);
         let id = t.latest;
         drop(known);
         Some(encode(&schema, id, json))
     }
 
-    /// Why `value` is not a valid value for `topic` (whose subject exists), if it is not.
-    fn invalid(known: &Known, topic: &str, value: Option<&Bytes>) -> Option<String> {
-        let t = known.topics.get(topic)?;
+    /// Why `value` (or the key, with `key`) is not valid for `topic` when its subject
+    /// exists, if it is not.
+    fn invalid(known: &Known, key: bool, topic: &str, value: Option<&Bytes>) -> Option<String> {
+        let (map, suffix, what) = match key {
+            false => (&known.topics, SUFFIX, "value"),
+            true => (&known.keys, KEY_SUFFIX, "key"),
+        };
+        let t = map.get(topic)?;
         let v = value?;
         if v.len() < 5 || v[0] != 0 {
             return Some(format!(
-                "the value is not in Confluent's wire format (0x00, schema id, Avro): \
-                 {topic}{SUFFIX} is an Avro subject"
+                "the {what} is not in Confluent's wire format (0x00, schema id, Avro): \
+                 {topic}{suffix} is an Avro subject"
             ));
         }
         let id = i32::from_be_bytes([v[1], v[2], v[3], v[4]]);
         if !t.ids.contains(&id) {
             return Some(format!(
-                "schema id {id} is not a version of subject {topic}{SUFFIX}"
+                "schema id {id} is not a version of subject {topic}{suffix}"
             ));
         }
         datum_error(&known.parsed[&id], id, &v[5..])
@@ -201,10 +242,7 @@ impl Schemas {
     /// Ask the hub's registry for what changed; whether anything did.
     async fn refresh(&self, client: &RegistryClient) -> anyhow::Result<bool> {
         let mut subjects: Vec<String> = client.get("/subjects").await?;
-        subjects.retain(|s| {
-            s.strip_suffix(SUFFIX)
-                .is_some_and(|t| broker::topics::validate_name(t).is_ok())
-        });
+        subjects.retain(|s| subject_topic(s).is_some());
         subjects.truncate(SUBJECTS_MAX);
         let old = self.known.read().file.clone();
         let mut file = CacheFile::default();
@@ -251,7 +289,8 @@ impl Schemas {
             .context("the cache writer")?
             .with_context(|| format!("writing {}", self.path.display()))?;
         let known = Known::from_file(file);
-        self.metrics.schema_subjects.set(known.topics.len() as i64);
+        let subjects = known.topics.len() + known.keys.len();
+        self.metrics.schema_subjects.set(subjects as i64);
         *self.known.write() = known;
         Ok(true)
     }
@@ -370,7 +409,8 @@ fn encode(schema: &Parsed, id: i32, json: &serde_json::Value) -> Result<Bytes, S
 
 impl broker::state::RecordCheck for Schemas {
     fn checks(&self, topic: &str) -> bool {
-        self.known.read().topics.contains_key(topic)
+        let known = self.known.read();
+        known.topics.contains_key(topic) || known.keys.contains_key(topic)
     }
 
     fn check(&self, topic: &str, records: &[Record]) -> Vec<(i32, String)> {
@@ -379,7 +419,9 @@ impl broker::state::RecordCheck for Schemas {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                Schemas::invalid(&known, topic, r.value.as_ref()).map(|why| (i as i32, why))
+                Schemas::invalid(&known, false, topic, r.value.as_ref())
+                    .or_else(|| Schemas::invalid(&known, true, topic, r.key.as_ref()))
+                    .map(|why| (i as i32, why))
             })
             .collect();
         if !refused.is_empty() {
@@ -428,8 +470,13 @@ mod tests {
             subjects: BTreeMap::from([
                 ("readings-value".into(), BTreeMap::from([(1, 7)])),
                 ("alarms-value".into(), BTreeMap::from([(1, 9)])),
+                ("alarms-key".into(), BTreeMap::from([(1, 11)])),
             ]),
-            schemas: BTreeMap::from([(7, READING.to_string()), (9, ALARM.to_string())]),
+            schemas: BTreeMap::from([
+                (7, READING.to_string()),
+                (9, ALARM.to_string()),
+                (11, r#""string""#.to_string()),
+            ]),
             // Alarm names the Reading type, registered under readings-value.
             references: BTreeMap::from([(9, vec![READING.to_string()])]),
         };
@@ -481,6 +528,53 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("does not match schema id 7"), "{e}");
         assert!(s.encode_json("other", &serde_json::json!({})).is_none());
+    }
+
+    /// A topic with a key subject takes only keys of it (null keys pass); JSON keys are
+    /// encoded with it.
+    #[test]
+    fn keys_are_checked_against_the_key_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schemas(dir.path());
+        let key = s
+            .encode_json_key("alarms", &serde_json::json!("pump-7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&key[..5], &[0, 0, 0, 0, 11]);
+        assert!(
+            s.encode_json_key("readings", &serde_json::json!("x"))
+                .is_none()
+        );
+        assert!(
+            s.encode_json_key("alarms", &serde_json::json!(7))
+                .unwrap()
+                .is_err()
+        );
+        let alarm = serde_json::json!({"level": 3, "at": {"bar": 9.5, "pump": "p2"}});
+        let value = s.encode_json("alarms", &alarm).unwrap().unwrap();
+        let keyed = |key: Option<Bytes>| {
+            let mut r = record(Some(value.clone()));
+            r.key = key;
+            r
+        };
+        let records = [
+            keyed(Some(key)),
+            keyed(None),
+            keyed(Some(Bytes::from_static(b"pump-7"))),
+        ];
+        let refused = s.check("alarms", &records);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, 2);
+        assert!(
+            refused[0]
+                .1
+                .contains("the key is not in Confluent's wire format")
+        );
+        // A topic without a key subject takes any key.
+        let reading = serde_json::json!({"bar": 1.0, "pump": "p"});
+        let mut r = record(Some(s.encode_json("readings", &reading).unwrap().unwrap()));
+        r.key = Some(Bytes::from_static(b"raw"));
+        assert!(s.check("readings", &[r]).is_empty());
     }
 
     /// A schema that names a type registered under another subject (a reference) is parsed,
