@@ -1,8 +1,9 @@
-//! A small S3 client for benchmarks, tests and the edge gateway's claim checks: requests are SigV4 presigned URLs made by
-//! `rusty-s3` (sans-IO signing, so any S3 endpoint accepts them: AWS, MinIO, this gateway) and
-//! sent with hyper over HTTP or HTTPS (rustls, the system's roots). Bodies stream both ways:
-//! an upload of any size is produced chunk by chunk, a download is consumed chunk by chunk,
-//! so neither side of a benchmark holds an object in memory.
+//! A small S3 client for benchmarks, tests and the edge gateway's claim checks: requests are
+//! SigV4 presigned URLs made by `rusty-s3` (sans-IO signing, so any S3 endpoint accepts
+//! them: AWS, MinIO, this gateway) and sent with hyper over HTTP or HTTPS (rustls: the
+//! system's roots, or the caller's configuration for a private CA and a client certificate).
+//! Bodies stream both ways: an upload of any size is produced chunk by chunk, a download is
+//! consumed chunk by chunk, so neither side of a benchmark holds an object in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
