@@ -467,6 +467,19 @@ fn insert_outbox(pg: &Postgres, from: u64, to: u64, per_txn_max: u64) {
     pg.sql(&sql);
 }
 
+/// Outbox events the hub acknowledged (since the gateway's last start).
+fn outbox_forwarded(edge: &Edge) -> u64 {
+    OUTBOX_TOPICS
+        .iter()
+        .map(|t| {
+            edge_metric(
+                edge,
+                &format!("edge_forwarded_records_total{{topic=\"{t}\"}}"),
+            )
+        })
+        .sum()
+}
+
 fn edge_metric(edge: &Edge, name: &str) -> u64 {
     metric(&edge.metrics_url(), name).unwrap_or(0.0) as u64
 }
@@ -605,16 +618,7 @@ fn outbox_events_reach_the_hub_once_in_order_through_wan_cuts_and_crashes_of_bot
     // The WAN is back; the hub broker crashes while the backlog drains.
     proxy.set_target(hub.kafka);
     wait_until("forwarding to resume", T, || {
-        let n: u64 = OUTBOX_TOPICS
-            .iter()
-            .map(|t| {
-                edge_metric(
-                    &edge,
-                    &format!("edge_forwarded_records_total{{topic=\"{t}\"}}"),
-                )
-            })
-            .sum();
-        (n > 0).then_some(())
+        (outbox_forwarded(&edge) > 0).then_some(())
     });
     hub.kill9();
     hub.restart();
@@ -1468,16 +1472,7 @@ fn the_outbox_is_read_over_tls_from_a_database_that_takes_nothing_else() {
     let edge = gateway(&pki.ca);
     insert_outbox(&pg, 0, 200, 5);
     wait_until("the outbox to be forwarded", T, || {
-        let forwarded: u64 = OUTBOX_TOPICS
-            .iter()
-            .map(|t| {
-                edge_metric(
-                    &edge,
-                    &format!("edge_forwarded_records_total{{topic=\"{t}\"}}"),
-                )
-            })
-            .sum();
-        (forwarded >= 200).then_some(())
+        (outbox_forwarded(&edge) >= 200).then_some(())
     });
     let at_hub = wait_until("the hub to hold every outbox event", T, || {
         let r = outbox_at_hub(&hub.bootstrap());

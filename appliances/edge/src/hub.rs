@@ -71,18 +71,24 @@ impl HubError {
         let HubError::Refused { code, name, .. } = self else {
             return None;
         };
-        let records = matches!(
-            E::try_from_code(*code),
-            Some(
-                E::MessageTooLarge
-                    | E::RecordListTooLarge
-                    | E::InvalidRecord
-                    | E::CorruptMessage
-                    | E::InvalidTimestamp
-            )
-        );
-        records.then_some(name.as_str())
+        E::try_from_code(*code)
+            .is_some_and(|e| about_records(&e))
+            .then_some(name.as_str())
     }
+}
+
+/// A refusal for something in a batch's records (one too large, invalid, corrupt, stamped
+/// out of the time the hub accepts), not for the topic or the producer as a whole.
+fn about_records(e: &kafka_protocol::error::ResponseError) -> bool {
+    use kafka_protocol::error::ResponseError as E;
+    matches!(
+        e,
+        E::MessageTooLarge
+            | E::RecordListTooLarge
+            | E::InvalidRecord
+            | E::CorruptMessage
+            | E::InvalidTimestamp
+    )
 }
 
 fn error_name(code: i16) -> String {
@@ -354,13 +360,9 @@ fn classify_produce(
                 name,
             })
         }
+        Some(e) if about_records(&e) => Err(HubError::Refused { what, code, name }),
         Some(
-            E::MessageTooLarge
-            | E::RecordListTooLarge
-            | E::InvalidRecord
-            | E::CorruptMessage
-            | E::InvalidTimestamp
-            | E::InvalidTopicException
+            E::InvalidTopicException
             | E::TopicAuthorizationFailed
             | E::ClusterAuthorizationFailed
             | E::UnsupportedForMessageFormat
