@@ -1470,6 +1470,10 @@ fn the_outbox_is_read_over_tls_from_a_database_that_takes_nothing_else() {
     drop(doubting);
 
     let edge = gateway(&pki.ca);
+    // Rows committed before the gateway created its slot are not read.
+    wait_until("the gateway to read its slot", T, || {
+        (edge_metric(&edge, "edge_outbox_buffered_lsn") > 0).then_some(())
+    });
     insert_outbox(&pg, 0, 200, 5);
     wait_until("the outbox to be forwarded", T, || {
         (outbox_forwarded(&edge) >= 200).then_some(())
