@@ -1,5 +1,6 @@
 //! `clk cluster`: the stretched hub as an operator sees it, through any quorum member's admin
-//! port (a broker's 9644 or the witness's 9646): its status, and replacing a dead voter.
+//! port (a broker's 9644 or the witness's 9646): its status, replacing a dead voter, and
+//! moving partitions between brokers.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,6 +19,43 @@ pub enum ClusterCommand {
     /// must be running (a broker, or a witness started with the same cluster name); it is
     /// caught up on the metadata log before it votes.
     ReplaceVoter(ReplaceArgs),
+    /// Move a partition to other brokers (or cancel its move). The new replicas copy from the
+    /// leader while it goes on serving; the old ones leave once every new one is in sync.
+    Reassign(ReassignArgs),
+    /// The partitions being moved.
+    Reassignments(ReassignmentsArgs),
+}
+
+#[derive(Args)]
+pub struct ReassignArgs {
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    admin: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    partition: i32,
+    /// The new replicas, comma-separated broker ids, the preferred leader first (at least
+    /// one in each data site).
+    #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+    replicas: Vec<u32>,
+    /// Cancel the move in progress: back to the replicas it started from.
+    #[arg(long, conflicts_with = "replicas")]
+    cancel: bool,
+    /// Wait (up to this long, e.g. "10m") until the move has completed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+    /// The node's `[admin] token` (changes need it).
+    #[arg(long, env = "CLK_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Args)]
+pub struct ReassignmentsArgs {
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    admin: String,
+    /// Print them as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -68,6 +106,92 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Status(args) => status(args).await,
         ClusterCommand::ReplaceVoter(args) => replace_voter(args).await,
+        ClusterCommand::Reassign(args) => reassign(args).await,
+        ClusterCommand::Reassignments(args) => {
+            let moves = fetch_reassignments(&args.admin).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&moves)?);
+            } else if moves.is_empty() {
+                println!("no partition is being moved");
+            }
+            for m in moves.iter().filter(|_| !args.json) {
+                println!(
+                    "{}-{}: replicas {:?}, adding {:?}, removing {:?}, in sync {:?}",
+                    m.topic, m.partition, m.replicas, m.adding, m.removing, m.isr
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn fetch_reassignments(admin: &str) -> anyhow::Result<Vec<quorum::admin::Reassignment>> {
+    let (code, body) = telemetry::admin::call(
+        admin,
+        crate::admin_tls()?,
+        Method::GET,
+        "/v1/cluster/reassignments",
+        None,
+        None,
+        CALL_TIMEOUT,
+    )
+    .await?;
+    if code != StatusCode::OK {
+        bail!("{admin} answered {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("reading {admin}'s reassignments"))
+}
+
+async fn reassign(args: ReassignArgs) -> anyhow::Result<()> {
+    let request = quorum::admin::ReassignRequest {
+        topic: args.topic.clone(),
+        partition: args.partition,
+        replicas: (!args.cancel).then(|| args.replicas.iter().map(|n| NodeId(*n)).collect()),
+    };
+    let (code, answer) = telemetry::admin::call(
+        &args.admin,
+        crate::admin_tls()?,
+        Method::POST,
+        "/v1/cluster/reassignments",
+        Some(serde_json::to_string(&request)?),
+        Some(&args.token),
+        Duration::from_secs(30),
+    )
+    .await?;
+    if code != StatusCode::OK {
+        bail!("the reassignment was refused ({code}): {}", answer.trim());
+    }
+    let what = format!("{}-{}", args.topic, args.partition);
+    let Some(limit) = args.wait else {
+        println!(
+            "{what}: {}",
+            if args.cancel {
+                "move cancelled"
+            } else {
+                "moving"
+            }
+        );
+        return Ok(());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let moves = fetch_reassignments(&args.admin).await?;
+        let moving = moves
+            .iter()
+            .find(|m| m.topic == args.topic && m.partition == args.partition);
+        match moving {
+            None => {
+                println!("{what}: moved");
+                return Ok(());
+            }
+            Some(m) if Instant::now() >= deadline => bail!(
+                "{what} is still moving after {}: adding {:?} (in sync: {:?})",
+                humantime::format_duration(limit),
+                m.adding,
+                m.isr
+            ),
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
 
@@ -200,8 +324,8 @@ pub fn render(s: &ClusterStatus) -> String {
     let p = &s.partitions;
     let _ = writeln!(
         out,
-        "partitions: {} ({} under-replicated, {} missing a site, {} offline)",
-        p.total, p.under_replicated, p.degraded, p.offline
+        "partitions: {} ({} under-replicated, {} missing a site, {} offline, {} being moved)",
+        p.total, p.under_replicated, p.degraded, p.offline, p.reassigning
     );
     let verdict = match unhealthy(s) {
         None => "HEALTHY".to_string(),

@@ -362,6 +362,124 @@ fn a_rolling_restart_of_every_broker_loses_nothing() {
     assert!(verify(&acked, &stored) >= acked.len());
 }
 
+/// kafkajs's reassignment script (tests/node/reassign.js): its observations.
+fn reassign_with_kafkajs(hub: &mut Hub) -> serde_json::Value {
+    let bootstrap = hub.bootstrap();
+    let one_site = hub
+        .site("site-a")
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&dir).args([
+        "reassign.js",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--one-site",
+        &one_site,
+    ]);
+    let out = e2e::clients::run(cmd, None, Duration::from_secs(240));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reassign.js failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+fn sorted_ids(v: &serde_json::Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|n| n.as_u64().expect("an id"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn partitions_move_to_other_brokers_under_acks_all_load_and_lose_nothing() {
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    let (producer, acked_file, _dir) = produce_orders(&mut hub, 0, 2000);
+    producer.wait_acked(4000, T);
+    // kafkajs moves every partition off its leader's broker (each leadership moves too) onto
+    // the broker it was not on, and waits until ListPartitionReassignments shows none left.
+    let r = reassign_with_kafkajs(&mut hub);
+    assert_eq!(
+        r["listed_at_first"], 6,
+        "every move listed while in progress: {r}"
+    );
+    let before = r["before"].as_array().expect("partitions");
+    for (p, after) in r["after"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .enumerate()
+    {
+        let target = &r["targets"][p.to_string()];
+        assert_eq!(sorted_ids(&after["replicas"]), sorted_ids(target), "{r}");
+        assert_eq!(sorted_ids(&after["isr"]), sorted_ids(target), "{r}");
+        assert_ne!(after["leader"], before[p]["leader"], "{r}");
+    }
+    assert_eq!(r["one_site"], "INVALID_REPLICA_ASSIGNMENT", "{r}");
+    // The removed replicas deleted their copies.
+    for (p, b) in before.iter().enumerate() {
+        let old_leader = b["leader"].as_u64().unwrap() as u32;
+        let dir = hub.brokers[&old_leader]
+            .data_dir()
+            .join("topics")
+            .join(format!("orders-{p}"));
+        wait_until("a moved replica's copy to be deleted", T, || {
+            (!dir.exists()).then_some(())
+        });
+    }
+    // The operator's command: partition 0 to every broker (RF 4, 2+2), waiting for the move.
+    let admin = hub.brokers[&1].admin.to_string();
+    let all: Vec<String> = hub.brokers.keys().map(u32::to_string).collect();
+    let shown = clk_cluster(&[
+        "reassign",
+        "--admin",
+        &admin,
+        "--topic",
+        "orders",
+        "--partition",
+        "0",
+        "--replicas",
+        &all.join(","),
+        "--wait",
+        "3m",
+        "--token",
+        e2e::ADMIN_TOKEN,
+    ]);
+    assert!(shown.contains("orders-0: moved"), "{shown}");
+    let listing = kcat(&["-b", &hub.bootstrap(), "-L", "-t", "orders"], None, T);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("partition 0,"))
+        .expect("partition 0 listed");
+    assert!(
+        line.contains(&format!("replicas: {}", all.join(","))),
+        "{listing}"
+    );
+    let moves = clk_cluster(&["reassignments", "--admin", &admin]);
+    assert!(moves.contains("no partition is being moved"), "{moves}");
+    let status = clk_cluster(&["status", "--admin", &admin, "--wait-healthy", "120s"]);
+    assert!(status.contains("0 being moved"), "{status}");
+    // Every acknowledged record is there, once, in order: nothing was lost or written twice
+    // while leaders and replicas moved under the idempotent producer.
+    producer.stop(T);
+    let acked = read_acked(&acked_file);
+    let stored = settled(&hub.bootstrap(), "orders", &acked, T);
+    assert!(verify(&acked, &stored) >= acked.len());
+}
+
 #[test]
 fn a_follower_with_a_torn_tail_cuts_it_and_catches_up() {
     let mut hub = Hub::start(HubSpec::two_by_two());

@@ -3,7 +3,7 @@
 //!
 //! - `broker_cluster_*`: the whole cluster (the same on every broker): brokers live and
 //!   fenced, fenced sites, degraded mode and degraded partitions (in-sync set missing a site),
-//!   under-replicated, under-min-in-sync and offline partitions, the controller;
+//!   under-replicated, under-min-in-sync, offline and reassigning partitions, the controller;
 //! - `broker_lease_valid`: whether this broker may lead now;
 //! - `broker_under_replicated_partitions`: partitions led here missing in-sync replicas;
 //! - `broker_follower_lag_records_max`: how far the furthest-behind follower of a partition
@@ -48,6 +48,7 @@ struct PartitionCounts {
     under_min_insync: i64,
     degraded: i64,
     offline: i64,
+    reassigning: i64,
 }
 
 fn count_partitions(state: &ClusterState, defaults: &TopicDefaults) -> PartitionCounts {
@@ -61,7 +62,8 @@ fn count_partitions(state: &ClusterState, defaults: &TopicDefaults) -> Partition
             .1
             .min_insync_replicas;
         for p in &t.partitions {
-            c.under_replicated += i64::from(p.isr.len() < p.replicas.len());
+            c.under_replicated += i64::from(p.under_replicated());
+            c.reassigning += i64::from(p.reassigning());
             let needed = policy.effective_min_insync(
                 min.max(1) as usize,
                 &p.replicas,
@@ -160,6 +162,12 @@ impl Collector for ClusterCollector {
             "broker_cluster_offline_partitions",
             "Partitions without a leader (no in-sync replica is live).",
             counts.offline,
+        )?;
+        gauge(
+            e,
+            "broker_cluster_reassigning_partitions",
+            "Partitions whose replicas a reassignment is moving.",
+            counts.reassigning,
         )?;
         gauge(
             e,

@@ -215,6 +215,8 @@ impl Replica {
             return Transition::BecameFollower { leader: a.leader };
         }
         if self.role == Role::Leader {
+            // A reassignment added or removed replicas under the same leader.
+            self.sync_followers(now_ms);
             self.advance_high_watermark();
         }
         if changed {
@@ -227,25 +229,28 @@ impl Replica {
     fn become_leader(&mut self, now_ms: u64) {
         self.role = Role::Leader;
         self.epoch_start = self.log_end;
-        self.followers = self
-            .replicas
-            .iter()
-            .filter(|n| **n != self.me)
-            .map(|n| {
-                (
-                    *n,
-                    Progress {
-                        durable: None,
-                        last_fetch_ms: now_ms,
-                        // In-sync replicas get a full lag time to show up.
-                        last_caught_up_ms: if self.isr.contains(n) { now_ms } else { 0 },
-                        leader_end_at_last_fetch: self.log_end,
-                        high_watermark_sent: Offset(-1),
-                    },
-                )
-            })
-            .collect();
+        self.followers.clear();
+        self.sync_followers(now_ms);
         self.advance_high_watermark();
+    }
+
+    /// Track exactly the other replicas: a new one starts unknown (not caught up), a removed
+    /// one is forgotten.
+    fn sync_followers(&mut self, now_ms: u64) {
+        let (me, replicas) = (self.me, &self.replicas);
+        self.followers.retain(|n, _| replicas.contains(n));
+        for n in replicas.iter().filter(|n| **n != me) {
+            let in_sync = self.isr.contains(n);
+            let log_end = self.log_end;
+            self.followers.entry(*n).or_insert_with(|| Progress {
+                durable: None,
+                last_fetch_ms: now_ms,
+                // In-sync replicas get a full lag time to show up.
+                last_caught_up_ms: if in_sync { now_ms } else { 0 },
+                leader_end_at_last_fetch: log_end,
+                high_watermark_sent: Offset(-1),
+            });
+        }
     }
 
     /// Records were appended to the local log.

@@ -3,9 +3,10 @@
 //! controller and metadata (`quorum::controller::Controller`, `ClusterState`), driven by a
 //! seeded clock and a seeded scheduler that crashes brokers (losing what they had not
 //! fsynced), cuts the links between sites (site-c holds the controller: the quorum itself is
-//! simulated in `appliances/quorum/tests/sim.rs`), lets producers write to whichever broker
-//! believes it leads, and lets followers fetch, flush and truncate by leader epoch as the
-//! fetcher does.
+//! simulated in `appliances/quorum/tests/sim.rs`), moves partitions to other replicas (an
+//! operator's reassignments, retargeted and cancelled too; a removed replica deletes its
+//! copy), lets producers write to whichever broker believes it leads, and lets followers
+//! fetch, flush and truncate by leader epoch as the fetcher does.
 //!
 //! Checked at every step: a site cut off from both others stops acting as leader within its
 //! lease (no split brain: before the others can have fenced it and elected new leaders); every
@@ -26,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use broker::replica::{Assignment, Replica, Role};
+use broker::replica::{Assignment, FetchRefusal, Replica, Role};
 use quorum::controller::{Controller, Registration, Timing};
 use quorum::ids::{BrokerEpoch, LeaderEpoch, NodeId, Offset, PartitionKey, SiteId};
 use quorum::metadata::{ClusterState, Endpoints, MetadataRecord};
@@ -137,6 +138,10 @@ struct Stats {
     truncations: u64,
     elections: u64,
     isolations: u64,
+    /// Reassignments started (or retargeted, or cancelled) by the simulated operator.
+    reassignments: u64,
+    /// Replica sets that reached their target (completed, cancelled).
+    moves_ended: u64,
 }
 
 impl Sim {
@@ -214,6 +219,16 @@ impl Sim {
         if records.is_empty() {
             return;
         }
+        for r in &records {
+            if let MetadataRecord::ReplicasChanged {
+                adding, removing, ..
+            } = r
+                && adding.is_empty()
+                && removing.is_empty()
+            {
+                self.stats.moves_ended += 1;
+            }
+        }
         self.index += 1;
         self.state.apply(self.index, &records);
     }
@@ -278,11 +293,38 @@ impl Sim {
                 b.next_heartbeat_ms = now;
             }
         }
+        if self.rng.chance(0.002) {
+            self.reassign();
+        }
         if self.rng.chance(0.0015) {
             let pair = [(0, 1), (0, 2), (1, 2)][self.rng.below(3) as usize];
             let until = self.now_ms + 300 + self.rng.below(6_000);
             self.cuts.entry(pair).or_insert(until);
             self.stats.cuts += 1;
+        }
+    }
+
+    /// An operator moves a partition to three of the four brokers in a random order (any three
+    /// span both sites), or cancels the move in progress. The controller may refuse (the move
+    /// would drop the last in-sync replica of a site, say): the operator is told, nothing
+    /// changes.
+    fn reassign(&mut self) {
+        let p = self.rng.below(PARTITIONS as u64) as i32;
+        let key = self.key(p);
+        let moving = self.state.partition(key).expect("partition").reassigning();
+        let target = if moving && self.rng.chance(0.3) {
+            None
+        } else {
+            let mut ids: Vec<NodeId> = BROKERS.iter().map(|(id, _)| NodeId(*id)).collect();
+            ids.remove(self.rng.below(ids.len() as u64) as usize);
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, self.rng.below(i as u64 + 1) as usize);
+            }
+            Some(ids)
+        };
+        if let Ok(records) = self.ctl.reassign(&self.state, key, target.as_deref()) {
+            self.stats.reassignments += u64::from(!records.is_empty());
+            self.apply(records);
         }
     }
 
@@ -410,15 +452,13 @@ impl Sim {
 
     /// Apply the broker's view to its replicas, as the replica manager does.
     fn reconcile(&mut self, id: NodeId) {
-        let now = self.now_ms;
-        let topic = self.topic;
-        let key = |index| PartitionKey { topic, index };
-        let b = self.brokers.get_mut(&id).expect("broker");
-        if b.epoch.is_none() {
+        if self.brokers[&id].epoch.is_none() {
             return;
         }
         for p in 0..PARTITIONS {
-            let Some(ps) = b.view.partition(key(p)) else {
+            let key = self.key(p);
+            let b = &self.brokers[&id];
+            let Some(ps) = b.view.partition(key) else {
                 continue;
             };
             let a = Assignment {
@@ -428,25 +468,38 @@ impl Sim {
                 replicas: ps.replicas.clone(),
                 isr: ps.isr.clone(),
             };
-            if !a.replicas.contains(&id) {
-                continue;
+            if a.replicas.contains(&id) {
+                self.assign(id, p, &a);
+            } else if b.logs.contains_key(&p) || b.replicas.contains_key(&p) {
+                // Moved away: the replica manager deletes the copy.
+                self.check_shrink(id, p, 0, "deleted as a replica moved away");
+                let b = self.brokers.get_mut(&id).expect("broker");
+                b.logs.remove(&p);
+                b.durable.remove(&p);
+                b.replicas.remove(&p);
+                b.pending.retain(|w| w.partition != p);
             }
-            let log_len = b.logs.entry(p).or_default().len();
-            let durable = *b.durable.entry(p).or_default();
-            let r = b.replicas.entry(p).or_insert_with(|| {
-                Replica::new(
-                    id,
-                    Offset(0),
-                    Offset(log_len as i64),
-                    Offset(durable as i64),
-                )
-            });
-            // A view older than what the replica applied is skipped, as an older state is.
-            if a.leader_epoch < r.leader_epoch() {
-                continue;
-            }
-            r.assign(&a, now);
         }
+    }
+
+    fn assign(&mut self, id: NodeId, p: i32, a: &Assignment) {
+        let now = self.now_ms;
+        let b = self.brokers.get_mut(&id).expect("broker");
+        let log_len = b.logs.entry(p).or_default().len();
+        let durable = *b.durable.entry(p).or_default();
+        let r = b.replicas.entry(p).or_insert_with(|| {
+            Replica::new(
+                id,
+                Offset(0),
+                Offset(log_len as i64),
+                Offset(durable as i64),
+            )
+        });
+        // A view older than what the replica applied is skipped, as an older state is.
+        if a.leader_epoch < r.leader_epoch() {
+            return;
+        }
+        r.assign(a, now);
     }
 
     /// Whether the broker may act as leader of `p` now (`Cluster::lease_valid`).
@@ -563,8 +616,17 @@ impl Sim {
             .replicas
             .get_mut(&p)
             .expect("leader replica");
+        let leader_partition_epoch = lr.partition_epoch();
         let hw = match lr.on_follower_fetch(id, Offset(offset as i64), now) {
             Ok(_) => lr.high_watermark(),
+            // The two disagree on the replicas: a reassignment added this one and the leader
+            // has not applied it yet, or removed it and the follower has not. It is refused
+            // and asks again, as the fetcher does.
+            Err(FetchRefusal::UnknownReplica(_))
+                if leader_partition_epoch != self.brokers[&id].replicas[&p].partition_epoch() =>
+            {
+                return;
+            }
             Err(e) => self.fail(format!(
                 "broker {l} refused broker {id}'s fetch at {offset} of partition {p} after the divergence check: {e}"
             )),
@@ -849,6 +911,7 @@ impl Sim {
                 let Some(l) = ps.leader else { return false };
                 let end = self.brokers[&l].logs.get(&p).map_or(0, Vec::len);
                 ps.isr.len() == ps.replicas.len()
+                    && !ps.reassigning()
                     && ps
                         .replicas
                         .iter()
@@ -899,6 +962,8 @@ fn replication_loses_no_acknowledged_record_under_crashes_and_cuts() {
         total.truncations += s.truncations;
         total.elections += s.elections;
         total.isolations += s.isolations;
+        total.reassignments += s.reassignments;
+        total.moves_ended += s.moves_ended;
     }
     eprintln!("{seeds} seeds: {total:?}");
     // The faults must have happened, or this test checks nothing.
@@ -909,6 +974,10 @@ fn replication_loses_no_acknowledged_record_under_crashes_and_cuts() {
     );
     assert!(
         total.elections > seeds * u64::from(PARTITIONS as u32),
+        "{total:?}"
+    );
+    assert!(
+        total.reassignments > seeds && total.moves_ended > seeds,
         "{total:?}"
     );
 }

@@ -4,6 +4,10 @@
 //! - `POST /v1/cluster/voters` with `{"voters": {"<id>": "<quorum host:port>", ...}}`: make
 //!   these the voters (forwarded to the Raft leader; new voters are added as learners and
 //!   caught up first). `clk cluster replace-voter` builds the set from the status.
+//! - `GET /v1/cluster/reassignments`: the partitions a reassignment is moving;
+//! - `POST /v1/cluster/reassignments` with [`ReassignRequest`]: move a partition to other
+//!   replicas, or cancel its move (`clk cluster reassign`). Kafka clients do the same with
+//!   AlterPartitionReassignments.
 //!
 //! The admin port belongs to the admin trust zone (operators only); it is not the Kafka
 //! listener and not the quorum port.
@@ -24,10 +28,94 @@ use crate::raft::network::Transport;
 
 /// How long a voter change may take (a new voter catching up on the log included).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long starting or cancelling a reassignment may take (one metadata commit).
+const REASSIGN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VotersChange {
     pub voters: BTreeMap<NodeId, String>,
+}
+
+/// Move `topic`'s partition to `replicas` (the first is the preferred leader), or with
+/// `None` cancel the move in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReassignRequest {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Option<Vec<NodeId>>,
+}
+
+/// A partition being moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<NodeId>,
+    pub adding: Vec<NodeId>,
+    pub removing: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
+}
+
+/// Every reassignment in progress in `state`.
+pub fn reassignments(state: &crate::metadata::ClusterState) -> Vec<Reassignment> {
+    state
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.reassigning())
+                .map(|(i, p)| Reassignment {
+                    topic: t.name.to_string(),
+                    partition: i as i32,
+                    replicas: p.replicas.clone(),
+                    adding: p.adding.clone(),
+                    removing: p.removing.clone(),
+                    isr: p.isr.clone(),
+                })
+        })
+        .collect()
+}
+
+async fn reassign<T: Transport>(node: Arc<QuorumNode<T>>, body: Bytes) -> AdminReply {
+    let r: ReassignRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return AdminReply::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"topic\": name, \"partition\": index, \"replicas\": [ids] or null}}: {e}"
+                ),
+            );
+        }
+    };
+    let Some(topic) = node.state().topic_by_name(&r.topic).map(|t| t.id) else {
+        return AdminReply::error(StatusCode::NOT_FOUND, format!("no topic {:?}", r.topic));
+    };
+    let request = ControllerRequest::Reassign {
+        partition: crate::ids::PartitionKey {
+            topic,
+            index: r.partition,
+        },
+        target: r.replicas,
+    };
+    answer(node.controller_call(request, REASSIGN_TIMEOUT).await)
+}
+
+/// A controller request's answer as the admin port gives it.
+fn answer(result: Result<ControllerResponse, impl std::fmt::Display>) -> AdminReply {
+    match result {
+        Ok(ControllerResponse::Applied { index }) => {
+            AdminReply::json(StatusCode::OK, &serde_json::json!({ "index": index }))
+        }
+        Ok(ControllerResponse::Failed(e)) => AdminReply::error(StatusCode::CONFLICT, e.to_string()),
+        Ok(other) => AdminReply::error(
+            StatusCode::BAD_GATEWAY,
+            format!("unexpected answer {other:?}"),
+        ),
+        Err(e) => AdminReply::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// The routes, answering 503 until [`QuorumAdmin::attach`] (the admin port starts before
@@ -63,24 +151,16 @@ async fn change_voters<T: Transport>(node: Arc<QuorumNode<T>>, body: Bytes) -> A
     let request = ControllerRequest::ChangeVoters {
         voters: change.voters,
     };
-    match node.controller_call(request, CHANGE_TIMEOUT).await {
-        Ok(ControllerResponse::Applied { index }) => {
-            AdminReply::json(StatusCode::OK, &serde_json::json!({ "index": index }))
-        }
-        Ok(ControllerResponse::Failed(e)) => AdminReply::error(StatusCode::CONFLICT, e.to_string()),
-        Ok(other) => AdminReply::error(
-            StatusCode::BAD_GATEWAY,
-            format!("unexpected answer {other:?}"),
-        ),
-        Err(e) => AdminReply::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    answer(node.controller_call(request, CHANGE_TIMEOUT).await)
 }
 
 impl<T: Transport> AdminRoutes for QuorumAdmin<T> {
     fn route(&self, method: &Method, path: &str, body: Bytes) -> Option<AdminFuture> {
         let known = matches!(
             (method, path),
-            (&Method::GET, "/v1/cluster") | (&Method::POST, "/v1/cluster/voters")
+            (&Method::GET, "/v1/cluster")
+                | (&Method::POST, "/v1/cluster/voters")
+                | (&Method::GET | &Method::POST, "/v1/cluster/reassignments")
         );
         if !known {
             return None;
@@ -92,10 +172,12 @@ impl<T: Transport> AdminRoutes for QuorumAdmin<T> {
             );
             return Some(Box::pin(async move { r }));
         };
-        if method == Method::GET {
-            let r = AdminReply::json(StatusCode::OK, &node.status());
-            return Some(Box::pin(async move { r }));
-        }
-        Some(Box::pin(change_voters(node, body)))
+        let r = match (method, path) {
+            (&Method::GET, "/v1/cluster") => AdminReply::json(StatusCode::OK, &node.status()),
+            (&Method::GET, _) => AdminReply::json(StatusCode::OK, &reassignments(&node.state())),
+            (_, "/v1/cluster/voters") => return Some(Box::pin(change_voters(node, body))),
+            _ => return Some(Box::pin(reassign(node, body))),
+        };
+        Some(Box::pin(async move { r }))
     }
 }

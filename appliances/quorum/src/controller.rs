@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::ids::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionKey, SiteId};
 use crate::metadata::{
     BrokerInfo, ClusterState, Endpoints, MAX_BROKERS, MetadataRecord, PRODUCER_ID_BLOCK,
-    PartitionState,
+    PartitionState, REPLICAS_MAX,
 };
 use crate::policy::{PolicyError, SitePolicy};
 
@@ -141,6 +141,12 @@ pub enum ControllerRequest {
     DeleteAcls {
         bindings: Vec<acl::AclBinding>,
     },
+    /// Move a partition to `target` replicas (the first is its preferred leader), or with
+    /// `None` cancel the reassignment in progress (Kafka's AlterPartitionReassignments).
+    Reassign {
+        partition: PartitionKey,
+        target: Option<Vec<NodeId>>,
+    },
 }
 
 /// A broker (re)starting.
@@ -231,6 +237,8 @@ pub enum ControllerError {
     TooManyBrokers,
     #[error("the quorum could not commit: {0}")]
     NotCommitted(String),
+    #[error("no reassignment is in progress for partition {0}")]
+    NoReassignment(PartitionKey),
 }
 
 impl From<PolicyError> for ControllerError {
@@ -451,7 +459,11 @@ impl Controller {
         if let Some(r) = self.site_changes(state, &policy, now_ms) {
             return vec![r];
         }
-        self.elections(state, &policy)
+        let elections = self.elections(state, &policy);
+        if !elections.is_empty() {
+            return elections;
+        }
+        completed_reassignments(state, &policy)
     }
 
     fn expired_sessions(&self, state: &ClusterState, now_ms: u64) -> Vec<MetadataRecord> {
@@ -678,6 +690,53 @@ impl Controller {
         Ok(vec![change(key, p, p.leader, isr, false)])
     }
 
+    /// Start moving partition `key` to `target` replicas (retargeting one in progress), or
+    /// with `None` cancel the reassignment in progress. Nothing is copied here: the new
+    /// replicas fetch from the leader as followers, and the tick completes the move once
+    /// every target replica is in sync ([`completed_reassignments`]). Empty when the
+    /// partition already has exactly these replicas.
+    pub fn reassign(
+        &self,
+        state: &ClusterState,
+        key: PartitionKey,
+        target: Option<&[NodeId]>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let policy = state.policy.as_ref().ok_or(ControllerError::NotFormed)?;
+        let p = state.partition(key).ok_or(ControllerError::UnknownTopic)?;
+        let views = state.broker_views();
+        let original = p.original();
+        let (replicas, adding, removing) = match target {
+            None if !p.reassigning() => return Err(ControllerError::NoReassignment(key)),
+            None => (original, vec![], vec![]),
+            Some(target) => {
+                policy.check_assignment(target, REPLICAS_MAX / 2, &views)?;
+                let removing: Vec<NodeId> = original
+                    .iter()
+                    .filter(|n| !target.contains(n))
+                    .copied()
+                    .collect();
+                let adding: Vec<NodeId> = target
+                    .iter()
+                    .filter(|n| !original.contains(n))
+                    .copied()
+                    .collect();
+                let replicas = [target, &removing].concat();
+                (replicas, adding, removing)
+            }
+        };
+        if replicas == p.replicas && adding == p.adding && removing == p.removing {
+            return Ok(vec![]);
+        }
+        let isr: Vec<NodeId> = p
+            .isr
+            .iter()
+            .filter(|n| replicas.contains(n))
+            .copied()
+            .collect();
+        let record = replicas_changed(key, p, policy, &views, replicas, adding, removing, isr)?;
+        Ok(vec![record])
+    }
+
     /// A topic with replicas placed by the site policy over the unfenced brokers.
     pub fn create_topic(
         &self,
@@ -787,6 +846,82 @@ fn live_incarnation(
         .get(&node)
         .filter(|b| b.epoch == epoch && !b.fenced)
         .ok_or(ControllerError::StaleBroker(node))
+}
+
+/// Reassignments whose target replicas are all in sync now complete: the removed replicas
+/// leave (they delete their copies when they apply it), leadership moves into the target if
+/// it was outside, among in-sync replicas only.
+fn completed_reassignments(state: &ClusterState, policy: &SitePolicy) -> Vec<MetadataRecord> {
+    let views = state.broker_views();
+    let mut out = Vec::new();
+    for t in state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let target = p.target();
+            if !p.reassigning() || !target.iter().all(|n| p.isr.contains(n)) {
+                continue;
+            }
+            let key = PartitionKey {
+                topic: t.id,
+                index: i as i32,
+            };
+            let isr = target.clone();
+            match replicas_changed(key, p, policy, &views, target, vec![], vec![], isr) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::debug!(%key, error = %e, "reassignment not completed yet"),
+            }
+        }
+    }
+    out
+}
+
+/// A [`MetadataRecord::ReplicasChanged`] from `p`, if the site policy allows its in-sync
+/// set, with a leader among the new in-sync replicas (the current one when it stays).
+#[allow(clippy::too_many_arguments)]
+fn replicas_changed(
+    key: PartitionKey,
+    p: &PartitionState,
+    policy: &SitePolicy,
+    views: &BTreeMap<NodeId, crate::policy::BrokerView<'_>>,
+    replicas: Vec<NodeId>,
+    adding: Vec<NodeId>,
+    removing: Vec<NodeId>,
+    isr: Vec<NodeId>,
+) -> Result<MetadataRecord, ControllerError> {
+    if replicas.len() > REPLICAS_MAX {
+        return Err(ControllerError::Invalid(format!(
+            "the partition would have {} replicas during the move, at most {REPLICAS_MAX}",
+            replicas.len()
+        )));
+    }
+    let leader = match p.leader.filter(|l| isr.contains(l)) {
+        Some(l) => Some(l),
+        None => match policy.eligible_leaders(&replicas, &isr, views).first() {
+            Some(l) => Some(*l),
+            None => {
+                return Err(ControllerError::Policy(
+                    "no in-sync replica of the new set could lead: it would lose acknowledged \
+                     writes"
+                        .into(),
+                ));
+            }
+        },
+    };
+    policy.check_isr_change(&replicas, leader, &p.isr, &isr, views)?;
+    let leader_epoch = if leader != p.leader {
+        p.leader_epoch.next()
+    } else {
+        p.leader_epoch
+    };
+    Ok(MetadataRecord::ReplicasChanged {
+        partition: key,
+        expected: p.partition_epoch,
+        replicas,
+        adding,
+        removing,
+        leader,
+        leader_epoch,
+        isr,
+    })
 }
 
 fn change(

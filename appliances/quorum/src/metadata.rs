@@ -137,7 +137,25 @@ pub enum MetadataRecord {
     AclsDeleted {
         bindings: Vec<acl::AclBinding>,
     },
+    /// A partition's replicas change (a reassignment starts, is retargeted, completes or is
+    /// cancelled): the whole new state, applied only against `expected` like
+    /// [`MetadataRecord::PartitionChanged`]. Computed by
+    /// [`crate::controller::Controller::reassign`] and the controller's tick.
+    ReplicasChanged {
+        partition: PartitionKey,
+        expected: PartitionEpoch,
+        replicas: Vec<NodeId>,
+        adding: Vec<NodeId>,
+        removing: Vec<NodeId>,
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+        isr: Vec<NodeId>,
+    },
 }
+
+/// At most this many replicas per partition while a reassignment holds the old and new ones
+/// (checked by the controller when a move starts).
+pub const REPLICAS_MAX: usize = 16;
 
 /// See [`MetadataRecord::BrokerServices`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +187,54 @@ pub struct BrokerInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
+    /// During a reassignment: the target replicas first, then the ones being removed.
     pub replicas: Vec<NodeId>,
     pub isr: Vec<NodeId>,
     pub leader: Option<NodeId>,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
+    /// Replicas a reassignment adds (KIP-455): they fetch from the leader like any follower
+    /// and join the in-sync set once caught up. Empty when no reassignment is in progress.
+    /// (Snapshots are JSON; written before reassignments existed, they have neither field.)
+    #[serde(default)]
+    pub adding: Vec<NodeId>,
+    /// Replicas a reassignment removes once every target replica is in sync.
+    #[serde(default)]
+    pub removing: Vec<NodeId>,
+}
+
+impl PartitionState {
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas once the reassignment in progress completes (the replicas when none is).
+    pub fn target(&self) -> Vec<NodeId> {
+        let removing = &self.removing;
+        self.replicas
+            .iter()
+            .filter(|n| !removing.contains(n))
+            .copied()
+            .collect()
+    }
+
+    /// A replica is out of the in-sync set (replicas a reassignment is adding do not count:
+    /// they are still copying, and the move completes only once they are in).
+    pub fn under_replicated(&self) -> bool {
+        self.replicas
+            .iter()
+            .any(|n| !self.isr.contains(n) && !self.adding.contains(n))
+    }
+
+    /// The replicas before the reassignment in progress (the replicas when none is).
+    pub fn original(&self) -> Vec<NodeId> {
+        let adding = &self.adding;
+        self.replicas
+            .iter()
+            .filter(|n| !adding.contains(n))
+            .copied()
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +451,30 @@ impl ClusterState {
                 self.acls = self.acls.changed(&[], bindings);
                 Ok(())
             }
+            MetadataRecord::ReplicasChanged {
+                partition,
+                expected,
+                replicas,
+                adding,
+                removing,
+                leader,
+                leader_epoch,
+                isr,
+            } => {
+                let p = self.partition_mut(*partition, *expected)?;
+                let next = PartitionState {
+                    replicas: replicas.clone(),
+                    isr: isr.clone(),
+                    leader: *leader,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: p.partition_epoch.next(),
+                    adding: adding.clone(),
+                    removing: removing.clone(),
+                };
+                check_partition_change(*partition, p, &next);
+                *p = next;
+                Ok(())
+            }
         }
     }
 
@@ -470,6 +555,25 @@ impl ClusterState {
         leader_epoch: LeaderEpoch,
         isr: &[NodeId],
     ) -> Result<(), Skipped> {
+        let p = self.partition_mut(key, expected)?;
+        let next = PartitionState {
+            leader,
+            leader_epoch,
+            isr: isr.to_vec(),
+            partition_epoch: p.partition_epoch.next(),
+            ..p.clone()
+        };
+        check_partition_change(key, p, &next);
+        *p = next;
+        Ok(())
+    }
+
+    /// The partition `key` for a change computed against its epoch `expected`.
+    fn partition_mut(
+        &mut self,
+        key: PartitionKey,
+        expected: PartitionEpoch,
+    ) -> Result<&mut PartitionState, Skipped> {
         let t = self.topic_mut(&key.topic)?;
         let p = usize::try_from(key.index)
             .ok()
@@ -482,30 +586,7 @@ impl ClusterState {
                 expected,
             });
         }
-        assert!(
-            leader_epoch >= p.leader_epoch,
-            "leader epoch of {key} would go back from {} to {leader_epoch}",
-            p.leader_epoch
-        );
-        assert!(
-            leader == p.leader || leader.is_none() || leader_epoch > p.leader_epoch,
-            "{key}: a new leader {leader:?} needs a new epoch (still {})",
-            p.leader_epoch
-        );
-        assert!(
-            isr.iter().all(|n| p.replicas.contains(n)),
-            "{key}: in-sync set {isr:?} outside the replicas {:?}",
-            p.replicas
-        );
-        assert!(
-            leader.is_none_or(|l| isr.contains(&l)),
-            "{key}: leader {leader:?} is not in sync ({isr:?})"
-        );
-        p.leader = leader;
-        p.leader_epoch = leader_epoch;
-        p.isr = isr.to_vec();
-        p.partition_epoch = p.partition_epoch.next();
-        Ok(())
+        Ok(p)
     }
 
     fn topic_mut(&mut self, id: &Uuid) -> Result<&mut TopicState, Skipped> {
@@ -574,7 +655,47 @@ fn new_partition(replicas: &[NodeId]) -> PartitionState {
         leader: replicas.first().copied(),
         leader_epoch: LeaderEpoch(0),
         partition_epoch: PartitionEpoch(0),
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
+}
+
+/// The invariants of a partition's change from `old` to `new` (the controller computed it
+/// from `old`; a violation is a bug there, and applying it would break every node alike).
+fn check_partition_change(key: PartitionKey, old: &PartitionState, new: &PartitionState) {
+    let (leader, isr, replicas) = (new.leader, &new.isr, &new.replicas);
+    assert!(
+        new.leader_epoch >= old.leader_epoch,
+        "leader epoch of {key} would go back from {} to {}",
+        old.leader_epoch,
+        new.leader_epoch
+    );
+    assert!(
+        leader == old.leader || leader.is_none() || new.leader_epoch > old.leader_epoch,
+        "{key}: a new leader {leader:?} needs a new epoch (still {})",
+        old.leader_epoch
+    );
+    assert!(!replicas.is_empty(), "{key}: no replicas");
+    let distinct: BTreeSet<&NodeId> = replicas.iter().collect();
+    assert!(
+        distinct.len() == replicas.len(),
+        "{key}: replicas {replicas:?} repeat a node"
+    );
+    let within = |set: &[NodeId]| set.iter().all(|n| replicas.contains(n));
+    assert!(
+        within(isr) && within(&new.adding) && within(&new.removing),
+        "{key}: in-sync set {isr:?}, adding {:?} or removing {:?} outside the replicas {replicas:?}",
+        new.adding,
+        new.removing
+    );
+    assert!(
+        new.adding.iter().all(|n| !new.removing.contains(n)),
+        "{key}: a replica both added and removed"
+    );
+    assert!(
+        leader.is_none_or(|l| isr.contains(&l)),
+        "{key}: leader {leader:?} is not in sync ({isr:?})"
+    );
 }
 
 #[cfg(test)]
@@ -626,6 +747,90 @@ mod tests {
             .unwrap();
         }
         s
+    }
+
+    fn one_partition(s: &mut ClusterState, replicas: &[u32]) -> PartitionKey {
+        let id = Uuid::from_u128(8);
+        let index = s.applied_index + 1;
+        let assignment = vec![replicas.iter().map(|n| NodeId(*n)).collect()];
+        apply1(
+            s,
+            index,
+            &MetadataRecord::TopicCreated {
+                name: "moved".into(),
+                id,
+                configs: BTreeMap::new(),
+                assignment,
+            },
+        )
+        .unwrap();
+        PartitionKey {
+            topic: id,
+            index: 0,
+        }
+    }
+
+    fn replicas_changed(
+        expected: i32,
+        replicas: &[u32],
+        adding: &[u32],
+        isr: &[u32],
+    ) -> MetadataRecord {
+        let ids = |v: &[u32]| v.iter().map(|n| NodeId(*n)).collect::<Vec<_>>();
+        MetadataRecord::ReplicasChanged {
+            partition: PartitionKey {
+                topic: Uuid::from_u128(8),
+                index: 0,
+            },
+            expected: PartitionEpoch(expected),
+            replicas: ids(replicas),
+            adding: ids(adding),
+            removing: vec![],
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(0),
+            isr: ids(isr),
+        }
+    }
+
+    #[test]
+    fn a_replica_change_applies_once_against_its_epoch_and_keeps_the_move_across_isr_changes() {
+        let mut s = formed();
+        let key = one_partition(&mut s, &[1, 5]);
+        let start = replicas_changed(0, &[1, 5, 2], &[2], &[1, 5]);
+        apply1(&mut s, 20, &start).unwrap();
+        assert!(matches!(
+            apply1(&mut s, 21, &start),
+            Err(Skipped::StaleChange { .. })
+        ));
+        // An in-sync set change during the move keeps the move.
+        let join = MetadataRecord::PartitionChanged {
+            partition: key,
+            expected: PartitionEpoch(1),
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(0),
+            isr: vec![NodeId(1), NodeId(5), NodeId(2)],
+        };
+        apply1(&mut s, 22, &join).unwrap();
+        let p = s.partition(key).unwrap();
+        assert_eq!(p.adding, vec![NodeId(2)]);
+        assert_eq!(p.target(), vec![NodeId(1), NodeId(5), NodeId(2)]);
+        assert_eq!(p.original(), vec![NodeId(1), NodeId(5)]);
+        assert!(!p.under_replicated());
+        // A snapshot written before moves existed reads as no move in progress.
+        let mut json = serde_json::to_value(p).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("adding");
+        fields.remove("removing");
+        let old: PartitionState = serde_json::from_value(json).unwrap();
+        assert!(!old.reassigning());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the replicas")]
+    fn a_replica_change_with_an_in_sync_replica_outside_the_replicas_is_a_bug() {
+        let mut s = formed();
+        one_partition(&mut s, &[1, 5]);
+        let _ = apply1(&mut s, 20, &replicas_changed(0, &[1, 5], &[], &[1, 5, 2]));
     }
 
     #[test]

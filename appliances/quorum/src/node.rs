@@ -728,6 +728,15 @@ async fn serve<T: Transport>(
         ControllerRequest::DeleteAcls { bindings } => {
             applied(node, vec![MetadataRecord::AclsDeleted { bindings }]).await
         }
+        ControllerRequest::Reassign { partition, target } => {
+            match ctl.reassign(&state, partition, target.as_deref()) {
+                Ok(records) if records.is_empty() => Ok(ControllerResponse::Applied {
+                    index: state.applied_index,
+                }),
+                Ok(records) => applied(node, records).await,
+                Err(e) => Err(e),
+            }
+        }
         ControllerRequest::AllocateProducerIds { node: n, epoch } => {
             match ctl.allocate_producer_ids(&state, n, epoch) {
                 Ok(records) => match propose(node, records).await {

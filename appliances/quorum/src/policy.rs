@@ -61,6 +61,14 @@ pub enum PolicyError {
         "the in-sync set would lose its last replica in site {site} while broker(s) {nodes:?} there are not fenced"
     )]
     WouldLoseSite { site: SiteId, nodes: Vec<NodeId> },
+    #[error("broker {0} is not registered in a data site")]
+    UnknownBroker(NodeId),
+    #[error("broker {0} is named twice")]
+    RepeatedBroker(NodeId),
+    #[error("no replica in data site {0}: an acknowledged write must be on disk in every site")]
+    MissingSite(SiteId),
+    #[error("{got} replicas: a partition has 1 to {max}")]
+    ReplicaCount { got: usize, max: usize },
 }
 
 impl SitePolicy {
@@ -138,6 +146,40 @@ impl SitePolicy {
             }
         }
         Ok(replicas)
+    }
+
+    /// Whether `replicas` (an operator's reassignment target) is a placement this policy
+    /// accepts: 1 to `max` distinct brokers registered in data sites, at least one in every
+    /// data site that has brokers (the site rule needs a copy in each). Fenced brokers are accepted: the
+    /// reassignment waits for them to come back and catch up.
+    pub fn check_assignment(
+        &self,
+        replicas: &[NodeId],
+        max: usize,
+        brokers: &BTreeMap<NodeId, BrokerView<'_>>,
+    ) -> Result<(), PolicyError> {
+        if replicas.is_empty() || replicas.len() > max {
+            return Err(PolicyError::ReplicaCount {
+                got: replicas.len(),
+                max,
+            });
+        }
+        for (i, n) in replicas.iter().enumerate() {
+            if replicas[..i].contains(n) {
+                return Err(PolicyError::RepeatedBroker(*n));
+            }
+            if brokers.get(n).is_none_or(|b| !self.is_data_site(b.site)) {
+                return Err(PolicyError::UnknownBroker(*n));
+            }
+        }
+        for site in &self.data_sites {
+            let in_site = |n: &NodeId| brokers.get(n).is_some_and(|b| b.site == site);
+            let site_has_brokers = brokers.keys().any(in_site);
+            if site_has_brokers && !replicas.iter().any(in_site) {
+                return Err(PolicyError::MissingSite(site.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a partition's in-sync set may change from `old` to `new`. Growing is allowed

@@ -24,7 +24,8 @@ use crate::raft::{TypeConfig, frames};
 /// changes.
 /// 3: a registration carries the broker's session timeout (and so does its metadata record);
 /// a broker's endpoints name every Kafka listener.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: partition reassignments (a controller request, a metadata record, a controller error).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {

@@ -64,12 +64,16 @@ pub struct BrokerStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     pub total: usize,
-    /// Fewer in-sync replicas than replicas.
+    /// A replica is out of the in-sync set (replicas a reassignment is adding do not count
+    /// until it completes: they are still copying).
     pub under_replicated: usize,
     /// The in-sync set misses a data site the replicas span.
     pub degraded: usize,
     /// No leader.
     pub offline: usize,
+    /// A reassignment is moving the partition's replicas.
+    #[serde(default)]
+    pub reassigning: usize,
 }
 
 impl ClusterStatus {
@@ -137,7 +141,8 @@ fn partition_status(state: &ClusterState) -> PartitionStatus {
     let views = state.broker_views();
     for p in state.topics.values().flat_map(|t| &t.partitions) {
         s.total += 1;
-        s.under_replicated += usize::from(p.isr.len() < p.replicas.len());
+        s.under_replicated += usize::from(p.under_replicated());
+        s.reassigning += usize::from(p.reassigning());
         s.degraded += usize::from(policy.is_degraded(&p.replicas, &p.isr, &views));
         s.offline += usize::from(p.leader.is_none());
     }

@@ -97,6 +97,22 @@ pub fn denied(access: &Access, req: &Request) -> Option<ResponseKind> {
             });
             ResponseKind::CreateAcls(CreateAclsResponse::default().with_results(results.collect()))
         }
+        RequestKind::AlterPartitionReassignments(_) => {
+            let e = cluster(Alter)?;
+            ResponseKind::AlterPartitionReassignments(
+                AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(code(e))
+                    .with_error_message(message(e)),
+            )
+        }
+        RequestKind::ListPartitionReassignments(_) => {
+            let e = cluster(Describe)?;
+            ResponseKind::ListPartitionReassignments(
+                ListPartitionReassignmentsResponse::default()
+                    .with_error_code(code(e))
+                    .with_error_message(message(e)),
+            )
+        }
         RequestKind::DeleteAcls(r) => {
             let e = cluster(Alter)?;
             let results = r.filters.iter().map(|_| {

@@ -16,6 +16,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod reassignments;
 mod scram;
 mod topics;
 
@@ -159,6 +160,12 @@ pub async fn handle(state: &Arc<BrokerState>, session: &Session, req: Request) -
         RequestKind::CreateAcls(r) => ready(ResponseKind::CreateAcls(acls::create(s, r).await)),
         RequestKind::DescribeAcls(r) => ready(ResponseKind::DescribeAcls(acls::describe(s, r))),
         RequestKind::DeleteAcls(r) => ready(ResponseKind::DeleteAcls(acls::delete(s, r).await)),
+        RequestKind::AlterPartitionReassignments(r) => ready(
+            ResponseKind::AlterPartitionReassignments(reassignments::alter(s, r).await),
+        ),
+        RequestKind::ListPartitionReassignments(r) => ready(
+            ResponseKind::ListPartitionReassignments(reassignments::list(s, r)),
+        ),
         // `frame::decode` only lets through APIs listed in `versions::SUPPORTED`; the login
         // requests are the connection's (`crate::authn`).
         other => {

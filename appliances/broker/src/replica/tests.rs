@@ -205,3 +205,44 @@ fn a_follower_has_high_watermark_news_until_an_answer_tells_it() {
     f.assign(&assignment(B, 1, &[ME, B, C]), 0);
     assert!(!f.high_watermark_news(C));
 }
+
+#[test]
+fn a_leader_tracks_replicas_a_reassignment_adds_and_forgets_removed_ones() {
+    const D: NodeId = NodeId(6);
+    let mut r = leader(50);
+    r.on_follower_fetch(B, Offset(50), 1).unwrap();
+    r.on_follower_fetch(C, Offset(50), 1).unwrap();
+    assert_eq!(r.high_watermark(), Offset(50));
+    // D is added under the same leader and epoch: it fetches like any follower and is
+    // proposed into the in-sync set once it holds everything acknowledged; until then it
+    // does not hold back the high watermark.
+    let mut moving = assignment(ME, 1, &[ME, B, C]);
+    moving.partition_epoch = PartitionEpoch(2);
+    moving.replicas = vec![D, B, C, ME];
+    assert_eq!(r.assign(&moving, 2), Transition::Updated);
+    r.on_append(Offset(60));
+    r.on_flush(Offset(60));
+    r.on_follower_fetch(B, Offset(60), 3).unwrap();
+    r.on_follower_fetch(C, Offset(60), 3).unwrap();
+    r.on_follower_fetch(D, Offset(10), 3).unwrap();
+    assert_eq!(r.high_watermark(), Offset(60));
+    assert_eq!(r.wanted_isr(4, LAG, 1_000), None, "D is behind");
+    r.on_follower_fetch(D, Offset(60), 5).unwrap();
+    assert_eq!(r.wanted_isr(6, LAG, 1_000), Some(vec![ME, B, C, D]));
+    // The move completes without this leader: it is told it is no longer a replica.
+    let mut done = assignment(D, 2, &[D, B, C]);
+    done.partition_epoch = PartitionEpoch(3);
+    done.replicas = vec![D, B, C];
+    assert_eq!(r.assign(&done, 7), Transition::Removed);
+    // Had it stayed leader, a removed follower would be refused at its next fetch.
+    let mut kept = leader(5);
+    let mut shrunk = assignment(ME, 1, &[ME, B]);
+    shrunk.partition_epoch = PartitionEpoch(2);
+    shrunk.replicas = vec![ME, B, D];
+    kept.assign(&shrunk, 1);
+    assert_eq!(
+        kept.on_follower_fetch(C, Offset(5), 2),
+        Err(FetchRefusal::UnknownReplica(C))
+    );
+    kept.on_follower_fetch(D, Offset(5), 2).unwrap();
+}
