@@ -126,20 +126,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
 }
 
 async fn fetch_reassignments(admin: &str) -> anyhow::Result<Vec<quorum::admin::Reassignment>> {
-    let (code, body) = telemetry::admin::call(
-        admin,
-        crate::admin_tls()?,
-        Method::GET,
-        "/v1/cluster/reassignments",
-        None,
-        None,
-        CALL_TIMEOUT,
-    )
-    .await?;
-    if code != StatusCode::OK {
-        bail!("{admin} answered {code}: {}", body.trim());
-    }
-    serde_json::from_str(&body).with_context(|| format!("reading {admin}'s reassignments"))
+    get_json(admin, "/v1/cluster/reassignments", "reassignments").await
 }
 
 async fn reassign(args: ReassignArgs) -> anyhow::Result<()> {
@@ -196,11 +183,20 @@ async fn reassign(args: ReassignArgs) -> anyhow::Result<()> {
 }
 
 async fn fetch(admin: &str) -> anyhow::Result<ClusterStatus> {
+    get_json(admin, "/v1/cluster", "cluster status").await
+}
+
+/// `GET path` on a quorum member's admin port, its JSON answer read as `T`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    admin: &str,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<T> {
     let (code, body) = telemetry::admin::call(
         admin,
         crate::admin_tls()?,
         Method::GET,
-        "/v1/cluster",
+        path,
         None,
         None,
         CALL_TIMEOUT,
@@ -209,7 +205,7 @@ async fn fetch(admin: &str) -> anyhow::Result<ClusterStatus> {
     if code != StatusCode::OK {
         bail!("{admin} answered {code}: {}", body.trim());
     }
-    serde_json::from_str(&body).with_context(|| format!("reading {admin}'s cluster status"))
+    serde_json::from_str(&body).with_context(|| format!("reading {admin}'s {what}"))
 }
 
 /// Why the hub is not healthy, or `None` when it is.
