@@ -111,7 +111,21 @@ pub fn python_script(name: &str) -> PathBuf {
 pub fn python(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
     let mut cmd = Command::new(pypi_tool("python3"));
     cmd.arg(python_script(script)).args(args);
-    let out = run(cmd, None, timeout);
+    json_result(script, args, run(cmd, None, timeout))
+}
+
+/// Run `tests/node/<script>` (npm clients, installed by scripts/test with `npm ci`) and
+/// return the JSON object it prints last; panics unless it exits 0.
+pub fn node(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node"))
+        .arg(script)
+        .args(args);
+    json_result(script, args, run(cmd, None, timeout))
+}
+
+/// The JSON object a test client printed last.
+fn json_result(script: &str, args: &[&str], out: Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

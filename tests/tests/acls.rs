@@ -160,11 +160,8 @@ fn each_branch_may_register_and_read_only_its_own_subjects() {
 
 /// `tests/node/reassign_denied.js` as `user` (SCRAM over the apps listener).
 fn reassign_as(b: &AclBroker, user: &str) -> serde_json::Value {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
     let bootstrap = b.apps.to_string();
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(&dir).args([
-        "reassign_denied.js",
+    let args = [
         "--bootstrap",
         &bootstrap,
         "--user",
@@ -175,15 +172,8 @@ fn reassign_as(b: &AclBroker, user: &str) -> serde_json::Value {
         "branch-017.alarms",
         "--replicas",
         "1",
-    ]);
-    let out = e2e::clients::run(cmd, None, T);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "reassign_denied.js failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).expect("one JSON object")
+    ];
+    e2e::clients::node("reassign_denied.js", &args, T)
 }
 
 fn sasl(user: &str) -> Vec<String> {

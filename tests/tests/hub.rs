@@ -371,25 +371,15 @@ fn reassign_with_kafkajs(hub: &mut Hub) -> serde_json::Value {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(&dir).args([
-        "reassign.js",
+    let args = [
         "--bootstrap",
         &bootstrap,
         "--topic",
         "orders",
         "--one-site",
         &one_site,
-    ]);
-    let out = e2e::clients::run(cmd, None, Duration::from_secs(240));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "reassign.js failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).expect("one JSON object")
+    ];
+    e2e::clients::node("reassign.js", &args, Duration::from_secs(240))
 }
 
 fn sorted_ids(v: &serde_json::Value) -> Vec<u64> {

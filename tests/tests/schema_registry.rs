@@ -165,25 +165,16 @@ fn the_npm_client_registers_encodes_and_decodes_through_kafkajs() {
     wait_until("the registry answers", T, || {
         get(&format!("{url}/subjects"))
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(&dir).args([
-        "sr_client.js",
+    let bootstrap = b.bootstrap();
+    let args = [
         "--registry",
         &url,
         "--bootstrap",
-        &b.bootstrap(),
+        &bootstrap,
         "--topic",
         "node-readings",
-    ]);
-    let out = e2e::clients::run(cmd, None, T);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "sr_client.js failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    ];
+    let r = e2e::clients::node("sr_client.js", &args, T);
     assert_eq!(r["again"], r["id"], "the same schema keeps its id: {r}");
     assert_eq!(
         r["decoded"],

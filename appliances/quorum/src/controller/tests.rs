@@ -460,25 +460,32 @@ fn ids(v: &[u32]) -> Vec<NodeId> {
     v.iter().map(|n| NodeId(*n)).collect()
 }
 
-#[test]
-fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sync() {
-    let mut h = Harness::new();
+/// A topic of one RF 3 partition: its key, its state, and the one broker it is not on.
+fn moved_partition(h: &mut Harness) -> (Uuid, PartitionKey, PartitionState, NodeId) {
     let t = h.topic(1, 3);
     let key = PartitionKey { topic: t, index: 0 };
     let before = h.partition(t, 0).clone();
-    let leader = before.leader.unwrap();
-    // Move off the leader's broker onto the one broker the partition is not on.
     let spare = [1, 2, 5, 6]
         .into_iter()
-        .find(|n| !before.replicas.contains(&NodeId(*n)))
+        .map(NodeId)
+        .find(|n| !before.replicas.contains(n))
         .unwrap();
+    (t, key, before, spare)
+}
+
+#[test]
+fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sync() {
+    let mut h = Harness::new();
+    let (t, key, before, spare) = moved_partition(&mut h);
+    let leader = before.leader.unwrap();
+    // Move off the leader's broker onto the one broker the partition is not on.
     let mut target: Vec<NodeId> = before
         .replicas
         .iter()
         .copied()
         .filter(|n| *n != leader)
         .collect();
-    target.push(NodeId(spare));
+    target.push(spare);
     let site_of = |n: NodeId| h.state.brokers[&n].site.clone();
     if target
         .iter()
@@ -493,7 +500,7 @@ fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sy
     h.apply(&records);
     let moving = h.partition(t, 0).clone();
     assert!(moving.reassigning());
-    assert_eq!(moving.adding, ids(&[spare]));
+    assert_eq!(moving.adding, vec![spare]);
     assert_eq!(moving.removing, vec![leader]);
     assert_eq!(moving.replicas[..3], target[..], "the target first");
     assert_eq!(
@@ -513,7 +520,7 @@ fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sy
     let r = h.step(100, &[1, 2, 5, 6], &[]);
     assert!(r.is_empty(), "{r:?}");
     // Caught up: the leader takes it into the in-sync set; the next tick completes the move.
-    catch_up(&mut h, key, &[spare]);
+    catch_up(&mut h, key, &[spare.0]);
     let r = h.step(100, &[1, 2, 5, 6], &[]);
     assert_eq!(r.len(), 1, "{r:?}");
     let after = h.partition(t, 0).clone();
@@ -530,15 +537,8 @@ fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sy
 #[test]
 fn a_move_off_the_leaders_broker_keeps_it_leading_until_a_target_replica_is_in_sync() {
     let mut h = Harness::new();
-    let t = h.topic(1, 3);
-    let key = PartitionKey { topic: t, index: 0 };
-    let before = h.partition(t, 0).clone();
+    let (t, key, before, spare) = moved_partition(&mut h);
     let leader = before.leader.unwrap();
-    let spare = [1, 2, 5, 6]
-        .into_iter()
-        .map(NodeId)
-        .find(|n| !before.replicas.contains(n))
-        .unwrap();
     // The spare first: it is not in sync, so the leader stays until the move completes.
     let mut target = vec![spare];
     target.extend(before.replicas.iter().copied().filter(|n| *n != leader));
@@ -619,14 +619,7 @@ fn a_reassignment_can_be_cancelled_or_retargeted_and_bad_targets_are_refused() {
 #[test]
 fn a_move_waits_for_a_fenced_target_replica_and_never_elects_one_out_of_sync() {
     let mut h = Harness::new();
-    let t = h.topic(1, 3);
-    let key = PartitionKey { topic: t, index: 0 };
-    let before = h.partition(t, 0).clone();
-    let spare = [1, 2, 5, 6]
-        .into_iter()
-        .map(NodeId)
-        .find(|n| !before.replicas.contains(n))
-        .unwrap();
+    let (t, key, before, spare) = moved_partition(&mut h);
     let others: Vec<u32> = [1, 2, 5, 6]
         .into_iter()
         .filter(|n| NodeId(*n) != spare)
