@@ -100,7 +100,13 @@ async fn reassign<T: Transport>(node: Arc<QuorumNode<T>>, body: Bytes) -> AdminR
         },
         target: r.replicas,
     };
-    answer(node.controller_call(request, REASSIGN_TIMEOUT).await)
+    let result = node.controller_call(request, REASSIGN_TIMEOUT).await;
+    if let Ok(ControllerResponse::Applied { index }) = &result {
+        // Answer once this node shows the change, so that a `GET` right after (`clk cluster
+        // reassign --wait`) sees the move it started, not the state before it.
+        node.wait_applied(*index, REASSIGN_TIMEOUT).await;
+    }
+    answer(result)
 }
 
 /// A controller request's answer as the admin port gives it.
