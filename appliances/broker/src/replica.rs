@@ -237,11 +237,10 @@ impl Replica {
     /// Track exactly the other replicas: a new one starts unknown (not caught up), a removed
     /// one is forgotten.
     fn sync_followers(&mut self, now_ms: u64) {
-        let (me, replicas) = (self.me, &self.replicas);
+        let (me, replicas, log_end) = (self.me, &self.replicas, self.log_end);
         self.followers.retain(|n, _| replicas.contains(n));
         for n in replicas.iter().filter(|n| **n != me) {
             let in_sync = self.isr.contains(n);
-            let log_end = self.log_end;
             self.followers.entry(*n).or_insert_with(|| Progress {
                 durable: None,
                 last_fetch_ms: now_ms,

@@ -210,12 +210,7 @@ impl PartitionState {
 
     /// The replicas once the reassignment in progress completes (the replicas when none is).
     pub fn target(&self) -> Vec<NodeId> {
-        let removing = &self.removing;
-        self.replicas
-            .iter()
-            .filter(|n| !removing.contains(n))
-            .copied()
-            .collect()
+        self.replicas_but(&self.removing)
     }
 
     /// A replica is out of the in-sync set (replicas a reassignment is adding do not count:
@@ -228,10 +223,13 @@ impl PartitionState {
 
     /// The replicas before the reassignment in progress (the replicas when none is).
     pub fn original(&self) -> Vec<NodeId> {
-        let adding = &self.adding;
+        self.replicas_but(&self.adding)
+    }
+
+    fn replicas_but(&self, left_out: &[NodeId]) -> Vec<NodeId> {
         self.replicas
             .iter()
-            .filter(|n| !adding.contains(n))
+            .filter(|n| !left_out.contains(n))
             .copied()
             .collect()
     }

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::err;
+use super::{err, text};
 use crate::authz::Access;
 use crate::config::{BrokerConfig, Durability};
 use crate::state::BrokerState;
@@ -31,10 +31,6 @@ const SET: i8 = 0;
 const DELETE: i8 = 1;
 const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
-
-fn text(s: impl Into<String>) -> Option<StrBytes> {
-    Some(StrBytes::from_string(s.into()))
-}
 
 fn ms(d: std::time::Duration) -> String {
     d.as_millis().to_string()

@@ -197,6 +197,11 @@ pub(crate) fn leader_partition(
     }
 }
 
+/// An error message (or any optional string) for a response.
+pub(crate) fn text(s: impl Into<String>) -> Option<kafka_protocol::protocol::StrBytes> {
+    Some(kafka_protocol::protocol::StrBytes::from_string(s.into()))
+}
+
 /// Error code of a [`ResponseError`].
 pub(crate) fn err(e: ResponseError) -> i16 {
     e.code()

@@ -24,17 +24,13 @@ use quorum::controller::{ControllerError, ControllerRequest, ControllerResponse}
 use quorum::ids::{NodeId, PartitionKey};
 use quorum::metadata::PartitionState;
 
-use super::err;
+use super::{err, text};
 use crate::state::BrokerState;
 
 /// At most this many partitions in one request (each is a metadata commit).
 const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
 /// How long to wait for this broker to apply a committed change before answering.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn text(s: impl Into<String>) -> Option<StrBytes> {
-    Some(StrBytes::from_string(s.into()))
-}
 
 /// The protocol's error for a refused reassignment.
 fn code_of(e: &ControllerError) -> i16 {
@@ -115,10 +111,8 @@ async fn reassign(
         )
     };
     let t = state.topic_by_name(topic).ok_or_else(unknown)?;
-    let p = usize::try_from(index)
-        .ok()
-        .and_then(|i| t.partitions.get(i))
-        .ok_or_else(unknown)?;
+    let key = PartitionKey { topic: t.id, index };
+    let p = state.partition(key).ok_or_else(unknown)?;
     let target = match target {
         None => None,
         Some(ids) => Some(node_ids(&ids).ok_or((
@@ -140,7 +134,7 @@ async fn reassign(
         ));
     }
     let request = ControllerRequest::Reassign {
-        partition: PartitionKey { topic: t.id, index },
+        partition: key,
         target,
     };
     match s.cluster.call(request).await {

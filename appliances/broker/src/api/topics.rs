@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::err;
+use super::{err, text};
 use crate::authz::Access;
 use crate::state::BrokerState;
 use crate::topic_config;
@@ -36,10 +36,6 @@ fn topic_error(e: &TopicError) -> i16 {
         TopicError::Storage(_) => err(ResponseError::KafkaStorageError),
         TopicError::NotAuthorized(_) => err(ResponseError::TopicAuthorizationFailed),
     }
-}
-
-fn text(s: impl Into<String>) -> Option<StrBytes> {
-    Some(StrBytes::from_string(s.into()))
 }
 
 /// Turn a CreateTopics entry into a [`NewTopic`], checking what only the request can tell.
