@@ -25,7 +25,9 @@ impl Producer {
     /// `--acked-file`), recording acknowledgements in `acked_file`.
     pub fn start(acked_file: &Path, args: &[&str]) -> Producer {
         // Its stderr (librdkafka's logs; `CK_DEBUG=metadata,topic` for more) goes where a
-        // failed test's logs are kept: target/test-logs/<pid>/.
+        // failed test's logs are kept: target/test-logs/<pid>/. The idempotent producer's
+        // own log (`eos`: epoch bumps, drains, sequence errors) is always in it: what a
+        // duplicate or a gap needs explained.
         let logs = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/test-logs")
             .join(std::process::id().to_string());
@@ -34,6 +36,10 @@ impl Producer {
         let child = Command::new(pypi_tool("python3"))
             .arg(python_script("ck_produce.py"))
             .args(args)
+            .env(
+                "CK_DEBUG",
+                std::env::var("CK_DEBUG").unwrap_or_else(|_| "eos".into()),
+            )
             .arg("--acked-file")
             .arg(acked_file)
             .stdout(Stdio::piped())

@@ -166,6 +166,20 @@ impl Broker {
         records: bytes::Bytes,
         acks: i16,
     ) -> anyhow::Result<kafka_protocol::messages::produce_response::PartitionProduceResponse> {
+        // A bounded wait: a leader that lost its site waits for followers that never come.
+        self.produce_raw_within(topic, partition, records, acks, Duration::from_secs(5))
+    }
+
+    /// [`Broker::produce_raw_answer`] with the request's own timeout (how long an acks=all
+    /// write may wait for its replicas).
+    pub fn produce_raw_within(
+        &self,
+        topic: &'static str,
+        partition: i32,
+        records: bytes::Bytes,
+        acks: i16,
+        timeout: Duration,
+    ) -> anyhow::Result<kafka_protocol::messages::produce_response::PartitionProduceResponse> {
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
         use kafka_protocol::messages::{ProduceRequest, TopicName};
         use kafka_protocol::protocol::StrBytes;
@@ -174,7 +188,7 @@ impl Broker {
             let c = kafka_client::Connection::connect(&self.bootstrap(), "e2e-raw").await?;
             let req = ProduceRequest::default()
                 .with_acks(acks)
-                .with_timeout_ms(30_000)
+                .with_timeout_ms(timeout.as_millis() as i32)
                 .with_topic_data(vec![
                     TopicProduceData::default()
                         .with_name(TopicName(StrBytes::from_static_str(topic)))
@@ -184,8 +198,7 @@ impl Broker {
                                 .with_records(Some(records)),
                         ]),
                 ]);
-            // A bounded wait: a leader that lost its site waits for followers that never come.
-            let mut resp = c.request(req.with_timeout_ms(5_000), 9).await?;
+            let mut resp = c.request(req, 9).await?;
             Ok(resp.responses.remove(0).partition_responses.remove(0))
         })
     }
@@ -263,6 +276,53 @@ impl Broker {
         let mut c = self.child.take().expect("broker is running");
         kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("signal broker");
         c.wait().expect("wait for broker")
+    }
+
+    /// Ask the broker to stop (SIGTERM) without waiting; [`Broker::stop`] reaps it.
+    pub fn terminate(&self) {
+        let c = self.child.as_ref().expect("broker is running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("signal broker");
+    }
+
+    /// Wait for a broker asked to stop ([`Broker::terminate`]) to exit; its exit status.
+    pub fn wait_stopped(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("broker is running");
+        c.wait().expect("wait for broker")
+    }
+
+    /// Freeze the broker (SIGSTOP): it holds its connections and answers nothing.
+    pub fn pause(&self) {
+        let c = self.child.as_ref().expect("broker is running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).expect("signal broker");
+    }
+
+    /// Let a paused broker run on (SIGCONT).
+    pub fn resume(&self) {
+        let c = self.child.as_ref().expect("broker is running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT).expect("signal broker");
+    }
+
+    /// Bytes in the segment files of `topic`'s partition `index` here.
+    pub fn partition_log_bytes(&self, topic: &str, index: i32) -> u64 {
+        fn walk(dir: &Path, name: &str, inside: bool) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        walk(&path, name, inside || e.file_name() == name)
+                    } else if inside && path.extension().is_some_and(|x| x == "log") {
+                        e.metadata().map_or(0, |m| m.len())
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        }
+        walk(&self.data_dir(), &format!("{topic}-{index}"), false)
     }
 
     /// Start again on the same ports and data directory.

@@ -362,6 +362,96 @@ fn a_rolling_restart_of_every_broker_loses_nothing() {
     assert!(verify(&acked, &stored) >= acked.len());
 }
 
+/// `(partition, leader, replicas)` of every partition of `topic`, from kcat's JSON listing.
+fn layout(bootstrap: &str, topic: &str) -> Vec<(i32, u32, Vec<u32>)> {
+    let listing = kcat(&["-b", bootstrap, "-L", "-J", "-t", topic], None, T);
+    let v: serde_json::Value = serde_json::from_str(&listing).expect("kcat's JSON listing");
+    v["topics"][0]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            let ids = p["replicas"].as_array().expect("replicas").iter();
+            (
+                p["partition"].as_i64().expect("an index") as i32,
+                p["leader"].as_u64().expect("a leader") as u32,
+                ids.map(|r| r["id"].as_u64().expect("an id") as u32)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A write waiting on its leader when the leader stops is answered with what became of it:
+/// its offset once the new leader, which had copied it, commits it. (Answered NOT_LEADER,
+/// as it was, an idempotent client takes it for unwritten, and librdkafka re-sends such
+/// records under a new producer epoch whenever one of its partitions bumps the epoch
+/// meanwhile: the rolling restart above then found a record stored twice.)
+#[test]
+fn a_write_waiting_on_a_stopping_leader_is_answered_with_its_offset_once_the_new_leader_commits_it()
+{
+    let mut hub = Hub::start(HubSpec::two_by_two());
+    create_topic(&mut hub, "orders");
+    // Partition 0 on brokers 2 and 1 (site A, 2 leading) and 4 (site B), none of them a
+    // voter but 1: the quorum keeps its majority with 2 stopped and 4 frozen.
+    let (leader, next, other) = (2, 1, 4);
+    let admin = hub.brokers[&1].admin.to_string();
+    #[rustfmt::skip]
+    clk_cluster(&["reassign", "--admin", &admin, "--topic", "orders", "--partition", "0",
+        "--replicas", "2,1,4", "--wait", "3m", "--token", e2e::ADMIN_TOKEN]);
+    let bootstrap = hub.bootstrap();
+    let led_by = |bootstrap: &str, n: u32| {
+        layout(bootstrap, "orders")
+            .iter()
+            .any(|(p, l, r)| *p == 0 && *l == n && *r == [leader, next, other])
+            .then_some(())
+    };
+    wait_until("partition 0 led by broker 2", T, || {
+        led_by(&bootstrap, leader)
+    });
+    // Broker 4 freezes: nothing can be committed without a copy in site B.
+    hub.brokers[&other].pause();
+    let before = hub.brokers[&next].partition_log_bytes("orders", 0);
+    let record =
+        kafka_client::encode_batch(&[(None, Some("once".into()))], 1_800_000_000_000, None);
+    let answer = std::thread::scope(|s| {
+        let writer = &hub.brokers[&leader];
+        let write = s.spawn(move || {
+            writer.produce_raw_within("orders", 0, record, -1, Duration::from_secs(60))
+        });
+        wait_until("the record copied to broker 1", T, || {
+            (hub.brokers[&next].partition_log_bytes("orders", 0) > before).then_some(())
+        });
+        // The leader stops on purpose: it hands the partition to broker 1, which has the
+        // record, and waits as its follower to hear what became of the record before it exits.
+        hub.brokers[&leader].terminate();
+        let next_bootstrap = hub.brokers[&next].bootstrap();
+        wait_until("broker 1 leading", T, || led_by(&next_bootstrap, next));
+        assert!(
+            !write.is_finished(),
+            "answered while broker 4 was frozen: {:?}",
+            write.join()
+        );
+        hub.brokers[&other].resume();
+        write.join().expect("the writer").expect("an answer")
+    });
+    let status = hub.brokers.get_mut(&leader).unwrap().wait_stopped();
+    assert!(status.success(), "broker 2 did not stop cleanly: {status}");
+    assert_eq!(
+        (answer.error_code, answer.base_offset),
+        (0, 0),
+        "answered {answer:?}"
+    );
+    let stored = e2e::clients::kcat_consume_all(&bootstrap, "orders", "%p %s\n", T);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|l| l.starts_with("0 "))
+            .collect::<Vec<_>>(),
+        ["0 once"]
+    );
+}
+
 /// kafkajs's reassignment script (tests/node/reassign.js): its observations.
 fn reassign_with_kafkajs(hub: &mut Hub) -> serde_json::Value {
     let bootstrap = hub.bootstrap();

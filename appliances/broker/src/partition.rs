@@ -77,6 +77,28 @@ pub enum PartitionError {
     Fetch(#[from] FetchRefusal),
 }
 
+/// Records a leader appended, for [`Partition::wait_outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub first: i64,
+    /// One past the last offset.
+    pub end: i64,
+    /// The epoch the broker led in when it appended (or found them already there).
+    pub led_in: LeaderEpoch,
+    /// The leader epoch the records carry: `led_in` for new ones, the original's for a
+    /// retried batch found in the log (`None` if the log no longer knows).
+    pub written_in: Option<i32>,
+}
+
+/// How appended records turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Below the high watermark: every in-sync replica has them.
+    Committed,
+    /// Cut by a new leader's history: they were not written.
+    Lost,
+}
+
 /// Why a produce append failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -410,6 +432,58 @@ impl Partition {
             return Err(PartitionError::NotLeader(epoch));
         }
         Ok(())
+    }
+
+    /// What [`Partition::wait_outcome`] needs to know of an append made leading in `led_in`.
+    pub fn written(&self, r: &AppendResult, led_in: LeaderEpoch) -> Written {
+        let written_in = if r.duplicate {
+            self.epoch_for_offset(r.first_offset).ok().flatten()
+        } else {
+            Some(led_in.0)
+        };
+        Written {
+            first: r.first_offset,
+            end: r.last_offset + 1,
+            led_in,
+            written_in,
+        }
+    }
+
+    /// Wait until the records this broker appended at `w.first..w.end` are committed, or known
+    /// lost. Unlike [`Partition::wait_committed`], losing the leadership does not end the
+    /// wait: this replica, a follower then, learns from the new leader whether the records
+    /// survived (its high watermark passes them, still in the epoch they were written in) or
+    /// not (the divergence cuts them). Answering NOT_LEADER for records that survived tells an
+    /// idempotent client they were not written, and librdkafka re-sends such records under a
+    /// new producer epoch when any partition bumps it meanwhile: they would be stored twice.
+    pub async fn wait_outcome(&self, w: Written) -> Result<Outcome, PartitionError> {
+        let mut rx = self.watch();
+        let v = *rx
+            .wait_for(|v| v.offline || v.log_end < w.end || v.high_watermark >= w.end)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        if v.offline {
+            return Err(PartitionError::Log(LogError::Offline(
+                "a flush of this partition failed".into(),
+            )));
+        }
+        if v.log_end < w.end {
+            return Ok(Outcome::Lost);
+        }
+        if v.leader && v.leader_epoch == w.led_in {
+            return Ok(Outcome::Committed);
+        }
+        // Committed under a later epoch: by the log matching property, records at these
+        // offsets that carry the epoch they were written in are the ones written (epochs only
+        // grow along a log, so the ends of the range decide for all of it).
+        let kept = w.written_in.is_some()
+            && self.epoch_for_offset(w.first)? == w.written_in
+            && self.epoch_for_offset(w.end - 1)? == w.written_in;
+        Ok(if kept {
+            Outcome::Committed
+        } else {
+            Outcome::Lost
+        })
     }
 
     /// Wait until the local log is durable up to `end` (a follower before it fetches on,
@@ -833,3 +907,6 @@ impl Partition {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|v| v.high_watermark > seen)).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -377,6 +377,7 @@ pub async fn start_with(
         principals: admission::Principals::new(config.kafka.principal_limits()),
         ingest: embedding.ingest,
         record_check: embedding.record_check,
+        produce_waits: Default::default(),
         config,
     });
     tokio::spawn(Arc::clone(&cluster).heartbeats(shutdown.clone()));
@@ -598,11 +599,12 @@ impl BrokerHandle {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.health.set_failing("kafka_listener", "shutting down");
-        // Leaderships move first (the Gate then closes client connections as the lease ends),
-        // and this broker's partitions take their follower roles before anything stops: a
-        // produce waiting here for its high watermark is then answered NOT_LEADER at once
-        // (the client retries it, same sequence, on the new leader, which has it or not)
-        // instead of hanging until the connection drain gives up on it.
+        // Leaderships move first (the Gate then closes client connections as the lease ends,
+        // once their requests are answered), and this broker's partitions take their follower
+        // roles before anything stops. A produce waiting here for its records learns from the
+        // new leader, while the fetchers still run, whether they survived: it is answered
+        // with their offsets, or NOT_LEADER if the new leader's history cut them, instead of
+        // a dropped connection that leaves the client guessing.
         if self
             .state
             .cluster
@@ -614,6 +616,11 @@ impl BrokerHandle {
                 .replicas
                 .wait_reconciled(index, HANDOVER_TIMEOUT)
                 .await;
+            if !self.state.produce_waits.settled(HANDOVER_TIMEOUT).await {
+                tracing::warn!(
+                    "controlled shutdown: produce requests still wait for their records' outcome"
+                );
+            }
         }
         self.shutdown.cancel();
         self.connections.close();

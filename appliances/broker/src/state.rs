@@ -39,6 +39,42 @@ pub struct BrokerState {
     pub ingest: Option<Arc<dyn IngestGate>>,
     /// What an embedding appliance checks in records before they are appended.
     pub record_check: Option<Arc<dyn RecordCheck>>,
+    /// acks=all produce requests waiting for the outcome of their records.
+    pub produce_waits: ProduceWaits,
+}
+
+/// How many acks=all produce requests wait for the outcome of their records. A stopping
+/// broker lets them learn it (from the new leaders, as a follower) before its fetchers stop.
+pub struct ProduceWaits(tokio::sync::watch::Sender<usize>);
+
+impl Default for ProduceWaits {
+    fn default() -> Self {
+        ProduceWaits(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+/// One waiting request, counted until dropped (answered, or its connection gone).
+pub struct ProduceWait<'a>(&'a ProduceWaits);
+
+impl Drop for ProduceWait<'_> {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl ProduceWaits {
+    pub fn enter(&self) -> ProduceWait<'_> {
+        self.0.send_modify(|n| *n += 1);
+        ProduceWait(self)
+    }
+
+    /// Wait until none is waiting, for at most `timeout`; whether none is.
+    pub async fn settled(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// An embedding appliance's say over produce requests: the edge gateway refuses events while

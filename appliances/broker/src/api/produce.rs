@@ -21,7 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Completion, Reply, err};
 use crate::authz::Access;
-use crate::partition::{Partition, PartitionError, ProduceError, now_ms};
+use crate::partition::{Outcome, Partition, PartitionError, ProduceError, now_ms};
 use crate::state::BrokerState;
 use acl::Operation;
 use quorum::ids::LeaderEpoch;
@@ -369,15 +369,18 @@ async fn complete(
     };
     if acks == -1 {
         let started = std::time::Instant::now();
-        let waited = tokio::time::timeout(
-            timeout,
-            partition.wait_committed(result.last_offset + 1, epoch),
-        )
-        .await;
+        let _waiting = s.produce_waits.enter();
+        let written = partition.written(&result, epoch);
+        let waited = tokio::time::timeout(timeout, partition.wait_outcome(written)).await;
         s.metrics.observe_commit_wait(started.elapsed());
+        // Errors say what a client may assume: NOT_LEADER that the records were not written
+        // (librdkafka may re-send them as new ones), a timeout that they may have been.
         let code = match waited {
-            Ok(Ok(())) => None,
-            Ok(Err(PartitionError::NotLeader(_))) => Some(err(ResponseError::NotLeaderOrFollower)),
+            Ok(Ok(Outcome::Committed)) => None,
+            Ok(Ok(Outcome::Lost)) => Some(err(ResponseError::NotLeaderOrFollower)),
+            // This replica was removed (or its topic deleted): whether a new leader holds the
+            // records is not known here.
+            Ok(Err(PartitionError::Deleted)) => Some(err(ResponseError::RequestTimedOut)),
             Ok(Err(e)) => {
                 tracing::warn!(topic = %partition.topic, partition = index, error = %e, "acks=all failed");
                 Some(err(ResponseError::KafkaStorageError))
