@@ -463,6 +463,11 @@ impl Partition {
             .await
             .map_err(|_| PartitionError::Deleted)?;
         if v.offline {
+            // Deleted (the replica removed: its log is taken before waiters are told), or a
+            // storage error.
+            if self.log.lock().is_none() {
+                return Err(PartitionError::Deleted);
+            }
             return Err(PartitionError::Log(LogError::Offline(
                 "a flush of this partition failed".into(),
             )));

@@ -264,7 +264,18 @@ pub struct Controller {
     liveness: BTreeMap<NodeId, Liveness>,
     /// Since when each (from, to) pair of data sites has looked cut.
     cut_since_ms: BTreeMap<(SiteId, SiteId), u64>,
+    /// Since when each partition being moved has had its current leader epoch (one entry per
+    /// such partition: bounded by the partition count).
+    led_since_ms: BTreeMap<PartitionKey, (LeaderEpoch, u64)>,
 }
+
+/// How long a partition's leader must have led in its epoch before a move removes replicas.
+/// A move first hands the leadership to a target replica (the preferred one); the old leader,
+/// a follower then, needs a few fetches to learn what became of the writes it was still
+/// waiting on and answer them with their offsets (`broker::partition::wait_outcome`).
+/// Removed at once, it could only answer "maybe written", and a client that re-sends under a
+/// new producer epoch (librdkafka does) would store such writes twice.
+pub const MOVE_SETTLE_MS: u64 = 2_000;
 
 impl Controller {
     /// A controller that just became leader at `now_ms`: every registered broker gets a full
@@ -291,6 +302,7 @@ impl Controller {
             started_ms: now_ms,
             liveness,
             cut_since_ms: BTreeMap::new(),
+            led_since_ms: BTreeMap::new(),
         }
     }
 
@@ -463,7 +475,47 @@ impl Controller {
         if !elections.is_empty() {
             return elections;
         }
-        completed_reassignments(state, &policy)
+        self.completed_reassignments(state, &policy, now_ms)
+    }
+
+    /// Moves whose target replicas are all in sync, and whose leader has led long enough
+    /// ([`MOVE_SETTLE_MS`]) when replicas leave: completed.
+    fn completed_reassignments(
+        &mut self,
+        state: &ClusterState,
+        policy: &SitePolicy,
+        now_ms: u64,
+    ) -> Vec<MetadataRecord> {
+        let moving: BTreeMap<PartitionKey, LeaderEpoch> = state
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions.iter().enumerate().map(|(i, p)| {
+                    let key = PartitionKey {
+                        topic: t.id,
+                        index: i as i32,
+                    };
+                    (key, p)
+                })
+            })
+            .filter(|(_, p)| p.reassigning())
+            .map(|(key, p)| (key, p.leader_epoch))
+            .collect();
+        self.led_since_ms.retain(|k, _| moving.contains_key(k));
+        for (key, epoch) in &moving {
+            let since = self.led_since_ms.entry(*key).or_insert((*epoch, now_ms));
+            if since.0 != *epoch {
+                *since = (*epoch, now_ms);
+            }
+        }
+        let settled = |key: &PartitionKey, p: &PartitionState| {
+            p.removing.is_empty()
+                || self
+                    .led_since_ms
+                    .get(key)
+                    .is_some_and(|(_, since)| now_ms.saturating_sub(*since) >= MOVE_SETTLE_MS)
+        };
+        completed_reassignments(state, policy, settled)
     }
 
     fn expired_sessions(&self, state: &ClusterState, now_ms: u64) -> Vec<MetadataRecord> {
@@ -851,7 +903,11 @@ fn live_incarnation(
 /// Reassignments whose target replicas are all in sync now complete: the removed replicas
 /// leave (they delete their copies when they apply it), leadership moves into the target if
 /// it was outside, among in-sync replicas only.
-fn completed_reassignments(state: &ClusterState, policy: &SitePolicy) -> Vec<MetadataRecord> {
+fn completed_reassignments(
+    state: &ClusterState,
+    policy: &SitePolicy,
+    settled: impl Fn(&PartitionKey, &PartitionState) -> bool,
+) -> Vec<MetadataRecord> {
     let views = state.broker_views();
     let mut out = Vec::new();
     for t in state.topics.values() {
@@ -864,6 +920,9 @@ fn completed_reassignments(state: &ClusterState, policy: &SitePolicy) -> Vec<Met
                 topic: t.id,
                 index: i as i32,
             };
+            if !settled(&key, p) {
+                continue;
+            }
             let isr = target.clone();
             match replicas_changed(key, p, policy, &views, target, vec![], vec![], isr) {
                 Ok(r) => out.push(r),

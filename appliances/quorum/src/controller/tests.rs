@@ -513,16 +513,23 @@ fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sy
     // next tick (a new epoch); the removed broker follows until the move completes, which
     // waits while the new replica copies.
     h.step(100, &[1, 2, 5, 6], &[]);
+    let led_at = h.now;
     let led = h.partition(t, 0).clone();
     assert_eq!(led.leader, Some(target[0]));
     assert!(led.leader_epoch > before.leader_epoch);
     assert!(led.reassigning());
     let r = h.step(100, &[1, 2, 5, 6], &[]);
     assert!(r.is_empty(), "{r:?}");
-    // Caught up: the leader takes it into the in-sync set; the next tick completes the move.
+    // Caught up: the leader takes it into the in-sync set. The move completes once the new
+    // leader has led for MOVE_SETTLE_MS (the old one, following, answers its waiting writes),
+    // not before.
     catch_up(&mut h, key, &[spare.0]);
-    let r = h.step(100, &[1, 2, 5, 6], &[]);
-    assert_eq!(r.len(), 1, "{r:?}");
+    let completed_at = step_until_moved(&mut h, t);
+    // (The clock starts at the first tick that sees the new epoch with no election to make.)
+    assert!(
+        completed_at >= led_at + MOVE_SETTLE_MS && completed_at <= led_at + MOVE_SETTLE_MS + 200,
+        "led at {led_at}, completed at {completed_at}"
+    );
     let after = h.partition(t, 0).clone();
     assert!(!after.reassigning());
     assert_eq!(after.replicas, target);
@@ -532,6 +539,18 @@ fn a_reassignment_adds_replicas_then_removes_the_old_ones_once_the_new_are_in_sy
     );
     assert_eq!(after.leader, Some(target[0]));
     assert_eq!(after.leader_epoch, led.leader_epoch, "the leader stayed");
+}
+
+/// Tick every 100 ms (brokers 1, 2, 5, 6 alive) until partition 0 of `t` is no longer being
+/// moved; the time then.
+fn step_until_moved(h: &mut Harness, t: Uuid) -> u64 {
+    for _ in 0..(MOVE_SETTLE_MS / 100 + 10) {
+        if !h.partition(t, 0).reassigning() {
+            return h.now;
+        }
+        h.step(100, &[1, 2, 5, 6], &[]);
+    }
+    panic!("the move did not complete: {:?}", h.partition(t, 0));
 }
 
 #[test]
@@ -550,7 +569,13 @@ fn a_move_off_the_leaders_broker_keeps_it_leading_until_a_target_replica_is_in_s
     // kind of change per tick).
     catch_up(&mut h, key, &[spare.0]);
     h.step(100, &[1, 2, 5, 6], &[]);
-    h.step(100, &[1, 2, 5, 6], &[]);
+    assert_eq!(h.partition(t, 0).leader, Some(spare));
+    let led_at = h.now;
+    let completed_at = step_until_moved(&mut h, t);
+    assert!(
+        completed_at >= led_at + MOVE_SETTLE_MS,
+        "led at {led_at}, completed at {completed_at}"
+    );
     let after = h.partition(t, 0).clone();
     assert_eq!(after.replicas, target);
     assert_eq!(after.leader, Some(spare));
