@@ -351,6 +351,16 @@ fn a_rolling_restart_of_every_broker_loses_nothing() {
             1,
             "broker {n} stopped without handing over its leaderships"
         );
+        // And answered every acks=all write it held with its outcome, learnt from the new
+        // leaders as their follower, before it stopped fetching; its connections then drained.
+        assert!(
+            !log.contains("still wait for their records' outcome"),
+            "broker {n} stopped with writes whose outcome it had not learnt"
+        );
+        assert!(
+            !log.contains("shutdown was not clean"),
+            "broker {n}'s connections did not drain"
+        );
         hub.brokers.get_mut(&n).unwrap().restart();
         let watcher = *hub.brokers.keys().find(|m| **m != n).unwrap();
         hub.wait_healthy(watcher, Duration::from_secs(180));

@@ -45,27 +45,29 @@ pub struct BrokerState {
 
 /// How many acks=all produce requests wait for the outcome of their records. A stopping
 /// broker lets them learn it (from the new leaders, as a follower) before its fetchers stop.
-pub struct ProduceWaits(tokio::sync::watch::Sender<usize>);
+pub struct ProduceWaits(Arc<tokio::sync::watch::Sender<usize>>);
 
 impl Default for ProduceWaits {
     fn default() -> Self {
-        ProduceWaits(tokio::sync::watch::Sender::new(0))
+        ProduceWaits(Arc::new(tokio::sync::watch::Sender::new(0)))
     }
 }
 
 /// One waiting request, counted until dropped (answered, or its connection gone).
-pub struct ProduceWait<'a>(&'a ProduceWaits);
+pub struct ProduceWait(Arc<tokio::sync::watch::Sender<usize>>);
 
-impl Drop for ProduceWait<'_> {
+impl Drop for ProduceWait {
     fn drop(&mut self) {
-        self.0.0.send_modify(|n| *n -= 1);
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
 impl ProduceWaits {
-    pub fn enter(&self) -> ProduceWait<'_> {
+    /// Count a request from before its appends: its answer may wait behind earlier ones on
+    /// its connection, but its records are in the log already.
+    pub fn enter(&self) -> ProduceWait {
         self.0.send_modify(|n| *n += 1);
-        ProduceWait(self)
+        ProduceWait(Arc::clone(&self.0))
     }
 
     /// Wait until none is waiting, for at most `timeout`; whether none is.

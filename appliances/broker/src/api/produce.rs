@@ -272,6 +272,8 @@ pub async fn handle(
             format!("acks={acks} is not -1, 0 or 1"),
         )
     });
+    // Counted from before the appends until answered (see `ProduceWaits`).
+    let waiting = (acks == -1).then(|| s.produce_waits.enter());
     // Ordered phase: all appends of this request, partitions in parallel.
     let mut topics = Vec::with_capacity(r.topic_data.len());
     for t in r.topic_data {
@@ -320,6 +322,7 @@ pub async fn handle(
                     .with_partition_responses(out),
             );
         }
+        drop(waiting);
         Reply::Send(ResponseKind::Produce(
             ProduceResponse::default().with_responses(responses),
         ))
@@ -369,7 +372,6 @@ async fn complete(
     };
     if acks == -1 {
         let started = std::time::Instant::now();
-        let _waiting = s.produce_waits.enter();
         let written = partition.written(&result, epoch);
         let waited = tokio::time::timeout(timeout, partition.wait_outcome(written)).await;
         s.metrics.observe_commit_wait(started.elapsed());
