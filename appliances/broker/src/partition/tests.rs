@@ -9,6 +9,7 @@ use std::pin::Pin;
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use quorum::ids::PartitionEpoch;
+use tempfile::TempDir;
 
 use super::*;
 use crate::internal_log::encode_batch;
@@ -47,6 +48,15 @@ fn led_by(leader: u32, epoch: i32) -> Assignment {
 fn one_record(value: &'static str) -> Vec<RawBatch> {
     let batch = encode_batch(once((None, Some(Bytes::from_static(value.as_bytes())))));
     durable_log::split_batches(&batch).expect("a batch")
+}
+
+/// Replicas 1 and 2 in temporary directories (kept while the first is), 1 leading in epoch 1.
+async fn pair() -> ((TempDir, TempDir), Arc<Partition>, Arc<Partition>) {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, two) = (open(dirs.0.path(), 1), open(dirs.1.path(), 2));
+    one.assign(led_by(1, 1)).await.unwrap();
+    two.assign(led_by(1, 1)).await.unwrap();
+    (dirs, one, two)
 }
 
 /// One fetch by replica `id` from `leader` (in `epoch`): copy what it lacks, make it durable,
@@ -94,10 +104,7 @@ fn answer(w: &mut Waiting) -> Option<Outcome> {
 
 #[tokio::test]
 async fn records_the_new_leader_has_are_answered_committed_after_the_leadership_moves() {
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, two) = (open(dirs.0.path(), 1), open(dirs.1.path(), 2));
-    one.assign(led_by(1, 1)).await.unwrap();
-    two.assign(led_by(1, 1)).await.unwrap();
+    let (_dirs, one, two) = pair().await;
     let (result, epoch) = one.append(one_record("a")).await.unwrap();
     let written = one.written(&result, epoch);
     let mut w = waiting(&one, written);
@@ -127,10 +134,7 @@ async fn records_the_new_leader_has_are_answered_committed_after_the_leadership_
 
 #[tokio::test]
 async fn records_the_new_leader_lacks_are_answered_lost() {
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, two) = (open(dirs.0.path(), 1), open(dirs.1.path(), 2));
-    one.assign(led_by(1, 1)).await.unwrap();
-    two.assign(led_by(1, 1)).await.unwrap();
+    let (_dirs, one, two) = pair().await;
     let (result, epoch) = one.append(one_record("a")).await.unwrap();
     let written = one.written(&result, epoch);
     let (mut cut, mut replaced) = (waiting(&one, written), waiting(&one, written));
@@ -153,10 +157,7 @@ async fn records_the_new_leader_lacks_are_answered_lost() {
 
 #[tokio::test]
 async fn a_leader_that_keeps_leading_answers_once_committed() {
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, two) = (open(dirs.0.path(), 1), open(dirs.1.path(), 2));
-    one.assign(led_by(1, 1)).await.unwrap();
-    two.assign(led_by(1, 1)).await.unwrap();
+    let (_dirs, one, two) = pair().await;
     let (result, epoch) = one.append(one_record("a")).await.unwrap();
     let mut w = waiting(&one, one.written(&result, epoch));
     assert_eq!(answer(&mut w), None);
