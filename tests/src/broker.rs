@@ -273,15 +273,19 @@ impl Broker {
 
     /// Stop the broker cleanly (SIGTERM) and wait for it to exit; returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("broker is running");
-        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("signal broker");
-        c.wait().expect("wait for broker")
+        self.terminate();
+        self.wait_stopped()
     }
 
-    /// Ask the broker to stop (SIGTERM) without waiting; [`Broker::stop`] reaps it.
-    pub fn terminate(&self) {
+    /// Send `signal` to the running broker.
+    fn signal(&self, signal: Signal) {
         let c = self.child.as_ref().expect("broker is running");
-        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("signal broker");
+        kill(Pid::from_raw(c.id() as i32), signal).expect("signal broker");
+    }
+
+    /// Ask the broker to stop (SIGTERM) without waiting; [`Broker::wait_stopped`] reaps it.
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
     }
 
     /// Wait for a broker asked to stop ([`Broker::terminate`]) to exit; its exit status.
@@ -292,14 +296,12 @@ impl Broker {
 
     /// Freeze the broker (SIGSTOP): it holds its connections and answers nothing.
     pub fn pause(&self) {
-        let c = self.child.as_ref().expect("broker is running");
-        kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).expect("signal broker");
+        self.signal(Signal::SIGSTOP);
     }
 
     /// Let a paused broker run on (SIGCONT).
     pub fn resume(&self) {
-        let c = self.child.as_ref().expect("broker is running");
-        kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT).expect("signal broker");
+        self.signal(Signal::SIGCONT);
     }
 
     /// Bytes in the segment files of `topic`'s partition `index` here.

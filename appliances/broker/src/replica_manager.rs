@@ -169,23 +169,15 @@ impl ReplicaManager {
     async fn reconcile(&self, state: &ClusterState) {
         let me = self.cluster.me;
         let mut wanted: BTreeMap<PartitionKey, (Arc<TopicState>, Assignment)> = BTreeMap::new();
-        for t in state.topics.values() {
-            for (i, p) in t.partitions.iter().enumerate() {
-                if p.replicas.contains(&me) {
-                    let key = PartitionKey {
-                        topic: t.id,
-                        index: i as i32,
-                    };
-                    let a = Assignment {
-                        leader: p.leader,
-                        leader_epoch: p.leader_epoch,
-                        partition_epoch: p.partition_epoch,
-                        replicas: p.replicas.clone(),
-                        isr: p.isr.clone(),
-                    };
-                    wanted.insert(key, (Arc::clone(t), a));
-                }
-            }
+        for (key, p) in state.partitions_of(me) {
+            let a = Assignment {
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+            };
+            wanted.insert(key, (Arc::clone(&state.topics[&key.topic]), a));
         }
         self.remove_unwanted(&wanted).await;
         for (key, (topic, assignment)) in wanted {

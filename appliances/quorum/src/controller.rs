@@ -478,44 +478,40 @@ impl Controller {
         self.completed_reassignments(state, &policy, now_ms)
     }
 
-    /// Moves whose target replicas are all in sync, and whose leader has led long enough
-    /// ([`MOVE_SETTLE_MS`]) when replicas leave: completed.
+    /// Reassignments whose target replicas are all in sync now complete: the removed replicas
+    /// leave (they delete their copies when they apply it), leadership moves into the target
+    /// if it was outside, among in-sync replicas only. When replicas leave, only once the
+    /// leader has led in its epoch for [`MOVE_SETTLE_MS`].
     fn completed_reassignments(
         &mut self,
         state: &ClusterState,
         policy: &SitePolicy,
         now_ms: u64,
     ) -> Vec<MetadataRecord> {
-        let moving: BTreeMap<PartitionKey, LeaderEpoch> = state
-            .topics
-            .values()
-            .flat_map(|t| {
-                t.partitions.iter().enumerate().map(|(i, p)| {
-                    let key = PartitionKey {
-                        topic: t.id,
-                        index: i as i32,
-                    };
-                    (key, p)
-                })
-            })
-            .filter(|(_, p)| p.reassigning())
-            .map(|(key, p)| (key, p.leader_epoch))
-            .collect();
-        self.led_since_ms.retain(|k, _| moving.contains_key(k));
-        for (key, epoch) in &moving {
-            let since = self.led_since_ms.entry(*key).or_insert((*epoch, now_ms));
-            if since.0 != *epoch {
-                *since = (*epoch, now_ms);
+        self.led_since_ms
+            .retain(|k, _| state.partition(*k).is_some_and(PartitionState::reassigning));
+        let views = state.broker_views();
+        let mut out = Vec::new();
+        for (key, p) in state.partitions().filter(|(_, p)| p.reassigning()) {
+            let since = self
+                .led_since_ms
+                .entry(key)
+                .or_insert((p.leader_epoch, now_ms));
+            if since.0 != p.leader_epoch {
+                *since = (p.leader_epoch, now_ms);
+            }
+            let settled = p.removing.is_empty() || now_ms.saturating_sub(since.1) >= MOVE_SETTLE_MS;
+            let target = p.target();
+            if !settled || !target.iter().all(|n| p.isr.contains(n)) {
+                continue;
+            }
+            let isr = target.clone();
+            match replicas_changed(key, p, policy, &views, target, vec![], vec![], isr) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::debug!(%key, error = %e, "reassignment not completed yet"),
             }
         }
-        let settled = |key: &PartitionKey, p: &PartitionState| {
-            p.removing.is_empty()
-                || self
-                    .led_since_ms
-                    .get(key)
-                    .is_some_and(|(_, since)| now_ms.saturating_sub(*since) >= MOVE_SETTLE_MS)
-        };
-        completed_reassignments(state, policy, settled)
+        out
     }
 
     fn expired_sessions(&self, state: &ClusterState, now_ms: u64) -> Vec<MetadataRecord> {
@@ -663,39 +659,32 @@ impl Controller {
         let views = state.broker_views();
         let fenced = |n: &NodeId| views.get(n).is_none_or(|b| b.fenced);
         let mut out = Vec::new();
-        for t in state.topics.values() {
-            for (i, p) in t.partitions.iter().enumerate() {
-                let key = PartitionKey {
-                    topic: t.id,
-                    index: i as i32,
-                };
-                let mut isr: Vec<NodeId> = p.isr.iter().copied().filter(|n| !fenced(n)).collect();
-                if isr.is_empty() {
-                    // Keep the last in-sync set: one of them must come back to lead.
-                    isr = p.isr.clone();
-                }
-                let leader_ok = p.leader.is_some_and(|l| !fenced(&l));
-                let leader = if leader_ok {
-                    p.leader
+        for (key, p) in state.partitions() {
+            let mut isr: Vec<NodeId> = p.isr.iter().copied().filter(|n| !fenced(n)).collect();
+            if isr.is_empty() {
+                // Keep the last in-sync set: one of them must come back to lead.
+                isr = p.isr.clone();
+            }
+            let leader_ok = p.leader.is_some_and(|l| !fenced(&l));
+            let leader = if leader_ok {
+                p.leader
+            } else {
+                policy
+                    .eligible_leaders(&p.replicas, &isr, &views)
+                    .first()
+                    .copied()
+            };
+            // The preferred (first) replica leads whenever it can, so that leadership
+            // returns to a site that came back and load spreads over both sites.
+            let preferred = p.replicas[0];
+            let leader =
+                if leader != Some(preferred) && isr.contains(&preferred) && !fenced(&preferred) {
+                    Some(preferred)
                 } else {
-                    policy
-                        .eligible_leaders(&p.replicas, &isr, &views)
-                        .first()
-                        .copied()
+                    leader
                 };
-                // The preferred (first) replica leads whenever it can, so that leadership
-                // returns to a site that came back and load spreads over both sites.
-                let preferred = p.replicas[0];
-                let leader =
-                    if leader != Some(preferred) && isr.contains(&preferred) && !fenced(&preferred)
-                    {
-                        Some(preferred)
-                    } else {
-                        leader
-                    };
-                if leader != p.leader || isr != p.isr {
-                    out.push(change(key, p, leader, isr, false));
-                }
+            if leader != p.leader || isr != p.isr {
+                out.push(change(key, p, leader, isr, false));
             }
         }
         out
@@ -745,7 +734,7 @@ impl Controller {
     /// Start moving partition `key` to `target` replicas (retargeting one in progress), or
     /// with `None` cancel the reassignment in progress. Nothing is copied here: the new
     /// replicas fetch from the leader as followers, and the tick completes the move once
-    /// every target replica is in sync ([`completed_reassignments`]). Empty when the
+    /// every target replica is in sync ([`Controller::completed_reassignments`]). Empty when the
     /// partition already has exactly these replicas.
     pub fn reassign(
         &self,
@@ -898,39 +887,6 @@ fn live_incarnation(
         .get(&node)
         .filter(|b| b.epoch == epoch && !b.fenced)
         .ok_or(ControllerError::StaleBroker(node))
-}
-
-/// Reassignments whose target replicas are all in sync now complete: the removed replicas
-/// leave (they delete their copies when they apply it), leadership moves into the target if
-/// it was outside, among in-sync replicas only.
-fn completed_reassignments(
-    state: &ClusterState,
-    policy: &SitePolicy,
-    settled: impl Fn(&PartitionKey, &PartitionState) -> bool,
-) -> Vec<MetadataRecord> {
-    let views = state.broker_views();
-    let mut out = Vec::new();
-    for t in state.topics.values() {
-        for (i, p) in t.partitions.iter().enumerate() {
-            let target = p.target();
-            if !p.reassigning() || !target.iter().all(|n| p.isr.contains(n)) {
-                continue;
-            }
-            let key = PartitionKey {
-                topic: t.id,
-                index: i as i32,
-            };
-            if !settled(&key, p) {
-                continue;
-            }
-            let isr = target.clone();
-            match replicas_changed(key, p, policy, &views, target, vec![], vec![], isr) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::debug!(%key, error = %e, "reassignment not completed yet"),
-            }
-        }
-    }
-    out
 }
 
 /// A [`MetadataRecord::ReplicasChanged`] from `p`, if the site policy allows its in-sync

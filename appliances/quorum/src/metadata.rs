@@ -623,26 +623,26 @@ impl ClusterState {
             .collect()
     }
 
+    /// Every partition, with its key.
+    pub fn partitions(&self) -> impl Iterator<Item = (PartitionKey, &PartitionState)> {
+        self.topics.values().flat_map(|t| {
+            t.partitions.iter().enumerate().map(|(i, p)| {
+                let key = PartitionKey {
+                    topic: t.id,
+                    index: i as i32,
+                };
+                (key, p)
+            })
+        })
+    }
+
     /// The partitions a node holds a replica of.
     pub fn partitions_of(
         &self,
         node: NodeId,
     ) -> impl Iterator<Item = (PartitionKey, &PartitionState)> {
-        self.topics.values().flat_map(move |t| {
-            t.partitions
-                .iter()
-                .enumerate()
-                .filter(move |(_, p)| p.replicas.contains(&node))
-                .map(move |(i, p)| {
-                    (
-                        PartitionKey {
-                            topic: t.id,
-                            index: i as i32,
-                        },
-                        p,
-                    )
-                })
-        })
+        self.partitions()
+            .filter(move |(_, p)| p.replicas.contains(&node))
     }
 }
 
