@@ -1,6 +1,7 @@
 //! Benchmark commands. Every report says what was measured, on what, and prints JSON with
 //! `--json` so results can be collected into docs/benchmarks.md.
 
+mod fsync_load;
 mod handshakes;
 mod kafka;
 mod machine;
@@ -24,6 +25,9 @@ pub enum BenchCommand {
     /// Sequential write throughput of a directory's disk: buffered + fdatasync, O_DIRECT,
     /// and the latency of a small write + fdatasync.
     Disk(machine::DiskArgs),
+    /// The hub's write pattern without the broker: writers appending and fdatasyncing at a
+    /// fixed load, with latency per window: the floor under acks=all latency on this disk.
+    FsyncLoad(fsync_load::FsyncLoadArgs),
     /// TCP throughput over loopback.
     Loopback(machine::LoopbackArgs),
     /// TLS handshakes per second against a broker's SSL listener (mTLS, no resumption).
@@ -36,6 +40,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::S3(a) => s3::run(a).await,
         BenchCommand::Registry(a) => registry::run(a).await,
         BenchCommand::Disk(a) => machine::disk(a).await,
+        BenchCommand::FsyncLoad(a) => fsync_load::run(a).await,
         BenchCommand::Loopback(a) => machine::loopback(a).await,
         BenchCommand::Handshakes(a) => handshakes::run(a).await,
     }
