@@ -422,6 +422,11 @@ fn a_write_waiting_on_a_stopping_leader_is_answered_with_its_offset_once_the_new
     // Broker 4 freezes: nothing can be committed without a copy in site B.
     hub.brokers[&other].pause();
     let before = hub.brokers[&next].partition_log_bytes("orders", 0);
+    let appends = |n| {
+        hub.metric(n, "broker_append_latency_seconds_count")
+            .unwrap_or(0.0)
+    };
+    let (leader_appends, follower_appends) = (appends(leader), appends(next));
     let record =
         kafka_client::encode_batch(&[(None, Some("once".into()))], 1_800_000_000_000, None);
     let answer = std::thread::scope(|s| {
@@ -431,6 +436,10 @@ fn a_write_waiting_on_a_stopping_leader_is_answered_with_its_offset_once_the_new
         });
         wait_until("the record copied to broker 1", T, || {
             (hub.brokers[&next].partition_log_bytes("orders", 0) > before).then_some(())
+        });
+        // Both appends, the leader's and the follower's, are timed for the operator.
+        wait_until("both appends timed", T, || {
+            (appends(leader) > leader_appends && appends(next) > follower_appends).then_some(())
         });
         // The leader stops on purpose: it hands the partition to broker 1, which has the
         // record, and waits as its follower to hear what became of the record before it exits.

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub request_errors: Family<ErrorLabel, Counter>,
     pub request_latency: Family<ApiLabel, Histogram, fn() -> Histogram>,
     pub flush_latency: Histogram,
+    /// One append to a partition's log (the page-cache write, leader or follower).
+    pub append_latency: Histogram,
     pub commit_wait: Histogram,
     pub connections: Gauge,
     pub connections_accepted: Counter,
@@ -91,6 +93,7 @@ impl Metrics {
             request_errors: Family::default(),
             request_latency: Family::new_with_constructor(latency_histogram),
             flush_latency: latency_histogram(),
+            append_latency: latency_histogram(),
             commit_wait: latency_histogram(),
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
@@ -151,6 +154,11 @@ impl Metrics {
             "flush_latency_seconds",
             "Duration of one group-commit fdatasync pass",
             m.flush_latency.clone(),
+        );
+        r.register(
+            "append_latency_seconds",
+            "Duration of one append to a partition's log, leader or follower: the write into the page cache under the partition's locks (a disk whose write-back holds up writes shows here before any fdatasync)",
+            m.append_latency.clone(),
         );
         r.register(
             "commit_wait_seconds",
@@ -223,6 +231,10 @@ impl Metrics {
 
     pub fn observe_flush(&self, d: Duration) {
         self.flush_latency.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_append(&self, d: Duration) {
+        self.append_latency.observe(d.as_secs_f64());
     }
 
     pub fn observe_commit_wait(&self, d: Duration) {

@@ -393,7 +393,9 @@ impl Partition {
             let log = guard.as_mut().ok_or_else(|| {
                 AppendError::Storage(LogError::Offline("partition deleted".into()))
             })?;
+            let started = std::time::Instant::now();
             let result = log.append_as_leader(batches, epoch.0, now_ms());
+            self.metrics.observe_append(started.elapsed());
             self.after_log_change(log);
             let result = result?;
             if !result.duplicate {
@@ -559,7 +561,9 @@ impl Partition {
             }
             let mut guard = self.log.lock();
             let log = guard.as_mut().ok_or(PartitionError::Deleted)?;
+            let started = std::time::Instant::now();
             let appended = log.append_as_follower(batches);
+            self.metrics.observe_append(started.elapsed());
             self.after_log_change(log);
             appended.map_err(|e| match e {
                 AppendError::Storage(l) => PartitionError::Log(l),
