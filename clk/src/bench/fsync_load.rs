@@ -156,7 +156,8 @@ fn zeroed(path: &Path, len: u64) -> anyhow::Result<File> {
     Ok(f)
 }
 
-/// Write at `interval` from `start` until `stop`, recording each write's latency in its window.
+/// Write at `interval` from `start` for `a.duration`, recording each write's latency in its
+/// window.
 fn writer(
     mut target: Target,
     a: &FsyncLoadArgs,
@@ -188,7 +189,9 @@ fn writer(
         target.position += a.write_size;
         result.fdatasyncs += 1;
         result.stalled += u64::from(done.duration_since(began).as_micros() as u64 > STALL_US);
+        // `min`: a write due a nanosecond before the end may round into a window past the last.
         let window = (due.duration_since(start).as_secs_f64() / a.window.as_secs_f64()) as usize;
+        let window = window.min(result.windows.len() - 1);
         let us = done.duration_since(due).as_micros().max(1) as u64;
         result.windows[window].record(us.min(100_000_000))?;
     }
@@ -197,9 +200,10 @@ fn writer(
 
 pub async fn run(a: FsyncLoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        a.threads > 0 && a.write_size > 0 && a.rate_mb > 0.0,
+        a.threads > 0 && a.write_size > 0 && a.rate_mb > 0.0 && !a.duration.is_zero(),
         "nothing to do"
     );
+    anyhow::ensure!(!a.window.is_zero(), "--window must be longer than zero");
     anyhow::ensure!(
         a.write_size <= SEGMENT_BYTES,
         "--write-size is over a segment"
