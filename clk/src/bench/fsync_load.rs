@@ -156,6 +156,11 @@ fn zeroed(path: &Path, len: u64) -> anyhow::Result<File> {
     Ok(f)
 }
 
+/// Windows in a run: the last one may be partial.
+fn window_count(a: &FsyncLoadArgs) -> usize {
+    (a.duration.as_secs_f64() / a.window.as_secs_f64()).ceil() as usize
+}
+
 /// Write at `interval` from `start` for `a.duration`, recording each write's latency in its
 /// window.
 fn writer(
@@ -164,11 +169,8 @@ fn writer(
     start: Instant,
     interval: Duration,
 ) -> anyhow::Result<WriterResult> {
-    let windows = a.duration.as_secs_f64() / a.window.as_secs_f64();
     let mut result = WriterResult {
-        windows: (0..windows.ceil() as usize)
-            .map(|_| latency_histogram())
-            .collect(),
+        windows: (0..window_count(a)).map(|_| latency_histogram()).collect(),
         fdatasyncs: 0,
         stalled: 0,
     };
@@ -244,14 +246,12 @@ fn report(
     elapsed: Duration,
 ) -> anyhow::Result<FsyncLoadReport> {
     let mut all = latency_histogram();
-    let mut windows: Vec<Histogram<u64>> = Vec::new();
+    let mut windows: Vec<Histogram<u64>> =
+        (0..window_count(a)).map(|_| latency_histogram()).collect();
     for r in results {
-        for (i, h) in r.windows.iter().enumerate() {
+        for (window, h) in windows.iter_mut().zip(&r.windows) {
             all.add(h)?;
-            if windows.len() <= i {
-                windows.push(latency_histogram());
-            }
-            windows[i].add(h)?;
+            window.add(h)?;
         }
     }
     let window_p99_ms: Vec<f64> = windows
